@@ -1,0 +1,255 @@
+//! Types shared by the XDP program and its userspace: map names, keys, values and counter
+//! indices. Everything here is `#[repr(C)]`, `Copy` and free of implicit padding, because the
+//! kernel and userspace read the same bytes.
+#![no_std]
+
+/// The XDP entry point in the BPF object.
+pub const PROGRAM_NAME: &str = "glance_limiter";
+
+/// Per-source counters (LRU hash, [`SourceAddr`] → [`SourceStats`]).
+pub const SOURCES_MAP: &str = "SOURCES";
+/// Block rules (LPM trie keyed by prefix length + 16 address bytes → [`BlockRule`]).
+pub const BLOCK_MAP: &str = "BLOCK_RULES";
+/// Allow rules (LPM trie, same key → [`AllowRule`]).
+pub const ALLOW_MAP: &str = "ALLOW_RULES";
+/// Protected destination ports as a 65,536-bit bitmap (array of `u64` words).
+pub const PORTS_MAP: &str = "PROTECTED_PORTS";
+/// Single-entry array holding [`Config`].
+pub const CONFIG_MAP: &str = "CONFIG";
+/// The program that reports the kernel's clock (jiffies) through a test run.
+pub const CLOCK_PROBE_NAME: &str = "clock_probe";
+/// Global per-CPU counters (per-CPU array of `u64`, indexed by [`Counter`]).
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+/// Default bound of the per-source table; userspace may change it at load time.
+pub const DEFAULT_SOURCE_CAPACITY: u32 = 65_536;
+/// Bound of each rule trie. Tries are not preallocated, so this costs nothing until used.
+pub const RULE_CAPACITY: u32 = 1 << 20;
+/// Words in the protected-port bitmap.
+pub const PORT_BITMAP_WORDS: u32 = 65_536 / 64;
+/// IPv6 extension headers the program walks before giving up (and passing the packet).
+pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
+/// VLAN tags the program looks through (802.1Q and 802.1ad, so QinQ).
+pub const MAX_VLAN_TAGS: u32 = 2;
+
+/// "Never expires" for the `until*` deadlines of rules.
+pub const NEVER: u64 = u64::MAX;
+
+/// A source address. IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so both families share one
+/// key space and one set of prefix tries (an IPv4 /n is the mapped /(96+n)).
+///
+/// Held as two words whose memory holds the 16 address bytes in network order: the XDP
+/// program fills it with two 8-byte loads, and the stack copy stays 8-byte aligned (the
+/// verifier rejects misaligned stack access).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SourceAddr {
+    pub words: [u64; 2],
+}
+
+impl SourceAddr {
+    pub fn from_octets(octets: [u8; 16]) -> Self {
+        let mut first = [0u8; 8];
+        let mut second = [0u8; 8];
+        first.copy_from_slice(&octets[..8]);
+        second.copy_from_slice(&octets[8..]);
+        SourceAddr {
+            words: [u64::from_ne_bytes(first), u64::from_ne_bytes(second)],
+        }
+    }
+
+    pub fn octets(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.words[0].to_ne_bytes());
+        out[8..].copy_from_slice(&self.words[1].to_ne_bytes());
+        out
+    }
+}
+
+/// One source's row in the per-source table: counters for its traffic to the protected ports
+/// (incremented atomically in place by the XDP program), and its rule verdict cached from the
+/// tries, so a known source costs one hash lookup. Times are kernel jiffies (see
+/// `limiter_user::clock`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceStats {
+    /// TCP segments with SYN set and ACK clear: new connection attempts.
+    pub syns: u64,
+    pub packets: u64,
+    /// Ethernet frame bytes as XDP sees them (no FCS).
+    pub bytes: u64,
+    /// `POST /v1/images` or `POST /v2/images` (optionally with `/`, query string).
+    pub image_create: u64,
+    /// Any other POST, and PUT, PATCH, DELETE.
+    pub other_write: u64,
+    /// GET, HEAD, OPTIONS.
+    pub read: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// [`Config::rules_generation`] when the two deadlines below were read from the tries.
+    /// A different current generation means the rules changed: read them again.
+    pub rules_generation: u64,
+    /// Until when a block rule covers this source on the protected ports (0: none).
+    pub blocked_until: u64,
+    /// Until when an allow rule exempts this source from blocks (0: none).
+    pub allowed_until: u64,
+}
+
+/// Value of a block-rule trie entry.
+///
+/// The trie answers with the longest matching prefix only, so userspace stores in each entry
+/// the latest expiry of that prefix *and every shorter block prefix covering it*: if the most
+/// specific entry has expired, so has everything that covers it, and an expired /32 cannot
+/// shadow a live /24. Zero means "no rule of this scope"; [`NEVER`] means no expiry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BlockRule {
+    /// Until when traffic to the protected ports is dropped.
+    pub until_protected: u64,
+    /// Until when all traffic from the prefix is dropped (rules with scope "all ports").
+    pub until_any_port: u64,
+}
+
+/// Value of an allow-rule trie entry: until when the prefix is exempt from every block rule
+/// (same covering-expiry convention as [`BlockRule`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AllowRule {
+    pub until: u64,
+}
+
+/// Runtime switches set by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Bit set of `CONFIG_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Bumped by userspace after every change to the rule tries; invalidates the verdicts
+    /// cached in [`SourceStats`].
+    pub rules_generation: u64,
+}
+
+/// Some block rule has scope "all ports": traffic to other ports must consult the block trie.
+/// Clear, it lets such traffic skip the lookup entirely.
+pub const CONFIG_ANY_PORT_RULES: u32 = 1;
+
+/// Indices of the global per-CPU counters. Every packet increments exactly one verdict counter
+/// (`Pass*` or `Drop*`); `SourceNew` and `SourceInsertFailed` count events on top of that.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// TCP to a protected port, passed and counted per source.
+    PassProtected = 0,
+    /// TCP to a protected port from a blocked source that an allow rule exempts.
+    PassAllowed = 1,
+    /// TCP to a port that is not protected.
+    PassOtherPort = 2,
+    /// IP but not TCP.
+    PassNotTcp = 3,
+    /// Ethertype is neither IPv4 nor IPv6 (ARP, LLDP, ...).
+    PassNotIp = 4,
+    /// More VLAN tags than the program looks through.
+    PassVlanDepth = 5,
+    /// A non-first fragment: it carries no TCP header.
+    PassFragment = 6,
+    /// The frame ends inside a header.
+    PassTruncated = 7,
+    /// A header field is impossible (IP version, IHL < 5, TCP data offset < 5, lengths).
+    PassMalformed = 8,
+    /// More IPv6 extension headers than [`MAX_IPV6_EXT_HEADERS`].
+    PassExtHeaderLimit = 9,
+    /// Dropped: TCP to a protected port from a blocked source.
+    DropBlocked = 10,
+    /// Dropped: other traffic from a source under an "all ports" block.
+    DropBlockedAnyPort = 11,
+    /// Event: a source entered the per-source table.
+    SourceNew = 12,
+    /// Event: a new source could not be inserted (and was not counted).
+    SourceInsertFailed = 13,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 14;
+
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::PassProtected,
+        Counter::PassAllowed,
+        Counter::PassOtherPort,
+        Counter::PassNotTcp,
+        Counter::PassNotIp,
+        Counter::PassVlanDepth,
+        Counter::PassFragment,
+        Counter::PassTruncated,
+        Counter::PassMalformed,
+        Counter::PassExtHeaderLimit,
+        Counter::DropBlocked,
+        Counter::DropBlockedAnyPort,
+        Counter::SourceNew,
+        Counter::SourceInsertFailed,
+    ];
+
+    /// Stable snake_case name, used in JSON output and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::PassProtected => "pass_protected",
+            Counter::PassAllowed => "pass_allowed",
+            Counter::PassOtherPort => "pass_other_port",
+            Counter::PassNotTcp => "pass_not_tcp",
+            Counter::PassNotIp => "pass_not_ip",
+            Counter::PassVlanDepth => "pass_vlan_depth",
+            Counter::PassFragment => "pass_fragment",
+            Counter::PassTruncated => "pass_truncated",
+            Counter::PassMalformed => "pass_malformed",
+            Counter::PassExtHeaderLimit => "pass_ext_header_limit",
+            Counter::DropBlocked => "drop_blocked",
+            Counter::DropBlockedAnyPort => "drop_blocked_any_port",
+            Counter::SourceNew => "source_new",
+            Counter::SourceInsertFailed => "source_insert_failed",
+        }
+    }
+
+    /// Whether this counter is a packet verdict (as opposed to an event).
+    pub const fn is_verdict(self) -> bool {
+        (self as u32) < Counter::SourceNew as u32
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are repr(C), Copy, and have no padding bytes.
+    unsafe impl aya::Pod for SourceAddr {}
+    unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for BlockRule {}
+    unsafe impl aya::Pod for AllowRule {}
+    unsafe impl aya::Pod for Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<SourceAddr>(), 16);
+        let octets: [u8; 16] = core::array::from_fn(|i| i as u8);
+        assert_eq!(SourceAddr::from_octets(octets).octets(), octets);
+        assert_eq!(size_of::<SourceStats>(), 11 * 8);
+        assert_eq!(size_of::<BlockRule>(), 16);
+        assert_eq!(size_of::<AllowRule>(), 8);
+        assert_eq!(size_of::<Config>(), 16);
+    }
+
+    #[test]
+    fn counters_are_dense_and_named_uniquely() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            for other in &Counter::ALL[..i] {
+                assert_ne!(c.name(), other.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! glance-limiter's XDP program: counts, per source, what reaches the protected ports (new
+//! connections, packets, bytes, HTTP requests by class) and drops traffic from blocked sources.
+//! Anything it cannot parse is passed untouched and counted by reason.
+//!
+//! Cost model (see docs/BENCHMARKS.md): traffic to other ports is parsed and counted, nothing
+//! else. A known source costs one hash lookup: its rule verdict is cached in its row and
+//! re-read from the tries only when userspace bumps the rules generation. Time is
+//! `bpf_jiffies64`, which the verifier inlines; the other kernel clocks cost a helper call.
+#![no_std]
+#![no_main]
+// The BPF target has no AtomicU64::fetch_add; the intrinsic lowers to BPF's atomic add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod http;
+mod packet;
+mod parse;
+mod rules;
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    helpers::bpf_jiffies64,
+    macros::{map, xdp},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use limiter_common::{
+    Config, Counter, SourceAddr, SourceStats, CONFIG_ANY_PORT_RULES, DEFAULT_SOURCE_CAPACITY,
+    PORT_BITMAP_WORDS,
+};
+
+use crate::{
+    http::RequestClass,
+    parse::{Network, IPPROTO_TCP},
+    rules::Verdict,
+};
+
+#[map]
+static SOURCES: LruHashMap<SourceAddr, SourceStats> =
+    LruHashMap::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
+
+#[map]
+static PROTECTED_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[xdp]
+pub fn glance_limiter(ctx: XdpContext) -> u32 {
+    let (action, counter) = match process(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+    };
+    count(counter);
+    action
+}
+
+/// Writes the kernel's jiffies into the first 8 bytes of the frame. Userspace runs it through
+/// BPF_PROG_TEST_RUN to read the clock the rules' deadlines are kept in.
+#[xdp]
+pub fn clock_probe(ctx: XdpContext) -> u32 {
+    if ctx.data() + 8 <= ctx.data_end() {
+        // SAFETY: 8 bytes checked in bounds just above.
+        unsafe { (ctx.data() as *mut u64).write_unaligned(bpf_jiffies64()) };
+    }
+    xdp_action::XDP_PASS
+}
+
+/// The verdict and the counter that explains it; `Err` means "pass untouched, for this reason".
+#[inline(always)]
+fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
+    let (ethertype, l3_offset) = parse::ethernet(ctx)?;
+    let net = parse::network(ctx, ethertype, l3_offset)?;
+    if net.later_fragment {
+        return other_traffic(&net, Counter::PassFragment);
+    }
+    if net.protocol != IPPROTO_TCP {
+        return other_traffic(&net, Counter::PassNotTcp);
+    }
+    let tcp = parse::tcp(ctx, &net)?;
+    if !is_protected(tcp.dst_port) {
+        return other_traffic(&net, Counter::PassOtherPort);
+    }
+
+    let now = unsafe { bpf_jiffies64() };
+    let generation = config().map_or(0, |c| c.rules_generation);
+    let frame_bytes = packet::frame_len(ctx) as u64;
+    let class = || {
+        if tcp.payload_len > 0 {
+            http::classify(ctx, tcp.payload_offset, tcp.payload_len)
+        } else {
+            None
+        }
+    };
+
+    if let Some(stats) = SOURCES.get_ptr_mut(&net.src) {
+        // SAFETY: a live map value; concurrent writers only touch it atomically or with
+        // idempotent stores of the same cached verdict.
+        let verdict = unsafe { cached_verdict(stats, &net.src, generation) };
+        let counter = match verdict.decide(now) {
+            Decision::Drop => return Ok((xdp_action::XDP_DROP, Counter::DropBlocked)),
+            Decision::PassAllowed => Counter::PassAllowed,
+            Decision::Pass => Counter::PassProtected,
+        };
+        add_in_place(stats, tcp.syn, class(), frame_bytes, now);
+        return Ok((xdp_action::XDP_PASS, counter));
+    }
+
+    // A source not in the table: read its verdict from the tries.
+    let verdict = rules::lookup(&net.src);
+    let counter = match verdict.decide(now) {
+        // Not inserted: a spoofed flood from a blocked prefix must not evict real sources.
+        Decision::Drop => return Ok((xdp_action::XDP_DROP, Counter::DropBlocked)),
+        Decision::PassAllowed => Counter::PassAllowed,
+        Decision::Pass => Counter::PassProtected,
+    };
+    insert_source(&net.src, verdict, generation, tcp.syn, class(), frame_bytes, now);
+    Ok((xdp_action::XDP_PASS, counter))
+}
+
+enum Decision {
+    Drop,
+    /// A block covers the source but an allow rule exempts it.
+    PassAllowed,
+    Pass,
+}
+
+impl Verdict {
+    #[inline(always)]
+    fn decide(&self, now: u64) -> Decision {
+        if now < self.blocked_until {
+            if now < self.allowed_until {
+                Decision::PassAllowed
+            } else {
+                Decision::Drop
+            }
+        } else {
+            Decision::Pass
+        }
+    }
+}
+
+/// The verdict cached in a row, re-read from the tries if the rules changed since.
+#[inline(always)]
+unsafe fn cached_verdict(stats: *mut SourceStats, src: &SourceAddr, generation: u64) -> Verdict {
+    if (*stats).rules_generation == generation {
+        return Verdict {
+            blocked_until: (*stats).blocked_until,
+            allowed_until: (*stats).allowed_until,
+        };
+    }
+    let verdict = rules::lookup(src);
+    // Volatile, so the generation is stored last and a reader that sees it also sees the
+    // deadlines (x86 keeps store order; on weaker CPUs a racing reader may use the old
+    // verdict for one packet). BPF has no fences.
+    (&raw mut (*stats).blocked_until).write_volatile(verdict.blocked_until);
+    (&raw mut (*stats).allowed_until).write_volatile(verdict.allowed_until);
+    (&raw mut (*stats).rules_generation).write_volatile(generation);
+    verdict
+}
+
+/// Traffic that is not TCP to a protected port: passed, unless an "all ports" block covers
+/// its source. The lookup is skipped entirely while no such rule exists.
+#[inline(always)]
+fn other_traffic(net: &Network, pass_reason: Counter) -> Result<(u32, Counter), Counter> {
+    let any_port_rules = config().is_some_and(|c| c.flags & CONFIG_ANY_PORT_RULES != 0);
+    if any_port_rules && rules::blocked_on_any_port(&net.src, unsafe { bpf_jiffies64() }) {
+        return Ok((xdp_action::XDP_DROP, Counter::DropBlockedAnyPort));
+    }
+    Err(pass_reason)
+}
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+fn is_protected(port: u16) -> bool {
+    PROTECTED_PORTS
+        .get((port >> 6) as u32)
+        .is_some_and(|word| word & (1u64 << (port & 63)) != 0)
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other CPU writes it, a plain increment is enough.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn insert_source(
+    src: &SourceAddr,
+    verdict: Verdict,
+    generation: u64,
+    syn: bool,
+    class: Option<RequestClass>,
+    frame_bytes: u64,
+    now: u64,
+) {
+    let mut fresh = SourceStats {
+        syns: syn as u64,
+        packets: 1,
+        bytes: frame_bytes,
+        first_seen: now,
+        last_seen: now,
+        rules_generation: generation,
+        blocked_until: verdict.blocked_until,
+        allowed_until: verdict.allowed_until,
+        ..SourceStats::default()
+    };
+    match class {
+        Some(RequestClass::ImageCreate) => fresh.image_create = 1,
+        Some(RequestClass::OtherWrite) => fresh.other_write = 1,
+        Some(RequestClass::Read) => fresh.read = 1,
+        None => {}
+    }
+    // NOEXIST: an LRU update of an existing key would allocate a new node and lose the
+    // counts another CPU added meanwhile.
+    if SOURCES.insert(src, &fresh, BPF_NOEXIST as u64).is_ok() {
+        count(Counter::SourceNew);
+    } else if let Some(stats) = SOURCES.get_ptr_mut(src) {
+        // Another CPU inserted this source between our lookup and insert.
+        add_in_place(stats, syn, class, frame_bytes, now);
+    } else {
+        count(Counter::SourceInsertFailed);
+    }
+}
+
+#[inline(always)]
+fn add_in_place(
+    stats: *mut SourceStats,
+    syn: bool,
+    class: Option<RequestClass>,
+    frame_bytes: u64,
+    now: u64,
+) {
+    // SAFETY: `stats` points at a live map value; the fields are u64 and 8-byte aligned.
+    // Several CPUs may update one source at once, hence atomics for the counts.
+    unsafe {
+        let add = |field: *mut u64, n: u64| {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n);
+        };
+        add(&raw mut (*stats).packets, 1);
+        add(&raw mut (*stats).bytes, frame_bytes);
+        if syn {
+            add(&raw mut (*stats).syns, 1);
+        }
+        match class {
+            Some(RequestClass::ImageCreate) => add(&raw mut (*stats).image_create, 1),
+            Some(RequestClass::OtherWrite) => add(&raw mut (*stats).other_write, 1),
+            Some(RequestClass::Read) => add(&raw mut (*stats).read, 1),
+            None => {}
+        }
+        (*stats).last_seen = now;
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

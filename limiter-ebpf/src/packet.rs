@@ -1,0 +1,85 @@
+//! Bounds-checked access to the packet. A [`Header`] is proof that `N` bytes at some offset
+//! lie inside the frame: one check per header, then plain loads of its fields.
+//!
+//! Loads go straight from the packet into registers (no copies onto the stack), and may be
+//! misaligned: the object is built with `allows-misaligned-mem-access` (see build.rs), which
+//! the kernel accepts for packet memory but not for the stack. Keep stack values aligned.
+
+use aya_ebpf::programs::XdpContext;
+
+/// Largest offset the program reads at. Stating it bounds, for the verifier, offsets that
+/// grow through VLAN tags, IP options and IPv6 extension headers.
+pub const MAX_OFFSET: usize = 0x3fff;
+
+/// `N` bytes of the packet, known to be in bounds.
+#[derive(Clone, Copy)]
+pub struct Header<const N: usize> {
+    start: usize,
+}
+
+impl<const N: usize> Header<N> {
+    #[inline(always)]
+    pub fn u8(&self, at: usize) -> u8 {
+        // SAFETY: `at < N` at every call site (constant offsets), and N bytes are in bounds.
+        unsafe { *((self.start + at) as *const u8) }
+    }
+
+    /// A big-endian 16-bit field.
+    #[inline(always)]
+    pub fn be16(&self, at: usize) -> u16 {
+        // SAFETY: as above; the load may be misaligned.
+        u16::from_be(unsafe { ((self.start + at) as *const u16).read_unaligned() })
+    }
+
+    /// Four bytes in memory order (compare with [`word32`] or copy into keys).
+    #[inline(always)]
+    pub fn raw32(&self, at: usize) -> u32 {
+        // SAFETY: as above.
+        unsafe { ((self.start + at) as *const u32).read_unaligned() }
+    }
+
+    /// Eight bytes in memory order (compare with [`word64`] or copy into keys).
+    #[inline(always)]
+    pub fn raw64(&self, at: usize) -> u64 {
+        // SAFETY: as above.
+        unsafe { ((self.start + at) as *const u64).read_unaligned() }
+    }
+}
+
+/// The `N` bytes at `off`, or `None` if the frame ends before them.
+#[inline(always)]
+pub fn header<const N: usize>(ctx: &XdpContext, off: usize) -> Option<Header<N>> {
+    if off > MAX_OFFSET {
+        return None;
+    }
+    let start = ctx.data() + off;
+    if start + N > ctx.data_end() {
+        return None;
+    }
+    Some(Header { start })
+}
+
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+/// The first `N` (<= 8) bytes of `s` as a word loaded from memory, for comparisons.
+pub const fn word64<const N: usize>(s: &[u8; N]) -> u64 {
+    let mut w = 0u64;
+    let mut i = 0;
+    while i < N {
+        w |= (s[i] as u64) << (8 * i);
+        i += 1;
+    }
+    w
+}
+
+/// A mask keeping the first `n` bytes of a [`Header::raw64`] word.
+pub const fn first_bytes(n: u32) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    }
+}

@@ -1,0 +1,182 @@
+//! Header parsing, one function per layer. A parse failure is an `Err(Counter)` naming why the
+//! packet is passed untouched: this program never drops what it does not understand.
+
+use aya_ebpf::programs::XdpContext;
+use limiter_common::{Counter, SourceAddr, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
+
+use crate::packet::{frame_len, header};
+
+const ETH_HEADER_LEN: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+const ETHERTYPE_QINQ: u16 = 0x88a8;
+
+const IPV4_MIN_HEADER_LEN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
+const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
+/// `::ffff:` in the second word of an IPv4-mapped address (bytes 8..12, memory order).
+const IPV4_MAPPED_MARK: u64 = 0xffff_0000;
+
+pub const IPPROTO_TCP: u8 = 6;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+
+const TCP_MIN_HEADER_LEN: usize = 20;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// What the network layer tells us.
+pub struct Network {
+    /// Source address, IPv4-mapped for IPv4.
+    pub src: SourceAddr,
+    /// Upper-layer protocol (after IPv6 extension headers).
+    pub protocol: u8,
+    /// Offset of the upper-layer header in the frame.
+    pub l4_offset: usize,
+    /// Offset just past the IP payload, from the IP length fields (not the frame end, which
+    /// may include Ethernet padding).
+    pub l3_end: usize,
+    /// A fragment other than the first: no upper-layer header here.
+    pub later_fragment: bool,
+}
+
+/// What the TCP layer tells us.
+pub struct Tcp {
+    pub dst_port: u16,
+    /// SYN without ACK: a new connection attempt.
+    pub syn: bool,
+    pub payload_offset: usize,
+    pub payload_len: usize,
+}
+
+/// Ethernet and up to [`MAX_VLAN_TAGS`] VLAN tags: the network-layer ethertype and its offset.
+#[inline(always)]
+pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Counter> {
+    let eth = header::<ETH_HEADER_LEN>(ctx, 0).ok_or(Counter::PassTruncated)?;
+    let mut ethertype = eth.be16(12);
+    let mut off = ETH_HEADER_LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETHERTYPE_VLAN && ethertype != ETHERTYPE_QINQ {
+            break;
+        }
+        // A tag is 2 bytes of TCI followed by the encapsulated ethertype.
+        let tag = header::<4>(ctx, off).ok_or(Counter::PassTruncated)?;
+        ethertype = tag.be16(2);
+        off += 4;
+    }
+    if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
+        return Err(Counter::PassVlanDepth);
+    }
+    Ok((ethertype, off))
+}
+
+#[inline(always)]
+pub fn network(ctx: &XdpContext, ethertype: u16, off: usize) -> Result<Network, Counter> {
+    match ethertype {
+        ETHERTYPE_IPV4 => ipv4(ctx, off),
+        ETHERTYPE_IPV6 => ipv6(ctx, off),
+        _ => Err(Counter::PassNotIp),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
+    let ip = header::<IPV4_MIN_HEADER_LEN>(ctx, off).ok_or(Counter::PassTruncated)?;
+    let version_ihl = ip.u8(0);
+    if version_ihl >> 4 != 4 {
+        return Err(Counter::PassMalformed);
+    }
+    let header_len = ((version_ihl & 0x0f) as usize) * 4;
+    let total_len = ip.be16(2) as usize;
+    if header_len < IPV4_MIN_HEADER_LEN || total_len < header_len {
+        return Err(Counter::PassMalformed);
+    }
+    // The kernel drops a packet shorter than its IP length; do not count it, pass it.
+    if off + total_len > frame_len(ctx) {
+        return Err(Counter::PassTruncated);
+    }
+    Ok(Network {
+        src: SourceAddr {
+            words: [0, IPV4_MAPPED_MARK | (u64::from(ip.raw32(12)) << 32)],
+        },
+        protocol: ip.u8(9),
+        l4_offset: off + header_len,
+        l3_end: off + total_len,
+        later_fragment: ip.be16(6) & IPV4_FRAGMENT_OFFSET_MASK != 0,
+    })
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
+    let ip = header::<IPV6_HEADER_LEN>(ctx, off).ok_or(Counter::PassTruncated)?;
+    if ip.u8(0) >> 4 != 6 {
+        return Err(Counter::PassMalformed);
+    }
+    let l3_end = off + IPV6_HEADER_LEN + ip.be16(4) as usize;
+    if l3_end > frame_len(ctx) {
+        return Err(Counter::PassTruncated);
+    }
+    let src = SourceAddr {
+        words: [ip.raw64(8), ip.raw64(16)],
+    };
+    let mut next = ip.u8(6);
+    let mut off = off + IPV6_HEADER_LEN;
+    let mut later_fragment = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
+                let ext = header::<2>(ctx, off).ok_or(Counter::PassTruncated)?;
+                next = ext.u8(0);
+                off += (ext.u8(1) as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let ext = header::<4>(ctx, off).ok_or(Counter::PassTruncated)?;
+                next = ext.u8(0);
+                off += 8;
+                if ext.be16(2) >> 3 != 0 {
+                    later_fragment = true;
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    if !later_fragment
+        && matches!(
+            next,
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS | IPV6_FRAGMENT
+        )
+    {
+        return Err(Counter::PassExtHeaderLimit);
+    }
+    if off > l3_end {
+        return Err(Counter::PassMalformed);
+    }
+    Ok(Network {
+        src,
+        protocol: next,
+        l4_offset: off,
+        l3_end,
+        later_fragment,
+    })
+}
+
+#[inline(always)]
+pub fn tcp(ctx: &XdpContext, net: &Network) -> Result<Tcp, Counter> {
+    let off = net.l4_offset;
+    let tcp = header::<TCP_MIN_HEADER_LEN>(ctx, off).ok_or(Counter::PassTruncated)?;
+    let header_len = ((tcp.u8(12) >> 4) as usize) * 4;
+    if header_len < TCP_MIN_HEADER_LEN || off + header_len > net.l3_end {
+        return Err(Counter::PassMalformed);
+    }
+    let flags = tcp.u8(13);
+    Ok(Tcp {
+        dst_port: tcp.be16(2),
+        syn: flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0,
+        payload_offset: off + header_len,
+        payload_len: net.l3_end - (off + header_len),
+    })
+}

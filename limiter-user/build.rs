@@ -1,0 +1,43 @@
+//! Compiles limiter-ebpf for the BPF target (nightly, build-std, bpf-linker) so that a plain
+//! `cargo build` embeds the object. `cargo xtask setup` installs what this needs.
+
+use anyhow::{anyhow, Context as _};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = metadata
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == "limiter-ebpf")
+        .ok_or_else(|| anyhow!("limiter-ebpf is not in the workspace"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("limiter-ebpf manifest has no parent directory"))?;
+    if which_bpf_linker().is_none() {
+        println!(
+            "cargo:warning=bpf-linker is not on PATH; run `cargo xtask setup` first (it builds \
+             bpf-linker against the nightly toolchain's LLVM)"
+        );
+    }
+    aya_build::build_ebpf(
+        [Package {
+            name: "limiter-ebpf",
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
+        Toolchain::Nightly,
+    )
+    .context("building the XDP program failed; `cargo xtask setup` installs its toolchain")
+}
+
+fn which_bpf_linker() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("bpf-linker"))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,7 @@
+//! The BPF objects built by `build.rs` and embedded in the binary.
+
+/// The glance-limiter XDP program and its maps.
+pub static LIMITER: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter"));
+
+/// Do-nothing reference programs (`empty_pass`, `empty_drop`) that benchmarks measure against.
+pub static BASELINE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));

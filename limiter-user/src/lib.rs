@@ -1,0 +1,13 @@
+//! glance-limiter's userspace: loads and drives the XDP program that counts and drops per
+//! source in front of an OpenStack Glance API (OSSN-0076).
+//!
+//! - [`loader`] owns the loaded BPF object, its attachments and its maps; it is the only
+//!   module that sees raw map bytes.
+//! - [`net`], [`clock`] and [`rules`] are pure: address, time and rule conversions between
+//!   the domain and what the kernel stores.
+
+pub mod clock;
+pub mod ebpf_objects;
+pub mod loader;
+pub mod net;
+pub mod rules;

@@ -1,0 +1,208 @@
+//! Typed access to the program's maps. The only place that knows map names and value layouts.
+
+use std::net::IpAddr;
+
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData, MapError, PerCpuArray,
+    },
+    Ebpf, Pod,
+};
+use limiter_common::{
+    AllowRule, BlockRule, Config, Counter, SourceAddr, SourceStats, ALLOW_MAP, BLOCK_MAP,
+    CONFIG_ANY_PORT_RULES, CONFIG_MAP, COUNTERS_MAP, PORTS_MAP, PORT_BITMAP_WORDS, SOURCES_MAP,
+};
+
+use super::LoaderError;
+use crate::{
+    net,
+    rules::{CompiledRules, TrieKey},
+};
+
+/// One row of the per-source table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceEntry {
+    pub addr: IpAddr,
+    pub stats: SourceStats,
+}
+
+/// Global counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    values: [u64; Counter::COUNT as usize],
+}
+
+impl Counters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values[counter as usize]
+    }
+
+    /// Packets seen: the sum of every verdict counter.
+    pub fn packets(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.is_verdict())
+            .map(|c| self.get(*c))
+            .sum()
+    }
+
+    /// `(name, value)` for every counter, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.iter().map(|c| (*c, self.get(*c)))
+    }
+
+    /// Counters accumulated since `earlier`.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut values = [0; Counter::COUNT as usize];
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = self.values[i].wrapping_sub(earlier.values[i]);
+        }
+        Counters { values }
+    }
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> LoaderError {
+    move |source| LoaderError::Map { map, op, source }
+}
+
+fn map_ref<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, LoaderError> {
+    ebpf.map(name).ok_or(LoaderError::Map {
+        map: name,
+        op: "open",
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })
+}
+
+fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, LoaderError> {
+    ebpf.map_mut(name).ok_or(LoaderError::Map {
+        map: name,
+        op: "open",
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })
+}
+
+pub(super) fn write_port_bitmap(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), LoaderError> {
+    let mut words = vec![0u64; PORT_BITMAP_WORDS as usize];
+    for port in ports {
+        words[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+    let mut bitmap: Array<&mut MapData, u64> =
+        Array::try_from(map_mut(ebpf, PORTS_MAP)?).map_err(map_err(PORTS_MAP, "open"))?;
+    for (index, word) in words.iter().enumerate() {
+        let index = index as u32;
+        let current = bitmap.get(&index, 0).map_err(map_err(PORTS_MAP, "read"))?;
+        if current != *word {
+            bitmap
+                .set(index, word, 0)
+                .map_err(map_err(PORTS_MAP, "write"))?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn apply_rules(ebpf: &mut Ebpf, rules: &CompiledRules) -> Result<(), LoaderError> {
+    // Raise the "all ports" switch before the entries that need it, lower it after.
+    if rules.any_port_rules {
+        set_config_flag(ebpf, CONFIG_ANY_PORT_RULES, true)?;
+    }
+    sync_trie::<BlockRule>(ebpf, BLOCK_MAP, &rules.block)?;
+    sync_trie::<AllowRule>(ebpf, ALLOW_MAP, &rules.allow)?;
+    if !rules.any_port_rules {
+        set_config_flag(ebpf, CONFIG_ANY_PORT_RULES, false)?;
+    }
+    update_config(ebpf, |config| {
+        config.rules_generation = config.rules_generation.wrapping_add(1)
+    })
+}
+
+fn sync_trie<V: Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    wanted: &std::collections::BTreeMap<TrieKey, V>,
+) -> Result<(), LoaderError> {
+    let mut trie: LpmTrie<&mut MapData, [u8; 16], V> =
+        LpmTrie::try_from(map_mut(ebpf, name)?).map_err(map_err(name, "open"))?;
+    let present: Vec<Key<[u8; 16]>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name, "list keys"))?;
+    for (&(prefix_len, addr), value) in wanted {
+        let key = Key::new(prefix_len, addr);
+        if trie.get(&key, 0).ok().as_ref() != Some(value) {
+            trie.insert(&key, value, 0)
+                .map_err(map_err(name, "insert"))?;
+        }
+    }
+    for key in present {
+        if !wanted.contains_key(&(key.prefix_len(), key.data())) {
+            match trie.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name, "remove")(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_config_flag(ebpf: &mut Ebpf, flag: u32, on: bool) -> Result<(), LoaderError> {
+    update_config(ebpf, |config| {
+        if on {
+            config.flags |= flag
+        } else {
+            config.flags &= !flag
+        }
+    })
+}
+
+fn update_config(ebpf: &mut Ebpf, change: impl FnOnce(&mut Config)) -> Result<(), LoaderError> {
+    let mut config: Array<&mut MapData, Config> =
+        Array::try_from(map_mut(ebpf, CONFIG_MAP)?).map_err(map_err(CONFIG_MAP, "open"))?;
+    let current = config.get(&0, 0).map_err(map_err(CONFIG_MAP, "read"))?;
+    let mut wanted = current;
+    change(&mut wanted);
+    if wanted != current {
+        config
+            .set(0, wanted, 0)
+            .map_err(map_err(CONFIG_MAP, "write"))?;
+    }
+    Ok(())
+}
+
+pub(super) fn read_sources(ebpf: &Ebpf) -> Result<Vec<SourceEntry>, LoaderError> {
+    let table: HashMap<&MapData, SourceAddr, SourceStats> =
+        HashMap::try_from(map_ref(ebpf, SOURCES_MAP)?).map_err(map_err(SOURCES_MAP, "open"))?;
+    let mut entries = Vec::new();
+    for item in table.iter() {
+        match item {
+            Ok((key, stats)) => entries.push(SourceEntry {
+                addr: net::key_to_addr(key.octets()),
+                stats,
+            }),
+            // Evicted between listing its key and reading it.
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(SOURCES_MAP, "read")(e)),
+        }
+    }
+    Ok(entries)
+}
+
+pub(super) fn read_counters(ebpf: &Ebpf) -> Result<Counters, LoaderError> {
+    let array: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map_ref(ebpf, COUNTERS_MAP)?).map_err(map_err(COUNTERS_MAP, "open"))?;
+    let mut counters = Counters::default();
+    for counter in Counter::ALL {
+        let per_cpu = array
+            .get(&(counter as u32), 0)
+            .map_err(map_err(COUNTERS_MAP, "read"))?;
+        counters.values[counter as usize] = per_cpu.iter().sum();
+    }
+    Ok(counters)
+}

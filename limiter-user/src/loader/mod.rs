@@ -1,0 +1,298 @@
+//! Owns the loaded XDP program: loads it, attaches it to interfaces, runs it on test frames,
+//! and hands out typed views of its maps. Nothing outside this module touches raw map bytes.
+
+mod maps;
+
+use std::time::Duration;
+
+use aya::{
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use std::{
+    sync::OnceLock,
+    thread,
+    time::{Instant, SystemTime},
+};
+
+use limiter_common::{CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, SOURCES_MAP};
+use tracing::{info, warn};
+
+pub use self::maps::{Counters, SourceEntry};
+use crate::{
+    clock::{self, KernelClock},
+    ebpf_objects,
+    rules::CompiledRules,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error(
+        "loading the BPF object failed: {0}; glance-limiter needs root (CAP_BPF, CAP_NET_ADMIN) \
+         and a kernel with BPF and BTF"
+    )]
+    Load(#[source] EbpfError),
+    #[error("the BPF object has no program `{0}`; the build embedded the wrong object")]
+    MissingProgram(&'static str),
+    #[error("the kernel refused program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(
+        "cannot attach to interface `{iface}` in native or generic XDP mode: {source}; check \
+         that the interface exists (`ip link show {iface}`) and has no other XDP program"
+    )]
+    Attach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("{op} on map {map} failed: {source}")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("invalid protected port 0: ports are 1-65535")]
+    PortZero,
+}
+
+/// How the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver, before any socket buffer is allocated.
+    Native,
+    /// In the stack after the driver (`xdpgeneric`): correct, but slower.
+    Generic,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+}
+
+/// The program's decision for one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Aborted,
+    Drop,
+    Pass,
+    Other(u32),
+}
+
+impl Verdict {
+    fn from_return_value(value: u32) -> Self {
+        match value {
+            0 => Verdict::Aborted,
+            1 => Verdict::Drop,
+            2 => Verdict::Pass,
+            other => Verdict::Other(other),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Bound of the per-source table; the least recently seen source is evicted beyond it.
+    pub source_capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            source_capacity: DEFAULT_SOURCE_CAPACITY,
+        }
+    }
+}
+
+/// The loaded glance-limiter program and its maps. Dropping it detaches from every interface
+/// and frees the maps.
+pub struct Limiter {
+    ebpf: Ebpf,
+    attachments: Vec<(String, AttachMode)>,
+}
+
+impl Limiter {
+    /// Loads the program into the kernel (verifier included), attached nowhere yet.
+    /// Port 9292 is not protected until [`Limiter::set_protected_ports`] says so.
+    pub fn load(options: &LoadOptions) -> Result<Self, LoaderError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(SOURCES_MAP, options.source_capacity)
+            .load(ebpf_objects::LIMITER)
+            .map_err(LoaderError::Load)?;
+        for name in [PROGRAM_NAME, CLOCK_PROBE_NAME] {
+            program_mut(&mut ebpf, name)?
+                .load()
+                .map_err(|source| LoaderError::Program { name, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            attachments: Vec::new(),
+        })
+    }
+
+    /// The kernel's clock as the program sees it, paired with the wall clock now.
+    pub fn clock(&self) -> Result<KernelClock, LoaderError> {
+        static HZ: OnceLock<u32> = OnceLock::new();
+        let hz = match HZ.get() {
+            Some(hz) => *hz,
+            None => {
+                // Two readings a tenth of a second apart; HZ cannot change while running.
+                let (before, started) = (self.jiffies()?, Instant::now());
+                thread::sleep(Duration::from_millis(100));
+                let (after, elapsed) = (self.jiffies()?, started.elapsed());
+                *HZ.get_or_init(|| clock::estimate_hz(before, after, elapsed))
+            }
+        };
+        let jiffies = self.jiffies()?;
+        Ok(KernelClock {
+            wall: SystemTime::now(),
+            jiffies,
+            hz,
+        })
+    }
+
+    fn jiffies(&self) -> Result<u64, LoaderError> {
+        let probe = program(&self.ebpf, CLOCK_PROBE_NAME)?;
+        let frame = [0u8; 64];
+        let mut out = [0u8; 64];
+        probe
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| LoaderError::Program {
+                name: CLOCK_PROBE_NAME,
+                source,
+            })?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&out[..8]);
+        Ok(u64::from_ne_bytes(word))
+    }
+
+    /// Attaches to `iface` (looked up in the calling thread's network namespace): native
+    /// mode if the driver supports it, otherwise generic mode with a warning.
+    pub fn attach(&mut self, iface: &str) -> Result<AttachMode, LoaderError> {
+        let program = program_mut(&mut self.ebpf, PROGRAM_NAME)?;
+        let mode = match program.attach(iface, XdpMode::Driver) {
+            Ok(_) => AttachMode::Native,
+            Err(native_error) => {
+                warn!(
+                    iface,
+                    error = %native_error,
+                    "native XDP attach failed; falling back to generic mode (slower, same behaviour)"
+                );
+                program
+                    .attach(iface, XdpMode::Skb)
+                    .map_err(|source| LoaderError::Attach {
+                        iface: iface.to_owned(),
+                        source,
+                    })?;
+                AttachMode::Generic
+            }
+        };
+        info!(iface, mode = mode.as_str(), "attached");
+        self.attachments.push((iface.to_owned(), mode));
+        Ok(mode)
+    }
+
+    pub fn attachments(&self) -> &[(String, AttachMode)] {
+        &self.attachments
+    }
+
+    /// Runs the program once on `frame` through BPF_PROG_TEST_RUN, maps and all.
+    pub fn test_run(&self, frame: &[u8]) -> Result<Verdict, LoaderError> {
+        Ok(run(program(&self.ebpf, PROGRAM_NAME)?, frame, 1)?.0)
+    }
+
+    /// Runs the program `repeat` times on `frame`; returns the verdict and the kernel's
+    /// average time per run.
+    pub fn time_run(&self, frame: &[u8], repeat: u32) -> Result<(Verdict, Duration), LoaderError> {
+        run(program(&self.ebpf, PROGRAM_NAME)?, frame, repeat)
+    }
+
+    pub fn set_protected_ports(&mut self, ports: &[u16]) -> Result<(), LoaderError> {
+        if ports.contains(&0) {
+            return Err(LoaderError::PortZero);
+        }
+        maps::write_port_bitmap(&mut self.ebpf, ports)
+    }
+
+    /// Makes the rule tries hold exactly `rules` (compiled against [`Limiter::clock`]): new and
+    /// changed entries are written before stale ones are removed, so no moment exists with
+    /// less protection than either state; then the rules generation is bumped so sources'
+    /// cached verdicts are re-read.
+    pub fn apply_rules(&mut self, rules: &CompiledRules) -> Result<(), LoaderError> {
+        maps::apply_rules(&mut self.ebpf, rules)
+    }
+
+    /// Every source in the per-source table.
+    pub fn sources(&self) -> Result<Vec<SourceEntry>, LoaderError> {
+        maps::read_sources(&self.ebpf)
+    }
+
+    /// Global counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, LoaderError> {
+        maps::read_counters(&self.ebpf)
+    }
+}
+
+/// Do-nothing programs (`empty_pass`, `empty_drop`) to measure against.
+pub struct Baseline {
+    ebpf: Ebpf,
+    name: &'static str,
+}
+
+impl Baseline {
+    pub const EMPTY_PASS: &'static str = "empty_pass";
+    pub const EMPTY_DROP: &'static str = "empty_drop";
+
+    pub fn load(name: &'static str) -> Result<Self, LoaderError> {
+        let mut ebpf = Ebpf::load(ebpf_objects::BASELINE).map_err(LoaderError::Load)?;
+        program_mut(&mut ebpf, name)?
+            .load()
+            .map_err(|source| LoaderError::Program { name, source })?;
+        Ok(Self { ebpf, name })
+    }
+
+    pub fn time_run(&self, frame: &[u8], repeat: u32) -> Result<(Verdict, Duration), LoaderError> {
+        run(program(&self.ebpf, self.name)?, frame, repeat)
+    }
+}
+
+fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, LoaderError> {
+    ebpf.program(name)
+        .and_then(|p| <&Xdp>::try_from(p).ok())
+        .ok_or(LoaderError::MissingProgram(name))
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, LoaderError> {
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .ok_or(LoaderError::MissingProgram(name))
+}
+
+fn run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(Verdict, Duration), LoaderError> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .map_err(|source| LoaderError::Program {
+            name: "test run",
+            source,
+        })?;
+    Ok((Verdict::from_return_value(result.return_value), result.duration))
+}

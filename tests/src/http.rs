@@ -1,0 +1,237 @@
+//! A stand-in for the Glance API (201 to image-create, 200 to everything else, keep-alive) and
+//! a bounded client. The real Glance runs in the daemon's end-to-end tests; packet counting
+//! only needs something that speaks HTTP/1.1 over real TCP.
+
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::netns::Netns;
+
+/// How long the server keeps an idle connection, and the most any test waits on one.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct StandInServer {
+    stop: Arc<AtomicBool>,
+    accept_thread: Option<thread::JoinHandle<()>>,
+    requests: Arc<AtomicU64>,
+}
+
+impl StandInServer {
+    /// Listens on `[::]:port` (IPv4 and IPv6) inside `ns`; returns once the socket listens.
+    pub fn start_in(ns: &Netns, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let accept_thread = {
+            let stop = stop.clone();
+            let requests = requests.clone();
+            ns.spawn(move || {
+                let listener = match listen_dual_stack(port) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        ready_tx.send(Err(e)).ok();
+                        return;
+                    }
+                };
+                ready_tx.send(Ok(())).ok();
+                accept_loop(listener, &stop, &requests);
+            })
+        };
+        ready_rx
+            .recv()
+            .expect("server thread ended before listening")
+            .expect("stand-in server cannot listen");
+        StandInServer {
+            stop,
+            accept_thread: Some(accept_thread),
+            requests,
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for StandInServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept_thread.take() {
+            t.join().ok();
+        }
+    }
+}
+
+fn listen_dual_stack(port: u16) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    let addr: SocketAddr = (IpAddr::from([0u16; 8]), port).into();
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    let listener: TcpListener = socket.into();
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn accept_loop(listener: TcpListener, stop: &Arc<AtomicBool>, requests: &Arc<AtomicU64>) {
+    let mut workers = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let stop = stop.clone();
+                let requests = requests.clone();
+                workers.push(thread::spawn(move || serve(stream, &stop, &requests)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(2))
+            }
+            Err(_) => thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    for w in workers {
+        w.join().ok();
+    }
+}
+
+fn serve(stream: TcpStream, stop: &AtomicBool, requests: &AtomicU64) {
+    stream.set_nonblocking(false).ok();
+    // Short read timeout so the worker notices `stop`; the idle limit is IO_TIMEOUT.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .ok();
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    let mut idle_since = Instant::now();
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) && idle_since.elapsed() < IO_TIMEOUT {
+        line.clear();
+        match read_request_head(&mut reader, &mut line) {
+            Ok(Some((request_line, content_length))) => {
+                let mut body = vec![0u8; content_length.min(1 << 20)];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let created = request_line.starts_with("POST ")
+                    && (request_line.contains(" /v2/images ") || request_line.contains(" /v1/images "));
+                let (status, body) = if created {
+                    ("201 Created", r#"{"status":"queued"}"#)
+                } else {
+                    ("200 OK", r#"{"images":[]}"#)
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if writer.write_all(response.as_bytes()).is_err() {
+                    return;
+                }
+                requests.fetch_add(1, Ordering::Relaxed);
+                idle_since = Instant::now();
+            }
+            Ok(None) => return,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads a request line and headers; returns the request line and Content-Length, or `None`
+/// at end of stream.
+fn read_request_head(
+    reader: &mut BufReader<TcpStream>,
+    buf: &mut String,
+) -> io::Result<Option<(String, usize)>> {
+    if reader.read_line(buf)? == 0 {
+        return Ok(None);
+    }
+    let request_line = buf.trim_end().to_owned();
+    let mut content_length = 0;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Ok(None);
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    Ok(Some((request_line, content_length)))
+}
+
+/// Connects from `src` to `dst:port`, failing after `timeout`. Call inside the client's
+/// namespace (the socket stays in it afterwards, whatever thread uses it).
+pub fn connect_from(src: &str, dst: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let src: IpAddr = src.parse().expect("source address");
+    let dst: IpAddr = dst.parse().expect("destination address");
+    let domain = if dst.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let socket = Socket::new(domain, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(src, 0).into())?;
+    socket.connect_timeout(&SocketAddr::new(dst, port).into(), timeout)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Sends one request on a keep-alive connection and returns the response status.
+pub fn request(stream: &mut TcpStream, method: &str, path: &str, body: &str) -> io::Result<u16> {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: glance\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes())?;
+    read_response(stream)
+}
+
+fn read_response(stream: &mut TcpStream) -> io::Result<u16> {
+    // Byte at a time is fine for tests and never over-reads into the next response.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        head.push(byte[0]);
+        if head.len() > 16 * 1024 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too long"));
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no status"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    Ok(status)
+}
