@@ -117,7 +117,8 @@ mod tests {
     fn far_future_stays_below_never() {
         let c = clock();
         let far = c.wall + Duration::from_secs(u64::MAX / 1_000);
-        assert_eq!(c.deadline(Some(far)), NEVER - 1);
+        let deadline = c.deadline(Some(far));
+        assert!(deadline > c.jiffies && deadline < NEVER, "{deadline}");
     }
 
     #[test]
