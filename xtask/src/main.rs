@@ -1,1 +1,43 @@
-fn main(){}
+//! Project tasks cargo cannot do alone: toolchain set-up, privileged test runs, benchmarks.
+//! Run as `cargo xtask <task>` (alias in .cargo/config.toml).
+
+mod bench;
+mod cmd;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "glance-limiter project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; seconds when all is there):
+    /// nightly rust-src, bpf-linker built against the nightly's LLVM, bpffs, Debian packages.
+    Setup,
+    /// Set up, then run every check: formatting, clippy (host and BPF target), unit tests,
+    /// and the kernel tests (BPF_PROG_TEST_RUN and network namespaces; need root).
+    Test,
+    /// Set up, then run the benchmarks (need root); results in target/bench/.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test => {
+            setup::run()?;
+            test::run()
+        }
+        Task::Bench => {
+            setup::run()?;
+            bench::run()
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Idempotent set-up of a fresh machine: each step checks first and does nothing when done.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::{self, is_root, succeeds};
+
+/// bpf-linker release known to link against LLVM 21–23 (the nightly's LLVM is 22 here).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Commands the tests and benchmarks use, and the Debian package that provides each.
+const DEBIAN_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
+
+pub fn run() -> Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    bpffs()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context(
+            "the nightly toolchain is missing; the BPF program needs it (rustup toolchain \
+             install nightly)",
+        )?;
+    Ok(PathBuf::from(sysroot))
+}
+
+/// `-Z build-std=core` for the BPF target needs the standard library's sources.
+fn nightly_rust_src() -> Result<()> {
+    let src = nightly_sysroot()?.join("lib/rustlib/src/rust/library/core");
+    if src.is_dir() {
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker, built against the LLVM shared library inside the nightly toolchain (Debian's
+/// LLVM is too old and no prebuilt binary can be fetched). The library is linked from a
+/// stable directory that the binary's rpath points at.
+fn bpf_linker() -> Result<()> {
+    let installed = cmd::output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if installed.ends_with(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    let sysroot = nightly_sysroot()?;
+    let llvm_major = llvm_major_version()?;
+    let llvm_lib = fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", sysroot.join("lib").display()))?;
+    let prefix = cargo_home()?.join("bpf-linker-llvm");
+    let lib_dir = prefix.join("lib");
+    fs::create_dir_all(&lib_dir)?;
+    let file_name = llvm_lib.file_name().expect("a file");
+    for link in [lib_dir.join("libLLVM.so"), lib_dir.join(file_name)] {
+        replace_symlink(&llvm_lib, &link)?;
+    }
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    if !succeeds(Command::new("bpf-linker").arg("--version")) {
+        bail!(
+            "bpf-linker was installed but does not run; is {} on PATH?",
+            cargo_home()?.join("bin").display()
+        );
+    }
+    Ok(())
+}
+
+fn llvm_major_version() -> Result<u32> {
+    let info = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|major| major.parse().ok())
+        .context("`rustc +nightly -vV` reports no LLVM version")
+}
+
+fn cargo_home() -> Result<PathBuf> {
+    if let Some(home) = env::var_os("CARGO_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    let home = env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cargo"))
+}
+
+fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
+    if fs::read_link(link).is_ok_and(|current| current == target) {
+        return Ok(());
+    }
+    let _ = fs::remove_file(link);
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("symlink {} -> {}", link.display(), target.display()))
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_TOOLS
+        .iter()
+        .filter(|(tool, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")])))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}; install them as root (apt-get install {})", missing.join(" "));
+    }
+    let install = |update_first: bool| -> Result<()> {
+        if update_first {
+            cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+        }
+        cmd::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    // Package lists on a fresh machine may be stale or absent.
+    install(false).or_else(|_| install(true))
+}
+
+/// bpffs at /sys/fs/bpf, where the daemon pins its maps and links.
+fn bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("xtask: /sys/fs/bpf is not mounted and this is not root; skipping (mount -t bpf bpf /sys/fs/bpf)");
+        return Ok(());
+    }
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
