@@ -3,6 +3,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 
@@ -26,6 +27,8 @@ enum Task {
     Test,
     /// Set up, then run the benchmarks (need root); results in target/bench/.
     Bench,
+    /// Set up, then show the program at work in throwaway network namespaces (needs root).
+    Demo,
 }
 
 fn main() -> Result<()> {
@@ -38,6 +41,10 @@ fn main() -> Result<()> {
         Task::Bench => {
             setup::run()?;
             bench::run()
+        }
+        Task::Demo => {
+            setup::run()?;
+            demo::run()
         }
     }
 }
