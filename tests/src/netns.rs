@@ -44,6 +44,16 @@ impl Netns {
         run(&full);
     }
 
+    /// Adds `cidr` to `iface`. IPv6 addresses skip duplicate address detection, so they are
+    /// usable at once.
+    pub fn add_addr(&self, iface: &str, cidr: &str) {
+        if cidr.contains(':') {
+            self.ip(&["-6", "addr", "add", cidr, "dev", iface, "nodad"]);
+        } else {
+            self.ip(&["addr", "add", cidr, "dev", iface]);
+        }
+    }
+
     /// Runs `f` on a new thread that has entered this namespace (network namespace only, so
     /// the host's bpffs stays visible) and returns its result.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -86,7 +96,8 @@ fn enter(path: &PathBuf) {
     let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     // SAFETY: a valid namespace fd; CLONE_NEWNET only changes this thread's network namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns({}): {}", path.display(), std::io::Error::last_os_error());
+    let error = std::io::Error::last_os_error();
+    assert_eq!(rc, 0, "setns({}): {error}", path.display());
 }
 
 /// Runs a command and panics with its output if it fails.
@@ -123,18 +134,22 @@ impl Topology {
         let server = Netns::new("s");
         let client = Netns::new("c");
         let (server_iface, client_iface) = ("veth-glance", "veth-client");
-        run(&[
-            "ip", "link", "add", server_iface, "netns", server.name(), "type", "veth", "peer",
-            "name", client_iface, "netns", client.name(),
-        ]);
-        server.ip(&["addr", "add", &format!("{}/24", Self::SERVER_V4), "dev", server_iface]);
-        server.ip(&["-6", "addr", "add", &format!("{}/64", Self::SERVER_V6), "dev", server_iface, "nodad"]);
+        // One command creates both ends, each directly in its namespace: the host's
+        // namespace never holds either interface.
+        let veth_pair = format!(
+            "ip link add {server_iface} netns {} type veth peer name {client_iface} netns {}",
+            server.name(),
+            client.name()
+        );
+        run(&veth_pair.split(' ').collect::<Vec<_>>());
+        server.add_addr(server_iface, &format!("{}/24", Self::SERVER_V4));
+        server.add_addr(server_iface, &format!("{}/64", Self::SERVER_V6));
         server.ip(&["link", "set", server_iface, "up"]);
         for a in Self::CLIENT_V4 {
-            client.ip(&["addr", "add", &format!("{a}/24"), "dev", client_iface]);
+            client.add_addr(client_iface, &format!("{a}/24"));
         }
         for a in Self::CLIENT_V6 {
-            client.ip(&["-6", "addr", "add", &format!("{a}/64"), "dev", client_iface, "nodad"]);
+            client.add_addr(client_iface, &format!("{a}/64"));
         }
         client.ip(&["link", "set", client_iface, "up"]);
         Topology {
