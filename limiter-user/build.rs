@@ -24,6 +24,10 @@ fn main() -> anyhow::Result<()> {
              bpf-linker against the nightly toolchain's LLVM)"
         );
     }
+    // aya-build relays everything the nested cargo prints as build-script warnings; keep that
+    // to real diagnostics (compiler messages and errors still come through).
+    // SAFETY: build scripts are single-threaded here; the variable is for the child cargo.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [Package {
             name: "limiter-ebpf",

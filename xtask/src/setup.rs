@@ -16,7 +16,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
 
 pub fn run() -> Result<()> {
-    nightly_rust_src()?;
+    nightly_components()?;
     bpf_linker()?;
     debian_packages()?;
     bpffs()?;
@@ -33,13 +33,21 @@ fn nightly_sysroot() -> Result<PathBuf> {
     Ok(PathBuf::from(sysroot))
 }
 
-/// `-Z build-std=core` for the BPF target needs the standard library's sources.
-fn nightly_rust_src() -> Result<()> {
+/// `-Z build-std=core` for the BPF target needs the standard library's sources; the BPF
+/// crate is linted with the nightly's clippy.
+fn nightly_components() -> Result<()> {
     let src = nightly_sysroot()?.join("lib/rustlib/src/rust/library/core");
-    if src.is_dir() {
-        return Ok(());
+    if !src.is_dir() {
+        rustup_add_nightly_component("rust-src")?;
     }
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    if !succeeds(Command::new("cargo").args(["+nightly", "clippy", "--version"])) {
+        rustup_add_nightly_component("clippy")?;
+    }
+    Ok(())
+}
+
+fn rustup_add_nightly_component(component: &str) -> Result<()> {
+    cmd::run(Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]))
 }
 
 /// bpf-linker, built against the LLVM shared library inside the nightly toolchain (Debian's
@@ -69,8 +77,18 @@ fn bpf_linker() -> Result<()> {
     }
     cmd::run(
         Command::new("cargo")
-            .args(["install", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
             .env("LLVM_PREFIX", &prefix),
     )?;
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
@@ -111,14 +129,19 @@ fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_TOOLS
         .iter()
-        .filter(|(tool, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")])))
+        .filter(|(tool, _)| {
+            !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+        })
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {missing:?}; install them as root (apt-get install {})", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}; install them as root (apt-get install {})",
+            missing.join(" ")
+        );
     }
     let install = |update_first: bool| -> Result<()> {
         if update_first {

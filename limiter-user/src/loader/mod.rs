@@ -2,14 +2,16 @@
 //! and hands out typed views of its maps. Nothing outside this module touches raw map bytes.
 
 mod maps;
+mod pins;
 
 use std::time::Duration;
 
 use aya::{
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
 use std::{
+    path::PathBuf,
     sync::OnceLock,
     thread,
     time::{Instant, SystemTime},
@@ -18,7 +20,10 @@ use std::{
 use limiter_common::{CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, SOURCES_MAP};
 use tracing::{info, warn};
 
-pub use self::maps::{Counters, SourceEntry};
+pub use self::{
+    maps::{Counters, SourceEntry},
+    pins::{detach_pinned, pinned_interfaces, DetachReport, DEFAULT_PIN_DIR, PINNED_MAPS},
+};
 use crate::{
     clock::{self, KernelClock},
     ebpf_objects,
@@ -58,6 +63,13 @@ pub enum LoaderError {
     },
     #[error("invalid protected port 0: ports are 1-65535")]
     PortZero,
+    #[error("bpffs pin {path}: {detail}")]
+    Pin { path: PathBuf, detail: String },
+    #[error(
+        "pinned map {path} does not fit this version ({detail}); run `limiter detach` to \
+         remove the old pins (rules are restored from the rule store), then start again"
+    )]
+    IncompatiblePin { path: PathBuf, detail: String },
 }
 
 /// How the program runs on an interface.
@@ -117,14 +129,25 @@ impl Default for LoadOptions {
 pub struct Limiter {
     ebpf: Ebpf,
     attachments: Vec<(String, AttachMode)>,
+    /// Set by [`Limiter::load_pinned`]: maps and attachments live under this bpffs directory.
+    pin_dir: Option<PathBuf>,
 }
 
 impl Limiter {
     /// Loads the program into the kernel (verifier included), attached nowhere yet.
     /// Port 9292 is not protected until [`Limiter::set_protected_ports`] says so.
     pub fn load(options: &LoadOptions) -> Result<Self, LoaderError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(SOURCES_MAP, options.source_capacity)
+        Self::load_with(options, |_| {})
+    }
+
+    fn load_with(
+        options: &LoadOptions,
+        configure: impl FnOnce(&mut EbpfLoader),
+    ) -> Result<Self, LoaderError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(SOURCES_MAP, options.source_capacity);
+        configure(&mut loader);
+        let mut ebpf = loader
             .load(ebpf_objects::LIMITER)
             .map_err(LoaderError::Load)?;
         for name in [PROGRAM_NAME, CLOCK_PROBE_NAME] {
@@ -135,6 +158,7 @@ impl Limiter {
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
+            pin_dir: None,
         })
     }
 
@@ -180,29 +204,39 @@ impl Limiter {
     }
 
     /// Attaches to `iface` (looked up in the calling thread's network namespace): native
-    /// mode if the driver supports it, otherwise generic mode with a warning.
+    /// mode if the driver supports it, otherwise generic mode with a warning. Loaded with
+    /// [`Limiter::load_pinned`], it adopts an attachment pinned for `iface` instead, or pins
+    /// the new one.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode, LoaderError> {
+        match self.pin_dir.clone() {
+            Some(pin_dir) => self.attach_pinned(iface, &pin_dir),
+            None => Ok(self.attach_fresh(iface)?.0),
+        }
+    }
+
+    fn attach_fresh(&mut self, iface: &str) -> Result<(AttachMode, XdpLinkId), LoaderError> {
         let program = program_mut(&mut self.ebpf, PROGRAM_NAME)?;
-        let mode = match program.attach(iface, XdpMode::Driver) {
-            Ok(_) => AttachMode::Native,
+        let (mode, link_id) = match program.attach(iface, XdpMode::Driver) {
+            Ok(link_id) => (AttachMode::Native, link_id),
             Err(native_error) => {
                 warn!(
                     iface,
                     error = %native_error,
                     "native XDP attach failed; falling back to generic mode (slower, same behaviour)"
                 );
-                program
-                    .attach(iface, XdpMode::Skb)
-                    .map_err(|source| LoaderError::Attach {
-                        iface: iface.to_owned(),
-                        source,
-                    })?;
-                AttachMode::Generic
+                let link_id =
+                    program
+                        .attach(iface, XdpMode::Skb)
+                        .map_err(|source| LoaderError::Attach {
+                            iface: iface.to_owned(),
+                            source,
+                        })?;
+                (AttachMode::Generic, link_id)
             }
         };
         info!(iface, mode = mode.as_str(), "attached");
         self.attachments.push((iface.to_owned(), mode));
-        Ok(mode)
+        Ok((mode, link_id))
     }
 
     pub fn attachments(&self) -> &[(String, AttachMode)] {
@@ -294,5 +328,8 @@ fn run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(Verdict, Duration), 
             name: "test run",
             source,
         })?;
-    Ok((Verdict::from_return_value(result.return_value), result.duration))
+    Ok((
+        Verdict::from_return_value(result.return_value),
+        result.duration,
+    ))
 }

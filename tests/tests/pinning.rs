@@ -1,0 +1,178 @@
+//! Restart without a gap: maps and the XDP link pinned under bpffs keep dropping a banned
+//! source after the process that attached them is gone; a new instance adopts them (same
+//! rules and counts, one attachment); detaching removes everything.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use limiter_tests::{
+    http::{connect_from, request, StandInServer},
+    netns::Topology,
+};
+use limiter_user::{
+    loader::{detach_pinned, pinned_interfaces, Limiter, LoadOptions, PINNED_MAPS},
+    rules::{compile, Action, KernelRule, Scope},
+};
+
+const GLANCE_PORT: u16 = 9292;
+const BANNED: &str = Topology::CLIENT_V4[0];
+const OTHER: &str = Topology::CLIENT_V4[1];
+
+/// A pin directory of this test run, detached and removed on drop (also on panic).
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new() -> Self {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/glance-limiter-test-{}",
+            std::process::id()
+        ));
+        PinDir(dir)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = detach_pinned(&self.0) {
+            eprintln!("warning: could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn load(pins: &Path) -> Limiter {
+    let mut limiter =
+        Limiter::load_pinned(&LoadOptions::default(), pins).expect("load with pinned maps");
+    limiter.set_protected_ports(&[GLANCE_PORT]).unwrap();
+    limiter
+}
+
+fn block(limiter: &mut Limiter, addr: &str) {
+    let rule = KernelRule {
+        net: format!("{addr}/32").parse().unwrap(),
+        action: Action::Block,
+        scope: Scope::ProtectedPorts,
+        expires: None,
+    };
+    let compiled = compile(&[rule], &limiter.clock().unwrap()).unwrap();
+    limiter.apply_rules(&compiled).unwrap();
+}
+
+fn connects(topo: &Topology, src: &str) -> bool {
+    let timeout = Duration::from_millis(700);
+    topo.client.run(|| {
+        connect_from(src, Topology::SERVER_V4, GLANCE_PORT, timeout)
+            .and_then(|mut s| request(&mut s, "GET", "/v2/images", ""))
+            .is_ok_and(|status| status == 200)
+    })
+}
+
+/// Ids of the XDP programs attached to the server's interface, from `ip -j -d link`.
+fn attached_programs(topo: &Topology) -> Vec<u64> {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            topo.server.name(),
+            "-j",
+            "-d",
+            "link",
+            "show",
+            "dev",
+            topo.server_iface,
+        ])
+        .output()
+        .expect("run ip");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    let xdp = &links[0]["xdp"];
+    let mut ids: Vec<u64> = xdp["prog"]["id"].as_u64().into_iter().collect();
+    if let Some(attached) = xdp["attached"].as_array() {
+        ids.extend(attached.iter().filter_map(|a| a["prog"]["id"].as_u64()));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn pinned_attachment_outlives_the_process_and_is_adopted_then_detached() {
+    limiter_tests::require_kernel!();
+    let topo = Topology::new();
+    let _server = StandInServer::start_in(&topo.server, GLANCE_PORT);
+    let pins = PinDir::new();
+
+    // First instance: attach, see the banned source once, ban it.
+    let mut first = load(&pins.0);
+    topo.server
+        .run(|| first.attach(topo.server_iface))
+        .expect("attach");
+    assert!(connects(&topo, BANNED), "before the ban");
+    block(&mut first, BANNED);
+    assert!(!connects(&topo, BANNED), "the ban drops the next connect");
+    let programs_before = attached_programs(&topo);
+    assert_eq!(
+        programs_before.len(),
+        1,
+        "one attachment: {programs_before:?}"
+    );
+    assert_eq!(
+        pinned_interfaces(&pins.0),
+        vec![topo.server_iface.to_owned()]
+    );
+
+    // The process's handle goes away (as with kill -9): the kernel keeps dropping.
+    drop(first);
+    assert!(
+        !connects(&topo, BANNED),
+        "still banned with no process holding the program"
+    );
+    assert!(connects(&topo, OTHER), "others still served");
+    assert_eq!(attached_programs(&topo).len(), 1);
+
+    // Restart: same maps (the ban and the counts are there without re-applying anything),
+    // the pinned link adopted, still exactly one attachment.
+    let mut second = load(&pins.0);
+    let rows = second.sources().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r.addr.to_string() == BANNED && r.stats.syns >= 1),
+        "counts survive the restart: {rows:?}"
+    );
+    topo.server
+        .run(|| second.attach(topo.server_iface))
+        .expect("adopt");
+    let programs_after = attached_programs(&topo);
+    assert_eq!(
+        programs_after.len(),
+        1,
+        "no second attachment: {programs_after:?}"
+    );
+    assert_ne!(
+        programs_after, programs_before,
+        "the new program was swapped in"
+    );
+    assert!(!connects(&topo, BANNED), "the ban survived the restart");
+    assert!(connects(&topo, OTHER));
+    drop(second);
+
+    // Detach removes the link and every map pin; traffic flows again.
+    let report = detach_pinned(&pins.0).expect("detach");
+    assert_eq!(report.links, vec![topo.server_iface.to_owned()]);
+    let mut maps = report.maps.clone();
+    maps.sort();
+    let mut expected: Vec<String> = PINNED_MAPS.iter().map(|m| m.to_string()).collect();
+    expected.sort();
+    assert_eq!(maps, expected);
+    assert!(!pins.0.exists());
+    assert!(
+        attached_programs(&topo).is_empty(),
+        "XDP left the interface"
+    );
+    assert!(connects(&topo, BANNED), "no ban without the program");
+    assert_eq!(
+        detach_pinned(&pins.0).unwrap(),
+        Default::default(),
+        "detaching twice is harmless"
+    );
+}
