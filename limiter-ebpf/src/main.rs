@@ -76,13 +76,22 @@ pub fn clock_probe(ctx: XdpContext) -> u32 {
 fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     let (ethertype, l3_offset) = parse::ethernet(ctx)?;
     let net = parse::network(ctx, ethertype, l3_offset)?;
+    if let Some(reason) = net.transport_hidden {
+        return port_unknown(&net, reason);
+    }
     if net.later_fragment {
         return other_traffic(&net, Counter::PassFragment);
     }
     if net.protocol != IPPROTO_TCP {
         return other_traffic(&net, Counter::PassNotTcp);
     }
-    let tcp = parse::tcp(ctx, &net)?;
+    let tcp = match parse::tcp(ctx, &net) {
+        Ok(tcp) => tcp,
+        // A first fragment too short for the TCP header (RFC 1858's tiny fragment): the port
+        // arrives in a later fragment and reassembly restores it, so judge by the source.
+        Err(_) if net.first_fragment => return port_unknown(&net, Counter::PassFragment),
+        Err(reason) => return Err(reason),
+    };
     if !is_protected(tcp.dst_port) {
         return other_traffic(&net, Counter::PassOtherPort);
     }
@@ -98,7 +107,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         }
     };
 
-    if let Some(stats) = SOURCES.get_ptr_mut(&net.src) {
+    if let Some(stats) = SOURCES.get_ptr_mut(net.src) {
         // SAFETY: a live map value; concurrent writers only touch it atomically or with
         // idempotent stores of the same cached verdict.
         let verdict = unsafe { cached_verdict(stats, &net.src, generation) };
@@ -119,7 +128,15 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         Decision::PassAllowed => Counter::PassAllowed,
         Decision::Pass => Counter::PassProtected,
     };
-    insert_source(&net.src, verdict, generation, tcp.syn, class(), frame_bytes, now);
+    insert_source(
+        &net.src,
+        verdict,
+        generation,
+        tcp.syn,
+        class(),
+        frame_bytes,
+        now,
+    );
     Ok((xdp_action::XDP_PASS, counter))
 }
 
@@ -162,6 +179,18 @@ unsafe fn cached_verdict(stats: *mut SourceStats, src: &SourceAddr, generation: 
     (&raw mut (*stats).allowed_until).write_volatile(verdict.allowed_until);
     (&raw mut (*stats).rules_generation).write_volatile(generation);
     verdict
+}
+
+/// Traffic whose source is known but whose destination port cannot be read. It may be bound
+/// for a protected port, so a blocked source's is dropped (else fragmenting, or stacking
+/// IPv6 extension headers, would slip past a ban); anyone else's passes untouched.
+#[inline(always)]
+fn port_unknown(net: &Network, pass_reason: Counter) -> Result<(u32, Counter), Counter> {
+    let now = unsafe { bpf_jiffies64() };
+    match rules::lookup(&net.src).decide(now) {
+        Decision::Drop => Ok((xdp_action::XDP_DROP, Counter::DropBlocked)),
+        Decision::PassAllowed | Decision::Pass => Err(pass_reason),
+    }
 }
 
 /// Traffic that is not TCP to a protected port: passed, unless an "all ports" block covers
@@ -224,7 +253,7 @@ fn insert_source(
     }
     // NOEXIST: an LRU update of an existing key would allocate a new node and lose the
     // counts another CPU added meanwhile.
-    if SOURCES.insert(src, &fresh, BPF_NOEXIST as u64).is_ok() {
+    if SOURCES.insert(src, fresh, BPF_NOEXIST as u64).is_ok() {
         count(Counter::SourceNew);
     } else if let Some(stats) = SOURCES.get_ptr_mut(src) {
         // Another CPU inserted this source between our lookup and insert.

@@ -15,6 +15,7 @@ const ETHERTYPE_QINQ: u16 = 0x88a8;
 const IPV4_MIN_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
 const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
+const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
 /// `::ffff:` in the second word of an IPv4-mapped address (bytes 8..12, memory order).
 const IPV4_MAPPED_MARK: u64 = 0xffff_0000;
 
@@ -41,6 +42,10 @@ pub struct Network {
     pub l3_end: usize,
     /// A fragment other than the first: no upper-layer header here.
     pub later_fragment: bool,
+    /// The first of several fragments: its upper-layer header may be cut short.
+    pub first_fragment: bool,
+    /// The source is known but the upper-layer header could not be reached, and why.
+    pub transport_hidden: Option<Counter>,
 }
 
 /// What the TCP layer tells us.
@@ -98,6 +103,8 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
     if off + total_len > frame_len(ctx) {
         return Err(Counter::PassTruncated);
     }
+    // Reserved and don't-fragment bits do not matter here.
+    let fragment = ip.be16(6) & (IPV4_MORE_FRAGMENTS | IPV4_FRAGMENT_OFFSET_MASK);
     Ok(Network {
         src: SourceAddr {
             words: [0, IPV4_MAPPED_MARK | (u64::from(ip.raw32(12)) << 32)],
@@ -105,7 +112,9 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
         protocol: ip.u8(9),
         l4_offset: off + header_len,
         l3_end: off + total_len,
-        later_fragment: ip.be16(6) & IPV4_FRAGMENT_OFFSET_MASK != 0,
+        later_fragment: fragment & IPV4_FRAGMENT_OFFSET_MASK != 0,
+        first_fragment: fragment == IPV4_MORE_FRAGMENTS,
+        transport_hidden: None,
     })
 }
 
@@ -125,6 +134,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
     let mut next = ip.u8(6);
     let mut off = off + IPV6_HEADER_LEN;
     let mut later_fragment = false;
+    let mut first_fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
@@ -136,31 +146,41 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
                 let ext = header::<4>(ctx, off).ok_or(Counter::PassTruncated)?;
                 next = ext.u8(0);
                 off += 8;
-                if ext.be16(2) >> 3 != 0 {
+                let offset_and_more = ext.be16(2);
+                if offset_and_more >> 3 != 0 {
                     later_fragment = true;
                     break;
                 }
+                first_fragment = offset_and_more & 1 != 0;
             }
             _ => break,
         }
-    }
-    if !later_fragment
-        && matches!(
-            next,
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS | IPV6_FRAGMENT
-        )
-    {
-        return Err(Counter::PassExtHeaderLimit);
+        // A header running past the IP payload: what follows it is not a header (it may be
+        // Ethernet padding, or past the frame), so do not walk on into it.
+        if off > l3_end {
+            return Err(Counter::PassMalformed);
+        }
     }
     if off > l3_end {
         return Err(Counter::PassMalformed);
     }
+    let chain_continues = !later_fragment
+        && matches!(
+            next,
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS | IPV6_FRAGMENT
+        );
     Ok(Network {
         src,
         protocol: next,
         l4_offset: off,
         l3_end,
         later_fragment,
+        first_fragment,
+        transport_hidden: if chain_continues {
+            Some(Counter::PassExtHeaderLimit)
+        } else {
+            None
+        },
     })
 }
 

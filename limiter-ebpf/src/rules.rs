@@ -81,10 +81,7 @@ impl TrieKey {
 }
 
 #[inline(always)]
-fn trie_lookup<'a, V>(
-    trie: &'a LpmTrie<[u32; 4], V>,
-    key: &MaybeUninit<TrieKey>,
-) -> Option<&'a V> {
+fn trie_lookup<'a, V>(trie: &'a LpmTrie<[u32; 4], V>, key: &MaybeUninit<TrieKey>) -> Option<&'a V> {
     // SAFETY: LpmTrie is a transparent wrapper over the map definition the helper expects,
     // and `key` holds (initialised by write_host) the 20 bytes the trie's key size asks for.
     let value = unsafe {

@@ -37,8 +37,9 @@ impl KernelClock {
 
     /// The wall-clock time of a kernel timestamp (first/last seen, a deadline).
     pub fn wall_of(&self, jiffies: u64) -> SystemTime {
-        let ticks_to_duration =
-            |ticks: u64| Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / u64::from(self.hz));
+        let ticks_to_duration = |ticks: u64| {
+            Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / u64::from(self.hz))
+        };
         if jiffies <= self.jiffies {
             self.wall - ticks_to_duration(self.jiffies - jiffies)
         } else {
@@ -101,7 +102,10 @@ mod tests {
     #[test]
     fn future_expiry_lands_that_many_ticks_ahead() {
         let c = clock();
-        assert_eq!(c.deadline(Some(c.wall + Duration::from_secs(30))), 5_000 + 30 * 250);
+        assert_eq!(
+            c.deadline(Some(c.wall + Duration::from_secs(30))),
+            5_000 + 30 * 250
+        );
         // 1 ms is a quarter tick at 250 Hz: rounded up to a whole tick.
         assert_eq!(c.deadline(Some(c.wall + Duration::from_millis(1))), 5_001);
     }

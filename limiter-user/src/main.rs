@@ -15,7 +15,11 @@ use limiter_user::{
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "limiter", version, about = "Protects a Glance API from image-create floods (OSSN-0076) with XDP")]
+#[command(
+    name = "limiter",
+    version,
+    about = "Protects a Glance API from image-create floods (OSSN-0076) with XDP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -103,7 +107,12 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(limiter: &Limiter, delta: &Counters, interval: Duration, top: usize) -> Result<()> {
+fn print_summary(
+    limiter: &Limiter,
+    delta: &Counters,
+    interval: Duration,
+    top: usize,
+) -> Result<()> {
     let secs = interval.as_secs_f64();
     let mut sources = limiter.sources()?;
     sources.sort_by_key(|s| std::cmp::Reverse(s.stats.packets));

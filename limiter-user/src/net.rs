@@ -10,8 +10,11 @@ pub const IPV4_MAPPED_PREFIX_LEN: u8 = 96;
 
 /// The IPv4-mapped range, `::ffff:0.0.0.0/96`.
 pub fn ipv4_mapped_range() -> Ipv6Net {
-    Ipv6Net::new(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), IPV4_MAPPED_PREFIX_LEN)
-        .expect("96 is a valid IPv6 prefix length")
+    Ipv6Net::new(
+        Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(),
+        IPV4_MAPPED_PREFIX_LEN,
+    )
+    .expect("96 is a valid IPv6 prefix length")
 }
 
 /// The 16 key bytes for an address.
@@ -75,20 +78,35 @@ mod tests {
     fn ipv4_hosts_and_prefixes_map_into_the_ipv6_key_space() {
         let (len, key) = net_to_key(net("198.51.100.7/32"));
         assert_eq!(len, 128);
-        assert_eq!(key, "::ffff:198.51.100.7".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(
+            key,
+            "::ffff:198.51.100.7".parse::<Ipv6Addr>().unwrap().octets()
+        );
         assert_eq!(net_to_key(net("203.0.113.0/24")).0, 120);
         assert_eq!(net_to_key(net("0.0.0.0/0")).0, 96);
     }
 
     #[test]
     fn host_bits_are_cleared() {
-        assert_eq!(net_to_key(net("198.51.100.77/24")), net_to_key(net("198.51.100.0/24")));
-        assert_eq!(net_to_key(net("2001:db8::1/64")), net_to_key(net("2001:db8::/64")));
+        assert_eq!(
+            net_to_key(net("198.51.100.77/24")),
+            net_to_key(net("198.51.100.0/24"))
+        );
+        assert_eq!(
+            net_to_key(net("2001:db8::1/64")),
+            net_to_key(net("2001:db8::/64"))
+        );
     }
 
     #[test]
     fn keys_round_trip_to_the_same_family() {
-        for s in ["198.51.100.0/24", "203.0.113.9/32", "2001:db8::/32", "2001:db8::5/128", "::/0"] {
+        for s in [
+            "198.51.100.0/24",
+            "203.0.113.9/32",
+            "2001:db8::/32",
+            "2001:db8::5/128",
+            "::/0",
+        ] {
             let (len, key) = net_to_key(net(s));
             assert_eq!(key_to_net(len, key), Some(net(s).trunc()), "{s}");
         }

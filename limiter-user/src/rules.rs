@@ -14,7 +14,10 @@ use limiter_common::{AllowRule, BlockRule};
 
 use crate::{clock::KernelClock, net};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     Block,
     /// Exempts the prefix from every block rule, whatever their scope.
@@ -22,7 +25,20 @@ pub enum Action {
 }
 
 /// What a block rule drops.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// TCP to the protected ports only (the default): a banned client can still reach, say,
     /// SSH or other services on the node.
@@ -181,20 +197,46 @@ mod tests {
     #[test]
     fn a_narrow_rule_inherits_the_deadline_of_a_covering_one() {
         let rules = [
-            rule("198.51.100.0/24", Action::Block, Scope::ProtectedPorts, None),
-            rule("198.51.100.7/32", Action::Block, Scope::ProtectedPorts, Some(10)),
+            rule(
+                "198.51.100.0/24",
+                Action::Block,
+                Scope::ProtectedPorts,
+                None,
+            ),
+            rule(
+                "198.51.100.7/32",
+                Action::Block,
+                Scope::ProtectedPorts,
+                Some(10),
+            ),
         ];
         let compiled = compile(&rules, &clock()).unwrap();
-        assert_eq!(compiled.block[&key("198.51.100.7/32")].until_protected, NEVER);
-        assert_eq!(compiled.block[&key("198.51.100.0/24")].until_protected, NEVER);
+        assert_eq!(
+            compiled.block[&key("198.51.100.7/32")].until_protected,
+            NEVER
+        );
+        assert_eq!(
+            compiled.block[&key("198.51.100.0/24")].until_protected,
+            NEVER
+        );
         assert!(!compiled.any_port_rules);
     }
 
     #[test]
     fn a_narrow_rule_keeps_its_own_later_deadline() {
         let rules = [
-            rule("198.51.100.0/24", Action::Block, Scope::ProtectedPorts, Some(10)),
-            rule("198.51.100.7/32", Action::Block, Scope::ProtectedPorts, Some(20)),
+            rule(
+                "198.51.100.0/24",
+                Action::Block,
+                Scope::ProtectedPorts,
+                Some(10),
+            ),
+            rule(
+                "198.51.100.7/32",
+                Action::Block,
+                Scope::ProtectedPorts,
+                Some(20),
+            ),
         ];
         let compiled = compile(&rules, &clock()).unwrap();
         assert_eq!(
@@ -209,7 +251,12 @@ mod tests {
 
     #[test]
     fn expired_rules_are_left_out() {
-        let rules = [rule("198.51.100.7/32", Action::Block, Scope::AllPorts, Some(-1))];
+        let rules = [rule(
+            "198.51.100.7/32",
+            Action::Block,
+            Scope::AllPorts,
+            Some(-1),
+        )];
         assert_eq!(compile(&rules, &clock()).unwrap(), CompiledRules::default());
     }
 
@@ -239,7 +286,12 @@ mod tests {
     fn allow_and_block_are_compiled_apart() {
         let rules = [
             rule("198.51.100.0/24", Action::Allow, Scope::AllPorts, None),
-            rule("198.51.100.9/32", Action::Block, Scope::ProtectedPorts, None),
+            rule(
+                "198.51.100.9/32",
+                Action::Block,
+                Scope::ProtectedPorts,
+                None,
+            ),
         ];
         let compiled = compile(&rules, &clock()).unwrap();
         assert_eq!(compiled.allow.len(), 1);
@@ -251,7 +303,12 @@ mod tests {
     fn ipv4_and_ipv6_prefixes_do_not_cover_each_other() {
         let rules = [
             rule("2001:db8::/32", Action::Block, Scope::AllPorts, Some(5)),
-            rule("198.51.100.1/32", Action::Block, Scope::ProtectedPorts, Some(1)),
+            rule(
+                "198.51.100.1/32",
+                Action::Block,
+                Scope::ProtectedPorts,
+                Some(1),
+            ),
         ];
         let compiled = compile(&rules, &clock()).unwrap();
         assert_eq!(
@@ -265,16 +322,22 @@ mod tests {
     fn ipv6_rules_over_the_mapped_range_are_rejected() {
         let bad = rule("::/0", Action::Block, Scope::ProtectedPorts, None);
         assert_eq!(
-            compile(&[bad.clone()], &clock()),
+            compile(std::slice::from_ref(&bad), &clock()),
             Err(RuleError::OverlapsIpv4Mapped(bad.net))
         );
     }
 
     #[test]
     fn mask_clears_host_bits() {
-        let addr = "2001:db8:ffff::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let addr = "2001:db8:ffff::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
         let masked = mask(addr, 32);
-        assert_eq!(std::net::Ipv6Addr::from(masked), "2001:db8::".parse::<std::net::Ipv6Addr>().unwrap());
+        assert_eq!(
+            std::net::Ipv6Addr::from(masked),
+            "2001:db8::".parse::<std::net::Ipv6Addr>().unwrap()
+        );
         assert_eq!(mask(addr, 0), [0; 16]);
         assert_eq!(mask(addr, 128), addr);
     }

@@ -61,10 +61,18 @@ fn main() {
     rules.push(rule("2001:db8:ba5e::/48", Action::Block));
     rules.push(rule("198.51.100.200/29", Action::Allow));
     // The banned source was seen before its ban, as an offender always is.
-    assert_eq!(limiter.test_run(&Packet::syn(banned, GLANCE_PORT).build()).unwrap(), Verdict::Pass);
+    assert_eq!(
+        limiter
+            .test_run(&Packet::syn(banned, GLANCE_PORT).build())
+            .unwrap(),
+        Verdict::Pass
+    );
     rules.push(rule(&format!("{banned}/32"), Action::Block));
     let clock = limiter.clock().unwrap();
-    rules.retain(|r| r.net.prefix_len() == 32); limiter.apply_rules(&compile(&rules, &clock).unwrap()).unwrap();
+    rules.retain(|r| r.net.prefix_len() == 32);
+    limiter
+        .apply_rules(&compile(&rules, &clock).unwrap())
+        .unwrap();
 
     let mut cases = Vec::new();
     let repeated = [
@@ -110,10 +118,15 @@ fn new_source_into_full_table(limiter: &Limiter, empty: &Baseline) -> Case {
         addr.to_string()
     };
     for i in 0..TABLE_CAPACITY {
-        limiter.test_run(&Packet::syn(&source(i), GLANCE_PORT).build()).unwrap();
+        limiter
+            .test_run(&Packet::syn(&source(i), GLANCE_PORT).build())
+            .unwrap();
     }
     let rows = limiter.sources().unwrap().len();
-    assert!(rows >= TABLE_CAPACITY as usize * 9 / 10, "table not full: {rows} rows");
+    assert!(
+        rows >= TABLE_CAPACITY as usize * 9 / 10,
+        "table not full: {rows} rows"
+    );
     // Frames built beforehand: building one between runs would evict the program's maps and
     // code from the caches, which back-to-back packets do not do.
     let frames: Vec<Vec<u8>> = (0..NEW_SOURCE_RUNS as u32)
@@ -178,7 +191,11 @@ fn print_table(cases: &[Case]) {
             c.empty_ns,
             c.delta_ns,
             format!("<= {:.0}", c.target_delta_ns),
-            if c.delta_ns <= c.target_delta_ns { "yes" } else { "NO" }
+            if c.delta_ns <= c.target_delta_ns {
+                "yes"
+            } else {
+                "NO"
+            }
         );
     }
 }

@@ -21,11 +21,20 @@ pub const ACK: u8 = 0x10;
 #[derive(Clone, Copy, Debug)]
 pub enum Ext {
     /// Hop-by-hop options, `len8` extra 8-byte units beyond the first.
-    HopByHop { len8: u8 },
-    Routing { len8: u8 },
-    DestOptions { len8: u8 },
+    HopByHop {
+        len8: u8,
+    },
+    Routing {
+        len8: u8,
+    },
+    DestOptions {
+        len8: u8,
+    },
     /// `offset` in 8-byte units.
-    Fragment { offset: u16, more: bool },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
 }
 
 impl Ext {
@@ -213,7 +222,11 @@ impl Packet {
                         .unwrap_or(self.protocol);
                     ext_bytes.extend_from_slice(&ext.bytes(next));
                 }
-                let first = self.ipv6_ext.first().map(|e| e.number()).unwrap_or(self.protocol);
+                let first = self
+                    .ipv6_ext
+                    .first()
+                    .map(|e| e.number())
+                    .unwrap_or(self.protocol);
                 let mut b = vec![0x60, 0, 0, 0];
                 b.extend_from_slice(&((ext_bytes.len() + l4.len()) as u16).to_be_bytes());
                 b.push(first);

@@ -3,6 +3,7 @@
 //! its users.
 
 pub mod frames;
+pub mod glance;
 pub mod http;
 pub mod netns;
 pub mod privilege;

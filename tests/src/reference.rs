@@ -8,6 +8,9 @@ pub struct Reading {
     pub src: IpAddr,
     /// Destination port if the frame is a complete, first-fragment TCP segment.
     pub tcp_dst_port: Option<u16>,
+    /// The source is readable but where the packet goes is not: a first fragment too short
+    /// for its TCP header, or more IPv6 extension headers than the program walks (8).
+    pub transport_hidden: bool,
 }
 
 /// The source and TCP destination port of a well-formed IPv4/IPv6 frame, or `None`.
@@ -38,7 +41,9 @@ fn ipv4(frame: &[u8], off: usize) -> Option<Reading> {
         return None;
     }
     let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
-    let later_fragment = u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0;
+    let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff;
+    let later_fragment = fragment & 0x1fff != 0;
+    let first_fragment = fragment == 0x2000;
     let port = if h[9] == 6 && !later_fragment {
         tcp_port(frame, off + ihl, off + total)
     } else {
@@ -47,6 +52,7 @@ fn ipv4(frame: &[u8], off: usize) -> Option<Reading> {
     Some(Reading {
         src,
         tcp_dst_port: port,
+        transport_hidden: h[9] == 6 && first_fragment && port.is_none(),
     })
 }
 
@@ -68,34 +74,48 @@ fn ipv6(frame: &[u8], off: usize) -> Option<Reading> {
         .unwrap_or(IpAddr::V6(src));
     let mut next = h[6];
     let mut pos = off + 40;
-    let mut port = None;
-    for _ in 0..=8 {
-        match next {
-            0 | 43 | 60 => {
-                next = *frame.get(pos)?;
-                pos += (usize::from(*frame.get(pos + 1)?) + 1) * 8;
+    let mut first_fragment = false;
+    let is_extension = |n: u8| matches!(n, 0 | 43 | 44 | 60);
+    let mut walked = 0;
+    while is_extension(next) && walked < 8 {
+        walked += 1;
+        if next == 44 {
+            let f = frame.get(pos..pos + 4)?;
+            next = f[0];
+            pos += 8;
+            let offset_and_more = u16::from_be_bytes([f[2], f[3]]);
+            if offset_and_more >> 3 != 0 {
+                return Some(Reading {
+                    src,
+                    tcp_dst_port: None,
+                    transport_hidden: false,
+                });
             }
-            44 => {
-                let f = frame.get(pos..pos + 4)?;
-                next = f[0];
-                pos += 8;
-                if u16::from_be_bytes([f[2], f[3]]) >> 3 != 0 {
-                    return Some(Reading {
-                        src,
-                        tcp_dst_port: None,
-                    });
-                }
-            }
-            6 => {
-                port = tcp_port(frame, pos, end);
-                break;
-            }
-            _ => break,
+            first_fragment = offset_and_more & 1 != 0;
+        } else {
+            next = *frame.get(pos)?;
+            pos += (usize::from(*frame.get(pos + 1)?) + 1) * 8;
+        }
+        if pos > end {
+            return None;
         }
     }
+    if is_extension(next) {
+        return Some(Reading {
+            src,
+            tcp_dst_port: None,
+            transport_hidden: true,
+        });
+    }
+    let port = if next == 6 {
+        tcp_port(frame, pos, end)
+    } else {
+        None
+    };
     Some(Reading {
         src,
         tcp_dst_port: port,
+        transport_hidden: next == 6 && first_fragment && port.is_none(),
     })
 }
 

@@ -8,5 +8,13 @@ pub fn run() -> Result<()> {
     if !is_root() {
         bail!("the demo creates network namespaces and loads XDP: run `cargo xtask demo` as root");
     }
-    cmd::run(cargo().args(["run", "--release", "--locked", "-p", "limiter-tests", "--bin", "demo"]))
+    cmd::run(cargo().args([
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "limiter-tests",
+        "--bin",
+        "demo",
+    ]))
 }

@@ -20,6 +20,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     debian_packages()?;
     bpffs()?;
+    glance()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -156,6 +157,32 @@ fn debian_packages() -> Result<()> {
     };
     // Package lists on a fresh machine may be stale or absent.
     install(false).or_else(|_| install(true))
+}
+
+/// Glance release the end-to-end tests run, and its pinned dependency set (a tested
+/// `pip freeze`; unpinned, oslo.policy 6 makes every POST fail with 500).
+const GLANCE_VERSION: &str = "32.0.0";
+const GLANCE_CONSTRAINTS: &str = "tests/glance/constraints.txt";
+
+/// The real Glance API in a virtualenv under target/glance (about 40 s the first time).
+fn glance() -> Result<()> {
+    let venv = cmd::workspace_root().join("target/glance/venv");
+    let glance_api = venv.join("bin/glance-api");
+    let marker = venv.join(format!(".installed-{GLANCE_VERSION}"));
+    if glance_api.is_file() && marker.is_file() {
+        return Ok(());
+    }
+    let _ = fs::remove_dir_all(&venv);
+    fs::create_dir_all(venv.parent().expect("venv has a parent"))?;
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "-c"])
+            .arg(cmd::workspace_root().join(GLANCE_CONSTRAINTS))
+            .arg(format!("glance=={GLANCE_VERSION}")),
+    )?;
+    fs::write(&marker, "")?;
+    Ok(())
 }
 
 /// bpffs at /sys/fs/bpf, where the daemon pins its maps and links.

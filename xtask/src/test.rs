@@ -17,13 +17,26 @@ pub fn run() -> Result<()> {
     }
     cmd::run(cargo().args(["fmt", "--all", "--check"]))?;
     cmd::run(cargo().args([
-        "clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings",
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
     ]))?;
     // The BPF crate is checked on its own target (it is no_std and not a default member).
     cmd::run(
         Command::new("cargo")
             .current_dir(cmd::workspace_root())
-            .args(["+nightly", "clippy", "-p", "limiter-ebpf", "--target", "bpfel-unknown-none"])
+            .args([
+                "+nightly",
+                "clippy",
+                "-p",
+                "limiter-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+            ])
             .args(["-Z", "build-std=core", "--locked", "--", "-D", "warnings"]),
     )?;
     cmd::run(cargo().args(["test", "--workspace", "--locked", "--no-fail-fast"]))?;

@@ -7,7 +7,7 @@
 use std::{
     ffi::CString,
     fs, io,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
 };
 

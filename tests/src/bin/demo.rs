@@ -60,21 +60,44 @@ fn main() {
     let client = Arc::new(Tally::default());
     let attacker = Arc::new(Tally::default());
     let threads = [
-        spawn_load(&topo, client_addr, Duration::from_millis(250), &stop, &client),
+        spawn_load(
+            &topo,
+            client_addr,
+            Duration::from_millis(250),
+            &stop,
+            &client,
+        ),
         spawn_load(&topo, attacker_addr, Duration::ZERO, &stop, &attacker),
     ];
 
-    println!("{:>4}  {:>22}  {:>22}  {:>10}", "sec", "attacker creates (ok)", "client creates (ok)", "drops");
+    println!(
+        "{:>4}  {:>22}  {:>22}  {:>10}",
+        "sec", "attacker creates (ok)", "client creates (ok)", "drops"
+    );
     let started = Instant::now();
     let mut previous = limiter.counters().unwrap();
     let mut last = (0, 0);
     for second in 1..=SECONDS_TOTAL {
-        thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed().saturating_sub(Duration::from_secs(second - 1))));
+        thread::sleep(
+            Duration::from_secs(1).saturating_sub(
+                started
+                    .elapsed()
+                    .saturating_sub(Duration::from_secs(second - 1)),
+            ),
+        );
         let counters = limiter.counters().unwrap();
         let drops = counters.since(&previous).get(Counter::DropBlocked);
         previous = counters;
-        let now = (attacker.ok.load(Ordering::Relaxed), client.ok.load(Ordering::Relaxed));
-        println!("{second:>4}  {:>22}  {:>22}  {:>10}", now.0 - last.0, now.1 - last.1, drops);
+        let now = (
+            attacker.ok.load(Ordering::Relaxed),
+            client.ok.load(Ordering::Relaxed),
+        );
+        println!(
+            "{second:>4}  {:>22}  {:>22}  {:>10}",
+            now.0 - last.0,
+            now.1 - last.1,
+            drops
+        );
         last = now;
         if second == SECONDS_BEFORE_BLOCK {
             let kernel_view = limiter.sources().unwrap();
@@ -93,7 +116,9 @@ fn main() {
             limiter
                 .apply_rules(&compile(&[rule], &limiter.clock().unwrap()).unwrap())
                 .unwrap();
-            println!("      blocked {attacker_addr}/32 (by hand here; the daemon will do it on its own)");
+            println!(
+                "      blocked {attacker_addr}/32 (by hand here; the daemon will do it on its own)"
+            );
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -125,7 +150,13 @@ fn spawn_load(
         let mut stream = None;
         while !stop.load(Ordering::Relaxed) {
             if stream.is_none() {
-                stream = connect_from(src, Topology::SERVER_V4, GLANCE_PORT, Duration::from_millis(300)).ok();
+                stream = connect_from(
+                    src,
+                    Topology::SERVER_V4,
+                    GLANCE_PORT,
+                    Duration::from_millis(300),
+                )
+                .ok();
                 if stream.is_none() {
                     tally.failed.fetch_add(1, Ordering::Relaxed);
                     continue;

@@ -1,0 +1,180 @@
+//! The real OpenStack Glance API (32.0.0, SQLite, file store, no Keystone) running inside a
+//! test namespace, installed by `cargo xtask setup` under target/glance/venv. The process
+//! group is killed and the state directory removed on drop.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    http::{connect_from, request},
+    netns::Netns,
+};
+
+/// How long Glance gets to answer its health check after starting (about 2 s here).
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct RealGlance {
+    child: Child,
+    dir: tempfile::TempDir,
+    venv: PathBuf,
+}
+
+impl RealGlance {
+    /// The virtualenv `cargo xtask setup` creates.
+    pub fn venv() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/glance/venv")
+    }
+
+    /// Whether Glance is installed; tests that need it fail with this hint if not.
+    pub fn installed() -> bool {
+        Self::venv().join("bin/glance-api").is_file()
+    }
+
+    /// Starts glance-api bound to `bind:port` inside `ns` and waits until `/healthcheck`
+    /// answers from `probe_src` (an address of the same namespace or a peer one, reached
+    /// through `probe_ns`).
+    pub fn start_in(ns: &Netns, bind: &str, port: u16, probe_ns: &Netns, probe_src: &str) -> Self {
+        assert!(
+            Self::installed(),
+            "real Glance is not installed at {}; run `cargo xtask setup`",
+            Self::venv().display()
+        );
+        let venv = Self::venv();
+        let dir = tempfile::Builder::new()
+            .prefix("glance-limiter-glance-")
+            .tempdir()
+            .expect("state directory");
+        write_config(dir.path(), &venv, bind, port);
+        let conf = dir.path().join("glance-api.conf");
+        let status = Command::new(venv.join("bin/glance-manage"))
+            .arg("--config-file")
+            .arg(&conf)
+            .arg("db_sync")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run glance-manage");
+        assert!(status.success(), "glance-manage db_sync failed");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(venv.join("bin/glance-api"))
+            .arg("--config-file")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group, so the workers die with it.
+            .process_group(0)
+            .spawn()
+            .expect("start glance-api");
+        let glance = RealGlance { child, dir, venv };
+        let started = Instant::now();
+        loop {
+            let healthy = probe_ns.run(|| {
+                connect_from(probe_src, bind, port, Duration::from_secs(1))
+                    .and_then(|mut s| request(&mut s, "GET", "/healthcheck", ""))
+                    .is_ok_and(|status| status == 200)
+            });
+            if healthy {
+                return glance;
+            }
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "glance-api did not become healthy within {START_DEADLINE:?}; see {}",
+                glance.dir.path().join("glance-api.log").display()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Images in the database that are not deleted (a flood leaves them `queued`).
+    pub fn image_count(&self) -> u64 {
+        let db = self.dir.path().join("glance.sqlite");
+        let out = Command::new(self.venv.join("bin/python"))
+            .arg("-c")
+            .arg(
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+                 print(c.execute('select count(*) from images where deleted=0').fetchone()[0])",
+            )
+            .arg(&db)
+            .output()
+            .expect("query the Glance database");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| {
+                panic!("unexpected count: {}", String::from_utf8_lossy(&out.stderr))
+            })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RealGlance {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above; whatever is left of the group goes now.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, venv: &Path, bind: &str, port: u16) {
+    for sub in [
+        "log",
+        "data/cache",
+        "data/images",
+        "data/staging",
+        "data/tasks",
+        "lock",
+    ] {
+        fs::create_dir_all(dir.join(sub)).expect("Glance state directories");
+    }
+    let paste = venv.join("etc/glance/glance-api-paste.ini");
+    fs::copy(&paste, dir.join("glance-api-paste.ini"))
+        .unwrap_or_else(|e| panic!("copy {}: {e}", paste.display()));
+    let d = dir.display();
+    let conf = format!(
+        "[DEFAULT]\n\
+         bind_host = {bind}\n\
+         bind_port = {port}\n\
+         workers = 2\n\
+         log_file = {d}/log/glance-api.log\n\
+         enabled_backends = fs1:file\n\
+         image_cache_dir = {d}/data/cache\n\
+         [paste_deploy]\n\
+         flavor =\n\
+         config_file = {d}/glance-api-paste.ini\n\
+         [database]\n\
+         connection = sqlite:///{d}/glance.sqlite\n\
+         [glance_store]\n\
+         default_backend = fs1\n\
+         [fs1]\n\
+         filesystem_store_datadir = {d}/data/images/\n\
+         [os_glance_staging_store]\n\
+         filesystem_store_datadir = {d}/data/staging/\n\
+         [os_glance_tasks_store]\n\
+         filesystem_store_datadir = {d}/data/tasks/\n\
+         [oslo_concurrency]\n\
+         lock_path = {d}/lock\n\
+         [oslo_policy]\n\
+         enforce_new_defaults = false\n\
+         enforce_scope = false\n"
+    );
+    fs::write(dir.join("glance-api.conf"), conf).expect("write glance-api.conf");
+}
