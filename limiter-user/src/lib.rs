@@ -5,9 +5,16 @@
 //!   module that sees raw map bytes.
 //! - [`net`], [`clock`] and [`rules`] are pure: address, time and rule conversions between
 //!   the domain and what the kernel stores.
+//! - [`store`] keeps every rule on disk, written atomically before a change returns.
 
 pub mod clock;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod ebpf_objects;
 pub mod loader;
 pub mod net;
+pub mod policy;
+pub mod rates;
 pub mod rules;
+pub mod store;

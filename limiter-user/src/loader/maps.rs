@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, MapError, PerCpuArray,
+        Array, HashMap, IterableMap, MapData, MapError, PerCpuArray,
     },
     Ebpf, Pod,
 };
@@ -14,7 +14,7 @@ use limiter_common::{
     CONFIG_ANY_PORT_RULES, CONFIG_MAP, COUNTERS_MAP, PORTS_MAP, PORT_BITMAP_WORDS, SOURCES_MAP,
 };
 
-use super::LoaderError;
+use super::{batch, LoaderError};
 use crate::{
     net,
     rules::{CompiledRules, TrieKey},
@@ -194,9 +194,28 @@ pub(super) fn read_sources(ebpf: &Ebpf) -> Result<Vec<SourceEntry>, LoaderError>
     Ok(entries)
 }
 
+/// The same rows as [`read_sources`], read with BPF_MAP_LOOKUP_BATCH, `chunk` rows per syscall.
+pub(super) fn read_sources_batched(
+    ebpf: &Ebpf,
+    chunk: u32,
+) -> Result<Vec<SourceEntry>, LoaderError> {
+    // aya's typed view checks the map type and sizes the object declares; `lookup_all` checks
+    // them again against the kernel before letting it write into our buffers.
+    let table: HashMap<&MapData, SourceAddr, SourceStats> =
+        HashMap::try_from(map_ref(ebpf, SOURCES_MAP)?).map_err(map_err(SOURCES_MAP, "open"))?;
+    let rows = batch::lookup_all::<SourceAddr, SourceStats>(table.map(), SOURCES_MAP, chunk)?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, stats)| SourceEntry {
+            addr: net::key_to_addr(key.octets()),
+            stats,
+        })
+        .collect())
+}
+
 pub(super) fn read_counters(ebpf: &Ebpf) -> Result<Counters, LoaderError> {
-    let array: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(map_ref(ebpf, COUNTERS_MAP)?).map_err(map_err(COUNTERS_MAP, "open"))?;
+    let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map_ref(ebpf, COUNTERS_MAP)?)
+        .map_err(map_err(COUNTERS_MAP, "open"))?;
     let mut counters = Counters::default();
     for counter in Counter::ALL {
         let per_cpu = array

@@ -1,6 +1,7 @@
 //! Owns the loaded XDP program: loads it, attaches it to interfaces, runs it on test frames,
 //! and hands out typed views of its maps. Nothing outside this module touches raw map bytes.
 
+mod batch;
 mod maps;
 mod pins;
 
@@ -20,6 +21,7 @@ use std::{
 use limiter_common::{CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, SOURCES_MAP};
 use tracing::{info, warn};
 
+pub use self::batch::{BatchError, DEFAULT_BATCH_CHUNK};
 pub use self::{
     maps::{Counters, SourceEntry},
     pins::{detach_pinned, pinned_interfaces, DetachReport, DEFAULT_PIN_DIR, PINNED_MAPS},
@@ -61,6 +63,8 @@ pub enum LoaderError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error(transparent)]
+    Batch(#[from] BatchError),
     #[error("invalid protected port 0: ports are 1-65535")]
     PortZero,
     #[error("bpffs pin {path}: {detail}")]
@@ -272,6 +276,17 @@ impl Limiter {
     /// Every source in the per-source table.
     pub fn sources(&self) -> Result<Vec<SourceEntry>, LoaderError> {
         maps::read_sources(&self.ebpf)
+    }
+
+    /// The same as [`Limiter::sources`] in a few syscalls (BPF_MAP_LOOKUP_BATCH, Linux 5.6+)
+    /// instead of two per row.
+    pub fn sources_batched(&self) -> Result<Vec<SourceEntry>, LoaderError> {
+        self.sources_batched_by(DEFAULT_BATCH_CHUNK)
+    }
+
+    /// [`Limiter::sources_batched`] asking for `chunk` rows per syscall.
+    pub fn sources_batched_by(&self, chunk: u32) -> Result<Vec<SourceEntry>, LoaderError> {
+        maps::read_sources_batched(&self.ebpf, chunk)
     }
 
     /// Global counters, summed over CPUs.

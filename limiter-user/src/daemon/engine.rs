@@ -1,0 +1,536 @@
+//! The daemon's single owner of state: the loaded program, the rule store, the rate tracker
+//! and the policy. One thread drives it; each poll and each control request runs to
+//! completion before the next, so the store and the kernel never disagree for long and no
+//! lock is needed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use ipnet::IpNet;
+use limiter_common::{Counter, SourceStats};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, Mode},
+    control::protocol::{
+        ErrorKind, InterfaceView, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList,
+        SourceState, SourceView, Stats, Status, Totals,
+    },
+    loader::{Limiter, LoaderError},
+    policy::{Decision, Metric, NeverBan, Policy, PrefixSet},
+    rates::{Counts, RateTracker, Rates},
+    rules::{self, Action, KernelRule, Scope},
+    store::{Change, Origin, RuleStore, StoreError, StoredRule},
+};
+
+use super::host;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Kernel(#[from] LoaderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one poll did, for logs and status.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TickReport {
+    pub rows: usize,
+    pub decisions: usize,
+    pub expired: usize,
+    pub took: Duration,
+}
+
+pub struct Engine {
+    limiter: Limiter,
+    store: RuleStore,
+    policy: Policy,
+    rates: RateTracker,
+    config: Config,
+    started: Instant,
+    /// The kernel rows of the latest poll, for totals in `stats`.
+    last_rows: HashMap<IpAddr, SourceStats>,
+    last_poll: Duration,
+    /// Addresses of this host, refreshed now and then: never banned.
+    own_addresses: Vec<IpAddr>,
+    own_addresses_read: Instant,
+}
+
+/// How often the host's own addresses are re-read (they change rarely; a new one is
+/// protected from bans within this time).
+const OWN_ADDRESSES_REFRESH: Duration = Duration::from_secs(30);
+
+impl Engine {
+    /// Takes over a loaded (and attached) program and the opened store, and makes the
+    /// kernel's rules the store's (plus the configured allowlist).
+    pub fn new(limiter: Limiter, store: RuleStore, config: Config) -> Result<Self, EngineError> {
+        let mut engine = Engine {
+            limiter,
+            store,
+            policy: Policy::new(config.policy.clone()),
+            rates: RateTracker::new(config.rate_tracker_capacity()),
+            config,
+            started: Instant::now(),
+            last_rows: HashMap::new(),
+            last_poll: Duration::ZERO,
+            own_addresses: host::own_addresses(),
+            own_addresses_read: Instant::now(),
+        };
+        engine.limiter.set_protected_ports(&engine.config.ports)?;
+        engine.sync_kernel()?;
+        Ok(engine)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        self.config.poll_interval
+    }
+
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    pub fn limiter_mut(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+
+    /// One poll: read the table, update rates, expire rules, decide, install, sync.
+    pub fn tick(&mut self) -> Result<TickReport, EngineError> {
+        let started = Instant::now();
+        let now = self.started.elapsed();
+        let wall = SystemTime::now();
+        if self.own_addresses_read.elapsed() >= OWN_ADDRESSES_REFRESH {
+            self.own_addresses = host::own_addresses();
+            self.own_addresses_read = Instant::now();
+        }
+
+        let rows = self.limiter.sources_batched()?;
+        self.last_rows = rows.iter().map(|r| (r.addr, r.stats)).collect();
+        self.rates
+            .observe(now, rows.iter().map(|r| (r.addr, Counts::from(&r.stats))));
+
+        let expired = self.store.expire(wall)?;
+        for rule in &expired {
+            info!(
+                rule = %rule.prefix,
+                action = ?rule.action,
+                origin = ?rule.origin,
+                "rule expired"
+            );
+        }
+        let mut kernel_stale = !expired.is_empty();
+
+        let decisions = self.policy.evaluate(
+            now,
+            self.rates.iter(),
+            &self.never_ban(wall),
+            &self.active_blocks(wall),
+        );
+        if !decisions.is_empty() {
+            kernel_stale |= self.carry_out(&decisions, wall)?;
+        }
+        if kernel_stale {
+            self.sync_kernel()?;
+        }
+        self.last_poll = started.elapsed();
+        Ok(TickReport {
+            rows: rows.len(),
+            decisions: decisions.len(),
+            expired: expired.len(),
+            took: self.last_poll,
+        })
+    }
+
+    /// Logs every decision; in enforce mode stores the bans. Returns whether the store
+    /// changed.
+    fn carry_out(&mut self, decisions: &[Decision], wall: SystemTime) -> Result<bool, EngineError> {
+        let mode = self.config.mode;
+        for d in decisions {
+            let verb = match mode {
+                Mode::Enforce => "ban",
+                Mode::Monitor => "would ban (monitor mode)",
+            };
+            info!(
+                source = %d.net,
+                metric = d.metric.key(),
+                rate = d.observed,
+                threshold = d.threshold,
+                ttl_secs = d.ttl.as_secs(),
+                offence = d.offence,
+                rule = %format!("block {} on the protected ports for {}", d.net, humantime::format_duration(d.ttl)),
+                mode = mode.as_str(),
+                "{verb}: {}", d.reason
+            );
+        }
+        if mode == Mode::Monitor {
+            return Ok(false);
+        }
+        let bans: Vec<StoredRule> = decisions
+            .iter()
+            .map(|d| {
+                let rule = d.to_rule(wall);
+                StoredRule {
+                    prefix: rule.net,
+                    action: Action::Block,
+                    scope: rule.scope,
+                    origin: Origin::Auto,
+                    reason: d.reason.clone(),
+                    created: wall,
+                    expires: rule.expires,
+                }
+            })
+            .collect();
+        let change = self.store.upsert(bans)?;
+        Ok(!change.is_noop())
+    }
+
+    /// Makes the kernel's tries hold the store's active rules plus the configured allowlist.
+    fn sync_kernel(&mut self) -> Result<(), EngineError> {
+        let clock = self.limiter.clock()?;
+        let mut rules: Vec<KernelRule> = self.store.kernel_rules(clock.wall);
+        rules.extend(self.config.allowlist.iter().map(|net| KernelRule {
+            net: *net,
+            action: Action::Allow,
+            scope: Scope::AllPorts,
+            expires: None,
+        }));
+        // Validated on the way into the store and the config; a failure here is a bug, but
+        // one that must not take protection down: keep the kernel as it is and say so.
+        match rules::compile(&rules, &clock) {
+            Ok(compiled) => self.limiter.apply_rules(&compiled)?,
+            Err(e) => {
+                warn!(error = %e, "a stored rule does not compile; kernel rules left as they were")
+            }
+        }
+        Ok(())
+    }
+
+    fn never_ban(&self, wall: SystemTime) -> NeverBan {
+        let allow_rules = self
+            .store
+            .active(wall)
+            .filter(|r| r.action == Action::Allow)
+            .map(|r| r.prefix);
+        NeverBan::new(
+            self.config
+                .allowlist
+                .iter()
+                .copied()
+                .chain(allow_rules)
+                .chain(self.own_addresses.iter().map(|a| IpNet::from(*a))),
+        )
+    }
+
+    fn active_blocks(&self, wall: SystemTime) -> PrefixSet {
+        self.store
+            .active(wall)
+            .filter(|r| r.action == Action::Block)
+            .map(|r| r.prefix)
+            .collect()
+    }
+
+    /// Answers one control request. Bad input changes nothing.
+    pub fn handle(&mut self, request: Request) -> ResponseLine {
+        let outcome = match request {
+            Request::Block {
+                prefixes,
+                ttl_secs,
+                reason,
+                scope,
+            } => self.add_rules(Action::Block, prefixes, ttl_secs, reason, scope),
+            Request::Allow {
+                prefixes,
+                ttl_secs,
+                reason,
+            } => self.add_rules(Action::Allow, prefixes, ttl_secs, reason, Scope::AllPorts),
+            Request::Unblock { prefixes } => self.remove_rules(Action::Block, prefixes),
+            Request::Unallow { prefixes } => self.remove_rules(Action::Allow, prefixes),
+            Request::List => Ok(Reply::Rules(RuleList {
+                rules: self.store.rules().to_vec(),
+            })),
+            Request::Stats { top } => Ok(Reply::Stats(self.stats(top))),
+            Request::Status => self.status().map(Reply::Status),
+        };
+        match outcome {
+            Ok(reply) => ResponseLine::ok(reply),
+            Err((kind, message)) => ResponseLine::error(kind, message),
+        }
+    }
+
+    fn add_rules(
+        &mut self,
+        action: Action,
+        prefixes: Vec<IpNet>,
+        ttl_secs: Option<u64>,
+        reason: Option<String>,
+        scope: Scope,
+    ) -> Result<Reply, (ErrorKind, String)> {
+        let wall = SystemTime::now();
+        check_prefixes(&prefixes)?;
+        if action == Action::Block {
+            self.check_not_self(&prefixes)?;
+        }
+        let expires = match ttl_secs {
+            Some(0) => return Err(bad("--ttl must be positive (for example 30m or 2h)")),
+            Some(secs) => Some(
+                wall.checked_add(Duration::from_secs(secs))
+                    .ok_or_else(|| bad(format!("--ttl of {secs} s is too far in the future")))?,
+            ),
+            None => None,
+        };
+        let verb = match action {
+            Action::Block => "block",
+            Action::Allow => "allow",
+        };
+        let reason = reason.unwrap_or_else(|| format!("manual {verb}"));
+        let batch: Vec<StoredRule> = prefixes
+            .iter()
+            .map(|prefix| StoredRule {
+                prefix: *prefix,
+                action,
+                scope,
+                origin: Origin::Manual,
+                reason: reason.clone(),
+                created: wall,
+                expires,
+            })
+            .collect();
+        let change = self.store.upsert(batch).map_err(store_error)?;
+        info!(
+            action = verb,
+            added = change.added.len(),
+            updated = change.updated.len(),
+            unchanged = change.unchanged.len(),
+            reason = %reason,
+            ttl_secs = ?ttl_secs,
+            "manual rules"
+        );
+        self.after_change(&change)?;
+        Ok(Reply::Changed(to_rule_change(change)))
+    }
+
+    fn remove_rules(
+        &mut self,
+        action: Action,
+        prefixes: Vec<IpNet>,
+    ) -> Result<Reply, (ErrorKind, String)> {
+        check_prefixes(&prefixes)?;
+        let change = self.store.remove(&prefixes, action).map_err(store_error)?;
+        info!(
+            action = ?action,
+            removed = change.removed.len(),
+            absent = change.absent.len(),
+            "manual removal"
+        );
+        self.after_change(&change)?;
+        Ok(Reply::Changed(to_rule_change(change)))
+    }
+
+    /// Mirrors a store change into the kernel at once: the very next packet sees it.
+    fn after_change(&mut self, change: &Change) -> Result<(), (ErrorKind, String)> {
+        if change.is_noop() {
+            return Ok(());
+        }
+        self.sync_kernel().map_err(|e| {
+            (
+                ErrorKind::Operational,
+                format!("the rule is stored but the kernel refused it: {e}; it will be retried at the next poll"),
+            )
+        })
+    }
+
+    /// A manual block must not cut the node off from itself.
+    fn check_not_self(&self, prefixes: &[IpNet]) -> Result<(), (ErrorKind, String)> {
+        let own = NeverBan::new(self.own_addresses.iter().map(|a| IpNet::from(*a)));
+        for prefix in prefixes {
+            if own.overlaps(prefix) {
+                return Err(bad(format!(
+                    "{prefix} covers loopback or an address of this node; blocking it would cut \
+                     Glance off from local clients. Block a narrower prefix"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self, top: Option<usize>) -> Stats {
+        let wall = SystemTime::now();
+        let never_ban = self.never_ban(wall);
+        let blocks: Vec<&StoredRule> = self
+            .store
+            .active(wall)
+            .filter(|r| r.action == Action::Block)
+            .collect();
+        let mut sources: Vec<(IpAddr, Rates)> = self.rates.iter().collect();
+        sources.sort_by(|(a_addr, a), (b_addr, b)| {
+            b.image_creates_last_minute
+                .cmp(&a.image_creates_last_minute)
+                .then(
+                    b.new_connections_in_window
+                        .cmp(&a.new_connections_in_window),
+                )
+                .then(b.packets_per_second.total_cmp(&a.packets_per_second))
+                .then(a_addr.cmp(b_addr))
+        });
+        let views = sources
+            .into_iter()
+            .take(top.unwrap_or(usize::MAX))
+            .map(|(address, rates)| {
+                let covering: Vec<&&StoredRule> = blocks
+                    .iter()
+                    .filter(|r| r.prefix.contains(&address))
+                    .collect();
+                let over = Metric::ALL.iter().any(|m| {
+                    self.policy
+                        .config()
+                        .threshold(*m)
+                        .is_some_and(|t| m.reached(&rates, t))
+                });
+                let (state, banned_until) = if never_ban.contains(address) {
+                    (SourceState::Allowed, None)
+                } else if !covering.is_empty() {
+                    let until = if covering.iter().any(|r| r.expires.is_none()) {
+                        None
+                    } else {
+                        covering.iter().filter_map(|r| r.expires).max()
+                    };
+                    (SourceState::Banned, until.map(rfc3339))
+                } else if over {
+                    (SourceState::OverThreshold, None)
+                } else {
+                    (SourceState::Ok, None)
+                };
+                let totals = self.last_rows.get(&address).map(totals).unwrap_or_default();
+                SourceView {
+                    address,
+                    state,
+                    rates: rates_view(&rates),
+                    totals,
+                    banned_until,
+                }
+            })
+            .collect();
+        Stats {
+            tracked_sources: self.rates.len(),
+            sources: views,
+        }
+    }
+
+    fn status(&self) -> Result<Status, (ErrorKind, String)> {
+        let wall = SystemTime::now();
+        let counters = self.limiter.counters().map_err(|e| {
+            (
+                ErrorKind::Operational,
+                format!("cannot read the kernel counters: {e}"),
+            )
+        })?;
+        let mut rules = RuleCounts::default();
+        for rule in self.store.active(wall) {
+            match (rule.action, rule.origin) {
+                (Action::Block, Origin::Auto) => rules.block_auto += 1,
+                (Action::Block, Origin::Manual) => rules.block_manual += 1,
+                (Action::Allow, _) => rules.allow += 1,
+            }
+        }
+        Ok(Status {
+            daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+            mode: self.config.mode.as_str().to_owned(),
+            interfaces: self
+                .limiter
+                .attachments()
+                .iter()
+                .map(|(name, mode)| InterfaceView {
+                    name: name.clone(),
+                    attach_mode: mode.as_str().to_owned(),
+                })
+                .collect(),
+            ports: self.config.ports.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            poll_interval_ms: self.config.poll_interval.as_millis() as u64,
+            last_poll_ms: self.last_poll.as_secs_f64() * 1000.0,
+            tracked_sources: self.rates.len(),
+            rules,
+            counters: counters
+                .iter()
+                .map(|(c, v): (Counter, u64)| (c.name().to_owned(), v))
+                .collect::<BTreeMap<_, _>>(),
+        })
+    }
+}
+
+fn check_prefixes(prefixes: &[IpNet]) -> Result<(), (ErrorKind, String)> {
+    if prefixes.is_empty() {
+        return Err(bad("no addresses given: name at least one IP or CIDR"));
+    }
+    for prefix in prefixes {
+        if prefix.trunc() != *prefix {
+            return Err(bad(format!(
+                "{prefix} has host bits set; did you mean {}?",
+                prefix.trunc()
+            )));
+        }
+        let probe = KernelRule {
+            net: *prefix,
+            action: Action::Block,
+            scope: Scope::ProtectedPorts,
+            expires: None,
+        };
+        rules::validate(&probe).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn bad(message: impl Into<String>) -> (ErrorKind, String) {
+    (ErrorKind::BadInput, message.into())
+}
+
+fn store_error(error: StoreError) -> (ErrorKind, String) {
+    match error {
+        StoreError::InvalidRule { .. } => (ErrorKind::BadInput, error.to_string()),
+        other => (ErrorKind::Operational, other.to_string()),
+    }
+}
+
+fn to_rule_change(change: Change) -> RuleChange {
+    RuleChange {
+        added: change.added,
+        updated: change.updated,
+        unchanged: change.unchanged,
+        removed: change.removed,
+        absent: change
+            .absent
+            .into_iter()
+            .map(|(prefix, _)| prefix)
+            .collect(),
+    }
+}
+
+fn rates_view(rates: &Rates) -> crate::control::protocol::RatesView {
+    crate::control::protocol::RatesView {
+        new_connections_per_second: rates.new_connections_per_second(),
+        image_creates_per_minute: rates.image_creates_last_minute,
+        image_creates_per_hour: rates.image_creates_last_hour,
+        other_writes_per_minute: rates.other_writes_last_minute,
+        reads_per_second: rates.reads_per_second,
+        packets_per_second: rates.packets_per_second,
+        bytes_per_second: rates.bytes_per_second,
+    }
+}
+
+fn totals(stats: &SourceStats) -> Totals {
+    Totals {
+        syns: stats.syns,
+        packets: stats.packets,
+        bytes: stats.bytes,
+        image_create: stats.image_create,
+        other_write: stats.other_write,
+        read: stats.read,
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}

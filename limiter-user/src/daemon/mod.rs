@@ -1,0 +1,178 @@
+//! The daemon: attaches (or adopts) the XDP program, polls its counters, turns them into
+//! rates and decisions, keeps the rule store and the kernel in step, and serves the control
+//! socket.
+//!
+//! SIGTERM and SIGINT stop the daemon and leave the program attached with its rules pinned:
+//! bans keep dropping and expire on time while no daemon runs, and the next start adopts the
+//! attachment without a gap. `limiter detach` is what removes it.
+
+mod control_link;
+mod engine;
+mod host;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use tracing::{error, info, warn};
+
+pub use self::engine::{Engine, EngineError, TickReport};
+use crate::{
+    config::{Config, Overrides},
+    control::protocol::{Request, ResponseLine},
+    loader::{self, DetachReport, Limiter, LoadOptions},
+    store::RuleStore,
+};
+
+/// Where `limiter run` reads its configuration unless told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/glance-limiter/limiter.toml";
+
+/// What `limiter run` was told on its command line.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// `--config`; `None` reads the default path if it exists, else the embedded defaults.
+    pub config: Option<PathBuf>,
+    pub overrides: Overrides,
+    /// bpffs directory for the pins (`/sys/fs/bpf/glance-limiter`).
+    pub pin_dir: PathBuf,
+}
+
+/// A control request on its way to the engine thread, with where to send the answer.
+pub struct Envelope {
+    pub request: Request,
+    pub reply: mpsc::Sender<ResponseLine>,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(options: RunOptions) -> anyhow::Result<()> {
+    let config = load_config(&options)?;
+    let interfaces = if config.interfaces.is_empty() {
+        vec![host::default_route_interface().context(
+            "no interface given and no default route to take it from; name one with --iface \
+             or `interfaces` in the configuration",
+        )?]
+    } else {
+        config.interfaces.clone()
+    };
+    let known = host::interface_names();
+    for iface in &interfaces {
+        if !known.contains(iface) {
+            bail!(
+                "interface `{iface}` does not exist here; interfaces are: {}",
+                known.join(", ")
+            );
+        }
+    }
+
+    let store = RuleStore::open(&config.state_dir)?;
+    let limiter = Limiter::load_pinned(
+        &LoadOptions {
+            source_capacity: config.source_capacity,
+        },
+        &options.pin_dir,
+    )?;
+    // Ports and rules go into the (possibly adopted) maps before any new attachment, so the
+    // program protects from its first packet.
+    let mut engine = Engine::new(limiter, store, config.clone())?;
+    for iface in &interfaces {
+        engine.limiter_mut().attach(iface)?;
+    }
+    for stale in loader::pinned_interfaces(&options.pin_dir) {
+        if !interfaces.contains(&stale) {
+            warn!(iface = %stale, "pinned attachment no longer configured; detaching it");
+            let _ = std::fs::remove_file(options.pin_dir.join(format!("link-{stale}")));
+        }
+    }
+    info!(
+        interfaces = ?interfaces,
+        mode = config.mode.as_str(),
+        ports = ?config.ports,
+        socket = %config.socket.display(),
+        "glance-limiter running"
+    );
+
+    // SAFETY: installing async-signal-safe handlers that only store to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+    }
+    let (requests, inbox) = mpsc::channel::<Envelope>();
+    let server = control_link::spawn(&config, requests)?;
+    drive(&mut engine, &inbox);
+    drop(server);
+    info!("stopped; the program stays attached and its rules keep applying (limiter detach removes them)");
+    Ok(())
+}
+
+/// The engine loop: a poll every interval, control requests in between.
+fn drive(engine: &mut Engine, inbox: &mpsc::Receiver<Envelope>) {
+    let interval = engine.poll_interval();
+    let mut next_poll = Instant::now();
+    while !STOP.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= next_poll {
+            match engine.tick() {
+                Ok(report) if report.decisions > 0 || report.expired > 0 => info!(
+                    rows = report.rows,
+                    decisions = report.decisions,
+                    expired = report.expired,
+                    took_ms = report.took.as_secs_f64() * 1000.0,
+                    "poll"
+                ),
+                Ok(_) => {}
+                Err(e) => error!(error = %e, "poll failed; retrying at the next interval"),
+            }
+            next_poll += interval;
+            if next_poll < Instant::now() {
+                // Fell behind (a slow poll): skip ahead rather than poll back to back.
+                next_poll = Instant::now() + interval;
+            }
+            continue;
+        }
+        // Wake at the next poll, for a request, or soon enough to notice a signal.
+        let wait = (next_poll - now).min(Duration::from_millis(200));
+        match inbox.recv_timeout(wait) {
+            Ok(envelope) => {
+                let response = engine.handle(envelope.request);
+                let _ = envelope.reply.send(response);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                error!("the control server stopped; stopping");
+                break;
+            }
+        }
+    }
+}
+
+fn load_config(options: &RunOptions) -> anyhow::Result<Config> {
+    let config = match &options.config {
+        Some(path) => Config::load(path)?,
+        None => Config::load_or_default(Path::new(DEFAULT_CONFIG_PATH))?,
+    };
+    Ok(config.with_overrides(&options.overrides)?)
+}
+
+/// `limiter detach`: removes the pinned attachments and maps. Rules stay in the store, and
+/// the next `limiter run` puts them back.
+pub fn detach(pin_dir: &Path) -> anyhow::Result<DetachReport> {
+    Ok(loader::detach_pinned(pin_dir)?)
+}

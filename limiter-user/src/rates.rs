@@ -1,0 +1,826 @@
+//! Per-source rates from the kernel's cumulative counters (pure: time is passed in).
+//!
+//! The XDP program only counts; every poll the daemon hands [`RateTracker::observe`] each
+//! source's cumulative [`Counts`] and the time, and the tracker turns the increase since the
+//! previous poll into counts per trailing window, which is what the policy's thresholds compare
+//! against:
+//!
+//! | figure | window | buckets |
+//! | --- | --- | --- |
+//! | new connections (SYNs) | 10 s, reported as a per-second mean | 10 × 1 s |
+//! | image creates | 60 s | 12 × 5 s |
+//! | image creates | 3600 s | 60 × 1 min |
+//! | other writes | 60 s | 12 × 5 s |
+//! | SYNs, reads, packets, bytes per second | the last poll interval (display only) | — |
+//!
+//! The 10 s mean for connections is deliberate: a client that opens a burst of connections in
+//! one second (a parallel download, a restart) stays under a per-second threshold unless it
+//! keeps it up.
+//!
+//! # Granularity
+//! A window is the `N` buckets ending with the one that holds "now", and bucket `k` holds the
+//! events in `(k·B, (k+1)·B]`. When a poll lands on a bucket boundary (as it does when the
+//! daemon polls every whole second of the clock it passes in), a window covers exactly its
+//! nominal length. Otherwise it covers between `(N−1)·B` and `N·B`: at worst it misses the
+//! events of the oldest 1 s / 5 s / 1 min — 10 %, 8.3 % and 1.7 % of a steady rate. The error
+//! only ever under-counts, so bucketing can delay a ban by up to one bucket's worth of events but
+//! never causes one; nothing older than a window is ever counted in it.
+//!
+//! # Attribution
+//! The counters only say how much happened between two polls, not when. The increase is spread
+//! evenly over that span (a steady rate is the only assumption that needs no more information):
+//! - a poll that arrives late (a stalled daemon, a slow map dump) does not turn 30 s of normal
+//!   traffic into a 10 s burst: a third of it lands in the 10 s window;
+//! - the span starts at the last poll that listed the source; for a source that is new to the
+//!   tracker it starts at the previous poll, since a row absent then was inserted afterwards;
+//! - whatever part of the span lies before a ring's oldest bucket is outside that window and
+//!   is dropped.
+//!
+//! The very first poll only records a baseline: after a daemon restart the kernel rows carry
+//! totals from long before, and counting those as one interval would ban every busy client.
+//!
+//! # Resets
+//! The kernel table evicts its least recently used row when full, so a source can come back
+//! with its counters restarted. Any counter going down marks such a reset, and the new values
+//! are then the increase (the counts between the last poll and the eviction are lost). A row that
+//! was evicted and refilled past its old values within one interval cannot be told apart from an
+//! ordinary increase; that under-counts one interval, and only for a source that was idle
+//! enough to be evicted.
+//!
+//! # Memory
+//! Each tracked source takes [`SOURCE_ENTRY_BYTES`] (488) bytes of table entry: 48 for the
+//! last counters, 40 for bookkeeping, 376 for the four rings (`u32` buckets), 24 for the key.
+//! The hash table adds one control byte per slot and, right after it grows, up to as many empty
+//! slots as full ones. A source is forgotten once it is missing from the latest poll and has
+//! been idle longer than the longest window (one hour); a source still listed by the kernel is
+//! kept, because forgetting it would make its lifetime totals look new when it is next seen.
+//! Beyond `max_sources`, sources missing from the latest poll are forgotten, longest idle
+//! first, so the table stays within `max(max_sources, sources in the latest poll)` rows.
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use limiter_common::SourceStats;
+
+/// The window the new-connection rate is averaged over.
+pub const NEW_CONNECTION_WINDOW: Duration = Duration::from_secs(10);
+/// The window of the per-minute counts.
+pub const MINUTE_WINDOW: Duration = Duration::from_secs(60);
+/// The window of the per-hour counts; also how long an idle, departed source is remembered.
+pub const HOUR_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Bytes of one tracked source in the tracker's table (key and value, no table overhead).
+pub const SOURCE_ENTRY_BYTES: usize = std::mem::size_of::<(IpAddr, SourceWindow)>();
+
+/// One source's cumulative counters as read from the kernel table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub syns: u64,
+    pub image_create: u64,
+    pub other_write: u64,
+    pub read: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<&SourceStats> for Counts {
+    fn from(stats: &SourceStats) -> Self {
+        Counts {
+            syns: stats.syns,
+            image_create: stats.image_create,
+            other_write: stats.other_write,
+            read: stats.read,
+            packets: stats.packets,
+            bytes: stats.bytes,
+        }
+    }
+}
+
+impl Counts {
+    fn fields(&self) -> [u64; 6] {
+        [
+            self.syns,
+            self.image_create,
+            self.other_write,
+            self.read,
+            self.packets,
+            self.bytes,
+        ]
+    }
+
+    /// The increase since `earlier`, or `None` if any counter went down (the row was reset).
+    fn increase_since(&self, earlier: &Counts) -> Option<Counts> {
+        let went_down = self
+            .fields()
+            .iter()
+            .zip(earlier.fields())
+            .any(|(now, before)| *now < before);
+        if went_down {
+            return None;
+        }
+        Some(Counts {
+            syns: self.syns - earlier.syns,
+            image_create: self.image_create - earlier.image_create,
+            other_write: self.other_write - earlier.other_write,
+            read: self.read - earlier.read,
+            packets: self.packets - earlier.packets,
+            bytes: self.bytes - earlier.bytes,
+        })
+    }
+
+    fn is_zero(&self) -> bool {
+        self.fields().iter().all(|v| *v == 0)
+    }
+}
+
+/// One source's activity as of the tracker's latest poll.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    /// SYNs in the trailing [`NEW_CONNECTION_WINDOW`]; see
+    /// [`Rates::new_connections_per_second`].
+    pub new_connections_in_window: u64,
+    /// SYNs per second over the last poll interval (display only: one busy second is no
+    /// reason to ban).
+    pub new_connections_per_second_last_interval: f64,
+    /// Image creates in the trailing minute.
+    pub image_creates_last_minute: u64,
+    /// Image creates in the trailing hour.
+    pub image_creates_last_hour: u64,
+    /// Other writes (other POST, PUT, PATCH, DELETE) in the trailing minute.
+    pub other_writes_last_minute: u64,
+    /// Over the last poll interval, for display.
+    pub reads_per_second: f64,
+    pub packets_per_second: f64,
+    pub bytes_per_second: f64,
+}
+
+impl Rates {
+    /// Mean new connections per second over [`NEW_CONNECTION_WINDOW`]. For the first seconds
+    /// of a source's history this is low on purpose: the window is divided by its full length.
+    pub fn new_connections_per_second(&self) -> f64 {
+        self.new_connections_in_window as f64 / NEW_CONNECTION_WINDOW.as_secs_f64()
+    }
+}
+
+/// What one [`RateTracker::observe`] call did, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObserveSummary {
+    /// Sources the tracker had not seen before (or had forgotten).
+    pub new_sources: usize,
+    /// Sources whose counters went down: their kernel row was evicted and re-created.
+    pub resets: usize,
+    /// Sources forgotten because they left the kernel table and stayed idle for an hour.
+    pub forgotten_idle: usize,
+    /// Sources forgotten early because the tracker was over `max_sources`.
+    pub forgotten_over_capacity: usize,
+}
+
+/// Sliding-window counts for every source the kernel reports.
+#[derive(Clone, Debug)]
+pub struct RateTracker {
+    sources: HashMap<IpAddr, SourceWindow>,
+    max_sources: usize,
+    /// Time of the latest poll, in milliseconds on the caller's clock.
+    now_ms: u64,
+    /// Number of polls so far (wrapping); a source listed in the latest one has
+    /// `listed_in_poll == polls`.
+    polls: u32,
+    /// Time of the poll before the latest one.
+    previous_poll_ms: u64,
+    /// The first poll only records each source's counters: see the module docs.
+    baseline_taken: bool,
+}
+
+impl RateTracker {
+    /// A tracker that keeps at most `max_sources` sources beyond those listed in the latest
+    /// poll. Give at least the kernel table's capacity, so that only sources that have left the
+    /// kernel table are ever forgotten early.
+    pub fn new(max_sources: usize) -> Self {
+        RateTracker {
+            sources: HashMap::new(),
+            max_sources,
+            now_ms: 0,
+            polls: 0,
+            previous_poll_ms: 0,
+            baseline_taken: false,
+        }
+    }
+
+    /// Takes one poll: `now` on a monotonic clock of the caller's choosing (time since the
+    /// daemon started, say), and each source's cumulative counters. A `now` earlier than the
+    /// previous one is taken as equal to it. Sources missing from `sources` keep their history.
+    pub fn observe(
+        &mut self,
+        now: Duration,
+        sources: impl IntoIterator<Item = (IpAddr, Counts)>,
+    ) -> ObserveSummary {
+        let now_ms = millis(now).max(self.now_ms);
+        let is_baseline = !std::mem::replace(&mut self.baseline_taken, true);
+        self.previous_poll_ms = self.now_ms;
+        self.now_ms = now_ms;
+        self.polls = self.polls.wrapping_add(1);
+        let poll = self.polls;
+        let previous_poll_ms = self.previous_poll_ms;
+
+        let mut summary = ObserveSummary::default();
+        for (addr, counts) in sources {
+            let addr = addr.to_canonical();
+            match self.sources.get_mut(&addr) {
+                Some(window) => {
+                    let increase = match counts.increase_since(&window.last) {
+                        Some(increase) => increase,
+                        None => {
+                            summary.resets += 1;
+                            counts
+                        }
+                    };
+                    let since_ms = window.listed_at_ms;
+                    window.record(increase, since_ms, now_ms, poll);
+                    window.last = counts;
+                }
+                None => {
+                    summary.new_sources += 1;
+                    let mut window = SourceWindow::new(counts, now_ms, poll);
+                    if !is_baseline {
+                        window.record(counts, previous_poll_ms, now_ms, poll);
+                    }
+                    self.sources.insert(addr, window);
+                }
+            }
+        }
+        summary.forgotten_idle = self.forget_idle();
+        summary.forgotten_over_capacity = self.forget_over_capacity();
+        summary
+    }
+
+    /// The source's figures as of the latest poll, if it is tracked.
+    pub fn rates(&self, addr: IpAddr) -> Option<Rates> {
+        self.sources
+            .get(&addr.to_canonical())
+            .map(|window| window.rates(self.now_ms, self.polls))
+    }
+
+    /// Every tracked source with its figures, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, Rates)> + '_ {
+        self.sources
+            .iter()
+            .map(|(addr, window)| (*addr, window.rates(self.now_ms, self.polls)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// The time of the latest poll.
+    pub fn now(&self) -> Duration {
+        Duration::from_millis(self.now_ms)
+    }
+
+    fn forget_idle(&mut self) -> usize {
+        let before = self.sources.len();
+        let (now_ms, poll) = (self.now_ms, self.polls);
+        self.sources
+            .retain(|_, window| window.listed_in_poll == poll || !window.idle_for_an_hour(now_ms));
+        before - self.sources.len()
+    }
+
+    /// Beyond `max_sources`, forgets departed sources, longest idle first, down to 7/8 of the
+    /// bound so that the sort is not repeated every poll under churn.
+    fn forget_over_capacity(&mut self) -> usize {
+        if self.sources.len() <= self.max_sources {
+            return 0;
+        }
+        let poll = self.polls;
+        let mut departed: Vec<(u32, IpAddr)> = self
+            .sources
+            .iter()
+            .filter(|(_, window)| window.listed_in_poll != poll)
+            .map(|(addr, window)| (window.last_active_sec, *addr))
+            .collect();
+        departed.sort_unstable();
+        let target = self.max_sources - self.max_sources / 8;
+        let excess = self.sources.len().saturating_sub(target);
+        for (_, addr) in departed.iter().take(excess) {
+            self.sources.remove(addr);
+        }
+        excess.min(departed.len())
+    }
+}
+
+/// One source's history. Kept small: the tracker may hold a million of these.
+#[derive(Clone, Debug)]
+struct SourceWindow {
+    /// Cumulative counters at the last poll that listed the source.
+    last: Counts,
+    /// When the source was last listed; the rings are current up to this time.
+    listed_at_ms: u64,
+    last_interval: IntervalIncrease,
+    listed_in_poll: u32,
+    /// When a counter last went up, in whole seconds.
+    last_active_sec: u32,
+    syns: Ring<10, 1>,
+    image_creates_minute: Ring<12, 5>,
+    other_writes_minute: Ring<12, 5>,
+    image_creates_hour: Ring<60, 60>,
+}
+
+/// The display-only figures of the last interval.
+#[derive(Clone, Copy, Debug, Default)]
+struct IntervalIncrease {
+    bytes: u64,
+    syns: u32,
+    reads: u32,
+    packets: u32,
+    span_ms: u32,
+}
+
+impl SourceWindow {
+    fn new(counts: Counts, now_ms: u64, poll: u32) -> Self {
+        SourceWindow {
+            last: counts,
+            listed_at_ms: now_ms,
+            last_interval: IntervalIncrease::default(),
+            listed_in_poll: poll,
+            last_active_sec: seconds(now_ms),
+            syns: Ring::default(),
+            image_creates_minute: Ring::default(),
+            other_writes_minute: Ring::default(),
+            image_creates_hour: Ring::default(),
+        }
+    }
+
+    /// Spreads `increase` evenly over `(since_ms, now_ms]`.
+    fn record(&mut self, increase: Counts, since_ms: u64, now_ms: u64, poll: u32) {
+        let advanced_from = self.listed_at_ms;
+        self.syns.advance(advanced_from, now_ms);
+        self.image_creates_minute.advance(advanced_from, now_ms);
+        self.other_writes_minute.advance(advanced_from, now_ms);
+        self.image_creates_hour.advance(advanced_from, now_ms);
+
+        self.syns.spread(increase.syns, since_ms, now_ms);
+        self.image_creates_minute
+            .spread(increase.image_create, since_ms, now_ms);
+        self.other_writes_minute
+            .spread(increase.other_write, since_ms, now_ms);
+        self.image_creates_hour
+            .spread(increase.image_create, since_ms, now_ms);
+
+        self.last_interval = IntervalIncrease {
+            bytes: increase.bytes,
+            syns: saturate(increase.syns),
+            reads: saturate(increase.read),
+            packets: saturate(increase.packets),
+            span_ms: saturate(now_ms.saturating_sub(since_ms)),
+        };
+        if !increase.is_zero() {
+            self.last_active_sec = seconds(now_ms);
+        }
+        self.listed_at_ms = now_ms;
+        self.listed_in_poll = poll;
+    }
+
+    fn idle_for_an_hour(&self, now_ms: u64) -> bool {
+        let idle_secs = u64::from(seconds(now_ms).saturating_sub(self.last_active_sec));
+        idle_secs > HOUR_WINDOW.as_secs()
+    }
+
+    fn rates(&self, now_ms: u64, latest_poll: u32) -> Rates {
+        let current = self.listed_in_poll == latest_poll && self.last_interval.span_ms > 0;
+        let per_second = |amount: u64| {
+            if current {
+                amount as f64 * 1000.0 / f64::from(self.last_interval.span_ms)
+            } else {
+                0.0
+            }
+        };
+        let advanced_to = self.listed_at_ms;
+        Rates {
+            new_connections_in_window: self.syns.sum(advanced_to, now_ms),
+            new_connections_per_second_last_interval: per_second(self.last_interval.syns.into()),
+            image_creates_last_minute: self.image_creates_minute.sum(advanced_to, now_ms),
+            image_creates_last_hour: self.image_creates_hour.sum(advanced_to, now_ms),
+            other_writes_last_minute: self.other_writes_minute.sum(advanced_to, now_ms),
+            reads_per_second: per_second(self.last_interval.reads.into()),
+            packets_per_second: per_second(self.last_interval.packets.into()),
+            bytes_per_second: per_second(self.last_interval.bytes),
+        }
+    }
+}
+
+/// `BUCKETS` counts of `BUCKET_SECS` each. Bucket `k` (absolute, stored at `k % BUCKETS`)
+/// holds the events in `(k·B, (k+1)·B]` milliseconds; it is valid while `k` is among the last
+/// `BUCKETS` buckets up to the time the ring was advanced to.
+#[derive(Clone, Copy, Debug)]
+struct Ring<const BUCKETS: usize, const BUCKET_SECS: u64> {
+    counts: [u32; BUCKETS],
+}
+
+impl<const BUCKETS: usize, const BUCKET_SECS: u64> Default for Ring<BUCKETS, BUCKET_SECS> {
+    fn default() -> Self {
+        Ring {
+            counts: [0; BUCKETS],
+        }
+    }
+}
+
+impl<const BUCKETS: usize, const BUCKET_SECS: u64> Ring<BUCKETS, BUCKET_SECS> {
+    const BUCKET_MS: u64 = BUCKET_SECS * 1000;
+    const LEN: u64 = BUCKETS as u64;
+
+    /// The bucket holding time `ms`. Buckets are closed on the right, so that a poll on a
+    /// boundary has a full current bucket and its window spans exactly the nominal length.
+    fn bucket_of(ms: u64) -> u64 {
+        ms.saturating_sub(1) / Self::BUCKET_MS
+    }
+
+    fn slot(bucket: u64) -> usize {
+        (bucket % Self::LEN) as usize
+    }
+
+    /// Empties the buckets that begin after `from_ms` and by `to_ms`: they are reused for
+    /// newer time.
+    fn advance(&mut self, from_ms: u64, to_ms: u64) {
+        let (from, to) = (Self::bucket_of(from_ms), Self::bucket_of(to_ms));
+        if to.saturating_sub(from) >= Self::LEN {
+            self.counts = [0; BUCKETS];
+            return;
+        }
+        for bucket in from + 1..=to {
+            self.counts[Self::slot(bucket)] = 0;
+        }
+    }
+
+    /// Adds `amount` spread evenly over `(since_ms, now_ms]`; the ring must be advanced to
+    /// `now_ms`. The shares are differences of a rounded-down running total, so they add up to
+    /// exactly `amount` (less what falls before the oldest bucket).
+    fn spread(&mut self, amount: u64, since_ms: u64, now_ms: u64) {
+        if amount == 0 {
+            return;
+        }
+        let newest = Self::bucket_of(now_ms);
+        if now_ms <= since_ms {
+            self.add(newest, amount);
+            return;
+        }
+        let span = u128::from(now_ms - since_ms);
+        let share_until = |ms: u64| (u128::from(amount) * u128::from(ms - since_ms) / span) as u64;
+        let oldest = (newest + 1).saturating_sub(Self::LEN);
+        for bucket in Self::bucket_of(since_ms + 1).max(oldest)..=newest {
+            let start = (bucket * Self::BUCKET_MS).max(since_ms);
+            let end = ((bucket + 1) * Self::BUCKET_MS).min(now_ms);
+            if end > start {
+                self.add(bucket, share_until(end) - share_until(start));
+            }
+        }
+    }
+
+    fn add(&mut self, bucket: u64, amount: u64) {
+        let slot = &mut self.counts[Self::slot(bucket)];
+        *slot = slot.saturating_add(saturate(amount));
+    }
+
+    /// Events in the window ending at `now_ms` for a ring advanced to `advanced_to_ms`
+    /// (not later than `now_ms`): the buckets since then are empty, older ones have left.
+    fn sum(&self, advanced_to_ms: u64, now_ms: u64) -> u64 {
+        let newest_valid = Self::bucket_of(advanced_to_ms);
+        let oldest_in_window = (Self::bucket_of(now_ms) + 1).saturating_sub(Self::LEN);
+        if newest_valid < oldest_in_window {
+            return 0;
+        }
+        (oldest_in_window..=newest_valid)
+            .map(|bucket| u64::from(self.counts[Self::slot(bucket)]))
+            .sum()
+    }
+}
+
+fn millis(time: Duration) -> u64 {
+    u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn seconds(ms: u64) -> u32 {
+    saturate(ms / 1000)
+}
+
+fn saturate(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+    const B: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9));
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn syns(n: u64) -> Counts {
+        Counts {
+            syns: n,
+            packets: n,
+            ..Counts::default()
+        }
+    }
+
+    fn creates(n: u64) -> Counts {
+        Counts {
+            image_create: n,
+            packets: n,
+            ..Counts::default()
+        }
+    }
+
+    /// Polls `A` once a second from `from` to `to` seconds, its counters given by `counts`.
+    fn poll_each_second(
+        tracker: &mut RateTracker,
+        from: u64,
+        to: u64,
+        counts: impl Fn(u64) -> Counts,
+    ) {
+        for t in from..=to {
+            tracker.observe(secs(t), [(A, counts(t))]);
+        }
+    }
+
+    #[test]
+    fn a_source_fits_the_memory_budget_for_a_million_sources() {
+        assert_eq!(std::mem::size_of::<SourceWindow>(), 464);
+        assert_eq!(SOURCE_ENTRY_BYTES, 488);
+        // At most 512 bytes a source, so a million tracked sources take under 512 MB of
+        // entries (plus the hash table's slack, see the module docs).
+        const { assert!(SOURCE_ENTRY_BYTES <= 512) };
+        const { assert!(SOURCE_ENTRY_BYTES * 1_000_000 <= 512_000_000) };
+    }
+
+    #[test]
+    fn steady_rates_are_reported_exactly_when_polls_land_on_seconds() {
+        let mut tracker = RateTracker::new(1000);
+        poll_each_second(&mut tracker, 0, 3600, |t| Counts {
+            syns: 5 * t,
+            image_create: t,
+            other_write: 2 * t,
+            read: 7 * t,
+            packets: 20 * t,
+            bytes: 20_000 * t,
+        });
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(rates.new_connections_in_window, 50);
+        assert_eq!(rates.new_connections_per_second(), 5.0);
+        assert_eq!(rates.new_connections_per_second_last_interval, 5.0);
+        assert_eq!(rates.image_creates_last_minute, 60);
+        assert_eq!(rates.image_creates_last_hour, 3600);
+        assert_eq!(rates.other_writes_last_minute, 120);
+        assert_eq!(rates.reads_per_second, 7.0);
+        assert_eq!(rates.packets_per_second, 20.0);
+        assert_eq!(rates.bytes_per_second, 20_000.0);
+    }
+
+    #[test]
+    fn unaligned_polls_undercount_by_at_most_one_bucket() {
+        let mut tracker = RateTracker::new(1000);
+        for t in 0..=3700u64 {
+            // Polls 400 ms past each second; 12 SYNs and 12 image creates a second.
+            let counts = Counts {
+                syns: 12 * t,
+                image_create: 12 * t,
+                ..Counts::default()
+            };
+            tracker.observe(Duration::from_millis(t * 1000 + 400), [(A, counts)]);
+            let rates = tracker.rates(A).unwrap();
+            if t >= 10 {
+                let syns = rates.new_connections_in_window;
+                assert!((108..=120).contains(&syns), "{t}: {syns}");
+            }
+            if t >= 60 {
+                let minute = rates.image_creates_last_minute;
+                assert!((660..=720).contains(&minute), "{t}: {minute}");
+            }
+            if t >= 3600 {
+                let hour = rates.image_creates_last_hour;
+                assert!((12 * 3540..=12 * 3600).contains(&hour), "{t}: {hour}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_poll_is_only_a_baseline() {
+        let mut tracker = RateTracker::new(1000);
+        let summary = tracker.observe(secs(5), [(A, creates(1_000_000))]);
+        assert_eq!(summary.new_sources, 1);
+        assert_eq!(tracker.rates(A).unwrap(), Rates::default());
+        tracker.observe(secs(6), [(A, creates(1_000_010))]);
+        assert_eq!(tracker.rates(A).unwrap().image_creates_last_minute, 10);
+    }
+
+    #[test]
+    fn a_source_new_after_the_first_poll_counts_from_the_previous_poll() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(1), []);
+        tracker.observe(secs(2), [(B, creates(90))]);
+        let rates = tracker.rates(B).unwrap();
+        assert_eq!(rates.image_creates_last_minute, 90);
+        assert_eq!(rates.packets_per_second, 90.0);
+    }
+
+    #[test]
+    fn a_one_second_burst_is_diluted_over_ten_seconds() {
+        let mut tracker = RateTracker::new(1000);
+        poll_each_second(&mut tracker, 0, 20, |_| syns(0));
+        tracker.observe(secs(21), [(A, syns(300))]);
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(rates.new_connections_per_second_last_interval, 300.0);
+        assert_eq!(rates.new_connections_per_second(), 30.0);
+
+        poll_each_second(&mut tracker, 22, 30, |_| syns(300));
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(
+            rates.new_connections_per_second(),
+            30.0,
+            "still in the window"
+        );
+        assert_eq!(rates.new_connections_per_second_last_interval, 0.0);
+        tracker.observe(secs(31), [(A, syns(300))]);
+        assert_eq!(tracker.rates(A).unwrap().new_connections_in_window, 0);
+    }
+
+    #[test]
+    fn counts_leave_each_window_when_it_has_passed() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(0), [(A, creates(0))]);
+        tracker.observe(secs(1), [(A, creates(40))]);
+        let at = |tracker: &mut RateTracker, t: u64| {
+            tracker.observe(secs(t), [(A, creates(40))]);
+            tracker.rates(A).unwrap()
+        };
+        assert_eq!(at(&mut tracker, 60).image_creates_last_minute, 40);
+        // Events of (0 s, 1 s] sit in the 5 s bucket (0 s, 5 s], which leaves at 61 s.
+        assert_eq!(at(&mut tracker, 61).image_creates_last_minute, 0);
+        assert_eq!(at(&mut tracker, 61).image_creates_last_hour, 40);
+        assert_eq!(at(&mut tracker, 3600).image_creates_last_hour, 40);
+        assert_eq!(at(&mut tracker, 3601).image_creates_last_hour, 0);
+    }
+
+    #[test]
+    fn a_counter_going_down_restarts_from_the_new_value() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(0), [(A, creates(500))]);
+        tracker.observe(secs(1), [(A, creates(520))]);
+        // Evicted and re-inserted: the row now holds only what came after.
+        let summary = tracker.observe(secs(2), [(A, creates(7))]);
+        assert_eq!(summary.resets, 1);
+        assert_eq!(tracker.rates(A).unwrap().image_creates_last_minute, 27);
+        tracker.observe(secs(3), [(A, creates(10))]);
+        assert_eq!(tracker.rates(A).unwrap().image_creates_last_minute, 30);
+    }
+
+    #[test]
+    fn a_late_poll_spreads_its_increase_over_the_gap() {
+        let mut tracker = RateTracker::new(1000);
+        poll_each_second(&mut tracker, 0, 100, |_| syns(0));
+        // 30 s without a poll, during which the source opened 10 connections a second.
+        tracker.observe(secs(130), [(A, syns(300))]);
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(rates.new_connections_per_second(), 10.0, "not 30/s");
+        assert_eq!(rates.new_connections_per_second_last_interval, 10.0);
+    }
+
+    #[test]
+    fn a_gap_longer_than_a_window_keeps_only_the_part_inside_it() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(0), [(A, creates(0))]);
+        // 7200 creates over two hours: one a second.
+        tracker.observe(secs(7200), [(A, creates(7200))]);
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(rates.image_creates_last_minute, 60);
+        assert_eq!(rates.image_creates_last_hour, 3600);
+    }
+
+    #[test]
+    fn a_source_that_reappears_counts_since_it_was_last_listed() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(0), [(A, creates(0)), (B, creates(0))]);
+        tracker.observe(secs(10), [(B, creates(0))]);
+        tracker.observe(secs(20), [(A, creates(20)), (B, creates(0))]);
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(rates.image_creates_last_minute, 20);
+        assert_eq!(
+            rates.packets_per_second, 1.0,
+            "20 over the 20 s since last listed"
+        );
+    }
+
+    #[test]
+    fn a_missing_source_keeps_its_history_but_shows_no_current_rate() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(0), [(A, creates(0))]);
+        tracker.observe(secs(1), [(A, creates(30))]);
+        tracker.observe(secs(2), []);
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(rates.image_creates_last_minute, 30);
+        assert_eq!(rates.packets_per_second, 0.0);
+    }
+
+    #[test]
+    fn departed_sources_are_forgotten_after_an_hour_idle() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(0), [(A, creates(0)), (B, creates(0))]);
+        tracker.observe(secs(10), [(A, creates(5)), (B, creates(0))]);
+        // A leaves the kernel table; B stays, idle.
+        tracker.observe(secs(3610), [(B, creates(0))]);
+        assert_eq!(tracker.len(), 2, "A was active at 10 s: not yet an hour");
+        let summary = tracker.observe(secs(3611), [(B, creates(0))]);
+        assert_eq!(summary.forgotten_idle, 1);
+        assert!(tracker.rates(A).is_none());
+        // B is idle too, but still listed: forgetting it would make its totals look new.
+        tracker.observe(secs(9000), [(B, creates(0))]);
+        assert!(tracker.rates(B).is_some());
+    }
+
+    #[test]
+    fn over_capacity_departed_sources_go_first_longest_idle_first() {
+        let mut tracker = RateTracker::new(8);
+        let addr = |i: u8| IpAddr::V4(Ipv4Addr::new(203, 0, 113, i));
+        tracker.observe(secs(0), (0..8).map(|i| (addr(i), creates(0))));
+        // Sources 0..4 are active at increasing times, then everyone but 7 departs.
+        for i in 0..4u8 {
+            tracker.observe(secs(1 + u64::from(i)), [(addr(i), creates(1))]);
+        }
+        let summary = tracker.observe(secs(10), (7..12).map(|i| (addr(i), creates(0))));
+        // 12 tracked, bound 8: down to 7. Never-active 4, 5, 6 go first, then 0 and 1.
+        assert_eq!(summary.forgotten_over_capacity, 5);
+        assert_eq!(tracker.len(), 7);
+        for gone in [4, 5, 6, 0, 1] {
+            assert!(tracker.rates(addr(gone)).is_none(), "{gone}");
+        }
+        for kept in [2, 3, 7, 8, 9, 10, 11] {
+            assert!(tracker.rates(addr(kept)).is_some(), "{kept}");
+        }
+    }
+
+    #[test]
+    fn listed_sources_are_never_forgotten_for_capacity() {
+        let mut tracker = RateTracker::new(2);
+        let addr = |i: u8| IpAddr::V4(Ipv4Addr::new(203, 0, 113, i));
+        let summary = tracker.observe(secs(0), (0..5).map(|i| (addr(i), creates(0))));
+        assert_eq!(summary.forgotten_over_capacity, 0);
+        assert_eq!(tracker.len(), 5);
+    }
+
+    #[test]
+    fn time_going_backwards_is_taken_as_no_time_passing() {
+        let mut tracker = RateTracker::new(10);
+        tracker.observe(secs(100), [(A, creates(0))]);
+        tracker.observe(secs(50), [(A, creates(6))]);
+        assert_eq!(tracker.now(), secs(100));
+        assert_eq!(tracker.rates(A).unwrap().image_creates_last_minute, 6);
+    }
+
+    #[test]
+    fn ipv4_mapped_sources_are_the_ipv4_source() {
+        let mut tracker = RateTracker::new(10);
+        let mapped = IpAddr::V6(Ipv4Addr::new(198, 51, 100, 7).to_ipv6_mapped());
+        tracker.observe(secs(0), [(mapped, creates(0))]);
+        tracker.observe(secs(1), [(A, creates(3))]);
+        assert_eq!(tracker.len(), 1);
+        assert_eq!(tracker.rates(mapped).unwrap().image_creates_last_minute, 3);
+    }
+
+    #[test]
+    fn many_sources_are_tracked_independently() {
+        let mut tracker = RateTracker::new(200_000);
+        let addr = |i: u32| IpAddr::V6(Ipv6Addr::from((0x2001_0db8_u128 << 96) | u128::from(i)));
+        tracker.observe(secs(0), (0..100_000).map(|i| (addr(i), creates(0))));
+        tracker.observe(
+            secs(1),
+            (0..100_000).map(|i| (addr(i), creates(u64::from(i % 100)))),
+        );
+        assert_eq!(tracker.len(), 100_000);
+        for (addr, rates) in tracker.iter() {
+            let IpAddr::V6(v6) = addr else {
+                panic!("{addr} was not observed")
+            };
+            let i = u128::from(v6) as u32;
+            assert_eq!(
+                rates.image_creates_last_minute,
+                u64::from(i % 100),
+                "{addr}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_increases_saturate_instead_of_wrapping() {
+        let mut tracker = RateTracker::new(10);
+        tracker.observe(secs(0), [(A, creates(0))]);
+        tracker.observe(secs(1), [(A, creates(u64::MAX))]);
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(rates.image_creates_last_minute, u64::from(u32::MAX));
+    }
+}

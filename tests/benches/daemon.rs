@@ -1,0 +1,156 @@
+//! Daemon-side costs, measured side by side in one run: reading the per-source table with
+//! batch lookups against get_next_key walking, at 64k and 1M tracked sources, and the whole
+//! poll (read + rates + policy). Writes target/bench/daemon.json. `cargo xtask bench` (root).
+
+use std::{
+    fs,
+    net::Ipv6Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use limiter_tests::frames::Packet;
+use limiter_user::{
+    loader::{Limiter, LoadOptions},
+    policy::{NeverBan, Policy, PolicyConfig, PrefixSet},
+    rates::{Counts, RateTracker},
+};
+use serde::Serialize;
+
+const GLANCE_PORT: u16 = 9292;
+const ROUNDS: usize = 5;
+
+#[derive(Serialize)]
+struct Case {
+    name: String,
+    sources: usize,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    target_ms: Option<f64>,
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the daemon benchmark loads BPF programs: run `cargo xtask bench` as root");
+        std::process::exit(1);
+    }
+    let mut cases = Vec::new();
+    for (sources, target_ms) in [(65_536usize, 25.0), (1_000_000, 500.0)] {
+        cases.extend(poll_cases(sources, target_ms));
+    }
+    println!(
+        "{:<28} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "case", "sources", "median ms", "min ms", "max ms", "target"
+    );
+    for c in &cases {
+        println!(
+            "{:<28} {:>9} {:>10.1} {:>10.1} {:>10.1} {:>10}",
+            c.name,
+            c.sources,
+            c.median_ms,
+            c.min_ms,
+            c.max_ms,
+            c.target_ms.map_or("-".to_owned(), |t| format!("<= {t:.0}"))
+        );
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("daemon.json");
+    fs::write(
+        &path,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "command": "cargo xtask bench",
+            "cases": cases
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    println!("wrote {}", path.display());
+}
+
+/// Fills a table of exactly `sources` rows, then times each way of reading it and the poll.
+fn poll_cases(sources: usize, target_ms: f64) -> Vec<Case> {
+    let mut limiter = Limiter::load(&LoadOptions {
+        // The daemon's own sizing: capacity for the sources it must track.
+        source_capacity: sources as u32,
+    })
+    .expect("load");
+    limiter.set_protected_ports(&[GLANCE_PORT]).unwrap();
+    let started = Instant::now();
+    for i in 0..sources as u128 {
+        let addr = Ipv6Addr::from(0x2001_0db8_0002_0000_0000_0000_0000_0000u128 | i);
+        limiter
+            .test_run(&Packet::syn(&addr.to_string(), GLANCE_PORT).build())
+            .unwrap();
+    }
+    let rows = limiter.sources_batched().unwrap().len();
+    eprintln!("filled {rows} of {sources} rows in {:?}", started.elapsed());
+    // The LRU may evict a little before it is full: a few percent is the same table.
+    assert!(rows >= sources * 95 / 100, "only {rows} rows");
+
+    let mut batched = Vec::new();
+    let mut walked = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let rows = limiter.sources_batched().unwrap();
+        batched.push(t.elapsed());
+        let t = Instant::now();
+        let walked_rows = limiter.sources().unwrap();
+        walked.push(t.elapsed());
+        assert_eq!(rows.len(), walked_rows.len());
+    }
+
+    // The daemon's whole poll: read, rates, decisions (nobody over a threshold here).
+    let mut tracker = RateTracker::new(sources * 2);
+    let mut policy = Policy::new(PolicyConfig::default());
+    let never_ban = NeverBan::default();
+    let bans = PrefixSet::new();
+    let mut polls = Vec::new();
+    let (mut observes, mut evaluates) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let t = Instant::now();
+        let rows = limiter.sources_batched().unwrap();
+        let now = Duration::from_secs(round as u64 + 1);
+        let t_observe = Instant::now();
+        tracker.observe(now, rows.iter().map(|r| (r.addr, Counts::from(&r.stats))));
+        observes.push(t_observe.elapsed());
+        let t_evaluate = Instant::now();
+        let decisions = policy.evaluate(now, tracker.iter(), &never_ban, &bans);
+        evaluates.push(t_evaluate.elapsed());
+        polls.push(t.elapsed());
+        assert!(decisions.is_empty());
+    }
+    let label = if sources >= 1_000_000 { "1M" } else { "64k" };
+    vec![
+        case(
+            format!("read-batched-{label}"),
+            sources,
+            batched,
+            Some(target_ms),
+        ),
+        case(format!("read-get-next-key-{label}"), sources, walked, None),
+        case(format!("rates-observe-{label}"), sources, observes, None),
+        case(format!("policy-evaluate-{label}"), sources, evaluates, None),
+        case(
+            format!("poll-total-{label}"),
+            sources,
+            polls,
+            Some(target_ms),
+        ),
+    ]
+}
+
+fn case(name: String, sources: usize, mut times: Vec<Duration>, target_ms: Option<f64>) -> Case {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Case {
+        name,
+        sources,
+        median_ms: ms(times[times.len() / 2]),
+        min_ms: ms(times[0]),
+        max_ms: ms(*times.last().unwrap()),
+        target_ms,
+    }
+}
