@@ -48,8 +48,8 @@
 //! enough to be evicted.
 //!
 //! # Memory
-//! Each tracked source takes [`SOURCE_ENTRY_BYTES`] (488) bytes of table entry: 48 for the
-//! last counters, 40 for bookkeeping, 376 for the four rings (`u32` buckets), 24 for the key.
+//! Each tracked source takes [`SOURCE_ENTRY_BYTES`] (496) bytes of table entry: 48 for the
+//! last counters, 48 for bookkeeping, 376 for the four rings (`u32` buckets), 24 for the key.
 //! The hash table adds one control byte per slot and, right after it grows, up to as many empty
 //! slots as full ones. A source is forgotten once it is missing from the latest poll and has
 //! been idle longer than the longest window (one hour); a source still listed by the kernel is
@@ -315,8 +315,12 @@ impl RateTracker {
 struct SourceWindow {
     /// Cumulative counters at the last poll that listed the source.
     last: Counts,
-    /// When the source was last listed; the rings are current up to this time.
+    /// When the source was last listed.
     listed_at_ms: u64,
+    /// When the rings were last advanced: the last poll with an increase. Idle polls leave
+    /// the rings alone (a poll of a million mostly idle sources must not rewrite every ring);
+    /// the buckets after this time are known to be empty.
+    rings_at_ms: u64,
     last_interval: IntervalIncrease,
     listed_in_poll: u32,
     /// When a counter last went up, in whole seconds.
@@ -342,6 +346,7 @@ impl SourceWindow {
         SourceWindow {
             last: counts,
             listed_at_ms: now_ms,
+            rings_at_ms: now_ms,
             last_interval: IntervalIncrease::default(),
             listed_in_poll: poll,
             last_active_sec: seconds(now_ms),
@@ -354,19 +359,23 @@ impl SourceWindow {
 
     /// Spreads `increase` evenly over `(since_ms, now_ms]`.
     fn record(&mut self, increase: Counts, since_ms: u64, now_ms: u64, poll: u32) {
-        let advanced_from = self.listed_at_ms;
-        self.syns.advance(advanced_from, now_ms);
-        self.image_creates_minute.advance(advanced_from, now_ms);
-        self.other_writes_minute.advance(advanced_from, now_ms);
-        self.image_creates_hour.advance(advanced_from, now_ms);
+        let windowed = increase.syns | increase.image_create | increase.other_write;
+        if windowed != 0 {
+            let advanced_from = self.rings_at_ms;
+            self.syns.advance(advanced_from, now_ms);
+            self.image_creates_minute.advance(advanced_from, now_ms);
+            self.other_writes_minute.advance(advanced_from, now_ms);
+            self.image_creates_hour.advance(advanced_from, now_ms);
 
-        self.syns.spread(increase.syns, since_ms, now_ms);
-        self.image_creates_minute
-            .spread(increase.image_create, since_ms, now_ms);
-        self.other_writes_minute
-            .spread(increase.other_write, since_ms, now_ms);
-        self.image_creates_hour
-            .spread(increase.image_create, since_ms, now_ms);
+            self.syns.spread(increase.syns, since_ms, now_ms);
+            self.image_creates_minute
+                .spread(increase.image_create, since_ms, now_ms);
+            self.other_writes_minute
+                .spread(increase.other_write, since_ms, now_ms);
+            self.image_creates_hour
+                .spread(increase.image_create, since_ms, now_ms);
+            self.rings_at_ms = now_ms;
+        }
 
         self.last_interval = IntervalIncrease {
             bytes: increase.bytes,
@@ -396,7 +405,7 @@ impl SourceWindow {
                 0.0
             }
         };
-        let advanced_to = self.listed_at_ms;
+        let advanced_to = self.rings_at_ms;
         Rates {
             new_connections_in_window: self.syns.sum(advanced_to, now_ms),
             new_connections_per_second_last_interval: per_second(self.last_interval.syns.into()),
@@ -551,8 +560,8 @@ mod tests {
 
     #[test]
     fn a_source_fits_the_memory_budget_for_a_million_sources() {
-        assert_eq!(std::mem::size_of::<SourceWindow>(), 464);
-        assert_eq!(SOURCE_ENTRY_BYTES, 488);
+        assert_eq!(std::mem::size_of::<SourceWindow>(), 472);
+        assert_eq!(SOURCE_ENTRY_BYTES, 496);
         // At most 512 bytes a source, so a million tracked sources take under 512 MB of
         // entries (plus the hash table's slack, see the module docs).
         const { assert!(SOURCE_ENTRY_BYTES <= 512) };

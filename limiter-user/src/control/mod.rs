@@ -1,3 +1,8 @@
-//! The control API: protocol types shared by the daemon and its clients.
+//! The control API: protocol types shared by the daemon and its clients, the socket server
+//! the daemon runs, and the client the CLI (and later the TUI) uses.
 
+pub mod access;
+pub mod client;
+pub mod framing;
 pub mod protocol;
+pub mod server;

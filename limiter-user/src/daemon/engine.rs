@@ -58,6 +58,9 @@ pub struct Engine {
     /// Addresses of this host, refreshed now and then: never banned.
     own_addresses: Vec<IpAddr>,
     own_addresses_read: Instant,
+    /// Monitor mode: bans decided but not installed, until when (engine clock). The policy
+    /// sees them as in force, so a would-be ban is reported once, not every poll.
+    would_ban: Vec<(IpNet, Duration)>,
 }
 
 /// How often the host's own addresses are re-read (they change rarely; a new one is
@@ -79,6 +82,7 @@ impl Engine {
             last_poll: Duration::ZERO,
             own_addresses: host::own_addresses(),
             own_addresses_read: Instant::now(),
+            would_ban: Vec::new(),
         };
         engine.limiter.set_protected_ports(&engine.config.ports)?;
         engine.sync_kernel()?;
@@ -123,14 +127,18 @@ impl Engine {
         }
         let mut kernel_stale = !expired.is_empty();
 
-        let decisions = self.policy.evaluate(
-            now,
-            self.rates.iter(),
-            &self.never_ban(wall),
-            &self.active_blocks(wall),
-        );
+        self.would_ban.retain(|(_, until)| *until > now);
+        let mut in_force = self.active_blocks(wall);
+        in_force.extend(self.would_ban.iter().map(|(net, _)| *net));
+        let decisions =
+            self.policy
+                .evaluate(now, self.rates.iter(), &self.never_ban(wall), &in_force);
         if !decisions.is_empty() {
             kernel_stale |= self.carry_out(&decisions, wall)?;
+            if self.config.mode == Mode::Monitor {
+                self.would_ban
+                    .extend(decisions.iter().map(|d| (d.net, now + d.ttl)));
+            }
         }
         if kernel_stale {
             self.sync_kernel()?;
@@ -383,7 +391,8 @@ impl Engine {
                     .iter()
                     .filter(|r| r.prefix.contains(&address))
                     .collect();
-                let over = Metric::ALL.iter().any(|m| {
+                let would_ban = self.would_ban.iter().any(|(net, _)| net.contains(&address));
+                let over = would_ban || Metric::ALL.iter().any(|m| {
                     self.policy
                         .config()
                         .threshold(*m)

@@ -1,0 +1,348 @@
+//! The command line: every command, flag and value parser of `limiter` (clap derive).
+//!
+//! Addresses are taken as plain strings here and parsed in [`super::addresses`], so that every
+//! bad one is reported at once (clap stops at the first) and `-` can stand for stdin.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    config::{self, Mode},
+    control::client,
+    loader::DEFAULT_PIN_DIR,
+};
+
+/// The longest TTL accepted: anything longer is meant to be permanent, which is what leaving
+/// out --ttl says.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "limiter",
+    version,
+    about = "Protects an OpenStack Glance API from image-create floods (OSSN-0076) with XDP",
+    long_about = "Protects an OpenStack Glance API from image-create floods (OSSN-0076) with \
+                  XDP.\n\n`limiter run` is the daemon; the other commands talk to it over its \
+                  control socket. Exit codes: 0 done, 1 operational failure (no daemon, daemon \
+                  error, I/O), 2 bad input (nothing changed). docs/CLI.md has every detail."
+)]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "LIMITER_SOCKET",
+        value_name = "PATH",
+        default_value = client::DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+
+    /// How long to wait for the daemon's answer (90s, 2m).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach, count, ban, serve the control socket (needs root).
+    Run(RunArgs),
+    /// Remove the pinned XDP attachments and maps; rules stay in the store.
+    Detach(DetachArgs),
+    /// Block addresses or prefixes (drops TCP to the protected ports, or everything with
+    /// --all-ports).
+    Block(BlockArgs),
+    /// Remove block rules, manual or automatic.
+    Unblock(RemoveArgs),
+    /// Allow addresses or prefixes: never banned and exempt from every block.
+    Allow(AllowArgs),
+    /// Remove allow rules.
+    Unallow(RemoveArgs),
+    /// List every rule.
+    List(JsonArgs),
+    /// Show the busiest sources and their rates.
+    Stats(StatsArgs),
+    /// Show the daemon's state: mode, interfaces, rules, counters.
+    Status(JsonArgs),
+    /// Check a configuration file and print the effective configuration.
+    CheckConfig(CheckConfigArgs),
+}
+
+impl Command {
+    /// Whether the command talks to the daemon (and so uses --socket and --timeout).
+    pub fn is_client(&self) -> bool {
+        !matches!(
+            self,
+            Command::Run(_) | Command::Detach(_) | Command::CheckConfig(_)
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to attach to (repeatable); replaces `interfaces` in the configuration.
+    #[arg(long = "iface", value_name = "IF")]
+    pub ifaces: Vec<String>,
+    /// Configuration file [default: /etc/glance-limiter/limiter.toml if it exists, else the
+    /// built-in defaults].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// enforce: install bans; monitor: only log them.
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<Mode>,
+    /// Protected TCP port (repeatable); replaces `ports` in the configuration.
+    #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// How often counters are read and decisions taken (500ms, 1s).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// bpffs directory of the pinned maps and attachments.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// bpffs directory of the pinned maps and attachments.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BlockArgs {
+    #[command(flatten)]
+    pub rule: NewRuleArgs,
+    /// Drop every packet from these sources (any protocol and port), not only TCP to the
+    /// protected ports.
+    #[arg(long)]
+    pub all_ports: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AllowArgs {
+    #[command(flatten)]
+    pub rule: NewRuleArgs,
+}
+
+/// What block and allow share.
+#[derive(Debug, Args)]
+pub struct NewRuleArgs {
+    /// IP addresses (a host) or CIDR prefixes; `-` reads them from stdin, one per line.
+    #[arg(required = true, value_name = "IP|CIDR|-")]
+    pub addresses: Vec<String>,
+    /// How long the rule lasts (90s, 30m, 12h, 7d, 1h30m) [default: until removed].
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+    /// Why the rule exists (shown by `limiter list`).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// IP addresses or CIDR prefixes of the rules; `-` reads them from stdin, one per line.
+    #[arg(required = true, value_name = "IP|CIDR|-")]
+    pub addresses: Vec<String>,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print the daemon's answer as JSON (the shapes in docs/CLI.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// How many sources to show, busiest first.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = parse_top)]
+    pub top: usize,
+    /// Print the daemon's answer as JSON (the shapes in docs/CLI.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The file to check.
+    #[arg(value_name = "FILE", default_value = config::DEFAULT_PATH)]
+    pub file: PathBuf,
+}
+
+const DURATION_FORMS: &str = "write it like 90s, 30m, 12h, 7d or 1h30m";
+
+/// A duration such as `30m` or `1h30m`; a unit is required, so `30` is not silently seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("`{text}` has no unit; {DURATION_FORMS}"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|_| format!("`{text}` is not a duration; {DURATION_FORMS}"))
+}
+
+/// A rule's TTL: a positive duration of at most [`MAX_TTL`].
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl.is_zero() {
+        return Err(
+            "a TTL of 0 would expire at once; give at least 1s, or leave out --ttl for a rule \
+             that lasts until removed"
+                .into(),
+        );
+    }
+    if ttl > MAX_TTL {
+        return Err(format!(
+            "`{text}` is longer than 10 years; leave out --ttl for a rule that lasts until removed"
+        ));
+    }
+    Ok(ttl)
+}
+
+/// Whole seconds for the protocol, rounded up: a rule never ends before the time asked for.
+pub fn ttl_secs(ttl: Duration) -> u64 {
+    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout.is_zero() {
+        return Err("a timeout of 0 cannot be met; give at least 1s (the default is 30s)".into());
+    }
+    Ok(timeout)
+}
+
+fn parse_top(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!(
+            "`{text}` is not a number of sources; give a whole number of at least 1"
+        )),
+        Ok(top) => Ok(top),
+    }
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    text.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ttls_accept_human_durations() {
+        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_ttl(" 90s "), Ok(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn bad_ttls_say_what_is_accepted() {
+        for (text, expected) in [
+            ("30x", "is not a duration; write it like 90s, 30m"),
+            ("", "is not a duration"),
+            ("30", "has no unit"),
+            ("-5m", "is not a duration"),
+            ("0s", "would expire at once"),
+            ("0m", "would expire at once"),
+            ("11years", "longer than 10 years"),
+        ] {
+            let message = parse_ttl(text).unwrap_err();
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn ttls_round_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::from_secs(1800)), 1800);
+        assert_eq!(ttl_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+    }
+
+    #[test]
+    fn commands_parse() {
+        let cli = Cli::try_parse_from([
+            "limiter",
+            "block",
+            "198.51.100.7",
+            "-",
+            "--ttl",
+            "30m",
+            "--all-ports",
+            "--reason",
+            "flood",
+        ])
+        .unwrap();
+        let Command::Block(block) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(block.rule.addresses, ["198.51.100.7", "-"]);
+        assert_eq!(block.rule.ttl, Some(Duration::from_secs(1800)));
+        assert!(block.all_ports);
+        assert_eq!(cli.timeout, Duration::from_secs(30));
+
+        let cli = Cli::try_parse_from([
+            "limiter",
+            "run",
+            "--iface",
+            "eth0",
+            "--iface",
+            "eth1",
+            "--mode",
+            "monitor",
+            "--port",
+            "9292",
+            "--poll-interval",
+            "500ms",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert_eq!(run.ifaces, ["eth0", "eth1"]);
+        assert_eq!(run.mode, Some(Mode::Monitor));
+        assert_eq!(run.poll_interval, Some(Duration::from_millis(500)));
+        assert_eq!(run.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli =
+            Cli::try_parse_from(["limiter", "list", "--socket", "/tmp/x.sock", "--json"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        let cli = Cli::try_parse_from(["limiter", "--timeout", "2m", "status"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            &["limiter", "block"][..],
+            &["limiter", "unblock", "10.0.0.1", "--ttl", "5m"],
+            &["limiter", "allow", "10.0.0.1", "--all-ports"],
+            &["limiter", "stats", "--top", "0"],
+            &["limiter", "run", "--port", "0"],
+            &["limiter", "run", "--mode", "enforcing"],
+            &["limiter", "list", "--bogus"],
+        ] {
+            let error = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The `limiter` command line: the daemon (`run`, `detach`), the client commands that talk to
+//! it over the control socket, and `check-config`. docs/CLI.md documents every command.
+//!
+//! - [`args`]: the clap types and value parsers (TTL, durations);
+//! - [`addresses`]: IPs and prefixes from arguments and stdin, every bad one reported;
+//! - [`output`]: tables and summaries for people, the protocol's JSON for programs;
+//! - [`commands`]: dispatch and exit codes (0 done, 1 operational failure, 2 bad input).
+
+pub mod addresses;
+pub mod args;
+pub mod commands;
+pub mod output;
+
+pub use args::Cli;
+pub use commands::{execute, parse, run, Failure, Invocation};

@@ -1,0 +1,631 @@
+//! What the commands print: aligned tables and summaries for people, the protocol's JSON for
+//! programs. Pure functions of the reply and the current time.
+
+use std::{
+    fmt::Write as _,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use crate::{
+    control::protocol::{Reply, RuleChange, RuleList, SourceState, SourceView, Stats, Status},
+    loader::DetachReport,
+    rules::{Action, Scope},
+    store::{Origin, StoredRule},
+};
+
+/// A reply exactly as the protocol carries it in `result`, on one line.
+pub fn json(reply: &Reply) -> String {
+    serde_json::to_string(reply).expect("replies are plain data")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// Columns padded to their widest cell, two spaces apart, no trailing spaces.
+#[derive(Debug)]
+pub struct Table {
+    columns: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(columns: &[(&'static str, Align)]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.columns.len());
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let width = |cell: &str| cell.chars().count();
+        let widths: Vec<usize> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (header, _))| {
+                self.rows
+                    .iter()
+                    .map(|row| width(&row[i]))
+                    .chain([width(header)])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let headers: Vec<String> = self.columns.iter().map(|(h, _)| h.to_string()).collect();
+        let mut out = String::new();
+        for row in std::iter::once(&headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = " ".repeat(widths[i] - width(cell));
+                match self.columns[i].1 {
+                    Align::Left => {
+                        line.push_str(cell);
+                        line.push_str(&pad);
+                    }
+                    Align::Right => {
+                        line.push_str(&pad);
+                        line.push_str(cell);
+                    }
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `2025-06-01T10:30:00Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// A duration as people read it at a glance: the largest unit and, above an hour, the next
+/// (`45s`, `29m`, `2h 5m`, `3d 4h`). Rounded down, so a 30-minute rule seen a moment after it
+/// was made shows `29m`.
+pub fn short_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    let (days, hours, minutes) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{minutes}m"),
+        3600..86_400 if minutes == 0 => format!("{hours}h"),
+        3600..86_400 => format!("{hours}h {minutes}m"),
+        _ if hours == 0 => format!("{days}d"),
+        _ => format!("{days}d {hours}h"),
+    }
+}
+
+/// `in 29m`, `3m ago`, or `now`.
+pub fn relative(time: SystemTime, now: SystemTime) -> String {
+    match time.duration_since(now) {
+        Ok(ahead) if ahead.as_secs() > 0 => format!("in {}", short_duration(ahead)),
+        Ok(_) => "now".to_string(),
+        Err(past) => format!("{} ago", short_duration(past.duration())),
+    }
+}
+
+/// A rule's end: `never`, or the time with how far away it is.
+pub fn expiry(expires: Option<SystemTime>, now: SystemTime) -> String {
+    match expires {
+        None => "never".to_string(),
+        Some(time) if time > now => format!("{} ({})", rfc3339(time), relative(time, now)),
+        Some(time) => format!("{} (expired {})", rfc3339(time), relative(time, now)),
+    }
+}
+
+/// Text from the daemon made safe for a terminal: control characters (newlines, escape
+/// sequences in a reason) are shown escaped instead of acting on the terminal.
+pub fn clean(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<char>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        clean(text)
+    }
+}
+
+fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Block => "block",
+        Action::Allow => "allow",
+    }
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::ProtectedPorts => "protected ports",
+        Scope::AllPorts => "all ports",
+    }
+}
+
+fn origin_name(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Auto => "auto",
+        Origin::Manual => "manual",
+    }
+}
+
+fn rule_cells(rule: &StoredRule, now: SystemTime) -> Vec<String> {
+    vec![
+        rule.prefix.to_string(),
+        action_name(rule.action).to_string(),
+        scope_name(rule.scope).to_string(),
+        origin_name(rule.origin).to_string(),
+        expiry(rule.expires, now),
+        or_dash(&rule.reason),
+    ]
+}
+
+/// What a block/unblock/allow/unallow did: one row per rule named, then a summary line.
+/// `action` is the kind of rule the command was about, for prefixes that had none.
+pub fn rule_change(change: &RuleChange, action: Action, now: SystemTime) -> String {
+    let mut table = Table::new(&[
+        ("RESULT", Align::Left),
+        ("PREFIX", Align::Left),
+        ("ACTION", Align::Left),
+        ("SCOPE", Align::Left),
+        ("ORIGIN", Align::Left),
+        ("EXPIRES", Align::Left),
+        ("REASON", Align::Left),
+    ]);
+    let groups = [
+        ("added", &change.added),
+        ("updated", &change.updated),
+        ("unchanged", &change.unchanged),
+        ("removed", &change.removed),
+    ];
+    for (result, rules) in groups {
+        for rule in rules {
+            let mut cells = vec![result.to_string()];
+            cells.extend(rule_cells(rule, now));
+            table.row(cells);
+        }
+    }
+    for prefix in &change.absent {
+        table.row(vec![
+            "absent".to_string(),
+            prefix.to_string(),
+            action_name(action).to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            format!("there was no {} rule", action_name(action)),
+        ]);
+    }
+    let counts: Vec<String> = groups
+        .iter()
+        .map(|(result, rules)| (*result, rules.len()))
+        .chain([("absent", change.absent.len())])
+        .filter(|(_, count)| *count > 0)
+        .map(|(result, count)| format!("{count} {result}"))
+        .collect();
+    if counts.is_empty() {
+        return "no rules named; nothing changed\n".to_string();
+    }
+    format!("{}{}\n", table.render(), counts.join(", "))
+}
+
+/// `limiter list`.
+pub fn rule_list(list: &RuleList, now: SystemTime) -> String {
+    if list.rules.is_empty() {
+        return "no rules\n".to_string();
+    }
+    let mut table = Table::new(&[
+        ("PREFIX", Align::Left),
+        ("ACTION", Align::Left),
+        ("SCOPE", Align::Left),
+        ("ORIGIN", Align::Left),
+        ("CREATED", Align::Left),
+        ("EXPIRES", Align::Left),
+        ("REASON", Align::Left),
+    ]);
+    for rule in &list.rules {
+        let mut cells = rule_cells(rule, now);
+        cells.insert(4, rfc3339(rule.created));
+        table.row(cells);
+    }
+    let count = list.rules.len();
+    format!(
+        "{}{count} rule{}\n",
+        table.render(),
+        if count == 1 { "" } else { "s" }
+    )
+}
+
+fn state_name(state: SourceState) -> &'static str {
+    match state {
+        SourceState::Ok => "ok",
+        SourceState::OverThreshold => "over threshold",
+        SourceState::Banned => "banned",
+        SourceState::Allowed => "allowed",
+    }
+}
+
+/// `1.5 MiB`, `512 B`.
+pub fn bytes(per_second: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = per_second;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `banned_until` arrives as RFC 3339 text; shown with how far away it is when it parses.
+fn banned_until(source: &SourceView, now: SystemTime) -> String {
+    match &source.banned_until {
+        None => "-".to_string(),
+        Some(text) => match humantime::parse_rfc3339_weak(text) {
+            Ok(time) => expiry(Some(time), now),
+            Err(_) => clean(text),
+        },
+    }
+}
+
+/// `limiter stats`.
+pub fn stats(stats: &Stats, now: SystemTime) -> String {
+    let mut out = format!(
+        "{} sources tracked, {} shown (busiest first)\n",
+        stats.tracked_sources,
+        stats.sources.len()
+    );
+    if stats.sources.is_empty() {
+        return out;
+    }
+    let mut table = Table::new(&[
+        ("ADDRESS", Align::Left),
+        ("STATE", Align::Left),
+        ("CONN/S", Align::Right),
+        ("CREATES/MIN", Align::Right),
+        ("CREATES/H", Align::Right),
+        ("WRITES/MIN", Align::Right),
+        ("READS/S", Align::Right),
+        ("PACKETS/S", Align::Right),
+        ("BYTES/S", Align::Right),
+        ("BANNED UNTIL", Align::Left),
+    ]);
+    for source in &stats.sources {
+        let rates = &source.rates;
+        table.row(vec![
+            source.address.to_string(),
+            state_name(source.state).to_string(),
+            format!("{:.1}", rates.new_connections_per_second),
+            rates.image_creates_per_minute.to_string(),
+            rates.image_creates_per_hour.to_string(),
+            rates.other_writes_per_minute.to_string(),
+            format!("{:.1}", rates.reads_per_second),
+            format!("{:.0}", rates.packets_per_second),
+            bytes(rates.bytes_per_second),
+            banned_until(source, now),
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
+/// `limiter status`.
+pub fn status(status: &Status) -> String {
+    let interfaces: Vec<String> = status
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", clean(&i.name), clean(&i.attach_mode)))
+        .collect();
+    let ports: Vec<String> = status.ports.iter().map(u16::to_string).collect();
+    let poll = humantime::format_duration(Duration::from_millis(status.poll_interval_ms));
+    let rules = &status.rules;
+    let fields = [
+        (
+            "daemon",
+            format!(
+                "{}, up {}",
+                clean(&status.daemon_version),
+                short_duration(Duration::from_secs(status.uptime_secs))
+            ),
+        ),
+        ("mode", clean(&status.mode)),
+        ("interfaces", or_dash(&interfaces.join(", "))),
+        ("ports", or_dash(&ports.join(", "))),
+        (
+            "poll",
+            format!("every {poll}, last took {:.1} ms", status.last_poll_ms),
+        ),
+        ("sources", format!("{} tracked", status.tracked_sources)),
+        (
+            "rules",
+            format!(
+                "{} manual blocks, {} automatic blocks, {} allows",
+                rules.block_manual, rules.block_auto, rules.allow
+            ),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, value) in fields {
+        let _ = writeln!(out, "{name:<12}{value}");
+    }
+    if !status.counters.is_empty() {
+        out.push_str("counters\n");
+        let width = status.counters.keys().map(String::len).max().unwrap_or(0);
+        let digits = status
+            .counters
+            .values()
+            .map(|v| v.to_string().len())
+            .max()
+            .unwrap_or(0);
+        for (name, value) in &status.counters {
+            let _ = writeln!(out, "  {:<width$}  {value:>digits$}", clean(name));
+        }
+    }
+    out
+}
+
+/// `limiter detach`.
+pub fn detach(report: &DetachReport, pin_dir: &Path) -> String {
+    if report.links.is_empty() && report.maps.is_empty() {
+        return format!(
+            "nothing is pinned under {}; nothing to remove\n",
+            pin_dir.display()
+        );
+    }
+    let mut out = String::new();
+    for iface in &report.links {
+        let _ = writeln!(out, "detached from {iface}");
+    }
+    for map in &report.maps {
+        let _ = writeln!(out, "removed map {map}");
+    }
+    let _ = writeln!(out, "removed {}", pin_dir.display());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::{InterfaceView, RatesView, RuleCounts, Totals};
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    // 2025-06-01T10:00:00Z
+    const NOW: u64 = 1_748_772_000;
+
+    fn rule(prefix: &str, expires: Option<u64>) -> StoredRule {
+        StoredRule {
+            prefix: prefix.parse().unwrap(),
+            action: Action::Block,
+            scope: Scope::ProtectedPorts,
+            origin: Origin::Manual,
+            reason: "flood".into(),
+            created: at(NOW - 60),
+            expires: expires.map(at),
+        }
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        let cases = [
+            (0, "0s"),
+            (45, "45s"),
+            (60, "1m"),
+            (1799, "29m"),
+            (3600, "1h"),
+            (3660 + 59, "1h 1m"),
+            (86_400, "1d"),
+            (2 * 86_400 + 3 * 3600 + 59, "2d 3h"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(short_duration(Duration::from_secs(secs)), text, "{secs}");
+        }
+    }
+
+    #[test]
+    fn times_relative_to_now() {
+        assert_eq!(relative(at(NOW + 1795), at(NOW)), "in 29m");
+        assert_eq!(relative(at(NOW - 180), at(NOW)), "3m ago");
+        assert_eq!(relative(at(NOW), at(NOW)), "now");
+        assert_eq!(
+            expiry(Some(at(NOW + 1795)), at(NOW)),
+            "2025-06-01T10:29:55Z (in 29m)"
+        );
+        assert_eq!(
+            expiry(Some(at(NOW - 120)), at(NOW)),
+            "2025-06-01T09:58:00Z (expired 2m ago)"
+        );
+        assert_eq!(expiry(None, at(NOW)), "never");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let mut table = Table::new(&[("NAME", Align::Left), ("COUNT", Align::Right)]);
+        table.row(vec!["a".into(), "5".into()]);
+        table.row(vec!["longer".into(), "12345".into()]);
+        assert_eq!(
+            table.render(),
+            "NAME    COUNT\na           5\nlonger  12345\n"
+        );
+    }
+
+    #[test]
+    fn rule_lists_show_every_field() {
+        let list = RuleList {
+            rules: vec![
+                rule("198.51.100.7/32", Some(NOW + 1795)),
+                rule("203.0.113.0/24", None),
+            ],
+        };
+        assert_eq!(
+            rule_list(&list, at(NOW)),
+            "\
+PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES                        REASON
+198.51.100.7/32  block   protected ports  manual  2025-06-01T09:59:00Z  2025-06-01T10:29:55Z (in 29m)  flood
+203.0.113.0/24   block   protected ports  manual  2025-06-01T09:59:00Z  never                          flood
+2 rules
+"
+        );
+        assert_eq!(rule_list(&RuleList::default(), at(NOW)), "no rules\n");
+    }
+
+    #[test]
+    fn changes_list_each_rule_and_sum_up() {
+        let change = RuleChange {
+            added: vec![rule("198.51.100.7/32", None)],
+            absent: vec!["10.0.0.0/8".parse().unwrap()],
+            ..RuleChange::default()
+        };
+        let text = rule_change(&change, Action::Block, at(NOW));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("RESULT  PREFIX"), "{text}");
+        assert!(
+            lines[1].starts_with("added   198.51.100.7/32  block"),
+            "{text}"
+        );
+        assert!(lines[2].ends_with("there was no block rule"), "{text}");
+        assert_eq!(lines[3], "1 added, 1 absent");
+        assert_eq!(
+            rule_change(&RuleChange::default(), Action::Allow, at(NOW)),
+            "no rules named; nothing changed\n"
+        );
+    }
+
+    #[test]
+    fn reasons_cannot_drive_the_terminal() {
+        assert_eq!(clean("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+        assert_eq!(clean("plain, ünïcode"), "plain, ünïcode");
+    }
+
+    #[test]
+    fn stats_show_rates_and_bans() {
+        let stats = Stats {
+            tracked_sources: 1234,
+            sources: vec![SourceView {
+                address: "198.51.100.7".parse().unwrap(),
+                state: SourceState::Banned,
+                rates: RatesView {
+                    new_connections_per_second: 12.25,
+                    image_creates_per_minute: 300,
+                    image_creates_per_hour: 900,
+                    other_writes_per_minute: 0,
+                    reads_per_second: 0.5,
+                    packets_per_second: 820.4,
+                    bytes_per_second: 1_572_864.0,
+                },
+                totals: Totals::default(),
+                banned_until: Some("2025-06-01T10:10:00Z".into()),
+            }],
+        };
+        let text = super::stats(&stats, at(NOW));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "1234 sources tracked, 1 shown (busiest first)");
+        assert!(
+            lines[1].starts_with("ADDRESS       STATE   CONN/S  CREATES/MIN"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("198.51.100.7  banned    12.2          300        900"),
+            "{text}"
+        );
+        assert!(
+            lines[2].ends_with("1.5 MiB  2025-06-01T10:10:00Z (in 10m)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn byte_rates_use_binary_units() {
+        assert_eq!(bytes(512.0), "512 B");
+        assert_eq!(bytes(1536.0), "1.5 KiB");
+        assert_eq!(bytes(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
+    }
+
+    #[test]
+    fn status_lists_the_daemons_state() {
+        let status = Status {
+            daemon_version: "0.1.0".into(),
+            mode: "enforce".into(),
+            interfaces: vec![InterfaceView {
+                name: "eth0".into(),
+                attach_mode: "native".into(),
+            }],
+            ports: vec![9292],
+            uptime_secs: 7380,
+            poll_interval_ms: 1000,
+            last_poll_ms: 3.21,
+            tracked_sources: 12,
+            rules: RuleCounts {
+                block_auto: 5,
+                block_manual: 2,
+                allow: 3,
+            },
+            counters: [
+                ("drop_blocked".to_string(), 7),
+                ("pass_protected".to_string(), 12345),
+            ]
+            .into(),
+        };
+        assert_eq!(
+            super::status(&status),
+            "\
+daemon      0.1.0, up 2h 3m
+mode        enforce
+interfaces  eth0 (native)
+ports       9292
+poll        every 1s, last took 3.2 ms
+sources     12 tracked
+rules       2 manual blocks, 5 automatic blocks, 3 allows
+counters
+  drop_blocked        7
+  pass_protected  12345
+"
+        );
+    }
+
+    #[test]
+    fn detach_says_what_it_removed_or_that_nothing_was_there() {
+        let dir = Path::new("/sys/fs/bpf/glance-limiter");
+        let report = DetachReport {
+            links: vec!["eth0".into()],
+            maps: vec!["SOURCES".into()],
+        };
+        assert_eq!(
+            detach(&report, dir),
+            "detached from eth0\nremoved map SOURCES\nremoved /sys/fs/bpf/glance-limiter\n"
+        );
+        assert!(detach(&DetachReport::default(), dir).starts_with("nothing is pinned"));
+    }
+
+    #[test]
+    fn json_is_the_protocols_result() {
+        let reply = Reply::Rules(RuleList::default());
+        assert_eq!(json(&reply), r#"{"rules":[]}"#);
+    }
+}

@@ -1,0 +1,161 @@
+//! A stand-in daemon for the control tests: the real control server on a socket in a
+//! temporary directory, with a handler that records every request and answers from a script.
+
+#![allow(dead_code)] // each test file uses its own part of this kit
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use limiter_user::{
+    control::{
+        access::Access,
+        protocol::{
+            InterfaceView, RatesView, Reply, Request, ResponseLine, RuleChange, RuleCounts,
+            RuleList, SourceState, SourceView, Stats, Status, Totals,
+        },
+        server::{self, Limits, ServerThread},
+    },
+    rules::{Action, Scope},
+    store::{Origin, StoredRule},
+};
+
+pub struct FakeDaemon {
+    pub socket: PathBuf,
+    requests: Arc<Mutex<Vec<Request>>>,
+    server: Option<ServerThread>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeDaemon {
+    /// Answers every request with [`canned`].
+    pub fn start() -> FakeDaemon {
+        FakeDaemon::with(canned)
+    }
+
+    /// Answers with `respond`.
+    pub fn with(respond: impl Fn(&Request) -> ResponseLine + Send + Sync + 'static) -> FakeDaemon {
+        FakeDaemon::with_access(
+            Access::for_daemon(None).unwrap(),
+            Limits::default(),
+            respond,
+        )
+    }
+
+    pub fn with_access(
+        access: Access,
+        limits: Limits,
+        respond: impl Fn(&Request) -> ResponseLine + Send + Sync + 'static,
+    ) -> FakeDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/limiter.sock");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        let handler = move |request: Request| {
+            let response = respond(&request);
+            recorded.lock().unwrap().push(request);
+            response
+        };
+        let server = server::spawn(&socket, access, limits, Arc::new(handler)).unwrap();
+        FakeDaemon {
+            socket,
+            requests,
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    /// Every request handled so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+}
+
+pub const NOW_SECS: u64 = 1_748_772_000;
+
+pub fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+pub fn stored(prefix: &str, action: Action) -> StoredRule {
+    StoredRule {
+        prefix: prefix.parse().unwrap(),
+        action,
+        scope: Scope::ProtectedPorts,
+        origin: Origin::Manual,
+        reason: "flood".into(),
+        created: at(NOW_SECS),
+        expires: None,
+    }
+}
+
+/// A plausible answer to each request.
+pub fn canned(request: &Request) -> ResponseLine {
+    let added = |prefixes: &[ipnet::IpNet], action| RuleChange {
+        added: prefixes
+            .iter()
+            .map(|p| stored(&p.to_string(), action))
+            .collect(),
+        ..RuleChange::default()
+    };
+    let reply = match request {
+        Request::Block { prefixes, .. } => Reply::Changed(added(prefixes, Action::Block)),
+        Request::Allow { prefixes, .. } => Reply::Changed(added(prefixes, Action::Allow)),
+        Request::Unblock { prefixes } | Request::Unallow { prefixes } => {
+            Reply::Changed(RuleChange {
+                absent: prefixes.clone(),
+                ..RuleChange::default()
+            })
+        }
+        Request::List => Reply::Rules(RuleList {
+            rules: vec![
+                stored("198.51.100.7/32", Action::Block),
+                stored("192.0.2.0/24", Action::Allow),
+            ],
+        }),
+        Request::Stats { .. } => Reply::Stats(Stats {
+            tracked_sources: 3,
+            sources: vec![SourceView {
+                address: "198.51.100.7".parse().unwrap(),
+                state: SourceState::Banned,
+                rates: RatesView {
+                    image_creates_per_minute: 300,
+                    ..RatesView::default()
+                },
+                totals: Totals {
+                    image_create: 1200,
+                    ..Totals::default()
+                },
+                banned_until: Some("2025-06-01T10:10:00Z".into()),
+            }],
+        }),
+        Request::Status => Reply::Status(Status {
+            daemon_version: "0.1.0".into(),
+            mode: "enforce".into(),
+            interfaces: vec![InterfaceView {
+                name: "eth0".into(),
+                attach_mode: "native".into(),
+            }],
+            ports: vec![9292],
+            uptime_secs: 60,
+            poll_interval_ms: 1000,
+            last_poll_ms: 1.5,
+            tracked_sources: 3,
+            rules: RuleCounts {
+                block_auto: 1,
+                block_manual: 1,
+                allow: 1,
+            },
+            counters: [("drop_blocked".to_string(), 42)].into(),
+        }),
+    };
+    ResponseLine::ok(reply)
+}
