@@ -48,7 +48,7 @@
 //! enough to be evicted.
 //!
 //! # Memory
-//! Each tracked source takes [`SOURCE_ENTRY_BYTES`] (496) bytes of table entry: 48 for the
+//! Each tracked source takes [`SOURCE_ENTRY_BYTES`] (504) bytes of table entry: 56 for the
 //! last counters, 48 for bookkeeping, 376 for the four rings (`u32` buckets), 24 for the key.
 //! The hash table adds one control byte per slot and, right after it grows, up to as many empty
 //! slots as full ones. A source is forgotten once it is missing from the latest poll and has
@@ -80,6 +80,10 @@ pub struct Counts {
     pub read: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// The kernel row existed before the previous poll. When such a row is new to the
+    /// tracker (it was idle and skipped, or forgotten), its counters are lifetime totals,
+    /// not new activity: they become a baseline instead of an increase.
+    pub row_predates_last_poll: bool,
 }
 
 impl From<&SourceStats> for Counts {
@@ -91,6 +95,7 @@ impl From<&SourceStats> for Counts {
             read: stats.read,
             packets: stats.packets,
             bytes: stats.bytes,
+            row_predates_last_poll: false,
         }
     }
 }
@@ -124,6 +129,7 @@ impl Counts {
             read: self.read - earlier.read,
             packets: self.packets - earlier.packets,
             bytes: self.bytes - earlier.bytes,
+            row_predates_last_poll: false,
         })
     }
 
@@ -240,7 +246,7 @@ impl RateTracker {
                 None => {
                     summary.new_sources += 1;
                     let mut window = SourceWindow::new(counts, now_ms, poll);
-                    if !is_baseline {
+                    if !is_baseline && !counts.row_predates_last_poll {
                         window.record(counts, previous_poll_ms, now_ms, poll);
                     }
                     self.sources.insert(addr, window);
@@ -560,12 +566,56 @@ mod tests {
 
     #[test]
     fn a_source_fits_the_memory_budget_for_a_million_sources() {
-        assert_eq!(std::mem::size_of::<SourceWindow>(), 472);
-        assert_eq!(SOURCE_ENTRY_BYTES, 496);
+        assert_eq!(std::mem::size_of::<SourceWindow>(), 480);
+        assert_eq!(SOURCE_ENTRY_BYTES, 504);
         // At most 512 bytes a source, so a million tracked sources take under 512 MB of
         // entries (plus the hash table's slack, see the module docs).
         const { assert!(SOURCE_ENTRY_BYTES <= 512) };
         const { assert!(SOURCE_ENTRY_BYTES * 1_000_000 <= 512_000_000) };
+    }
+
+    #[test]
+    fn an_unknown_row_that_predates_the_last_poll_is_a_baseline_not_a_burst() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(1), std::iter::empty());
+        // Lifetime totals of a row the tracker never saw (idle before, or a restart).
+        let old_row = Counts {
+            image_create: 5000,
+            row_predates_last_poll: true,
+            ..Counts::default()
+        };
+        tracker.observe(secs(2), [(A, old_row)]);
+        assert_eq!(tracker.rates(A).unwrap().image_creates_last_minute, 0);
+        // A row created since the previous poll: everything in it is new.
+        tracker.observe(secs(3), [(B, creates(40))]);
+        assert_eq!(tracker.rates(B).unwrap().image_creates_last_minute, 40);
+        // And the old row's later activity counts from its baseline.
+        let later = Counts {
+            image_create: 5070,
+            ..old_row
+        };
+        tracker.observe(secs(4), [(A, later)]);
+        assert_eq!(tracker.rates(A).unwrap().image_creates_last_minute, 70);
+    }
+
+    #[test]
+    fn idle_polls_leave_the_windows_sliding() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(1), std::iter::empty());
+        tracker.observe(secs(2), [(A, creates(30))]);
+        // The source stays listed with the same counters: its rings are not touched, but the
+        // minute still ends on time (to the 5 s bucket).
+        for t in 3..=60 {
+            tracker.observe(secs(t), [(A, creates(30))]);
+            assert_eq!(
+                tracker.rates(A).unwrap().image_creates_last_minute,
+                30,
+                "{t}"
+            );
+        }
+        tracker.observe(secs(66), [(A, creates(30))]);
+        assert_eq!(tracker.rates(A).unwrap().image_creates_last_minute, 0);
+        assert_eq!(tracker.rates(A).unwrap().image_creates_last_hour, 30);
     }
 
     #[test]
@@ -578,6 +628,7 @@ mod tests {
             read: 7 * t,
             packets: 20 * t,
             bytes: 20_000 * t,
+            row_predates_last_poll: false,
         });
         let rates = tracker.rates(A).unwrap();
         assert_eq!(rates.new_connections_in_window, 50);

@@ -8,6 +8,9 @@ pub fn run() -> Result<()> {
     if !is_root() {
         bail!("benchmarks load BPF programs and need root; run `cargo xtask bench` as root");
     }
-    cmd::run(cargo().args(["bench", "-p", "limiter-tests", "--bench", "xdp", "--locked"]))?;
+    // Every benchmark of the test crate: xdp (per packet), daemon (polls), e2e (detection,
+    // rule loading). Each writes its JSON under target/bench/.
+    cmd::run(cargo().args(["build", "--release", "--workspace", "--bins", "--locked"]))?;
+    cmd::run(cargo().args(["bench", "-p", "limiter-tests", "--locked"]))?;
     Ok(())
 }

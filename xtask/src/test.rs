@@ -39,6 +39,8 @@ pub fn run() -> Result<()> {
             ])
             .args(["-Z", "build-std=core", "--locked", "--", "-D", "warnings"]),
     )?;
+    // End-to-end tests run the `limiter` binary itself; build every binary first.
+    cmd::run(cargo().args(["build", "--workspace", "--bins", "--locked"]))?;
     cmd::run(cargo().args(["test", "--workspace", "--locked", "--no-fail-fast"]))?;
     eprintln!("xtask: all checks passed");
     Ok(())

@@ -19,7 +19,7 @@ use crate::{
         ErrorKind, InterfaceView, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList,
         SourceState, SourceView, Stats, Status, Totals,
     },
-    loader::{Limiter, LoaderError},
+    loader::{Limiter, LoaderError, SourceEntry},
     policy::{Decision, Metric, NeverBan, Policy, PrefixSet},
     rates::{Counts, RateTracker, Rates},
     rules::{self, Action, KernelRule, Scope},
@@ -53,7 +53,10 @@ pub struct Engine {
     config: Config,
     started: Instant,
     /// The kernel rows of the latest poll, for totals in `stats`.
-    last_rows: HashMap<IpAddr, SourceStats>,
+    last_rows: Vec<SourceEntry>,
+    /// Kernel time (jiffies) when the previous poll began: rows not seen since are idle and
+    /// skipped, so a poll costs the table read plus work for active sources only.
+    previous_poll_jiffies: Option<u64>,
     last_poll: Duration,
     /// Addresses of this host, refreshed now and then: never banned.
     own_addresses: Vec<IpAddr>,
@@ -78,7 +81,8 @@ impl Engine {
             rates: RateTracker::new(config.rate_tracker_capacity()),
             config,
             started: Instant::now(),
-            last_rows: HashMap::new(),
+            last_rows: Vec::new(),
+            previous_poll_jiffies: None,
             last_poll: Duration::ZERO,
             own_addresses: host::own_addresses(),
             own_addresses_read: Instant::now(),
@@ -111,10 +115,21 @@ impl Engine {
             self.own_addresses_read = Instant::now();
         }
 
+        let poll_jiffies = self.limiter.clock()?.jiffies;
         let rows = self.limiter.sources_batched()?;
-        self.last_rows = rows.iter().map(|r| (r.addr, r.stats)).collect();
-        self.rates
-            .observe(now, rows.iter().map(|r| (r.addr, Counts::from(&r.stats))));
+        let previous = self.previous_poll_jiffies.replace(poll_jiffies);
+        let active: Vec<(IpAddr, Counts)> = rows
+            .iter()
+            .filter(|row| previous.is_none_or(|p| row.stats.last_seen >= p))
+            .map(|row| {
+                let counts = Counts {
+                    row_predates_last_poll: previous.is_some_and(|p| row.stats.first_seen < p),
+                    ..Counts::from(&row.stats)
+                };
+                (row.addr, counts)
+            })
+            .collect();
+        self.rates.observe(now, active.iter().copied());
 
         let expired = self.store.expire(wall)?;
         for rule in &expired {
@@ -130,9 +145,14 @@ impl Engine {
         self.would_ban.retain(|(_, until)| *until > now);
         let mut in_force = self.active_blocks(wall);
         in_force.extend(self.would_ban.iter().map(|(net, _)| *net));
-        let decisions =
-            self.policy
-                .evaluate(now, self.rates.iter(), &self.never_ban(wall), &in_force);
+        // Only sources with new activity can newly cross a threshold.
+        let active_rates: Vec<(IpAddr, Rates)> = active
+            .iter()
+            .filter_map(|(addr, _)| self.rates.rates(*addr).map(|r| (*addr, r)))
+            .collect();
+        let decisions = self
+            .policy
+            .evaluate(now, active_rates, &self.never_ban(wall), &in_force);
         if !decisions.is_empty() {
             kernel_stale |= self.carry_out(&decisions, wall)?;
             if self.config.mode == Mode::Monitor {
@@ -144,8 +164,10 @@ impl Engine {
             self.sync_kernel()?;
         }
         self.last_poll = started.elapsed();
+        let rows_read = rows.len();
+        self.last_rows = rows;
         Ok(TickReport {
-            rows: rows.len(),
+            rows: rows_read,
             decisions: decisions.len(),
             expired: expired.len(),
             took: self.last_poll,
@@ -372,6 +394,8 @@ impl Engine {
             .active(wall)
             .filter(|r| r.action == Action::Block)
             .collect();
+        let totals_by_addr: HashMap<IpAddr, &SourceStats> =
+            self.last_rows.iter().map(|r| (r.addr, &r.stats)).collect();
         let mut sources: Vec<(IpAddr, Rates)> = self.rates.iter().collect();
         sources.sort_by(|(a_addr, a), (b_addr, b)| {
             b.image_creates_last_minute
@@ -392,12 +416,13 @@ impl Engine {
                     .filter(|r| r.prefix.contains(&address))
                     .collect();
                 let would_ban = self.would_ban.iter().any(|(net, _)| net.contains(&address));
-                let over = would_ban || Metric::ALL.iter().any(|m| {
-                    self.policy
-                        .config()
-                        .threshold(*m)
-                        .is_some_and(|t| m.reached(&rates, t))
-                });
+                let over = would_ban
+                    || Metric::ALL.iter().any(|m| {
+                        self.policy
+                            .config()
+                            .threshold(*m)
+                            .is_some_and(|t| m.reached(&rates, t))
+                    });
                 let (state, banned_until) = if never_ban.contains(address) {
                     (SourceState::Allowed, None)
                 } else if !covering.is_empty() {
@@ -412,7 +437,10 @@ impl Engine {
                 } else {
                     (SourceState::Ok, None)
                 };
-                let totals = self.last_rows.get(&address).map(totals).unwrap_or_default();
+                let totals = totals_by_addr
+                    .get(&address)
+                    .map(|stats| totals(stats))
+                    .unwrap_or_default();
                 SourceView {
                     address,
                     state,
