@@ -4,12 +4,7 @@
 //! (`bpf_link_update`): no second attachment and no moment without the program. Only
 //! [`detach_pinned`] removes them.
 
-use std::{
-    ffi::CString,
-    fs, io,
-    path::Path,
-    process::Command,
-};
+use std::{ffi::CString, fs, io, path::Path, process::Command};
 
 use aya::{
     maps::{MapData, MapType},
