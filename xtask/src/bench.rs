@@ -10,7 +10,7 @@ pub fn run() -> Result<()> {
     }
     // Every benchmark of the test crate: xdp (per packet), daemon (polls), e2e (detection,
     // rule loading). Each writes its JSON under target/bench/.
-    cmd::run(cargo().args(["build", "--release", "--workspace", "--bins", "--locked"]))?;
+    cmd::run(cargo().args(["build", "--release", "--bins", "--locked"]))?;
     cmd::run(cargo().args(["bench", "-p", "limiter-tests", "--locked"]))?;
     Ok(())
 }
