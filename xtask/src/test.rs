@@ -18,7 +18,14 @@ pub fn run() -> Result<()> {
     // Without --workspace, cargo acts on the default members: everything but the BPF crate,
     // which only builds for its own target (checked just below).
     cmd::run(cargo().args(["fmt", "--all", "--check"]))?;
-    cmd::run(cargo().args(["clippy", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
+    cmd::run(cargo().args([
+        "clippy",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The BPF crate is checked on its own target (it is no_std and not a default member).
     cmd::run(
         Command::new("cargo")
