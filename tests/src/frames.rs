@@ -294,7 +294,7 @@ pub fn ethernet_header(vlan_tags: &[u16], ethertype: u16) -> Vec<u8> {
 
 fn padded(options: &[u8]) -> Vec<u8> {
     let mut v = options.to_vec();
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0); // end-of-options / padding
     }
     v
