@@ -19,3 +19,4 @@ pub mod policy;
 pub mod rates;
 pub mod rules;
 pub mod store;
+pub mod tui;

@@ -40,6 +40,21 @@ impl RealGlance {
     /// answers from `probe_src` (an address of the same namespace or a peer one, reached
     /// through `probe_ns`).
     pub fn start_in(ns: &Netns, bind: &str, port: u16, probe_ns: &Netns, probe_src: &str) -> Self {
+        Self::start_bound(ns, bind, port, probe_ns, probe_src, bind)
+    }
+
+    /// Starts glance-api bound to `bind_host:port` inside `ns` and waits until `/healthcheck`
+    /// answers at `probe_dst` from `probe_src` in `probe_ns`. `bind_host` may be a wildcard:
+    /// `"::"` listens on every IPv6 and (the namespace's `bindv6only` being 0) IPv4 address,
+    /// `"0.0.0.0"` on every IPv4 one.
+    pub fn start_bound(
+        ns: &Netns,
+        bind_host: &str,
+        port: u16,
+        probe_ns: &Netns,
+        probe_src: &str,
+        probe_dst: &str,
+    ) -> Self {
         assert!(
             Self::installed(),
             "real Glance is not installed at {}; run `cargo xtask setup`",
@@ -50,7 +65,7 @@ impl RealGlance {
             .prefix("glance-limiter-glance-")
             .tempdir()
             .expect("state directory");
-        write_config(dir.path(), &venv, bind, port);
+        write_config(dir.path(), &venv, bind_host, port);
         let conf = dir.path().join("glance-api.conf");
         let status = Command::new(venv.join("bin/glance-manage"))
             .arg("--config-file")
@@ -76,7 +91,7 @@ impl RealGlance {
         let started = Instant::now();
         loop {
             let healthy = probe_ns.run(|| {
-                connect_from(probe_src, bind, port, Duration::from_secs(1))
+                connect_from(probe_src, probe_dst, port, Duration::from_secs(1))
                     .and_then(|mut s| request(&mut s, "GET", "/healthcheck", ""))
                     .is_ok_and(|status| status == 200)
             });

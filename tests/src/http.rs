@@ -221,7 +221,14 @@ pub fn read_response(stream: &mut TcpStream) -> io::Result<u16> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte)? == 0 {
+        let read = match stream.read(&mut byte) {
+            Ok(read) => read,
+            // A signal to the process interrupted the wait (a read with a timeout is never
+            // restarted by the kernel): wait again, as `read_exact` does.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if read == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "connection closed",
@@ -252,4 +259,244 @@ pub fn read_response(stream: &mut TcpStream) -> io::Result<u16> {
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body)?;
     Ok(status)
+}
+
+/// How long a flood's connect waits. Well past a veth round trip and below the 1 s initial
+/// SYN retransmission timeout, so every attempt sends exactly one SYN: the number of SYNs the
+/// program counted is the number of attempts, whatever their outcome.
+pub const FLOOD_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a flood's request waits for its response before it checks whether the request
+/// was dropped (see [`image_create_flood`]). Glance answers a create in tens of milliseconds.
+pub const FLOOD_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bounds every traffic generator honours: it stops at whichever comes first, or when its
+/// `stop` flag is raised.
+#[derive(Clone, Copy, Debug)]
+pub struct FloodLimits {
+    pub max_attempts: usize,
+    pub max_duration: Duration,
+    /// Stop after this many failures in a row (a ban that holds), if set.
+    pub stop_after_failures: Option<usize>,
+}
+
+/// Raises a generator's stop flag when dropped: a test that panics while its traffic runs
+/// stops it at once rather than when the generator's own limits end it.
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One attempt of a generator: when it started (its SYN or request segment left after this
+/// instant) and the HTTP status it got, `None` for no answer (connect or request timed out).
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    pub started: Instant,
+    pub status: Option<u16>,
+}
+
+impl Attempt {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// What a generator did, in order.
+#[derive(Clone, Debug, Default)]
+pub struct FloodLog {
+    pub attempts: Vec<Attempt>,
+}
+
+impl FloodLog {
+    /// Index of the first attempt that got no answer.
+    pub fn first_failure(&self) -> Option<usize> {
+        self.attempts.iter().position(|a| !a.succeeded())
+    }
+
+    pub fn successes(&self) -> usize {
+        self.attempts.iter().filter(|a| a.succeeded()).count()
+    }
+
+    /// Attempts that succeeded at or after index `from`.
+    pub fn successes_from(&self, from: usize) -> usize {
+        self.attempts[from..]
+            .iter()
+            .filter(|a| a.succeeded())
+            .count()
+    }
+
+    pub fn failures(&self) -> usize {
+        self.attempts.len() - self.successes()
+    }
+}
+
+/// Runs `attempt` until a limit is reached, every `pace` if given (else back to back), and
+/// records each outcome.
+fn drive(
+    limits: FloodLimits,
+    stop: &AtomicBool,
+    pace: Option<Duration>,
+    mut attempt: impl FnMut() -> Option<u16>,
+) -> FloodLog {
+    let begun = Instant::now();
+    let deadline = begun + limits.max_duration;
+    let mut log = FloodLog::default();
+    let mut failures_in_a_row = 0;
+    loop {
+        if let Some(pace) = pace {
+            let next = begun + pace * log.attempts.len() as u32;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
+        let done = log.attempts.len() >= limits.max_attempts
+            || Instant::now() >= deadline
+            || stop.load(Ordering::Relaxed)
+            || limits
+                .stop_after_failures
+                .is_some_and(|n| failures_in_a_row >= n);
+        if done {
+            return log;
+        }
+        let started = Instant::now();
+        let record = Attempt {
+            started,
+            status: attempt(),
+        };
+        failures_in_a_row = if record.succeeded() {
+            0
+        } else {
+            failures_in_a_row + 1
+        };
+        log.attempts.push(record);
+    }
+}
+
+/// A connection flood: connect from `src` to `dst:port` and reset the connection at once,
+/// over and over, one attempt every `pace` (back to back if `None`). An attempt is one SYN
+/// (see [`FLOOD_CONNECT_TIMEOUT`]); it succeeds (status 200, standing for "connected") when
+/// the handshake completes. Closing with a reset leaves no TIME_WAIT behind, so a long flood
+/// never runs out of source ports. Call inside the client's namespace.
+///
+/// Panics on any failure other than a timeout: only a dropped SYN may count as a failed
+/// attempt, never a local error.
+pub fn connection_flood(
+    src: &str,
+    dst: &str,
+    port: u16,
+    pace: Option<Duration>,
+    limits: FloodLimits,
+    stop: &AtomicBool,
+) -> FloodLog {
+    drive(limits, stop, pace, || {
+        match connect_from(src, dst, port, FLOOD_CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                socket2::SockRef::from(&stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .expect("SO_LINGER");
+                Some(200)
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => None,
+            Err(e) => panic!("connect from {src} to {dst}:{port} failed locally: {e}"),
+        }
+    })
+}
+
+/// An image-create flood over one keep-alive connection: `POST /v2/images` every `pace`
+/// (back to back if `None`), each waiting for its answer. When a request gets none, the
+/// connection is given up and the next attempt reconnects (an attempt of its own, one SYN),
+/// as a client library would. Call inside the client's namespace.
+///
+/// A request fails only when it was dropped, never because Glance was slow: when no answer
+/// came within [`FLOOD_RESPONSE_TIMEOUT`] but the server's kernel acknowledged the request
+/// (a veth loses nothing, so only a rule makes it go unacknowledged), the flood waits for the
+/// late answer.
+pub fn image_create_flood(
+    src: &str,
+    dst: &str,
+    port: u16,
+    body: &str,
+    pace: Option<Duration>,
+    limits: FloodLimits,
+    stop: &AtomicBool,
+) -> FloodLog {
+    let mut connection: Option<TcpStream> = None;
+    drive(limits, stop, pace, || {
+        if connection.is_none() {
+            let stream = match connect_from(src, dst, port, FLOOD_CONNECT_TIMEOUT) {
+                Ok(stream) => stream,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return None,
+                Err(e) => panic!("connect from {src} to {dst}:{port} failed locally: {e}"),
+            };
+            stream
+                .set_read_timeout(Some(FLOOD_RESPONSE_TIMEOUT))
+                .expect("read timeout");
+            connection = Some(stream);
+        }
+        let stream = connection.as_mut().expect("connected above");
+        let status = match request(stream, "POST", "/v2/images", body) {
+            Ok(status) => Some(status),
+            Err(e) if is_timeout(&e) && !has_unacknowledged_data(stream) => {
+                stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+                let late = read_response(stream).ok();
+                stream.set_read_timeout(Some(FLOOD_RESPONSE_TIMEOUT)).ok()?;
+                late
+            }
+            Err(_) => None,
+        };
+        if status.is_none() {
+            connection = None;
+        }
+        status
+    })
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Whether `stream` has sent data the peer has not acknowledged (TCP_INFO's unacked count).
+pub fn has_unacknowledged_data(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket and a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+    info.tcpi_unacked > 0
+}
+
+/// A well-behaved client: one request every `every` on a new connection each time (so every
+/// request also proves that its SYN passes), on a fixed schedule, until a limit or `stop`.
+/// Call inside the client's namespace.
+#[allow(clippy::too_many_arguments)]
+pub fn periodic_requests(
+    src: &str,
+    dst: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    every: Duration,
+    limits: FloodLimits,
+    stop: &AtomicBool,
+) -> FloodLog {
+    drive(limits, stop, Some(every), || {
+        let mut stream = connect_from(src, dst, port, IO_TIMEOUT).ok()?;
+        request(&mut stream, method, path, body).ok()
+    })
 }

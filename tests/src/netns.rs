@@ -166,3 +166,175 @@ impl Default for Topology {
         Self::new()
     }
 }
+
+impl Netns {
+    /// Ids of the XDP programs attached to `iface` in this namespace, from `ip -j -d link`
+    /// (the driver's slot and any others the kernel lists): one element per attachment.
+    pub fn xdp_program_ids(&self, iface: &str) -> Vec<u64> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-j", "-d", "link", "show", "dev", iface])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+        assert!(
+            out.status.success(),
+            "ip link show {iface} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+        let xdp = &links[0]["xdp"];
+        let mut ids: Vec<u64> = xdp["prog"]["id"].as_u64().into_iter().collect();
+        if let Some(attached) = xdp["attached"].as_array() {
+            ids.extend(attached.iter().filter_map(|a| a["prog"]["id"].as_u64()));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// One client network joined to the server namespace by a veth pair of its own.
+pub struct ClientNet {
+    pub ns: Netns,
+    /// The pair's end inside the server namespace: where the daemon attaches.
+    pub server_iface: &'static str,
+    /// The pair's end inside `ns`.
+    pub iface: &'static str,
+    /// Source addresses of this network's clients.
+    pub v4: &'static [&'static str],
+    pub v6: &'static [&'static str],
+    /// The server's IPv6 address on this link.
+    pub server_v6: &'static str,
+}
+
+impl ClientNet {
+    /// The server address a client with source `src` connects to (same family).
+    pub fn server_addr_for(&self, src: &str) -> &'static str {
+        if src.contains(':') {
+            self.server_v6
+        } else {
+            AttackTopology::SERVER_V4
+        }
+    }
+}
+
+/// A Glance node between two client networks, each in its own namespace and on its own link:
+/// an attacker's and a legitimate client's. The daemon attaches to both server-side veths.
+///
+/// IPv4: the server's one address, `203.0.113.1`, sits on the legitimate link
+/// (`203.0.113.0/24`); the attacker's network `198.51.100.0/24` is routed to the server over
+/// its own link, which carries no server IPv4 address. So the whole attacker /24 can be
+/// blocked (the daemon refuses to block a prefix holding one of the node's own addresses), as
+/// an operator would block a hostile network. IPv6: one /64 per link
+/// (`2001:db8:100::/64` attacker, `2001:db8:200::/64` legitimate), the server `::1` on each.
+pub struct AttackTopology {
+    pub server: Netns,
+    pub attacker: ClientNet,
+    pub legit: ClientNet,
+}
+
+impl AttackTopology {
+    pub const SERVER_V4: &'static str = "203.0.113.1";
+    /// Several attacker sources: one can be banned while the next attacks, and a benchmark
+    /// can use a fresh one per run.
+    pub const ATTACKER_V4: [&'static str; 8] = [
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+        "198.51.100.5",
+        "198.51.100.6",
+        "198.51.100.7",
+        "198.51.100.8",
+        "198.51.100.9",
+    ];
+    pub const ATTACKER_V6: [&'static str; 3] =
+        ["2001:db8:100::2", "2001:db8:100::3", "2001:db8:100::4"];
+    pub const ATTACKER_SERVER_V6: &'static str = "2001:db8:100::1";
+    pub const LEGIT_V4: [&'static str; 3] = ["203.0.113.2", "203.0.113.3", "203.0.113.4"];
+    pub const LEGIT_V6: [&'static str; 2] = ["2001:db8:200::2", "2001:db8:200::3"];
+    pub const LEGIT_SERVER_V6: &'static str = "2001:db8:200::1";
+
+    pub fn new() -> Self {
+        let server = Netns::new("s");
+        let attacker = Netns::new("a");
+        let legit = Netns::new("l");
+        let (attack_iface, legit_iface, client_iface) =
+            ("veth-attack", "veth-legit", "veth-glance");
+        for (server_end, client) in [(attack_iface, &attacker), (legit_iface, &legit)] {
+            // Both ends are created directly in their namespaces: the host never holds one.
+            let pair = format!(
+                "ip link add {server_end} netns {} type veth peer name {client_iface} netns {}",
+                server.name(),
+                client.name()
+            );
+            run(&pair.split(' ').collect::<Vec<_>>());
+        }
+
+        // The legitimate link: an ordinary shared subnet.
+        server.add_addr(legit_iface, &format!("{}/24", Self::SERVER_V4));
+        server.add_addr(legit_iface, &format!("{}/64", Self::LEGIT_SERVER_V6));
+        for a in Self::LEGIT_V4 {
+            legit.add_addr(client_iface, &format!("{a}/24"));
+        }
+        for a in Self::LEGIT_V6 {
+            legit.add_addr(client_iface, &format!("{a}/64"));
+        }
+
+        // The attacker link: IPv6 as above; IPv4 routed both ways over the link (ARP answers
+        // for any local address, so no server address is needed on it).
+        server.add_addr(attack_iface, &format!("{}/64", Self::ATTACKER_SERVER_V6));
+        for a in Self::ATTACKER_V4 {
+            attacker.add_addr(client_iface, &format!("{a}/24"));
+        }
+        for a in Self::ATTACKER_V6 {
+            attacker.add_addr(client_iface, &format!("{a}/64"));
+        }
+
+        for iface in [attack_iface, legit_iface] {
+            server.ip(&["link", "set", iface, "up"]);
+        }
+        for client in [&attacker, &legit] {
+            client.ip(&["link", "set", client_iface, "up"]);
+        }
+        // Routes need their link up: one through a down device is refused.
+        server.ip(&["route", "add", "198.51.100.0/24", "dev", attack_iface]);
+        attacker.ip(&[
+            "route",
+            "add",
+            &format!("{}/32", Self::SERVER_V4),
+            "dev",
+            client_iface,
+        ]);
+
+        AttackTopology {
+            server,
+            attacker: ClientNet {
+                ns: attacker,
+                server_iface: attack_iface,
+                iface: client_iface,
+                v4: &Self::ATTACKER_V4,
+                v6: &Self::ATTACKER_V6,
+                server_v6: Self::ATTACKER_SERVER_V6,
+            },
+            legit: ClientNet {
+                ns: legit,
+                server_iface: legit_iface,
+                iface: client_iface,
+                v4: &Self::LEGIT_V4,
+                v6: &Self::LEGIT_V6,
+                server_v6: Self::LEGIT_SERVER_V6,
+            },
+        }
+    }
+
+    /// The server-side interfaces, for `limiter run --iface A --iface B`.
+    pub fn server_ifaces(&self) -> [&'static str; 2] {
+        [self.attacker.server_iface, self.legit.server_iface]
+    }
+}
+
+impl Default for AttackTopology {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -11,6 +11,7 @@ use crate::{
     config::{self, Mode},
     control::client,
     loader::DEFAULT_PIN_DIR,
+    tui,
 };
 
 /// The longest TTL accepted: anything longer is meant to be permanent, which is what leaving
@@ -69,6 +70,9 @@ pub enum Command {
     Status(JsonArgs),
     /// Check a configuration file and print the effective configuration.
     CheckConfig(CheckConfigArgs),
+    /// Live screen for the engineer on call: sources, bans, rules, events; ban, unban and
+    /// allow from the keyboard (docs/TUI.md).
+    Top(TopArgs),
 }
 
 impl Command {
@@ -102,6 +106,13 @@ pub struct RunArgs {
     /// bpffs directory of the pinned maps and attachments.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// Show the live interface (the same as `limiter top`) on this terminal; quitting it
+    /// stops the daemon (the program stays attached).
+    #[arg(long)]
+    pub tui: bool,
+    /// With --tui: where the daemon logs [default: limiter.log in the state directory].
+    #[arg(long, value_name = "FILE", requires = "tui")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +180,25 @@ pub struct StatsArgs {
     /// Print the daemon's answer as JSON (the shapes in docs/CLI.md).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// How often to refresh (200ms to 10s).
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = tui::settings::parse_interval)]
+    pub interval: Duration,
+    /// Sources fetched per refresh, the daemon's busiest first, or `all`; sorting and
+    /// filtering apply to those fetched.
+    #[arg(long, value_name = "N|all", default_value = "10000", value_parser = tui::settings::parse_max_sources)]
+    pub max_sources: tui::settings::MaxSources,
+    /// The daemon's configuration file, read only for the thresholds marked on the
+    /// sparklines [default: /etc/glance-limiter/limiter.toml if it exists, else the built-in
+    /// defaults].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Write logs to this file; while the screen is on, logs go nowhere else.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -319,6 +349,44 @@ mod tests {
         assert_eq!(run.mode, Some(Mode::Monitor));
         assert_eq!(run.poll_interval, Some(Duration::from_millis(500)));
         assert_eq!(run.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+    }
+
+    #[test]
+    fn top_takes_an_interval_and_a_fetch_limit() {
+        let cli = Cli::try_parse_from(["limiter", "top", "--socket", "/tmp/x.sock"]).unwrap();
+        let Command::Top(top) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(top.interval, Duration::from_secs(1));
+        assert_eq!(top.max_sources, tui::settings::MaxSources(Some(10_000)));
+        let cli = Cli::try_parse_from([
+            "limiter",
+            "top",
+            "--interval",
+            "500ms",
+            "--max-sources",
+            "all",
+        ])
+        .unwrap();
+        assert!(
+            cli.command.is_client(),
+            "top talks to the daemon: --socket applies"
+        );
+        let Command::Top(top) = cli.command else {
+            panic!()
+        };
+        assert_eq!(top.interval, Duration::from_millis(500));
+        assert_eq!(top.max_sources, tui::settings::MaxSources(None));
+        for args in [
+            &["limiter", "top", "--interval", "20s"][..],
+            &["limiter", "top", "--max-sources", "0"],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(args).unwrap_err().exit_code(),
+                2,
+                "{args:?}"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::{
     addresses,
     args::{
         ttl_secs, BlockArgs, CheckConfigArgs, Cli, Command, DetachArgs, NewRuleArgs, RemoveArgs,
-        RunArgs,
+        RunArgs, TopArgs,
     },
     output,
 };
@@ -96,6 +96,11 @@ pub fn run(invocation: Invocation) -> ExitCode {
 }
 
 fn init_logging(command: &Command) {
+    if matches!(command, Command::Top(_)) || matches!(command, Command::Run(args) if args.tui) {
+        // The screen is the terminal: `top` logs to --log-file or nowhere (see `top`), and
+        // `run --tui` to a file (see daemon::run).
+        return;
+    }
     // The daemon narrates; a client command stays quiet unless something is wrong.
     let default = if matches!(command, Command::Run(_)) {
         "info"
@@ -103,8 +108,12 @@ fn init_logging(command: &Command) {
         "warn"
     };
     let filter = EnvFilter::try_from_env("LIMITER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only on a terminal: under systemd or into a file, escape codes are noise.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(
+            io::IsTerminal::is_terminal(&io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
+        )
         .with_writer(io::stderr)
         .try_init();
 }
@@ -198,6 +207,7 @@ pub fn execute(
             other => return Err(unexpected("status", &other)),
         },
         Command::CheckConfig(args) => check_config(args)?,
+        Command::Top(args) => return top(args, daemon),
     };
     emit(stdout, &text)
 }
@@ -299,6 +309,9 @@ pub fn run_options(args: RunArgs) -> RunOptions {
             poll_interval: args.poll_interval,
         },
         pin_dir: args.pin_dir,
+        tui: args.tui.then_some(daemon::TuiOptions {
+            log_file: args.log_file,
+        }),
     }
 }
 
@@ -324,6 +337,29 @@ fn detach(args: DetachArgs) -> Result<String, Failure> {
     let report =
         daemon::detach(&args.pin_dir).map_err(|e| Failure::Operational(format!("{e:#}")))?;
     Ok(output::detach(&report, &args.pin_dir))
+}
+
+/// `limiter top`: the thresholds come from the daemon's configuration file (the control API
+/// does not report them); an explicit `--config` that cannot be used is an error, a missing
+/// default file means the built-in defaults.
+fn top(args: TopArgs, daemon: Daemon) -> Result<(), Failure> {
+    crate::tui::logging::init(args.log_file.as_deref()).map_err(Failure::Operational)?;
+    let thresholds =
+        crate::tui::settings::load_thresholds(args.config.as_deref()).map_err(|e| match e {
+            ConfigError::Read { .. } => Failure::Operational(e.to_string()),
+            _ => Failure::BadInput(e.to_string()),
+        })?;
+    let options = crate::tui::TopOptions {
+        refresh: crate::tui::settings::Refresh {
+            interval: args.interval,
+            timeout: crate::tui::settings::refresh_timeout(args.interval, daemon.timeout),
+            max_sources: args.max_sources.0,
+        },
+        action_timeout: daemon.timeout,
+        socket: daemon.socket,
+        thresholds,
+    };
+    crate::tui::run_top(options).map_err(|e| Failure::Operational(e.to_string()))
 }
 
 /// Exit 2 for a file with problems, 1 for one that cannot be read.

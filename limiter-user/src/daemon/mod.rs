@@ -9,6 +9,7 @@
 mod control_link;
 mod engine;
 mod host;
+mod in_process;
 
 use std::{
     path::{Path, PathBuf},
@@ -41,6 +42,15 @@ pub struct RunOptions {
     pub overrides: Overrides,
     /// bpffs directory for the pins (`/sys/fs/bpf/glance-limiter`).
     pub pin_dir: PathBuf,
+    /// `--tui`: show the live interface on this terminal while the daemon runs.
+    pub tui: Option<TuiOptions>,
+}
+
+/// The interface inside the daemon. Logs cannot share the screen, so they go to a file.
+#[derive(Clone, Debug, Default)]
+pub struct TuiOptions {
+    /// Default: `limiter.log` in the state directory.
+    pub log_file: Option<PathBuf>,
 }
 
 /// A control request on its way to the engine thread, with where to send the answer.
@@ -58,6 +68,15 @@ extern "C" fn request_stop(_signal: libc::c_int) {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let config = load_config(&options)?;
+    if let Some(tui) = &options.tui {
+        let log_file = tui
+            .log_file
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join("limiter.log"));
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
+        crate::tui::logging::init(Some(&log_file)).map_err(anyhow::Error::msg)?;
+    }
     let interfaces = if config.interfaces.is_empty() {
         vec![host::default_route_interface().context(
             "no interface given and no default route to take it from; name one with --iface \
@@ -115,8 +134,33 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         );
     }
     let (requests, inbox) = mpsc::channel::<Envelope>();
-    let server = control_link::spawn(&config, requests)?;
-    drive(&mut engine, &inbox);
+    let server = control_link::spawn(&config, requests.clone())?;
+    match options.tui {
+        None => drive(&mut engine, &inbox),
+        Some(_) => {
+            // The terminal belongs to the interface on this thread; the engine moves to its own.
+            let engine_thread = std::thread::spawn(move || {
+                drive(&mut engine, &inbox);
+            });
+            let thresholds = crate::tui::settings::Thresholds::from_policy(
+                &config.policy,
+                "this daemon's configuration",
+            );
+            let refresh = crate::tui::settings::Refresh::default();
+            let timeout = refresh.timeout;
+            let (source, sink, _poller) = crate::tui::connect(
+                |_| in_process::EngineTransport {
+                    requests: requests.clone(),
+                    timeout,
+                },
+                refresh,
+            );
+            let shown = crate::tui::run_in_terminal(source, sink, thresholds);
+            STOP.store(true, Ordering::SeqCst);
+            let _ = engine_thread.join();
+            shown?;
+        }
+    }
     drop(server);
     info!("stopped; the program stays attached and its rules keep applying (limiter detach removes them)");
     Ok(())

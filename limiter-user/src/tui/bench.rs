@@ -1,0 +1,249 @@
+//! Entry points for `cargo xtask bench` (issue 4's targets: a frame with 100k tracked
+//! sources in under 10 ms; the process under 50 MB resident). Each builds its state from
+//! [`super::fixtures`] and times only the step it names; run them in a release build.
+//!
+//! - [`frame_with_sources`]: build and draw one frame (render + ratatui's diff on a
+//!   `TestBackend`), the whole per-frame cost of the UI thread;
+//! - [`ingest_with_sources`]: apply one refresh (order, events, histories), once a second;
+//! - [`decode_stats`]: decode a `stats` answer of N sources from its JSON line, which the
+//!   refresh thread does once a second (off the UI thread).
+
+use std::time::{Duration, Instant};
+
+use ratatui::{backend::TestBackend, Terminal};
+
+use super::{
+    app::App,
+    fixtures, render,
+    snapshot::{Feed, Snapshot},
+    update::{update, Action},
+};
+use crate::control::{
+    client::decode_response,
+    protocol::{RatesView, Reply, ResponseLine, SourceState, SourceView, Stats},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub mean: Duration,
+    pub max: Duration,
+}
+
+fn time(iterations: u32, mut step: impl FnMut()) -> Timing {
+    let mut total = Duration::ZERO;
+    let mut max = Duration::ZERO;
+    for _ in 0..iterations.max(1) {
+        let start = Instant::now();
+        step();
+        let took = start.elapsed();
+        total += took;
+        max = max.max(took);
+    }
+    Timing {
+        mean: total / iterations.max(1),
+        max,
+    }
+}
+
+/// Draws `app` `frames` times at its screen size. The selection moves one row per frame so
+/// every frame has something to redraw.
+pub fn time_frames(app: &mut App, frames: u32) -> Timing {
+    let (width, height) = app.screen;
+    let mut terminal = match Terminal::new(TestBackend::new(width, height)) {
+        Ok(terminal) => terminal,
+        Err(never) => match never {},
+    };
+    time(frames, || {
+        update(app, Action::MoveSelection(1));
+        let drawn = terminal.draw(|frame| render::render(frame, app));
+        if let Err(never) = drawn {
+            match never {}
+        }
+    })
+}
+
+/// One frame with `sources` tracked (and fetched) sources at `width`×`height`.
+pub fn frame_with_sources(sources: usize, width: u16, height: u16, frames: u32) -> Timing {
+    let mut app = fixtures::crowded_app(sources, width, height);
+    time_frames(&mut app, frames)
+}
+
+/// Applying one refresh of `sources` sources to a warm state.
+pub fn ingest_with_sources(sources: usize, refreshes: u32) -> Timing {
+    let mut app = fixtures::crowded_app(sources, 200, 50);
+    let mut step = 2;
+    let mut snapshots: Vec<Snapshot> = (0..refreshes.max(1))
+        .map(|_| {
+            step += 1;
+            let (rows, rules) = fixtures::crowd(sources, step);
+            Snapshot {
+                taken: fixtures::at(step),
+                elapsed: Duration::from_secs(step),
+                status: Default::default(),
+                tracked_sources: sources,
+                truncated: false,
+                rows,
+                rules,
+            }
+        })
+        .collect();
+    snapshots.reverse();
+    time(refreshes, || {
+        if let Some(snapshot) = snapshots.pop() {
+            update(&mut app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));
+        }
+    })
+}
+
+/// The JSON line of a `stats` answer with `sources` sources, as the daemon sends it.
+pub fn stats_line(sources: usize) -> Vec<u8> {
+    let (rows, _) = fixtures::crowd(sources, 1);
+    let views = rows
+        .into_iter()
+        .map(|row| SourceView {
+            address: row.address,
+            state: row.state,
+            rates: RatesView { ..row.rates },
+            totals: row.totals,
+            banned_until: (row.state == SourceState::Banned)
+                .then(|| "2025-06-01T10:10:00Z".to_string()),
+        })
+        .collect();
+    let response = ResponseLine::ok(Reply::Stats(Stats {
+        tracked_sources: sources,
+        sources: views,
+    }));
+    serde_json::to_vec(&response).unwrap_or_default()
+}
+
+/// Decoding a `stats` answer of `sources` sources into rows: (line length in bytes, timing).
+pub fn decode_stats(sources: usize, iterations: u32) -> (usize, Timing) {
+    let line = stats_line(sources);
+    let timing = time(iterations, || {
+        if let Ok(ResponseLine {
+            result: Some(Reply::Stats(stats)),
+            ..
+        }) = decode_response(&line)
+        {
+            std::hint::black_box(super::snapshot::rows_from_stats(stats));
+        }
+    });
+    (line.len(), timing)
+}
+
+/// What decoding would cost if the response were decoded by the op that was sent, straight
+/// into [`Stats`], instead of through the untagged [`Reply`] (which buffers the whole answer in
+/// serde's generic tree first). For comparison in the report; the client does not do this.
+pub fn decode_stats_typed(sources: usize, iterations: u32) -> Timing {
+    #[derive(serde::Deserialize)]
+    struct TypedStats {
+        #[allow(dead_code)]
+        version: u32,
+        #[allow(dead_code)]
+        ok: bool,
+        result: Option<Stats>,
+    }
+    let line = stats_line(sources);
+    time(iterations, || {
+        if let Ok(TypedStats {
+            result: Some(stats),
+            ..
+        }) = serde_json::from_slice::<TypedStats>(&line)
+        {
+            std::hint::black_box(super::snapshot::rows_from_stats(stats));
+        }
+    })
+}
+
+/// Resident and peak resident memory of this process, in bytes (Linux), from
+/// /proc/self/status.
+pub fn resident_memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_entry_points_run() {
+        assert!(frame_with_sources(1000, 80, 24, 2).mean > Duration::ZERO);
+        assert!(ingest_with_sources(1000, 2).mean > Duration::ZERO);
+        let (bytes, _) = decode_stats(100, 1);
+        assert!(bytes > 100 * 200, "{bytes}");
+    }
+
+    /// The numbers of docs/TUI.md: `cargo test --release -p limiter-user --lib
+    /// tui::bench::tests::report -- --ignored --nocapture`. Memory figures are the whole test
+    /// process, measured before and after holding 100k sources.
+    #[test]
+    #[ignore = "a measurement, run by hand in release"]
+    fn report() {
+        let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        let before = resident_memory();
+        for sources in [10_000, 100_000] {
+            for (width, height) in [(80, 24), (200, 50)] {
+                let timing = frame_with_sources(sources, width, height, 200);
+                println!(
+                    "frame {sources} sources {width}x{height}: mean {:?} max {:?}",
+                    timing.mean, timing.max
+                );
+            }
+            let ingest = ingest_with_sources(sources, 10);
+            println!(
+                "ingest {sources} sources: mean {:?} max {:?}",
+                ingest.mean, ingest.max
+            );
+            let (bytes, decode) = decode_stats(sources, 5);
+            println!(
+                "decode stats {sources} sources: {:.1} MB JSON, mean {:?} max {:?}",
+                mb(bytes as u64),
+                decode.mean,
+                decode.max
+            );
+            let typed = decode_stats_typed(sources, 5);
+            println!(
+                "decode stats {sources} sources by op (no untagged Reply): mean {:?} max {:?}",
+                typed.mean, typed.max
+            );
+        }
+        let _ = before;
+    }
+
+    /// Memory of the state alone: run on its own (`... tui::bench::tests::memory -- --ignored
+    /// --nocapture`), since the allocator keeps what earlier tests freed.
+    #[test]
+    #[ignore = "a measurement, run by hand in release"]
+    fn memory() {
+        let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        let before = resident_memory();
+        let app = fixtures::crowded_app(100_000, 200, 50);
+        let held = resident_memory();
+        let line = stats_line(100_000);
+        let decoded = decode_response(&line);
+        drop(line);
+        let with_answer = resident_memory();
+        drop(decoded);
+        if let (Some((rss0, _)), Some((rss1, _)), Some((rss2, peak))) = (before, held, with_answer)
+        {
+            println!(
+                "memory: {:.1} MB before; {:.1} MB holding 100k sources ({} histories); {:.1} MB \
+                 while a 100k-source answer is decoded; peak {:.1} MB",
+                mb(rss0),
+                mb(rss1),
+                app.histories.len(),
+                mb(rss2),
+                mb(peak)
+            );
+        }
+    }
+}

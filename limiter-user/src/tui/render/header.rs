@@ -1,0 +1,106 @@
+//! The two header lines: which daemon (interfaces, mode, uptime, whether it answers), and
+//! the totals (packets to the protected ports and drops per second, sources, bans).
+
+use ratatui::{
+    layout::Rect,
+    text::{Line, Span},
+    widgets::Paragraph,
+    Frame,
+};
+
+use super::super::{
+    app::{App, Link},
+    format,
+};
+use crate::cli::output::short_duration;
+
+/// Width from which the totals are spelt out.
+const WIDE: u16 = 120;
+
+pub fn render(frame: &mut Frame, area: Rect, app: &App) {
+    let lines = vec![identity(app), totals(app, area.width >= WIDE)];
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+fn identity(app: &App) -> Line<'static> {
+    let theme = app.theme;
+    let mut spans = vec![Span::styled("glance-limiter", theme.title())];
+    let Some(data) = &app.data else {
+        spans.push(Span::raw(" · connecting to the daemon…"));
+        return Line::from(spans);
+    };
+    let status = &data.status;
+    let interfaces: Vec<String> = status
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.attach_mode))
+        .collect();
+    let ports: Vec<String> = status.ports.iter().map(u16::to_string).collect();
+    spans.push(Span::raw(format!(
+        " · {} · port {} · ",
+        interfaces.join(", "),
+        ports.join(",")
+    )));
+    let mode_style = if status.mode == "monitor" {
+        theme.state(crate::control::protocol::SourceState::OverThreshold)
+    } else {
+        theme.title()
+    };
+    spans.push(Span::styled(status.mode.clone(), mode_style));
+    spans.push(Span::raw(format!(
+        " · up {} · {}Z",
+        short_duration(std::time::Duration::from_secs(status.uptime_secs)),
+        format::clock(app.now)
+    )));
+    Line::from(spans)
+}
+
+fn totals(app: &App, wide: bool) -> Line<'static> {
+    let theme = app.theme;
+    if let Link::Unreachable { error, since } = &app.link {
+        let away = app.now.duration_since(*since).unwrap_or_default();
+        return Line::from(Span::styled(
+            format!(
+                "daemon unreachable for {}, retrying: {}",
+                short_duration(away),
+                crate::cli::output::clean(error)
+            ),
+            theme.alarm(),
+        ));
+    }
+    let Some(data) = &app.data else {
+        return Line::default();
+    };
+    let rate = |value: Option<f64>| value.map_or("-".to_string(), format::rate);
+    let rules = &data.status.rules;
+    let bans = rules.block_auto + rules.block_manual;
+    let bans_style = if bans > 0 {
+        theme.state(crate::control::protocol::SourceState::Banned)
+    } else {
+        ratatui::style::Style::new()
+    };
+    let (packets, drops) = (
+        rate(app.counter_rates.protected_packets),
+        rate(app.counter_rates.drops),
+    );
+    // 80 columns hold the short form even with 100k sources and thousands of bans.
+    let (traffic, ban_text) = if wide {
+        (
+            format!("protected-port packets/s {packets} · drops/s {drops} · "),
+            format!(
+                "bans {bans} ({} auto, {} manual)",
+                rules.block_auto, rules.block_manual
+            ),
+        )
+    } else {
+        (
+            format!("pkt/s {packets} · drops/s {drops} · "),
+            format!("bans {bans} ({} auto)", rules.block_auto),
+        )
+    };
+    Line::from(vec![
+        Span::raw(format!("{traffic}sources {} · ", data.tracked_sources)),
+        Span::styled(ban_text, bans_style),
+        Span::raw(format!(" · allows {}", rules.allow)),
+    ])
+}

@@ -1,0 +1,117 @@
+//! What a [`super::source::SnapshotSource`] delivers: one [`Snapshot`] per refresh (status,
+//! sources, rules, as the control API returns them), loss of the daemon, and the outcome of
+//! the actions the operator sent. Sources are converted to compact [`SourceRow`]s where the
+//! snapshot is made (the fetching thread), so the UI thread never walks the protocol's
+//! larger shapes.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use crate::{
+    control::protocol::{RatesView, SourceState, SourceView, Stats, Status, Totals},
+    store::StoredRule,
+};
+
+/// Identifies an action the UI handed to its [`super::source::ActionSink`], so its outcome
+/// can be matched to what the operator asked for.
+pub type ActionId = u64;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Feed {
+    Snapshot(Box<Snapshot>),
+    /// The daemon could not be reached or did not answer; the source keeps retrying.
+    Unreachable {
+        error: String,
+    },
+    /// An action came back: what changed, or why nothing did.
+    ActionDone {
+        id: ActionId,
+        outcome: Result<crate::control::protocol::RuleChange, String>,
+    },
+}
+
+/// The daemon's state at one refresh.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Wall-clock time the snapshot was taken (events are stamped with it).
+    pub taken: SystemTime,
+    /// Monotonic time since the source started: rates of the kernel counters are differences
+    /// over it, immune to wall-clock jumps.
+    pub elapsed: Duration,
+    pub status: Status,
+    /// Every source the daemon tracks, which may be more than `rows` holds.
+    pub tracked_sources: usize,
+    /// In the daemon's order: busiest first (image creates/min, then new connections).
+    pub rows: Vec<SourceRow>,
+    /// Whether `rows` is the daemon's top N rather than every tracked source.
+    pub truncated: bool,
+    pub rules: Vec<StoredRule>,
+}
+
+/// One source, as the table and the history need it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceRow {
+    pub address: IpAddr,
+    pub state: SourceState,
+    /// The end of its ban; `None` while banned means until removed.
+    pub banned_until: Option<SystemTime>,
+    pub rates: RatesView,
+    pub totals: Totals,
+}
+
+impl SourceRow {
+    pub fn from_view(view: SourceView) -> SourceRow {
+        // An unparsable time is shown as "until removed" rather than dropping the row: the
+        // state word still says banned.
+        let banned_until = view
+            .banned_until
+            .as_deref()
+            .and_then(|text| humantime::parse_rfc3339_weak(text).ok());
+        SourceRow {
+            address: view.address,
+            state: view.state,
+            banned_until,
+            rates: view.rates,
+            totals: view.totals,
+        }
+    }
+}
+
+/// Rows from a `stats` reply, keeping the daemon's order.
+pub fn rows_from_stats(stats: Stats) -> (usize, Vec<SourceRow>) {
+    let rows = stats
+        .sources
+        .into_iter()
+        .map(SourceRow::from_view)
+        .collect();
+    (stats.tracked_sources, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_ends_are_parsed_once() {
+        let view = SourceView {
+            address: "198.51.100.7".parse().unwrap(),
+            state: SourceState::Banned,
+            rates: RatesView::default(),
+            totals: Totals::default(),
+            banned_until: Some("2025-06-01T10:10:00Z".into()),
+        };
+        let row = SourceRow::from_view(view.clone());
+        assert_eq!(
+            row.banned_until,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_748_772_600))
+        );
+        let garbled = SourceRow::from_view(SourceView {
+            banned_until: Some("soon".into()),
+            ..view
+        });
+        assert_eq!(garbled.banned_until, None);
+        assert_eq!(garbled.state, SourceState::Banned);
+    }
+}

@@ -1,0 +1,250 @@
+//! Snapshot tests of every panel and of the whole screen (80×24 and 200×50), drawn on
+//! ratatui's `TestBackend` from the fixed states of [`super::fixtures`] (fixed clock). The
+//! snapshots are text: styles are checked by the tests that need them.
+
+use ratatui::{
+    backend::TestBackend,
+    layout::Rect,
+    style::Modifier,
+    widgets::{Block, Borders},
+    Frame, Terminal,
+};
+
+use super::{
+    app::{App, Link, Mode, Pane},
+    fixtures::{at, attack_app},
+    render,
+    theme::Theme,
+    update::{update, Action},
+};
+
+fn draw(
+    width: u16,
+    height: u16,
+    app: &App,
+    paint: impl Fn(&mut Frame, Rect, &App),
+) -> Terminal<TestBackend> {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal
+        .draw(|frame| {
+            let area = frame.area();
+            paint(frame, area, app)
+        })
+        .unwrap();
+    terminal
+}
+
+fn screen(app: &App) -> Terminal<TestBackend> {
+    draw(app.screen.0, app.screen.1, app, |frame, _, app| {
+        render::render(frame, app)
+    })
+}
+
+fn pane_block() -> Block<'static> {
+    Block::new().borders(Borders::ALL)
+}
+
+#[test]
+fn whole_screen_80x24() {
+    insta::assert_snapshot!(screen(&attack_app(80, 24)).backend());
+}
+
+#[test]
+fn whole_screen_200x50() {
+    insta::assert_snapshot!(screen(&attack_app(200, 50)).backend());
+}
+
+#[test]
+fn header() {
+    let app = attack_app(80, 24);
+    insta::assert_snapshot!(draw(80, 2, &app, render::header::render).backend());
+}
+
+#[test]
+fn header_while_the_daemon_is_unreachable() {
+    let mut app = attack_app(80, 24);
+    update(&mut app, Action::Tick(at(91)));
+    update(
+        &mut app,
+        Action::Feed(super::snapshot::Feed::Unreachable {
+            error: "no daemon is listening on /run/glance-limiter/limiter.sock".into(),
+        }),
+    );
+    update(&mut app, Action::Tick(at(105)));
+    assert!(matches!(app.link, Link::Unreachable { .. }));
+    insta::assert_snapshot!(draw(80, 2, &app, render::header::render).backend());
+}
+
+#[test]
+fn header_before_the_first_answer() {
+    let app = App::new(
+        at(0),
+        Theme::COLOR,
+        super::settings::Thresholds::defaults(),
+        "oncall".into(),
+    );
+    insta::assert_snapshot!(screen(&app).backend());
+}
+
+#[test]
+fn sources_table_sorted_and_filtered() {
+    let mut app = attack_app(80, 24);
+    update(&mut app, Action::SortNext); // OTHER WRITES
+    update(&mut app, Action::FilterStart);
+    for c in "2001:db8:".chars() {
+        update(&mut app, Action::FilterChar(c));
+    }
+    insta::assert_snapshot!(draw(80, 8, &app, render::sources::render).backend());
+}
+
+#[test]
+fn sources_table_wide() {
+    let app = attack_app(200, 50);
+    insta::assert_snapshot!(draw(200, 10, &app, render::sources::render).backend());
+}
+
+#[test]
+fn detail_pane_compact_and_tall() {
+    let app = attack_app(80, 24);
+    insta::assert_snapshot!(
+        "detail_compact",
+        draw(80, 10, &app, |f, a, app| render::detail::render(
+            f,
+            a,
+            app,
+            pane_block()
+        ))
+        .backend()
+    );
+    insta::assert_snapshot!(
+        "detail_tall",
+        draw(90, 24, &app, |f, a, app| render::detail::render(
+            f,
+            a,
+            app,
+            pane_block()
+        ))
+        .backend()
+    );
+}
+
+#[test]
+fn rules_pane() {
+    let app = attack_app(80, 24);
+    insta::assert_snapshot!(draw(80, 8, &app, |f, a, app| render::rules::render(
+        f,
+        a,
+        app,
+        pane_block()
+    ))
+    .backend());
+}
+
+#[test]
+fn events_pane() {
+    let app = attack_app(80, 24);
+    insta::assert_snapshot!(draw(100, 12, &app, |f, a, app| render::events::render(
+        f,
+        a,
+        app,
+        pane_block()
+    ))
+    .backend());
+}
+
+#[test]
+fn compact_bottom_pane_tabs() {
+    let mut app = attack_app(80, 24);
+    update(&mut app, Action::ShowPane(Pane::Rules));
+    insta::assert_snapshot!(screen(&app).backend());
+}
+
+#[test]
+fn help_overlay() {
+    let mut app = attack_app(80, 24);
+    update(&mut app, Action::Help);
+    insta::assert_snapshot!(screen(&app).backend());
+}
+
+#[test]
+fn ban_form_and_confirmation() {
+    let mut app = attack_app(80, 24);
+    update(&mut app, Action::MoveSelection(-1)); // 203.0.113.9, over threshold
+    update(&mut app, Action::Ban);
+    assert!(matches!(app.mode, Mode::Form(_)));
+    update(&mut app, Action::FormNextField);
+    for c in "INC-4521".chars() {
+        update(&mut app, Action::FormChar(c));
+    }
+    insta::assert_snapshot!("ban_form", screen(&app).backend());
+    update(&mut app, Action::FormSubmit);
+    assert!(matches!(app.mode, Mode::Confirm(_)));
+    insta::assert_snapshot!("ban_confirmation", screen(&app).backend());
+}
+
+#[test]
+fn a_bad_ttl_is_shown_in_the_form() {
+    let mut app = attack_app(80, 24);
+    update(&mut app, Action::Ban);
+    update(&mut app, Action::FormBackspace);
+    update(&mut app, Action::FormBackspace);
+    update(&mut app, Action::FormChar('3'));
+    update(&mut app, Action::FormChar('0'));
+    update(&mut app, Action::FormSubmit);
+    insta::assert_snapshot!(screen(&app).backend());
+}
+
+#[test]
+fn footer_shows_an_actions_outcome() {
+    let mut app = attack_app(80, 24);
+    let attacker_ban = app
+        .rules()
+        .iter()
+        .find(|r| r.prefix.to_string() == "198.51.100.7/32")
+        .cloned()
+        .unwrap();
+    update(&mut app, Action::Unban);
+    let Some(outgoing) = update(&mut app, Action::Confirm) else {
+        panic!("unban confirmed but nothing to send")
+    };
+    update(
+        &mut app,
+        Action::Feed(super::snapshot::Feed::ActionDone {
+            id: outgoing.id,
+            outcome: Ok(crate::control::protocol::RuleChange {
+                removed: vec![attacker_ban],
+                ..Default::default()
+            }),
+        }),
+    );
+    insta::assert_snapshot!(draw(80, 1, &app, render::footer::render).backend());
+}
+
+#[test]
+fn rows_that_matter_stand_out_in_both_themes() {
+    for theme in [Theme::COLOR, Theme::MONOCHROME] {
+        let mut app = attack_app(80, 24);
+        app.theme = theme;
+        update(&mut app, Action::MoveSelection(3));
+        let terminal = screen(&app);
+        let buffer = terminal.backend().buffer();
+        // Row 4 of the screen is the first source row: 203.0.113.9, over threshold, pinned
+        // first; row 5 the banned attacker.
+        let over = &buffer[(5, 4)];
+        let banned = &buffer[(5, 5)];
+        assert!(
+            over.modifier.contains(Modifier::BOLD),
+            "{theme:?}: {over:?}"
+        );
+        assert!(
+            banned.modifier.contains(Modifier::BOLD),
+            "{theme:?}: {banned:?}"
+        );
+        if !theme.color {
+            assert_eq!(
+                (over.fg, banned.fg),
+                (ratatui::style::Color::Reset, ratatui::style::Color::Reset)
+            );
+        }
+    }
+}
