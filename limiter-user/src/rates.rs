@@ -265,6 +265,14 @@ impl RateTracker {
             .map(|window| window.rates(self.now_ms, self.polls))
     }
 
+    /// The source's cumulative counters as of the last poll that saw them change (or first
+    /// listed it): lifetime totals for display, without keeping a copy of the kernel table.
+    pub fn last_counts(&self, addr: IpAddr) -> Option<Counts> {
+        self.sources
+            .get(&addr.to_canonical())
+            .map(|window| window.last)
+    }
+
     /// Every tracked source with its figures, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (IpAddr, Rates)> + '_ {
         self.sources

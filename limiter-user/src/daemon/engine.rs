@@ -4,13 +4,13 @@
 //! lock is needed.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
 
 use ipnet::IpNet;
-use limiter_common::{Counter, SourceStats};
+use limiter_common::Counter;
 use tracing::{info, warn};
 
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
         ErrorKind, InterfaceView, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList,
         SourceState, SourceView, Stats, Status, Totals,
     },
-    loader::{Limiter, LoaderError, SourceEntry},
+    loader::{Limiter, LoaderError},
     policy::{Decision, Metric, NeverBan, Policy, PrefixSet},
     rates::{Counts, RateTracker, Rates},
     rules::{self, Action, KernelRule, Scope},
@@ -52,8 +52,6 @@ pub struct Engine {
     rates: RateTracker,
     config: Config,
     started: Instant,
-    /// The kernel rows of the latest poll, for totals in `stats`.
-    last_rows: Vec<SourceEntry>,
     /// Kernel time (jiffies) when the previous poll began: rows not seen since are idle and
     /// skipped, so a poll costs the table read plus work for active sources only.
     previous_poll_jiffies: Option<u64>,
@@ -81,7 +79,6 @@ impl Engine {
             rates: RateTracker::new(config.rate_tracker_capacity()),
             config,
             started: Instant::now(),
-            last_rows: Vec::new(),
             previous_poll_jiffies: None,
             last_poll: Duration::ZERO,
             own_addresses: host::own_addresses(),
@@ -165,7 +162,6 @@ impl Engine {
         }
         self.last_poll = started.elapsed();
         let rows_read = rows.len();
-        self.last_rows = rows;
         Ok(TickReport {
             rows: rows_read,
             decisions: decisions.len(),
@@ -394,8 +390,6 @@ impl Engine {
             .active(wall)
             .filter(|r| r.action == Action::Block)
             .collect();
-        let totals_by_addr: HashMap<IpAddr, &SourceStats> =
-            self.last_rows.iter().map(|r| (r.addr, &r.stats)).collect();
         let mut sources: Vec<(IpAddr, Rates)> = self.rates.iter().collect();
         sources.sort_by(|(a_addr, a), (b_addr, b)| {
             b.image_creates_last_minute
@@ -437,9 +431,10 @@ impl Engine {
                 } else {
                     (SourceState::Ok, None)
                 };
-                let totals = totals_by_addr
-                    .get(&address)
-                    .map(|stats| totals(stats))
+                let totals = self
+                    .rates
+                    .last_counts(address)
+                    .map(|counts| totals(&counts))
                     .unwrap_or_default();
                 SourceView {
                     address,
@@ -557,14 +552,14 @@ fn rates_view(rates: &Rates) -> crate::control::protocol::RatesView {
     }
 }
 
-fn totals(stats: &SourceStats) -> Totals {
+fn totals(counts: &Counts) -> Totals {
     Totals {
-        syns: stats.syns,
-        packets: stats.packets,
-        bytes: stats.bytes,
-        image_create: stats.image_create,
-        other_write: stats.other_write,
-        read: stats.read,
+        syns: counts.syns,
+        packets: counts.packets,
+        bytes: counts.bytes,
+        image_create: counts.image_create,
+        other_write: counts.other_write,
+        read: counts.read,
     }
 }
 
