@@ -223,6 +223,45 @@ impl DaemonSetup {
         daemon.spawn();
         daemon
     }
+
+    /// For a test that runs the daemon itself (`limiter run --tui` inside a terminal): writes
+    /// the configuration into `dir`, with the state and the socket there as for
+    /// [`DaemonSetup::start`], and returns the command line that [`Daemon`] would run. The
+    /// caller owns the process and the pins in `pin_dir`, and must detach them.
+    pub fn run_command(&self, dir: &Path, pin_dir: &Path) -> RunCommand {
+        let config = dir.join("limiter.toml");
+        fs::write(&config, self.config_text(dir)).expect("write the configuration");
+        let mut argv: Vec<String> = vec![
+            "nsenter".into(),
+            format!("--net={}", self.netns.display()),
+            limiter_binary().display().to_string(),
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--pin-dir".into(),
+            pin_dir.display().to_string(),
+        ];
+        for iface in &self.ifaces {
+            argv.extend(["--iface".into(), iface.clone()]);
+        }
+        if let Some(mode) = &self.mode_flag {
+            argv.extend(["--mode".into(), mode.clone()]);
+        }
+        RunCommand {
+            argv,
+            socket: dir.join("limiter.sock"),
+            config,
+        }
+    }
+}
+
+/// `limiter run` for a test that starts it itself: see [`DaemonSetup::run_command`].
+#[derive(Clone, Debug)]
+pub struct RunCommand {
+    /// `nsenter --net=... limiter run --config ... --pin-dir ... --iface ...`; add flags.
+    pub argv: Vec<String>,
+    pub socket: PathBuf,
+    pub config: PathBuf,
 }
 
 /// A running `limiter run` (or one just killed, between [`Daemon::kill_9`] and

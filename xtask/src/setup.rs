@@ -13,7 +13,12 @@ use crate::cmd::{self, is_root, succeeds};
 /// bpf-linker release known to link against LLVM 21–23 (the nightly's LLVM is 22 here).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Commands the tests and benchmarks use, and the Debian package that provides each.
-const DEBIAN_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
+const DEBIAN_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("nft", "nftables"),
+    ("tmux", "tmux"),
+];
 
 pub fn run() -> Result<()> {
     nightly_components()?;

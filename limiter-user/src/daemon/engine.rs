@@ -4,7 +4,7 @@
 //! lock is needed.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
@@ -385,11 +385,25 @@ impl Engine {
     fn stats(&self, top: Option<usize>) -> Stats {
         let wall = SystemTime::now();
         let never_ban = self.never_ban(wall);
-        let blocks: Vec<&StoredRule> = self
+        // Bans of single addresses (almost all of them) by address, the few wider prefixes
+        // scanned: matching every listed source against every ban made `stats` cost sources ×
+        // bans (0.8 s for 10,000 of 100,000 sources with 10,000 bans, on the engine thread).
+        let mut host_blocks: HashMap<IpAddr, Vec<&StoredRule>> = HashMap::new();
+        let mut net_blocks: Vec<&StoredRule> = Vec::new();
+        for rule in self
             .store
             .active(wall)
             .filter(|r| r.action == Action::Block)
-            .collect();
+        {
+            if rule.prefix.prefix_len() == rule.prefix.max_prefix_len() {
+                host_blocks
+                    .entry(rule.prefix.addr())
+                    .or_default()
+                    .push(rule);
+            } else {
+                net_blocks.push(rule);
+            }
+        }
         let mut sources: Vec<(IpAddr, Rates)> = self.rates.iter().collect();
         sources.sort_by(|(a_addr, a), (b_addr, b)| {
             b.image_creates_last_minute
@@ -405,9 +419,12 @@ impl Engine {
             .into_iter()
             .take(top.unwrap_or(usize::MAX))
             .map(|(address, rates)| {
-                let covering: Vec<&&StoredRule> = blocks
-                    .iter()
-                    .filter(|r| r.prefix.contains(&address))
+                let covering: Vec<&StoredRule> = host_blocks
+                    .get(&address)
+                    .into_iter()
+                    .flatten()
+                    .chain(net_blocks.iter().filter(|r| r.prefix.contains(&address)))
+                    .copied()
                     .collect();
                 let would_ban = self.would_ban.iter().any(|(net, _)| net.contains(&address));
                 let over = would_ban

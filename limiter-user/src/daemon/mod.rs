@@ -155,7 +155,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
                 },
                 refresh,
             );
-            let shown = crate::tui::run_in_terminal(source, sink, thresholds);
+            // SIGTERM and SIGINT stop the screen too, not only the engine.
+            let shown = crate::tui::run_in_terminal_until(source, sink, thresholds, &STOP);
             STOP.store(true, Ordering::SeqCst);
             let _ = engine_thread.join();
             shown?;

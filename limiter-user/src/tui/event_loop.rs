@@ -2,11 +2,16 @@
 //! something changed, wait briefly for a key. Generic over the backend and the input, so
 //! tests run it on a `TestBackend` with scripted keys.
 
-use std::{io, time::Duration, time::SystemTime};
+use std::{
+    io,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+    time::SystemTime,
+};
 
 use ratatui::{
     backend::Backend,
-    crossterm::event::{self, Event},
+    crossterm::event::{self, Event, KeyCode, KeyEvent, KeyModifiers},
     Terminal,
 };
 
@@ -37,6 +42,25 @@ impl Input for TerminalInput {
         } else {
             Ok(None)
         }
+    }
+}
+
+/// An input that also quits when `stop` is set from outside (the daemon's SIGTERM and SIGINT
+/// handler, for `limiter run --tui`): it then reads as Ctrl-C, which quits from any mode.
+pub struct UntilStopped<'a, I> {
+    pub stop: &'a AtomicBool,
+    pub input: I,
+}
+
+impl<I: Input> Input for UntilStopped<'_, I> {
+    fn next(&mut self, timeout: Duration) -> io::Result<Option<Event>> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Ok(Some(Event::Key(KeyEvent::new(
+                KeyCode::Char('c'),
+                KeyModifiers::CONTROL,
+            ))));
+        }
+        self.input.next(timeout)
     }
 }
 

@@ -45,7 +45,7 @@ mod update_tests;
 use std::{
     io,
     path::PathBuf,
-    sync::mpsc,
+    sync::{atomic::AtomicBool, mpsc},
     time::{Duration, SystemTime},
 };
 
@@ -122,9 +122,20 @@ pub fn connect<T: Transport>(
 /// Takes the terminal, runs the interface until `q`, and gives the terminal back (also on
 /// error and on panic).
 pub fn run_in_terminal(
+    source: impl SnapshotSource,
+    sink: impl ActionSink,
+    thresholds: Thresholds,
+) -> Result<(), TuiError> {
+    run_in_terminal_until(source, sink, thresholds, &AtomicBool::new(false))
+}
+
+/// As [`run_in_terminal`], and also returns (within [`event_loop::INPUT_WAIT`]) once `stop`
+/// is set: `limiter run --tui` passes the flag its SIGTERM and SIGINT handler sets.
+pub fn run_in_terminal_until(
     mut source: impl SnapshotSource,
     mut sink: impl ActionSink,
     thresholds: Thresholds,
+    stop: &AtomicBool,
 ) -> Result<(), TuiError> {
     let mut app = App::new(SystemTime::now(), Theme::from_env(), thresholds, operator());
     let mut guard = TerminalGuard::enter()?;
@@ -133,7 +144,10 @@ pub fn run_in_terminal(
         &mut app,
         &mut source,
         &mut sink,
-        &mut event_loop::TerminalInput,
+        &mut event_loop::UntilStopped {
+            stop,
+            input: event_loop::TerminalInput,
+        },
         &mut SystemTime::now,
     )
 }

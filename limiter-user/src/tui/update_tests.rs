@@ -379,3 +379,30 @@ fn the_event_loop_draws_reacts_to_keys_and_quits() {
     assert!(screen.contains("daemon unreachable"), "{screen}");
     assert!(screen.contains("banned 8m"), "{screen}");
 }
+
+#[test]
+fn the_event_loop_quits_when_stopped_from_outside() {
+    // `limiter run --tui` on SIGTERM: the flag is set, no key is pressed, even mid-form.
+    let mut app = attack_app(80, 24);
+    update(&mut app, Action::Ban);
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    let mut source = ScriptedSource(VecDeque::new());
+    let mut sink = RecordingSink::default();
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    let mut input = event_loop::UntilStopped {
+        stop: &stop,
+        input: ScriptedInput(VecDeque::new()),
+    };
+    let mut clock = || at(95);
+    event_loop::run(
+        &mut terminal,
+        &mut app,
+        &mut source,
+        &mut sink,
+        &mut input,
+        &mut clock,
+    )
+    .unwrap();
+    assert!(app.should_quit);
+    assert!(sink.sent.is_empty(), "{:?}", sink.sent);
+}

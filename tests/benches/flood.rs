@@ -1,0 +1,566 @@
+//! Dropping a banned flood, side by side (`cargo xtask bench`, root; needs `nft`): glance-limiter
+//! against an empty XDP drop program, nftables and the bare stack, each case run several times,
+//! interleaved with the others in the same run. Writes target/bench/flood.json.
+//!
+//! Set-up: [`AttackTopology`]. The flood (see `limiter_tests::flood`: AF_PACKET, qdisc
+//! bypass, sendmmsg) sends SYNs from one fixed attacker source, 198.51.100.2, to
+//! 203.0.113.1:9292, where nothing listens (so the unfiltered stack answers each with a RST).
+//! The legitimate client, on its own link, sends keep-alive requests to a stand-in server on
+//! port 9293 of the server namespace; glance-limiter protects both ports.
+//!
+//! How it is counted:
+//! - `pps`: frames the server's attacker-side veth received during the flood window
+//!   (`rx_packets` of that interface in /proc/net/dev of the server namespace), divided by the
+//!   window. With XDP on a veth that is every frame the program ran on; without, every frame
+//!   handed to the receive path (nftables and the stack run after it). Frames the receiver
+//!   could not take are counted as drops at the sender's veth, not here. In the
+//!   `limiter-banned` case, the program's own `DropBlocked` counter is checked against it.
+//! - `cpu_ns_per_pkt`: softirq time over the window (all CPUs, /proc/stat, ticks of 10 ms)
+//!   divided by the packets received. The receive path (XDP, nftables hooks, the stack and its
+//!   RSTs) runs in softirq context; the sender's syscalls show as system time
+//!   (`sys_ns_per_pkt`, reported alongside). A veth delivers in the sender's call, on the
+//!   sender's CPU, so `pps` is the rate of sender and receiver together: the receiver's
+//!   share is what differs between cases.
+//! - `legit_p50_ms`: median of the legitimate client's request latencies during the window
+//!   (one request every 10 ms on one keep-alive connection), median over the runs.
+
+use std::{
+    fs,
+    io::Write,
+    net::IpAddr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::{programs::xdp::XdpMode, programs::Xdp, Ebpf};
+use limiter_common::Counter;
+use limiter_tests::{
+    flood::{mac_of, Flood, Payload, Sources},
+    http::{connect_from, request, StandInServer},
+    netns::{AttackTopology, Netns},
+};
+use limiter_user::{
+    ebpf_objects,
+    loader::{Limiter, LoadOptions},
+    rules::{compile, Action, KernelRule, Scope},
+};
+use serde::Serialize;
+
+const FLOOD_PORT: u16 = 9292;
+const LEGIT_PORT: u16 = 9293;
+const ROUNDS: usize = 5;
+const WINDOW: Duration = Duration::from_millis(1500);
+const MAX_PACKETS: u64 = 30_000_000;
+const LEGIT_GAP: Duration = Duration::from_millis(10);
+/// USER_HZ: /proc/stat counts in hundredths of a second.
+const TICK_NS: f64 = 10_000_000.0;
+
+const CASES: [&str; 7] = [
+    "no-flood",
+    "xdp-drop-all",
+    "limiter-banned",
+    "nft-ingress-set",
+    "nft-prerouting-set",
+    "nft-meter",
+    "stack",
+];
+
+#[derive(Default)]
+struct Runs {
+    pps: Vec<f64>,
+    sender_pps: Vec<f64>,
+    cpu_ns: Vec<f64>,
+    sys_ns: Vec<f64>,
+    legit_ms: Vec<f64>,
+}
+
+#[derive(Serialize)]
+struct Case {
+    name: &'static str,
+    pps_median: f64,
+    pps_min: f64,
+    pps_max: f64,
+    cpu_ns_per_pkt: f64,
+    sys_ns_per_pkt: f64,
+    legit_p50_ms: f64,
+    legit_p50_ms_min: f64,
+    legit_p50_ms_max: f64,
+    sender_pps_median: f64,
+    runs: usize,
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "the flood benchmark needs network namespaces and BPF: run `cargo xtask bench` as root"
+        );
+        std::process::exit(1);
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        eprintln!("the flood benchmark needs `nft` (Debian: nftables; `cargo xtask setup`)");
+        std::process::exit(1);
+    }
+    let topo = AttackTopology::new();
+    let _server = StandInServer::start_in(&topo.server, LEGIT_PORT);
+    let attacker_src: IpAddr = AttackTopology::ATTACKER_V4[0].parse().unwrap();
+    let server_iface = topo.attacker.server_iface;
+    let dst_mac = topo
+        .server
+        .run(|| mac_of(server_iface))
+        .expect("server MAC");
+    let src_iface = topo.attacker.iface;
+    let src_mac = topo
+        .attacker
+        .ns
+        .run(|| mac_of(src_iface))
+        .expect("attacker MAC");
+    let flood = Flood {
+        iface: src_iface.to_owned(),
+        src_mac,
+        dst_mac,
+        dst: AttackTopology::SERVER_V4.parse().unwrap(),
+        dst_port: FLOOD_PORT,
+        payload: Payload::Syn,
+        sources: Sources::Fixed(attacker_src),
+        max_packets: MAX_PACKETS,
+        max_duration: WINDOW,
+    };
+
+    let mut runs: Vec<Runs> = CASES.iter().map(|_| Runs::default()).collect();
+    for round in 0..ROUNDS {
+        for (i, name) in CASES.iter().enumerate() {
+            let filter = Filter::install(name, &topo);
+            let run = measure(&topo, (*name != "no-flood").then_some(&flood), &filter);
+            drop(filter);
+            eprintln!(
+                "round {round} {name:<18} {:>10.0} pps  {:>6.0} ns/pkt  legit p50 {:.2} ms",
+                run.pps, run.cpu_ns, run.legit_ms
+            );
+            let r = &mut runs[i];
+            r.pps.push(run.pps);
+            r.sender_pps.push(run.sender_pps);
+            r.cpu_ns.push(run.cpu_ns);
+            r.sys_ns.push(run.sys_ns);
+            r.legit_ms.push(run.legit_ms);
+        }
+    }
+    let cases: Vec<Case> = CASES
+        .iter()
+        .zip(runs)
+        .map(|(name, r)| Case {
+            name,
+            pps_median: median(&r.pps),
+            pps_min: min(&r.pps),
+            pps_max: max(&r.pps),
+            cpu_ns_per_pkt: median(&r.cpu_ns),
+            sys_ns_per_pkt: median(&r.sys_ns),
+            legit_p50_ms: median(&r.legit_ms),
+            legit_p50_ms_min: min(&r.legit_ms),
+            legit_p50_ms_max: max(&r.legit_ms),
+            sender_pps_median: median(&r.sender_pps),
+            runs: r.pps.len(),
+        })
+        .collect();
+    print_table(&cases);
+    write_report(&cases);
+}
+
+/// What receives the flood on the server's attacker-side veth, removed on drop (the guards
+/// are held for their `Drop`).
+enum Filter {
+    None,
+    /// An XDP program attached through a bpf link; dropping the `Ebpf` detaches it.
+    Xdp(#[allow(dead_code)] Ebpf),
+    Limiter(Limiter),
+    Nft(#[allow(dead_code)] NftTable),
+}
+
+impl Filter {
+    fn install(name: &str, topo: &AttackTopology) -> Filter {
+        let iface = topo.attacker.server_iface;
+        let banned = AttackTopology::ATTACKER_V4[0];
+        match name {
+            "no-flood" | "stack" => Filter::None,
+            "xdp-drop-all" => Filter::Xdp(topo.server.run(|| {
+                let mut ebpf = Ebpf::load(ebpf_objects::BASELINE).expect("load baseline");
+                let program: &mut Xdp = ebpf
+                    .program_mut("empty_drop")
+                    .expect("empty_drop")
+                    .try_into()
+                    .expect("an XDP program");
+                program.load().expect("load empty_drop");
+                program
+                    .attach(iface, XdpMode::Driver)
+                    .expect("attach empty_drop (native)");
+                ebpf
+            })),
+            "limiter-banned" => {
+                let mut limiter = Limiter::load(&LoadOptions {
+                    source_capacity: 65_536,
+                })
+                .expect("load glance-limiter");
+                limiter
+                    .set_protected_ports(&[FLOOD_PORT, LEGIT_PORT])
+                    .unwrap();
+                let rules = [KernelRule {
+                    net: format!("{banned}/32").parse().unwrap(),
+                    action: Action::Block,
+                    scope: Scope::ProtectedPorts,
+                    expires: None,
+                }];
+                let clock = limiter.clock().unwrap();
+                limiter
+                    .apply_rules(&compile(&rules, &clock).unwrap())
+                    .unwrap();
+                // Both links, so the legitimate client's traffic goes through it too.
+                topo.server.run(|| {
+                    for iface in topo.server_ifaces() {
+                        limiter.attach(iface).expect("attach glance-limiter");
+                    }
+                });
+                Filter::Limiter(limiter)
+            }
+            "nft-ingress-set" => Filter::Nft(NftTable::new(
+                &topo.server,
+                "netdev",
+                &format!(
+                    "set banned {{ type ipv4_addr; elements = {{ {banned} }}; }}
+                     chain ingress {{ type filter hook ingress device {iface} priority 0; policy accept;
+                         ip saddr @banned drop; }}"
+                ),
+            )),
+            "nft-prerouting-set" => Filter::Nft(NftTable::new(
+                &topo.server,
+                "inet",
+                &format!(
+                    "set banned {{ type ipv4_addr; elements = {{ {banned} }}; }}
+                     chain prerouting {{ type filter hook prerouting priority raw; policy accept;
+                         ip saddr @banned drop; }}"
+                ),
+            )),
+            // A per-source rate limit, as an operator would write one: each source may open
+            // 50 connections a second to the protected port; above that, drop.
+            "nft-meter" => Filter::Nft(NftTable::new(
+                &topo.server,
+                "inet",
+                &format!(
+                    "set persource {{ type ipv4_addr; size 65536; flags dynamic,timeout; timeout 10s; }}
+                     chain prerouting {{ type filter hook prerouting priority raw; policy accept;
+                         tcp dport {FLOOD_PORT} tcp flags & (syn | ack) == syn update @persource {{ ip saddr limit rate over 50/second }} drop; }}"
+                ),
+            )),
+            other => panic!("unknown case {other}"),
+        }
+    }
+
+    fn dropped_by_program(&self) -> Option<u64> {
+        match self {
+            Filter::Limiter(l) => Some(l.counters().unwrap().get(Counter::DropBlocked)),
+            _ => None,
+        }
+    }
+}
+
+/// An nftables table inside a test namespace, deleted on drop (and with the namespace).
+struct NftTable {
+    ns: String,
+    family: &'static str,
+}
+
+impl NftTable {
+    const NAME: &'static str = "glbench";
+
+    fn new(ns: &Netns, family: &'static str, body: &str) -> Self {
+        let script = format!("table {family} {} {{\n{body}\n}}\n", Self::NAME);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        // The guard exists before the check: a half-made table is removed too.
+        let table = NftTable {
+            ns: ns.name().to_owned(),
+            family,
+        };
+        assert!(
+            out.status.success(),
+            "nft -f failed: {}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        table
+    }
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let status = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "nft",
+                "delete",
+                "table",
+                self.family,
+            ])
+            .arg(Self::NAME)
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!(
+                "warning: could not delete nft table {} in {}",
+                Self::NAME,
+                self.ns
+            );
+        }
+    }
+}
+
+struct Run {
+    pps: f64,
+    sender_pps: f64,
+    cpu_ns: f64,
+    sys_ns: f64,
+    legit_ms: f64,
+}
+
+fn measure(topo: &AttackTopology, flood: Option<&Flood>, filter: &Filter) -> Run {
+    let iface = topo.attacker.server_iface;
+    let rx = || topo.server.run(|| rx_packets(iface));
+    let legit_stop = Arc::new(AtomicBool::new(false));
+    let legit = {
+        let stop = legit_stop.clone();
+        let src = AttackTopology::LEGIT_V4[0];
+        topo.legit.ns.spawn(move || legit_client(src, &stop))
+    };
+    // The legitimate client's connection is open before the window starts.
+    thread::sleep(Duration::from_millis(50));
+    let (rx0, stat0, drops0) = (rx(), cpu_ticks(), filter.dropped_by_program());
+    let report = match flood {
+        Some(f) => Some(f.clone().spawn_in(&topo.attacker.ns).join().expect("flood")),
+        None => {
+            thread::sleep(WINDOW);
+            None
+        }
+    };
+    let (rx1, stat1, drops1) = (rx(), cpu_ticks(), filter.dropped_by_program());
+    legit_stop.store(true, Ordering::Relaxed);
+    let mut latencies = legit.join().expect("legitimate client");
+    assert!(!latencies.is_empty(), "the legitimate client got no answer");
+
+    let packets = rx1 - rx0;
+    if let (Some(d0), Some(d1)) = (drops0, drops1) {
+        // Every frame the veth received is the banned flood (plus the odd ARP/legit frame).
+        let dropped = d1 - d0;
+        assert!(
+            dropped as f64 >= packets as f64 * 0.99 && dropped <= packets,
+            "program dropped {dropped} of {packets} received"
+        );
+    }
+    let elapsed = report.map_or(WINDOW, |r| r.elapsed).as_secs_f64();
+    let per_packet = |ticks: u64| {
+        if report.is_none() || packets == 0 {
+            0.0
+        } else {
+            ticks as f64 * TICK_NS / packets as f64
+        }
+    };
+    Run {
+        pps: if report.is_some() {
+            packets as f64 / elapsed
+        } else {
+            0.0
+        },
+        sender_pps: report.map_or(0.0, |r| r.pps()),
+        cpu_ns: per_packet(stat1.softirq - stat0.softirq),
+        sys_ns: per_packet(stat1.system - stat0.system),
+        legit_ms: {
+            latencies.sort_by(f64::total_cmp);
+            latencies[latencies.len() / 2]
+        },
+    }
+}
+
+/// Requests on one keep-alive connection, one every [`LEGIT_GAP`], until `stop` (or 60 s):
+/// the latency of each in milliseconds.
+fn legit_client(src: &str, stop: &AtomicBool) -> Vec<f64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stream = connect_from(
+        src,
+        AttackTopology::SERVER_V4,
+        LEGIT_PORT,
+        Duration::from_secs(5),
+    )
+    .expect("legitimate client connects");
+    let mut latencies = Vec::new();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let started = Instant::now();
+        let status = request(&mut stream, "GET", "/v2/images", "").expect("legitimate request");
+        assert_eq!(status, 200);
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+        thread::sleep(LEGIT_GAP);
+    }
+    latencies
+}
+
+/// `rx_packets` of `iface` in the calling thread's network namespace.
+fn rx_packets(iface: &str) -> u64 {
+    // /proc/thread-self: /proc/self/net would show the main thread's namespace.
+    let text = fs::read_to_string("/proc/thread-self/net/dev").expect("/proc/net/dev");
+    text.lines()
+        .find_map(|line| {
+            let (name, fields) = line.split_once(':')?;
+            (name.trim() == iface).then(|| {
+                fields
+                    .split_whitespace()
+                    .nth(1)
+                    .expect("rx_packets")
+                    .parse()
+                    .unwrap()
+            })
+        })
+        .unwrap_or_else(|| panic!("{iface} not in /proc/net/dev"))
+}
+
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    system: u64,
+    softirq: u64,
+}
+
+/// System and softirq time of all CPUs, in USER_HZ ticks.
+fn cpu_ticks() -> CpuTicks {
+    let text = fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let f: Vec<u64> = text
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq ...
+    CpuTicks {
+        system: f[2],
+        softirq: f[6],
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+fn print_table(cases: &[Case]) {
+    println!(
+        "{:<18} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10} {:>11}",
+        "case", "pps median", "pps min", "pps max", "ns/pkt", "sys ns", "legit p50", "sender pps"
+    );
+    for c in cases {
+        println!(
+            "{:<18} {:>11.0} {:>11.0} {:>11.0} {:>9.0} {:>9.0} {:>7.2} ms {:>11.0}",
+            c.name,
+            c.pps_median,
+            c.pps_min,
+            c.pps_max,
+            c.cpu_ns_per_pkt,
+            c.sys_ns_per_pkt,
+            c.legit_p50_ms,
+            c.sender_pps_median
+        );
+    }
+    let get = |name: &str| cases.iter().find(|c| c.name == name).unwrap();
+    let limiter = get("limiter-banned");
+    println!("\ntarget                                     ratio   target  met");
+    let ratios = [
+        (
+            "limiter-banned / xdp-drop-all (pps)",
+            limiter.pps_median / get("xdp-drop-all").pps_median,
+            0.8,
+            true,
+        ),
+        (
+            "limiter-banned / nft-meter (pps)",
+            limiter.pps_median / get("nft-meter").pps_median,
+            4.0,
+            true,
+        ),
+        (
+            "limiter-banned / stack (pps)",
+            limiter.pps_median / get("stack").pps_median,
+            15.0,
+            true,
+        ),
+        (
+            "legit p50 limiter-banned / no-flood",
+            limiter.legit_p50_ms / get("no-flood").legit_p50_ms,
+            1.5,
+            false,
+        ),
+        (
+            "legit p50 stack / no-flood (no limiter)",
+            get("stack").legit_p50_ms / get("no-flood").legit_p50_ms,
+            f64::NAN,
+            false,
+        ),
+    ];
+    for (what, ratio, target, at_least) in ratios {
+        let met = if target.is_nan() {
+            "-"
+        } else if (at_least && ratio >= target) || (!at_least && ratio <= target) {
+            "yes"
+        } else {
+            "NO"
+        };
+        let target = if target.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{}{target}", if at_least { ">=" } else { "<=" })
+        };
+        println!("{what:<42} {ratio:>6.2} {target:>8}  {met}");
+    }
+}
+
+fn write_report(cases: &[Case]) {
+    let dir = target_dir().join("bench");
+    fs::create_dir_all(&dir).expect("create target/bench");
+    let path = dir.join("flood.json");
+    let report = serde_json::json!({
+        "command": "cargo xtask bench",
+        "window_ms": WINDOW.as_millis() as u64,
+        "rounds": ROUNDS,
+        "cases": cases,
+    });
+    fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write flood.json");
+    println!("wrote {}", path.display());
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
