@@ -547,8 +547,9 @@ struct FileVersion {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileV1 {
-    #[allow(dead_code)] // checked through FileVersion
-    version: u64,
+    /// Present in the file (and so accepted here), but checked through [`FileVersion`].
+    #[serde(rename = "version")]
+    _version: u64,
     rules: Vec<StoredRule>,
 }
 

@@ -38,7 +38,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{programs::xdp::XdpMode, programs::Xdp, Ebpf};
 use limiter_common::Counter;
 use limiter_tests::{
     flood::{mac_of, Flood, Payload, Sources},
@@ -46,8 +45,7 @@ use limiter_tests::{
     netns::{AttackTopology, Netns},
 };
 use limiter_user::{
-    ebpf_objects,
-    loader::{Limiter, LoadOptions},
+    loader::{Baseline, Limiter, LoadOptions},
     rules::{compile, Action, KernelRule, Scope},
 };
 use serde::Serialize;
@@ -176,10 +174,14 @@ fn main() {
 /// are held for their `Drop`).
 enum Filter {
     None,
-    /// An XDP program attached through a bpf link; dropping the `Ebpf` detaches it.
-    Xdp(#[allow(dead_code)] Ebpf),
+    /// The empty dropping program, attached natively; dropping it detaches it.
+    Xdp {
+        _program: Baseline,
+    },
     Limiter(Limiter),
-    Nft(#[allow(dead_code)] NftTable),
+    Nft {
+        _table: NftTable,
+    },
 }
 
 impl Filter {
@@ -188,19 +190,13 @@ impl Filter {
         let banned = AttackTopology::ATTACKER_V4[0];
         match name {
             "no-flood" | "stack" => Filter::None,
-            "xdp-drop-all" => Filter::Xdp(topo.server.run(|| {
-                let mut ebpf = Ebpf::load(ebpf_objects::BASELINE).expect("load baseline");
-                let program: &mut Xdp = ebpf
-                    .program_mut("empty_drop")
-                    .expect("empty_drop")
-                    .try_into()
-                    .expect("an XDP program");
-                program.load().expect("load empty_drop");
-                program
-                    .attach(iface, XdpMode::Driver)
+            "xdp-drop-all" => {
+                let mut program = Baseline::load(Baseline::EMPTY_DROP).expect("load empty_drop");
+                topo.server
+                    .run(|| program.attach_native(iface))
                     .expect("attach empty_drop (native)");
-                ebpf
-            })),
+                Filter::Xdp { _program: program }
+            }
             "limiter-banned" => {
                 let mut limiter = Limiter::load(&LoadOptions {
                     source_capacity: 65_536,
@@ -227,7 +223,7 @@ impl Filter {
                 });
                 Filter::Limiter(limiter)
             }
-            "nft-ingress-set" => Filter::Nft(NftTable::new(
+            "nft-ingress-set" => Filter::Nft { _table: NftTable::new(
                 &topo.server,
                 "netdev",
                 &format!(
@@ -235,8 +231,8 @@ impl Filter {
                      chain ingress {{ type filter hook ingress device {iface} priority 0; policy accept;
                          ip saddr @banned drop; }}"
                 ),
-            )),
-            "nft-prerouting-set" => Filter::Nft(NftTable::new(
+            ) },
+            "nft-prerouting-set" => Filter::Nft { _table: NftTable::new(
                 &topo.server,
                 "inet",
                 &format!(
@@ -244,10 +240,10 @@ impl Filter {
                      chain prerouting {{ type filter hook prerouting priority raw; policy accept;
                          ip saddr @banned drop; }}"
                 ),
-            )),
+            ) },
             // A per-source rate limit, as an operator would write one: each source may open
             // 50 connections a second to the protected port; above that, drop.
-            "nft-meter" => Filter::Nft(NftTable::new(
+            "nft-meter" => Filter::Nft { _table: NftTable::new(
                 &topo.server,
                 "inet",
                 &format!(
@@ -255,7 +251,7 @@ impl Filter {
                      chain prerouting {{ type filter hook prerouting priority raw; policy accept;
                          tcp dport {FLOOD_PORT} tcp flags & (syn | ack) == syn update @persource {{ ip saddr limit rate over 50/second }} drop; }}"
                 ),
-            )),
+            ) },
             other => panic!("unknown case {other}"),
         }
     }

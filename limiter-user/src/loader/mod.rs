@@ -316,6 +316,18 @@ impl Baseline {
     pub fn time_run(&self, frame: &[u8], repeat: u32) -> Result<(Verdict, Duration), LoaderError> {
         run(program(&self.ebpf, self.name)?, frame, repeat)
     }
+
+    /// Attaches to `iface` in native mode only (a reference point must not fall back to
+    /// generic mode unnoticed); detached when dropped.
+    pub fn attach_native(&mut self, iface: &str) -> Result<(), LoaderError> {
+        program_mut(&mut self.ebpf, self.name)?
+            .attach(iface, XdpMode::Driver)
+            .map(drop)
+            .map_err(|source| LoaderError::Attach {
+                iface: iface.to_owned(),
+                source,
+            })
+    }
 }
 
 fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, LoaderError> {

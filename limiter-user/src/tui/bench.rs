@@ -135,12 +135,9 @@ pub fn decode_stats(sources: usize, iterations: u32) -> (usize, Timing) {
 /// into [`Stats`], instead of through the untagged [`Reply`] (which buffers the whole answer in
 /// serde's generic tree first). For comparison in the report; the client does not do this.
 pub fn decode_stats_typed(sources: usize, iterations: u32) -> Timing {
+    /// Only the result: serde skips `version` and `ok`.
     #[derive(serde::Deserialize)]
     struct TypedStats {
-        #[allow(dead_code)]
-        version: u32,
-        #[allow(dead_code)]
-        ok: bool,
         result: Option<Stats>,
     }
     let line = stats_line(sources);
@@ -155,21 +152,6 @@ pub fn decode_stats_typed(sources: usize, iterations: u32) -> Timing {
     })
 }
 
-/// Resident and peak resident memory of this process, in bytes (Linux), from
-/// /proc/self/status.
-pub fn resident_memory() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,70 +162,5 @@ mod tests {
         assert!(ingest_with_sources(1000, 2).mean > Duration::ZERO);
         let (bytes, _) = decode_stats(100, 1);
         assert!(bytes > 100 * 200, "{bytes}");
-    }
-
-    /// The numbers of docs/TUI.md: `cargo test --release -p limiter-user --lib
-    /// tui::bench::tests::report -- --ignored --nocapture`. Memory figures are the whole test
-    /// process, measured before and after holding 100k sources.
-    #[test]
-    #[ignore = "a measurement, run by hand in release"]
-    fn report() {
-        let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-        let before = resident_memory();
-        for sources in [10_000, 100_000] {
-            for (width, height) in [(80, 24), (200, 50)] {
-                let timing = frame_with_sources(sources, width, height, 200);
-                println!(
-                    "frame {sources} sources {width}x{height}: mean {:?} max {:?}",
-                    timing.mean, timing.max
-                );
-            }
-            let ingest = ingest_with_sources(sources, 10);
-            println!(
-                "ingest {sources} sources: mean {:?} max {:?}",
-                ingest.mean, ingest.max
-            );
-            let (bytes, decode) = decode_stats(sources, 5);
-            println!(
-                "decode stats {sources} sources: {:.1} MB JSON, mean {:?} max {:?}",
-                mb(bytes as u64),
-                decode.mean,
-                decode.max
-            );
-            let typed = decode_stats_typed(sources, 5);
-            println!(
-                "decode stats {sources} sources by op (no untagged Reply): mean {:?} max {:?}",
-                typed.mean, typed.max
-            );
-        }
-        let _ = before;
-    }
-
-    /// Memory of the state alone: run on its own (`... tui::bench::tests::memory -- --ignored
-    /// --nocapture`), since the allocator keeps what earlier tests freed.
-    #[test]
-    #[ignore = "a measurement, run by hand in release"]
-    fn memory() {
-        let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-        let before = resident_memory();
-        let app = fixtures::crowded_app(100_000, 200, 50);
-        let held = resident_memory();
-        let line = stats_line(100_000);
-        let decoded = decode_response(&line);
-        drop(line);
-        let with_answer = resident_memory();
-        drop(decoded);
-        if let (Some((rss0, _)), Some((rss1, _)), Some((rss2, peak))) = (before, held, with_answer)
-        {
-            println!(
-                "memory: {:.1} MB before; {:.1} MB holding 100k sources ({} histories); {:.1} MB \
-                 while a 100k-source answer is decoded; peak {:.1} MB",
-                mb(rss0),
-                mb(rss1),
-                app.histories.len(),
-                mb(rss2),
-                mb(peak)
-            );
-        }
     }
 }
