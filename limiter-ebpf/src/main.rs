@@ -111,10 +111,8 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         // SAFETY: a live map value; concurrent writers only touch it atomically or with
         // idempotent stores of the same cached verdict.
         let verdict = unsafe { cached_verdict(stats, &net.src, generation) };
-        let counter = match verdict.decide(now) {
-            Decision::Drop => return Ok((xdp_action::XDP_DROP, Counter::DropBlocked)),
-            Decision::PassAllowed => Counter::PassAllowed,
-            Decision::Pass => Counter::PassProtected,
+        let Some(counter) = verdict.pass_counter(now) else {
+            return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
         };
         add_in_place(stats, tcp.syn, class(), frame_bytes, now);
         return Ok((xdp_action::XDP_PASS, counter));
@@ -122,11 +120,9 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
 
     // A source not in the table: read its verdict from the tries.
     let verdict = rules::lookup(&net.src);
-    let counter = match verdict.decide(now) {
+    let Some(counter) = verdict.pass_counter(now) else {
         // Not inserted: a spoofed flood from a blocked prefix must not evict real sources.
-        Decision::Drop => return Ok((xdp_action::XDP_DROP, Counter::DropBlocked)),
-        Decision::PassAllowed => Counter::PassAllowed,
-        Decision::Pass => Counter::PassProtected,
+        return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
     };
     insert_source(
         &net.src,
@@ -140,24 +136,17 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     Ok((xdp_action::XDP_PASS, counter))
 }
 
-enum Decision {
-    Drop,
-    /// A block covers the source but an allow rule exempts it.
-    PassAllowed,
-    Pass,
-}
-
 impl Verdict {
+    /// The pass counter for this source's traffic to a protected port now, or `None` when it
+    /// is to be dropped (blocked, and no allow rule exempts it).
     #[inline(always)]
-    fn decide(&self, now: u64) -> Decision {
-        if now < self.blocked_until {
-            if now < self.allowed_until {
-                Decision::PassAllowed
-            } else {
-                Decision::Drop
-            }
+    fn pass_counter(&self, now: u64) -> Option<Counter> {
+        if now >= self.blocked_until {
+            Some(Counter::PassProtected)
+        } else if now < self.allowed_until {
+            Some(Counter::PassAllowed)
         } else {
-            Decision::Pass
+            None
         }
     }
 }
@@ -187,9 +176,9 @@ unsafe fn cached_verdict(stats: *mut SourceStats, src: &SourceAddr, generation: 
 #[inline(always)]
 fn port_unknown(net: &Network, pass_reason: Counter) -> Result<(u32, Counter), Counter> {
     let now = unsafe { bpf_jiffies64() };
-    match rules::lookup(&net.src).decide(now) {
-        Decision::Drop => Ok((xdp_action::XDP_DROP, Counter::DropBlocked)),
-        Decision::PassAllowed | Decision::Pass => Err(pass_reason),
+    match rules::lookup(&net.src).pass_counter(now) {
+        None => Ok((xdp_action::XDP_DROP, Counter::DropBlocked)),
+        Some(_) => Err(pass_reason),
     }
 }
 
