@@ -81,9 +81,14 @@ pub struct CompiledRules {
 }
 
 pub fn validate(rule: &KernelRule) -> Result<(), RuleError> {
-    if let IpNet::V6(v6) = rule.net {
-        if net::overlaps_ipv4_mapped(&v6) {
-            return Err(RuleError::OverlapsIpv4Mapped(rule.net));
+    validate_net(&rule.net)
+}
+
+/// Whether a prefix can be a rule at all, whatever its action (see [`RuleError`]).
+pub fn validate_net(net: &IpNet) -> Result<(), RuleError> {
+    if let IpNet::V6(v6) = net {
+        if net::overlaps_ipv4_mapped(v6) {
+            return Err(RuleError::OverlapsIpv4Mapped(*net));
         }
     }
     Ok(())

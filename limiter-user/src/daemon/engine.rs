@@ -140,16 +140,20 @@ impl Engine {
         let mut kernel_stale = !expired.is_empty();
 
         self.would_ban.retain(|(_, until)| *until > now);
-        let mut in_force = self.active_blocks(wall);
-        in_force.extend(self.would_ban.iter().map(|(net, _)| *net));
-        // Only sources with new activity can newly cross a threshold.
-        let active_rates: Vec<(IpAddr, Rates)> = active
-            .iter()
-            .filter_map(|(addr, _)| self.rates.rates(*addr).map(|r| (*addr, r)))
-            .collect();
-        let decisions = self
-            .policy
-            .evaluate(now, active_rates, &self.never_ban(wall), &in_force);
+        // Only sources with new activity can newly cross a threshold; with none, the never-ban
+        // set and the bans in force (both built from every rule) are not needed this poll.
+        let decisions = if active.is_empty() {
+            Vec::new()
+        } else {
+            let active_rates: Vec<(IpAddr, Rates)> = active
+                .iter()
+                .filter_map(|(addr, _)| self.rates.rates(*addr).map(|r| (*addr, r)))
+                .collect();
+            let mut in_force = self.active_blocks(wall);
+            in_force.extend(self.would_ban.iter().map(|(net, _)| *net));
+            self.policy
+                .evaluate(now, active_rates, &self.never_ban(wall), &in_force)
+        };
         if !decisions.is_empty() {
             kernel_stale |= self.carry_out(&decisions, wall)?;
             if self.config.mode == Mode::Monitor {
@@ -521,13 +525,7 @@ fn check_prefixes(prefixes: &[IpNet]) -> Result<(), (ErrorKind, String)> {
                 prefix.trunc()
             )));
         }
-        let probe = KernelRule {
-            net: *prefix,
-            action: Action::Block,
-            scope: Scope::ProtectedPorts,
-            expires: None,
-        };
-        rules::validate(&probe).map_err(|e| bad(e.to_string()))?;
+        rules::validate_net(prefix).map_err(|e| bad(e.to_string()))?;
     }
     Ok(())
 }

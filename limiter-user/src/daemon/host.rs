@@ -9,39 +9,10 @@ use std::{
 
 /// Every address configured on this network namespace's interfaces.
 pub fn own_addresses() -> Vec<IpAddr> {
-    let mut addrs = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return addrs;
-    }
-    let mut cursor = list;
-    while !cursor.is_null() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let entry = unsafe { &*cursor };
-        if !entry.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points at a sockaddr whose family says its real type.
-            let family = unsafe { (*entry.ifa_addr).sa_family } as i32;
-            match family {
-                libc::AF_INET => {
-                    // SAFETY: AF_INET means sockaddr_in.
-                    let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-                    addrs.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                        sin.sin_addr.s_addr,
-                    ))));
-                }
-                libc::AF_INET6 => {
-                    // SAFETY: AF_INET6 means sockaddr_in6.
-                    let sin6 = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
-                    addrs.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                }
-                _ => {}
-            }
-        }
-        cursor = entry.ifa_next;
-    }
-    // SAFETY: the list from getifaddrs above, freed once.
-    unsafe { libc::freeifaddrs(list) };
+    let mut addrs: Vec<IpAddr> = interface_entries()
+        .into_iter()
+        .filter_map(|(_, addr)| addr)
+        .collect();
     addrs.sort();
     addrs.dedup();
     addrs
@@ -50,26 +21,58 @@ pub fn own_addresses() -> Vec<IpAddr> {
 /// Names of this namespace's interfaces, for error messages.
 pub fn interface_names() -> Vec<String> {
     let mut names = Vec::new();
+    for (name, _) in interface_entries() {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// One `(interface, address)` per entry of `getifaddrs`: an interface appears once per
+/// address, and once with `None` for its link-layer entry.
+fn interface_entries() -> Vec<(String, Option<IpAddr>)> {
+    let mut entries = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: as in own_addresses.
+    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return names;
+        return entries;
     }
     let mut cursor = list;
     while !cursor.is_null() {
-        // SAFETY: a node of the list; ifa_name is a NUL-terminated string.
+        // SAFETY: a node of the list getifaddrs returned; ifa_name is NUL-terminated.
         let entry = unsafe { &*cursor };
         let name = unsafe { CStr::from_ptr(entry.ifa_name) }
             .to_string_lossy()
             .into_owned();
-        if !names.contains(&name) {
-            names.push(name);
-        }
+        entries.push((name, address_of(entry.ifa_addr)));
         cursor = entry.ifa_next;
     }
-    // SAFETY: freed once.
+    // SAFETY: the list from getifaddrs above, freed once.
     unsafe { libc::freeifaddrs(list) };
-    names
+    entries
+}
+
+fn address_of(sockaddr: *const libc::sockaddr) -> Option<IpAddr> {
+    if sockaddr.is_null() {
+        return None;
+    }
+    // SAFETY: a sockaddr from getifaddrs; its family says its real type.
+    match unsafe { (*sockaddr).sa_family } as i32 {
+        libc::AF_INET => {
+            // SAFETY: AF_INET means sockaddr_in.
+            let sin = unsafe { &*(sockaddr as *const libc::sockaddr_in) };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: AF_INET6 means sockaddr_in6.
+            let sin6 = unsafe { &*(sockaddr as *const libc::sockaddr_in6) };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
 }
 
 /// The interface of the IPv4 default route, else of the IPv6 one.
