@@ -577,47 +577,53 @@ impl Daemon {
 
     /// `limiter detach --pin-dir <this daemon's>`: the program leaves the interfaces.
     pub fn detach(&self) -> Output {
-        Command::new(&self.binary)
-            .arg("detach")
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .env_remove("LIMITER_LOG")
-            .output()
-            .expect("run limiter detach")
+        run_detach(&self.binary, &self.pin_dir)
+    }
+}
+
+fn run_detach(binary: &Path, pin_dir: &Path) -> Output {
+    Command::new(binary)
+        .arg("detach")
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .env_remove("LIMITER_LOG")
+        .output()
+        .expect("run limiter detach")
+}
+
+/// For guards of daemons the test kit did not start itself: `limiter detach` on `pin_dir`,
+/// then a check that the pins are gone. A failure panics, or only warns while the test is
+/// already panicking (a second panic would abort the whole test binary).
+pub fn detach_and_check(binary: &Path, pin_dir: &Path) {
+    let detach = run_detach(binary, pin_dir);
+    let problem = if !detach.status.success() {
+        Some(format!(
+            "limiter detach --pin-dir {} failed: {}",
+            pin_dir.display(),
+            String::from_utf8_lossy(&detach.stderr)
+        ))
+    } else if pin_dir.exists() {
+        Some(format!("{} is still there after detach", pin_dir.display()))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) if thread::panicking() => eprintln!("warning: {problem}"),
+        Some(problem) => panic!("{problem}"),
+        None => {}
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-        let detach = self.detach();
-        let panicking = thread::panicking();
-        if panicking {
+        if thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             eprintln!("--- daemon log (last lines) ---\n{}", tail.join("\n"));
         }
-        let problem = if !detach.status.success() {
-            Some(format!(
-                "limiter detach --pin-dir {} failed: {}",
-                self.pin_dir.display(),
-                String::from_utf8_lossy(&detach.stderr)
-            ))
-        } else if self.pin_dir.exists() {
-            Some(format!(
-                "{} is still there after detach",
-                self.pin_dir.display()
-            ))
-        } else {
-            None
-        };
-        match problem {
-            // A second panic while unwinding would abort the whole test binary.
-            Some(problem) if panicking => eprintln!("warning: {problem}"),
-            Some(problem) => panic!("{problem}"),
-            None => {}
-        }
+        detach_and_check(&self.binary, &self.pin_dir);
     }
 }
 

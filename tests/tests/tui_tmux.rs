@@ -24,7 +24,7 @@ use std::{
 };
 
 use limiter_tests::{
-    daemon::{host_prefix, limiter_binary, DaemonSetup},
+    daemon::{detach_and_check, host_prefix, limiter_binary, DaemonSetup},
     http::{
         connect_from, connection_flood, periodic_requests, FloodLimits, FloodLog, StandInServer,
         StopOnDrop, FLOOD_CONNECT_TIMEOUT,
@@ -475,32 +475,7 @@ impl Drop for TuiDaemon {
         if panicking {
             eprintln!("--- daemon log ---\n{}", self.log());
         }
-        let detach = Command::new(limiter_binary())
-            .arg("detach")
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .env_remove("LIMITER_LOG")
-            .output()
-            .expect("run limiter detach");
-        let problem = if !detach.status.success() {
-            Some(format!(
-                "limiter detach --pin-dir {} failed: {}",
-                self.pin_dir.display(),
-                String::from_utf8_lossy(&detach.stderr)
-            ))
-        } else if self.pin_dir.exists() {
-            Some(format!(
-                "{} is still there after detach",
-                self.pin_dir.display()
-            ))
-        } else {
-            None
-        };
-        match problem {
-            Some(problem) if panicking => eprintln!("warning: {problem}"),
-            Some(problem) => panic!("{problem}"),
-            None => {}
-        }
+        detach_and_check(&limiter_binary(), &self.pin_dir);
     }
 }
 
