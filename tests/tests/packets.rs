@@ -1709,6 +1709,19 @@ fn an_expired_allow_no_longer_exempts() {
     h.drops(&Packet::syn("198.51.100.7", 22).build(), DropBlockedAnyPort);
 }
 
+/// A host rule whose deadline equals its covering prefix's must still be written: once the
+/// prefix is removed, it alone keeps the host blocked. (A trie lookup answers for an absent
+/// host with the prefix's value, which once made the sync skip writing it.)
+#[test]
+fn removing_a_prefix_keeps_a_host_rule_inside_it() {
+    limiter_tests::require_kernel!();
+    let mut h = Harness::new();
+    h.apply(&[block("198.51.100.0/24"), block("198.51.100.7/32")]);
+    h.drops(&Packet::syn("198.51.100.7", GLANCE).build(), DropBlocked);
+    h.apply(&[block("198.51.100.7/32")]);
+    h.drops(&Packet::syn("198.51.100.7", GLANCE).build(), DropBlocked);
+}
+
 #[test]
 fn an_expired_narrow_rule_does_not_hide_a_live_broader_one() {
     limiter_tests::require_kernel!();

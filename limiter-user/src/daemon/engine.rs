@@ -408,8 +408,7 @@ impl Engine {
                 net_blocks.push(rule);
             }
         }
-        let mut sources: Vec<(IpAddr, Rates)> = self.rates.iter().collect();
-        sources.sort_by(|(a_addr, a), (b_addr, b)| {
+        let busiest_first = |(a_addr, a): &(IpAddr, Rates), (b_addr, b): &(IpAddr, Rates)| {
             b.image_creates_last_minute
                 .cmp(&a.image_creates_last_minute)
                 .then(
@@ -418,10 +417,21 @@ impl Engine {
                 )
                 .then(b.packets_per_second.total_cmp(&a.packets_per_second))
                 .then(a_addr.cmp(b_addr))
-        });
+        };
+        let mut sources: Vec<(IpAddr, Rates)> = self.rates.iter().collect();
+        // Only the busiest `top` are sorted: a partial selection first, so a screen asking for
+        // 10,000 of 100,000 sources every second does not sort them all on the engine thread.
+        if let Some(top) = top.filter(|top| *top < sources.len()) {
+            if top == 0 {
+                sources.clear();
+            } else {
+                sources.select_nth_unstable_by(top - 1, busiest_first);
+                sources.truncate(top);
+            }
+        }
+        sources.sort_by(busiest_first);
         let views = sources
             .into_iter()
-            .take(top.unwrap_or(usize::MAX))
             .map(|(address, rates)| {
                 let covering: Vec<&StoredRule> = host_blocks
                     .get(&address)

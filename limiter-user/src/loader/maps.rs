@@ -1,6 +1,9 @@
 //! Typed access to the program's maps. The only place that knows map names and value layouts.
 
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use aya::{
     maps::{
@@ -108,13 +111,19 @@ pub(super) fn write_port_bitmap(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), Lo
     Ok(())
 }
 
-pub(super) fn apply_rules(ebpf: &mut Ebpf, rules: &CompiledRules) -> Result<(), LoaderError> {
+/// `previous`: what the last successful call wrote, if this process made it (the tries then
+/// hold exactly that, so the difference is computed in memory); `None` reads the tries.
+pub(super) fn apply_rules(
+    ebpf: &mut Ebpf,
+    rules: &CompiledRules,
+    previous: Option<&CompiledRules>,
+) -> Result<(), LoaderError> {
     // Raise the "all ports" switch before the entries that need it, lower it after.
     if rules.any_port_rules {
         set_config_flag(ebpf, CONFIG_ANY_PORT_RULES, true)?;
     }
-    sync_trie::<BlockRule>(ebpf, BLOCK_MAP, &rules.block)?;
-    sync_trie::<AllowRule>(ebpf, ALLOW_MAP, &rules.allow)?;
+    sync_trie::<BlockRule>(ebpf, BLOCK_MAP, &rules.block, previous.map(|p| &p.block))?;
+    sync_trie::<AllowRule>(ebpf, ALLOW_MAP, &rules.allow, previous.map(|p| &p.allow))?;
     if !rules.any_port_rules {
         set_config_flag(ebpf, CONFIG_ANY_PORT_RULES, false)?;
     }
@@ -126,17 +135,35 @@ pub(super) fn apply_rules(ebpf: &mut Ebpf, rules: &CompiledRules) -> Result<(), 
 fn sync_trie<V: Pod + PartialEq>(
     ebpf: &mut Ebpf,
     name: &'static str,
-    wanted: &std::collections::BTreeMap<TrieKey, V>,
+    wanted: &BTreeMap<TrieKey, V>,
+    previous: Option<&BTreeMap<TrieKey, V>>,
 ) -> Result<(), LoaderError> {
     let mut trie: LpmTrie<&mut MapData, [u8; 16], V> =
         LpmTrie::try_from(map_mut(ebpf, name)?).map_err(map_err(name, "open"))?;
-    let present: Vec<Key<[u8; 16]>> = trie
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(map_err(name, "list keys"))?;
+    let present: Vec<Key<[u8; 16]>> = match previous {
+        Some(previous) => previous
+            .keys()
+            .map(|&(prefix_len, addr)| Key::new(prefix_len, addr))
+            .collect(),
+        None => trie
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(name, "list keys"))?,
+    };
+    let present_set: BTreeSet<TrieKey> = present
+        .iter()
+        .map(|key| (key.prefix_len(), key.data()))
+        .collect();
     for (&(prefix_len, addr), value) in wanted {
         let key = Key::new(prefix_len, addr);
-        if trie.get(&key, 0).ok().as_ref() != Some(value) {
+        // A trie lookup is a longest-prefix match: it answers for an absent prefix with the
+        // value of one covering it. Only a prefix known to be present may be compared.
+        let current = match previous {
+            Some(previous) => previous.get(&(prefix_len, addr)).copied(),
+            None if present_set.contains(&(prefix_len, addr)) => trie.get(&key, 0).ok(),
+            None => None,
+        };
+        if current.as_ref() != Some(value) {
             trie.insert(&key, value, 0)
                 .map_err(map_err(name, "insert"))?;
         }

@@ -135,6 +135,9 @@ pub struct Limiter {
     attachments: Vec<(String, AttachMode)>,
     /// Set by [`Limiter::load_pinned`]: maps and attachments live under this bpffs directory.
     pin_dir: Option<PathBuf>,
+    /// What the last successful [`Limiter::apply_rules`] wrote: the tries hold exactly this
+    /// (one daemon owns them), so the next call diffs in memory instead of reading them back.
+    applied: Option<CompiledRules>,
 }
 
 impl Limiter {
@@ -163,6 +166,7 @@ impl Limiter {
             ebpf,
             attachments: Vec::new(),
             pin_dir: None,
+            applied: None,
         })
     }
 
@@ -270,7 +274,11 @@ impl Limiter {
     /// less protection than either state; then the rules generation is bumped so sources'
     /// cached verdicts are re-read.
     pub fn apply_rules(&mut self, rules: &CompiledRules) -> Result<(), LoaderError> {
-        maps::apply_rules(&mut self.ebpf, rules)
+        // After a failure the tries' contents are unknown: read them next time.
+        let previous = self.applied.take();
+        maps::apply_rules(&mut self.ebpf, rules, previous.as_ref())?;
+        self.applied = Some(rules.clone());
+        Ok(())
     }
 
     /// Every source in the per-source table.
