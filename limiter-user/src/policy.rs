@@ -376,6 +376,15 @@ impl Violation {
     fn severity(&self) -> f64 {
         self.observed / f64::from(self.threshold)
     }
+
+    /// The worse of two; the first on a tie, so earlier metrics (and sources) win ties.
+    fn worse(first: Violation, second: Violation) -> Violation {
+        if second.severity() > first.severity() {
+            second
+        } else {
+            first
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -477,11 +486,7 @@ impl Policy {
                     threshold,
                 })
             })
-            // A later metric wins only when strictly worse: ties keep the first in `ALL`.
-            .fold(None, |worst: Option<Violation>, candidate| match worst {
-                Some(w) if w.severity() >= candidate.severity() => Some(w),
-                _ => Some(candidate),
-            })
+            .reduce(Violation::worse)
     }
 
     fn aggregate_prefix(&self, addr: IpAddr, never_ban: &NeverBan) -> Option<IpNet> {
@@ -573,9 +578,13 @@ impl Policy {
         );
         let worst = members
             .iter()
-            .fold(None, |worst: Option<&Offender>, candidate| match worst {
-                Some(w) if w.violation.severity() >= candidate.violation.severity() => Some(w),
-                _ => Some(candidate),
+            // Ties keep the first, as in `Violation::worse`.
+            .reduce(|a, b| {
+                if b.violation.severity() > a.violation.severity() {
+                    b
+                } else {
+                    a
+                }
             })
             .expect("an aggregate has at least one current offender");
         let longest_window = members
