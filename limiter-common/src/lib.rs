@@ -130,6 +130,32 @@ pub struct Config {
     pub rules_generation: u64,
 }
 
+/// The flood benchmark's sender (`flood_tx`, a test-and-benchmark program, not part of the
+/// product): what it writes into each frame it redirects. Single-entry array
+/// [`FLOOD_TX_CONFIG_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FloodTxConfig {
+    /// The interface the frames are redirected to (in the sender's namespace).
+    pub ifindex: u32,
+    /// 4 or 6: where the source address and the checksums sit in the frame.
+    pub family: u32,
+    /// The sources are the frame's source address with its last 32 bits replaced by
+    /// `first_low + i`, `i` in `0..count` (host order).
+    pub first_low: u32,
+    pub count: u32,
+    /// One's-complement sums (unfolded) of the IPv4 header and of the TCP pseudo-header and
+    /// segment, with their checksum fields and the varying 32 source bits zeroed: the program
+    /// adds the source and folds, so every frame carries correct checksums.
+    pub ip_sum: u32,
+    pub tcp_sum: u32,
+}
+
+/// The flood sender's configuration map.
+pub const FLOOD_TX_CONFIG_MAP: &str = "FLOOD_TX_CONFIG";
+/// The flood sender's program.
+pub const FLOOD_TX_PROGRAM: &str = "flood_tx";
+
 /// Some block rule has scope "all ports": traffic to other ports must consult the block trie.
 /// Clear, it lets such traffic skip the lookup entirely.
 pub const CONFIG_ANY_PORT_RULES: u32 = 1;
@@ -225,6 +251,7 @@ mod user {
     unsafe impl aya::Pod for BlockRule {}
     unsafe impl aya::Pod for AllowRule {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FloodTxConfig {}
 }
 
 #[cfg(test)]

@@ -5,3 +5,7 @@ pub static LIMITER: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Do-nothing reference programs (`empty_pass`, `empty_drop`) that benchmarks measure against.
 pub static BASELINE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
+
+/// The flood benchmark's sender (`flood_tx`): redirects live test-run frames into a veth.
+/// Test and benchmark tooling; the daemon never loads it.
+pub static FLOOD_TX: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flood_tx"));

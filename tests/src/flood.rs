@@ -3,25 +3,24 @@
 //! over up to a million addresses (IPv4 or IPv6). Every run stops at a packet count AND a
 //! deadline, whichever comes first, or earlier when its stop flag is raised.
 //!
-//! Mechanism: an `AF_PACKET` raw socket bound to the client's veth, with
-//! `PACKET_QDISC_BYPASS` (frames go straight to the driver's `ndo_start_xmit`, no qdisc, no
-//! routing, no neighbour lookup) and `sendmmsg` batches of prebuilt frames (one syscall per
-//! [`BATCH`] frames). It is the fastest sender that is simple and robust here:
-//! - a veth transmit hands the frame to its peer's receive path in the same call, so the
-//!   sender's per-frame cost is an skb allocation and a copy of 60–120 bytes; batches take
-//!   the syscall cost off the path;
-//! - spoofed sources need no address on the interface and no neighbour entry;
-//! - it works whatever is attached on the receiving side (XDP, nftables, nothing), which the
-//!   side-by-side comparisons need.
+//! Two senders ([`Sender`]):
+//! - [`Sender::XdpLiveFrames`], the fast one: `BPF_PROG_TEST_RUN` in live-frames mode runs
+//!   the `flood_tx` program (limiter-ebpf/src/flood_tx.rs) on a page-pool frame, which
+//!   rewrites the source and checksums and redirects the frame into the sender's veth. The
+//!   peer receives it as an XDP frame: no skb, no socket, no copy on the way. The receiving
+//!   veth must run NAPI (an XDP program attached, or GRO on: [`crate::napi`]), or the frames
+//!   are refused. Sources: fixed or a range.
+//! - [`Sender::PacketSocket`]: an `AF_PACKET` raw socket bound to the veth, with
+//!   `PACKET_QDISC_BYPASS` and `sendmmsg` batches of prebuilt frames. Slower (an skb and a
+//!   copy per frame, and XDP on the receiving veth then copies each skb into a page of its
+//!   own), but it delivers to any receiver and takes any set of sources.
 //!
-//! `BPF_PROG_TEST_RUN`'s XDP live-frames mode (`XDP_TX`/`XDP_REDIRECT` from a program in the
-//! sender into the veth) skips the skb allocation and reaches a higher rate, but needs a
-//! redirecting program of its own and a ring of page-pool frames; left for later (issue 5).
-//! `AF_XDP` on a veth runs in copy mode only, no faster than this.
+//! `AF_XDP` on a veth runs in copy mode only, no faster than the packet socket.
 //!
 //! Addresses: the callers pass documentation addresses only (`198.51.100.0/24`,
 //! `203.0.113.0/24`, `2001:db8::/32`); [`Flood::run`] refuses anything else, as source or
-//! destination.
+//! destination. A range is at most [`MAX_SOURCES`] long and both its ends are checked, so an
+//! IPv4 range stays inside one of the /24s (a million sources means IPv6).
 
 use std::{
     ffi::CString,
@@ -36,12 +35,24 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    Ebpf,
+};
+use limiter_common::{FloodTxConfig, FLOOD_TX_CONFIG_MAP, FLOOD_TX_PROGRAM};
+
 use crate::{frames::Packet, netns::Netns};
 
 /// Frames per `sendmmsg` call.
 pub const BATCH: usize = 64;
 /// The most addresses one flood rotates over.
 pub const MAX_SOURCES: u32 = 1 << 20;
+/// Frames in the first live-frames test run. Each run costs a fixed ~10–30 ms in the kernel
+/// (it swaps the program into the XDP dispatcher and out again, each with an RCU grace
+/// period), so later runs are sized to last about [`LIVE_CALL`], but never past the deadline.
+const LIVE_CHUNK_FIRST: u64 = 16_384;
+const LIVE_CALL: Duration = Duration::from_millis(100);
 /// Above this many sources the frames are not all prebuilt: a ring of [`BATCH`] frames is
 /// patched (source address and checksums) before each batch.
 const PREBUILT_LIMIT: usize = 4096;
@@ -54,6 +65,15 @@ pub enum Payload {
     /// An ACK+PSH segment carrying `POST /v2/images`: what the program classifies as an image
     /// create.
     ImageCreate,
+}
+
+/// How the frames are put on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// `BPF_PROG_TEST_RUN` live frames redirected into the veth (the fast one).
+    XdpLiveFrames,
+    /// An `AF_PACKET` socket with `sendmmsg`.
+    PacketSocket,
 }
 
 /// The sources the flood rotates over.
@@ -105,6 +125,9 @@ pub struct Flood {
     pub sources: Sources,
     pub max_packets: u64,
     pub max_duration: Duration,
+    pub sender: Sender,
+    /// Runs the sender on this CPU only (so a receiver pinned elsewhere has its own).
+    pub cpu: Option<usize>,
 }
 
 /// What a flood did.
@@ -115,6 +138,8 @@ pub struct FloodReport {
     /// `ENOBUFS` and the like: frames the kernel refused at the socket.
     pub refused: u64,
     pub elapsed: Duration,
+    /// CPU time of the sending thread over the run.
+    pub cpu: Duration,
 }
 
 impl FloodReport {
@@ -126,6 +151,21 @@ impl FloodReport {
 impl Flood {
     /// Sends until `max_packets` frames went out, `max_duration` passed or `stop` is raised.
     pub fn run(&self, stop: &AtomicBool) -> io::Result<FloodReport> {
+        self.check();
+        if let Some(cpu) = self.cpu {
+            crate::napi::pin_to_cpu(0, cpu)?;
+        }
+        let cpu_before = crate::napi::own_thread_cpu()?;
+        let mut report = match self.sender {
+            Sender::XdpLiveFrames => self.run_live_frames(stop),
+            Sender::PacketSocket => self.run_packet_socket(stop),
+        }?;
+        report.cpu = crate::napi::own_thread_cpu()? - cpu_before;
+        Ok(report)
+    }
+
+    /// The bounds and the address rules; a violation is a bug in the caller.
+    fn check(&self) {
         assert!(self.max_packets > 0 && !self.max_duration.is_zero());
         let count = self.sources.len();
         assert!(
@@ -146,7 +186,46 @@ impl Flood {
                 .iter()
                 .all(|a| is_documentation(*a) && a.is_ipv4() == self.dst.is_ipv4()));
         }
+    }
 
+    fn run_live_frames(&self, stop: &AtomicBool) -> io::Result<FloodReport> {
+        let (first, count) = match &self.sources {
+            Sources::Fixed(a) => (*a, 1),
+            Sources::Range { first, count } => (*first, *count),
+            Sources::Set(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the live-frames sender rotates over a range of sources, not a set",
+                ))
+            }
+        };
+        let frame = self.frame(first, 0);
+        let ifindex = interface_index(&self.iface)?;
+        let mut sender = LiveSender::load(live_config(&frame, ifindex, count))?;
+
+        let started = Instant::now();
+        let mut report = FloodReport::default();
+        let mut chunk = LIVE_CHUNK_FIRST;
+        while report.sent < self.max_packets
+            && !stop.load(Ordering::Relaxed)
+            && started.elapsed() < self.max_duration
+        {
+            let repeat = (self.max_packets - report.sent).min(chunk);
+            let call = Instant::now();
+            sender.send(&frame, repeat as u32)?;
+            report.sent += repeat;
+            chunk = next_live_chunk(
+                repeat,
+                call.elapsed(),
+                self.max_duration - started.elapsed().min(self.max_duration),
+            );
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    fn run_packet_socket(&self, stop: &AtomicBool) -> io::Result<FloodReport> {
+        let count = self.sources.len();
         let socket = PacketSocket::bind(&self.iface)?;
         let prebuilt = count as usize <= PREBUILT_LIMIT;
         let mut frames: Vec<Vec<u8>> = if prebuilt {
@@ -298,6 +377,148 @@ pub fn mac_of(iface: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// The next live-frames run: about [`LIVE_CALL`] at the rate the last one reached, and no
+/// longer than the time left.
+fn next_live_chunk(sent: u64, took: Duration, left: Duration) -> u64 {
+    let rate = sent as f64 / took.as_secs_f64().max(1e-6);
+    let want = rate * LIVE_CALL.min(left).as_secs_f64();
+    (want as u64).clamp(1024, u64::from(u32::MAX))
+}
+
+fn interface_index(iface: &str) -> io::Result<u32> {
+    let name = CString::new(iface).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
+/// The `flood_tx` program, loaded and configured; unloaded when dropped.
+///
+/// A live-frames test run puts its program into the kernel's XDP dispatcher and takes it out
+/// again, each with an RCU grace period (10–30 ms here), unless the program is already there
+/// because it is attached somewhere. So it is attached, natively, to one end of an idle veth
+/// pair of its own (down, no addresses: it never runs there), and every run starts at once.
+struct LiveSender {
+    // Field order is drop order: detach (with the program) before deleting the pair.
+    ebpf: Ebpf,
+    _anchor: AnchorPair,
+}
+
+/// A veth pair in the calling thread's namespace, deleted on drop.
+struct AnchorPair {
+    name: String,
+}
+
+impl AnchorPair {
+    /// Children of a thread inherit its network namespace, so `ip` runs where the caller is.
+    fn new() -> io::Result<Self> {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let name = format!("fltx{tid}");
+        let status = std::process::Command::new("ip")
+            .args(["link", "add", &name, "type", "veth", "peer", "name"])
+            .arg(format!("{name}p"))
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "could not create veth pair {name}"
+            )));
+        }
+        Ok(AnchorPair { name })
+    }
+}
+
+impl Drop for AnchorPair {
+    fn drop(&mut self) {
+        let deleted = std::process::Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+        if !matches!(deleted, Ok(s) if s.success()) {
+            eprintln!("warning: could not delete veth pair {}", self.name);
+        }
+    }
+}
+
+impl LiveSender {
+    fn load(config: FloodTxConfig) -> io::Result<Self> {
+        let mut ebpf =
+            Ebpf::load(limiter_user::ebpf_objects::FLOOD_TX).map_err(io::Error::other)?;
+        let mut map: Array<_, FloodTxConfig> = Array::try_from(
+            ebpf.map_mut(FLOOD_TX_CONFIG_MAP)
+                .ok_or_else(|| io::Error::other("flood_tx has no config map"))?,
+        )
+        .map_err(io::Error::other)?;
+        map.set(0, config, 0).map_err(io::Error::other)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(FLOOD_TX_PROGRAM)
+            .ok_or_else(|| io::Error::other("flood_tx program missing"))?
+            .try_into()
+            .map_err(io::Error::other)?;
+        program.load().map_err(io::Error::other)?;
+        let anchor = AnchorPair::new()?;
+        program
+            .attach(&anchor.name, XdpMode::Driver)
+            .map_err(io::Error::other)?;
+        Ok(LiveSender {
+            ebpf,
+            _anchor: anchor,
+        })
+    }
+
+    /// Runs the program `repeat` times on live copies of `frame`: each run sends one frame.
+    fn send(&mut self, frame: &[u8], repeat: u32) -> io::Result<()> {
+        let program: &Xdp = self
+            .ebpf
+            .program(FLOOD_TX_PROGRAM)
+            .ok_or_else(|| io::Error::other("flood_tx program missing"))?
+            .try_into()
+            .map_err(io::Error::other)?;
+        // Batch 0: the kernel's default (64 frames between flushes).
+        let attrs = TestRunAttrs::new().xdp_live_frames(0);
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                attrs,
+                ..TestRunOptions::new()
+            })
+            .map(drop)
+            .map_err(io::Error::other)
+    }
+}
+
+/// What `flood_tx` needs to rotate the source of `frame` (built by [`Flood::frame`]) over
+/// `count` addresses and keep its checksums right.
+fn live_config(frame: &[u8], ifindex: u32, count: u32) -> FloodTxConfig {
+    let mut scratch = frame.to_vec();
+    let ipv4 = u16::from_be_bytes([frame[12], frame[13]]) == 0x0800;
+    let (src_low, l4) = if ipv4 { (26, 34) } else { (34, 54) };
+    let first_low = u32::from_be_bytes(frame[src_low..src_low + 4].try_into().unwrap());
+    scratch[src_low..src_low + 4].fill(0);
+    scratch[l4 + 16..l4 + 18].fill(0);
+    let (ip_sum, pseudo) = if ipv4 {
+        scratch[24..26].fill(0);
+        let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+        (
+            add(0, &scratch[14..34]),
+            add(0, &scratch[26..34]) + 6 + (total - 20) as u32,
+        )
+    } else {
+        let len = u32::from(u16::from_be_bytes([frame[18], frame[19]]));
+        (0, add(0, &scratch[22..54]) + 6 + len)
+    };
+    FloodTxConfig {
+        ifindex,
+        family: if ipv4 { 4 } else { 6 },
+        first_low,
+        count,
+        ip_sum,
+        tcp_sum: add(pseudo, &scratch[l4..]),
+    }
+}
+
 /// An `AF_PACKET` socket bound to one interface for sending only.
 struct PacketSocket {
     fd: OwnedFd,
@@ -305,12 +526,7 @@ struct PacketSocket {
 
 impl PacketSocket {
     fn bind(iface: &str) -> io::Result<Self> {
-        let name = CString::new(iface).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let index = interface_index(iface)?;
         // Protocol 0: this socket receives nothing, so it costs the receive path nothing.
         // SAFETY: plain socket(2).
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -442,6 +658,63 @@ mod tests {
             sources,
             max_packets: 1,
             max_duration: Duration::from_secs(1),
+            sender: Sender::PacketSocket,
+            cpu: None,
+        }
+    }
+
+    /// What the BPF sender computes, done here: the source's last 32 bits and both checksums.
+    fn as_flood_tx_would(frame: &[u8], config: &FloodTxConfig, i: u32) -> Vec<u8> {
+        let fold3 = |partial: u32, low: u32| {
+            let mut sum = u64::from(partial) + u64::from(low >> 16) + u64::from(low & 0xffff);
+            for _ in 0..3 {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            (!(sum as u16)).to_be_bytes()
+        };
+        let low = config.first_low.wrapping_add(i % config.count);
+        let mut out = frame.to_vec();
+        if config.family == 4 {
+            out[26..30].copy_from_slice(&low.to_be_bytes());
+            out[24..26].copy_from_slice(&fold3(config.ip_sum, low));
+            out[50..52].copy_from_slice(&fold3(config.tcp_sum, low));
+        } else {
+            out[34..38].copy_from_slice(&low.to_be_bytes());
+            out[70..72].copy_from_slice(&fold3(config.tcp_sum, low));
+        }
+        out
+    }
+
+    #[test]
+    fn live_frames_config_yields_the_patched_frames() {
+        for (first, dst, payload) in [
+            ("198.51.100.2", "203.0.113.1", Payload::Syn),
+            ("198.51.100.2", "203.0.113.1", Payload::ImageCreate),
+            ("2001:db8:1::", "2001:db8:100::1", Payload::Syn),
+            ("2001:db8:1::", "2001:db8:100::1", Payload::ImageCreate),
+        ] {
+            let count = if first.contains(':') {
+                MAX_SOURCES
+            } else {
+                200
+            };
+            let mut f = flood(
+                Sources::Range {
+                    first: first.parse().unwrap(),
+                    count,
+                },
+                dst,
+            );
+            f.payload = payload;
+            let frame = f.frame(f.sources.get(0), 0);
+            let config = live_config(&frame, 7, count);
+            for i in [0, 1, 77, count - 1, count] {
+                let patched = as_flood_tx_would(&frame, &config, i);
+                assert!(verifies(&patched), "{first} #{i}");
+                let mut expected = frame.clone();
+                set_source(&mut expected, f.sources.get(i % count));
+                assert_eq!(patched, expected, "{first} #{i}");
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub mod flood;
 pub mod frames;
 pub mod glance;
 pub mod http;
+pub mod napi;
 pub mod netns;
 pub mod privilege;
 pub mod reference;

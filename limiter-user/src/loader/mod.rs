@@ -301,6 +301,29 @@ impl Limiter {
     pub fn counters(&self) -> Result<Counters, LoaderError> {
         maps::read_counters(&self.ebpf)
     }
+
+    /// The kernel's run statistics of the XDP program (zero unless BPF stats are enabled:
+    /// `aya::sys::enable_stats`).
+    pub fn run_stats(&self) -> Result<RunStats, LoaderError> {
+        run_stats(program(&self.ebpf, PROGRAM_NAME)?, PROGRAM_NAME)
+    }
+}
+
+/// Time spent in a program and how many times it ran, as the kernel counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub run_time: Duration,
+    pub run_count: u64,
+}
+
+fn run_stats(program: &Xdp, name: &'static str) -> Result<RunStats, LoaderError> {
+    let info = program
+        .info()
+        .map_err(|source| LoaderError::Program { name, source })?;
+    Ok(RunStats {
+        run_time: info.run_time(),
+        run_count: info.run_count(),
+    })
 }
 
 /// Do-nothing programs (`empty_pass`, `empty_drop`) to measure against.
@@ -323,6 +346,11 @@ impl Baseline {
 
     pub fn time_run(&self, frame: &[u8], repeat: u32) -> Result<(Verdict, Duration), LoaderError> {
         run(program(&self.ebpf, self.name)?, frame, repeat)
+    }
+
+    /// See [`Limiter::run_stats`].
+    pub fn run_stats(&self) -> Result<RunStats, LoaderError> {
+        run_stats(program(&self.ebpf, self.name)?, self.name)
     }
 
     /// Attaches to `iface` in native mode only (a reference point must not fall back to
