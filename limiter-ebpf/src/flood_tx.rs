@@ -51,8 +51,12 @@ pub fn flood_tx(ctx: XdpContext) -> u32 {
         *sequence = i.wrapping_add(1);
         i
     };
-    let count = if config.count == 0 { 1 } else { config.count };
-    let low = config.first_low.wrapping_add((i % u64::from(count)) as u32);
+    let count = u64::from(config.count);
+    // Each pass over the range starts one source later: frames the receiving ring drops
+    // fall at the same positions of every pass (its batches repeat with the range), and
+    // without the shift the same sources would never arrive.
+    let index = (i + i / count) % count;
+    let low = config.first_low.wrapping_add(index as u32);
     let written = if config.family == 6 {
         write_u32(&ctx, V6_SRC_LOW, low)
             && write_u16(&ctx, V6_TCP_CHECKSUM, checksum(config.tcp_sum, low))

@@ -50,7 +50,8 @@ use limiter_tests::{
     flood::{mac_of, Flood, Payload, Sender, Sources},
     http::{connect_from, request, StandInServer},
     napi,
-    netns::{AttackTopology, Netns},
+    netns::{rx_packets, AttackTopology, Netns},
+    summary::{max, median, min},
 };
 use limiter_user::{
     loader::{Baseline, Limiter, LoadOptions, RunStats},
@@ -186,7 +187,7 @@ fn main() {
     for round in 0..ROUNDS {
         for (i, (name, attack)) in CASES.iter().enumerate() {
             let filter = Filter::install(name, &topo);
-            let napi_threads = pin_napi(server_iface, receiver_cpu);
+            let napi_threads = napi::pin_receiver(server_iface, receiver_cpu);
             let run = measure(&topo, flood_for(*attack).as_ref(), &filter, &napi_threads);
             drop(filter);
             eprintln!(
@@ -211,7 +212,7 @@ fn main() {
                 continue;
             }
             let filter = Filter::install(name, &topo);
-            let napi_threads = pin_napi(server_iface, receiver_cpu);
+            let napi_threads = napi::pin_receiver(server_iface, receiver_cpu);
             let run = measure(&topo, flood_for(*attack).as_ref(), &filter, &napi_threads);
             eprintln!("stats  {name:<22} program {:.0} ns/pkt", run.prog_ns);
             runs[i].prog_ns.push(run.prog_ns);
@@ -236,18 +237,6 @@ fn main() {
         .collect();
     print_table(&cases);
     write_report(&cases, SENDER_CPU, receiver_cpu);
-}
-
-/// Pins the receiving veth's NAPI thread(s). Attaching or detaching XDP may re-create them,
-/// so this runs before every case.
-fn pin_napi(iface: &str, cpu: usize) -> Vec<i32> {
-    let threads = napi::napi_threads(iface).expect("list NAPI threads");
-    assert!(!threads.is_empty(), "no NAPI thread for {iface}");
-    for &pid in &threads {
-        napi::pin_to_cpu(pid, cpu).expect("pin the NAPI thread");
-        napi::raise_priority(pid).expect("raise the NAPI thread's priority");
-    }
-    threads
 }
 
 /// What receives the flood on the server's attacker-side veth, removed on drop (the guards
@@ -528,39 +517,6 @@ fn legit_client(src: &str, stop: &AtomicBool) -> Vec<f64> {
         thread::sleep(LEGIT_GAP);
     }
     latencies
-}
-
-/// `rx_packets` of `iface` in the calling thread's network namespace.
-fn rx_packets(iface: &str) -> u64 {
-    // /proc/thread-self: /proc/self/net would show the main thread's namespace.
-    let text = fs::read_to_string("/proc/thread-self/net/dev").expect("/proc/net/dev");
-    text.lines()
-        .find_map(|line| {
-            let (name, fields) = line.split_once(':')?;
-            (name.trim() == iface).then(|| {
-                fields
-                    .split_whitespace()
-                    .nth(1)
-                    .expect("rx_packets")
-                    .parse()
-                    .unwrap()
-            })
-        })
-        .unwrap_or_else(|| panic!("{iface} not in /proc/net/dev"))
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(0.0, f64::max)
 }
 
 fn print_table(cases: &[Case]) {

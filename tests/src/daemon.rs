@@ -117,6 +117,8 @@ pub struct DaemonSetup {
     allowlist: Vec<String>,
     /// `[policy]` keys with their values as TOML text.
     policy: Vec<(String, String)>,
+    /// Top-level keys with their values as TOML text.
+    settings: Vec<(String, String)>,
 }
 
 impl DaemonSetup {
@@ -131,7 +133,14 @@ impl DaemonSetup {
             mode_flag: None,
             allowlist: Vec::new(),
             policy: Vec::new(),
+            settings: Vec::new(),
         }
+    }
+
+    /// Sets a top-level key, its value given as TOML text: `setting("source_capacity", "4096")`.
+    pub fn setting(mut self, key: &str, toml_value: &str) -> Self {
+        self.settings.push((key.to_owned(), toml_value.to_owned()));
+        self
     }
 
     /// `mode = "..."` in the configuration file.
@@ -186,6 +195,9 @@ impl DaemonSetup {
         writeln!(text, "poll_interval = \"1s\"").unwrap();
         if let Some(mode) = &self.mode_in_file {
             writeln!(text, "mode = {}", quoted(mode)).unwrap();
+        }
+        for (key, value) in &self.settings {
+            writeln!(text, "{key} = {value}").unwrap();
         }
         let allowlist: Vec<String> = self.allowlist.iter().map(|a| quoted(a)).collect();
         writeln!(text, "allowlist = [{}]", allowlist.join(", ")).unwrap();

@@ -76,7 +76,9 @@ pub enum Sender {
     PacketSocket,
 }
 
-/// The sources the flood rotates over.
+/// The sources the flood rotates over. The live-frames sender starts each pass over a range
+/// one source later (so a receiver that drops frames in a fixed pattern still sees every
+/// source); the packet-socket sender goes round in order.
 #[derive(Clone, Debug)]
 pub enum Sources {
     Fixed(IpAddr),
@@ -672,7 +674,8 @@ mod tests {
             }
             (!(sum as u16)).to_be_bytes()
         };
-        let low = config.first_low.wrapping_add(i % config.count);
+        let (i, count) = (u64::from(i), u64::from(config.count));
+        let low = config.first_low.wrapping_add(((i + i / count) % count) as u32);
         let mut out = frame.to_vec();
         if config.family == 4 {
             out[26..30].copy_from_slice(&low.to_be_bytes());
@@ -712,7 +715,8 @@ mod tests {
                 let patched = as_flood_tx_would(&frame, &config, i);
                 assert!(verifies(&patched), "{first} #{i}");
                 let mut expected = frame.clone();
-                set_source(&mut expected, f.sources.get(i % count));
+                let index = if i == count { 1 } else { i };
+                set_source(&mut expected, f.sources.get(index));
                 assert_eq!(patched, expected, "{first} #{i}");
             }
         }

@@ -12,4 +12,5 @@ pub mod napi;
 pub mod netns;
 pub mod privilege;
 pub mod reference;
+pub mod summary;
 pub mod tmux;

@@ -102,6 +102,18 @@ pub fn napi_threads(iface: &str) -> io::Result<Vec<i32>> {
     Ok(pids)
 }
 
+/// Pins the NAPI thread(s) of `iface` to `cpu` at nice -20 and returns their ids.
+/// Attaching or detaching XDP may re-create them, so call it after every such change.
+pub fn pin_receiver(iface: &str, cpu: usize) -> Vec<i32> {
+    let threads = napi_threads(iface).expect("list NAPI threads");
+    assert!(!threads.is_empty(), "no NAPI thread for {iface}: GRO and threaded NAPI on?");
+    for &pid in &threads {
+        pin_to_cpu(pid, cpu).expect("pin the NAPI thread");
+        raise_priority(pid).expect("raise the NAPI thread's priority");
+    }
+    threads
+}
+
 /// Restricts thread `pid` (0: the calling thread) to `cpu`.
 pub fn pin_to_cpu(pid: i32, cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.

@@ -2,7 +2,7 @@
 //! the test panics). Names carry the process id and a counter so parallel runs never collide.
 
 use std::{
-    fs::File,
+    fs::{self, File},
     os::fd::AsRawFd,
     path::PathBuf,
     process::Command,
@@ -337,4 +337,24 @@ impl Default for AttackTopology {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `rx_packets` of `iface` in the calling thread's network namespace (run it inside
+/// [`Netns::run`]).
+pub fn rx_packets(iface: &str) -> u64 {
+    // /proc/thread-self: /proc/self/net would show the main thread's namespace.
+    let text = fs::read_to_string("/proc/thread-self/net/dev").expect("/proc/net/dev");
+    text.lines()
+        .find_map(|line| {
+            let (name, fields) = line.split_once(':')?;
+            (name.trim() == iface).then(|| {
+                fields
+                    .split_whitespace()
+                    .nth(1)
+                    .expect("rx_packets")
+                    .parse()
+                    .unwrap()
+            })
+        })
+        .unwrap_or_else(|| panic!("{iface} not in /proc/net/dev"))
 }
