@@ -1,4 +1,5 @@
-//! Benchmarks need root (they load BPF programs); the bench targets write target/bench/*.json.
+//! Benchmarks need root (they load BPF programs); the bench targets write target/bench/*.json,
+//! then the charts of them are drawn into docs/bench/.
 
 use anyhow::{bail, Result};
 
@@ -12,5 +13,5 @@ pub fn run() -> Result<()> {
     // rule loading). Each writes its JSON under target/bench/.
     cmd::run(cargo().args(["build", "--release", "--bins", "--locked"]))?;
     cmd::run(cargo().args(["bench", "-p", "limiter-tests", "--locked"]))?;
-    Ok(())
+    crate::plots::run()
 }

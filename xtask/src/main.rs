@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod plots;
 mod setup;
 mod test;
 
@@ -25,8 +26,11 @@ enum Task {
     /// Set up, then run every check: formatting, clippy (host and BPF target), unit tests,
     /// and the kernel tests (BPF_PROG_TEST_RUN and network namespaces; need root).
     Test,
-    /// Set up, then run the benchmarks (need root); results in target/bench/.
+    /// Set up, then run the benchmarks (need root); results in target/bench/, charts of them
+    /// in docs/bench/.
     Bench,
+    /// Draw the charts in docs/bench/ from the results in target/bench/ (no root needed).
+    Plots,
     /// Set up, then show the program at work in throwaway network namespaces (needs root).
     Demo,
 }
@@ -42,6 +46,7 @@ fn main() -> Result<()> {
             setup::run()?;
             bench::run()
         }
+        Task::Plots => plots::run(),
         Task::Demo => {
             setup::run()?;
             demo::run()

@@ -19,6 +19,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("tmux", "tmux"),
 ];
+/// Files the tasks read, and the Debian package that provides each.
+const DEBIAN_FILES: &[(&str, &str)] = &[(crate::plots::FONT, "fonts-dejavu-core")];
 
 pub fn run() -> Result<()> {
     nightly_components()?;
@@ -139,6 +141,12 @@ fn debian_packages() -> Result<()> {
             !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
         })
         .map(|(_, package)| *package)
+        .chain(
+            DEBIAN_FILES
+                .iter()
+                .filter(|(file, _)| !Path::new(file).exists())
+                .map(|(_, package)| *package),
+        )
         .collect();
     if missing.is_empty() {
         return Ok(());
