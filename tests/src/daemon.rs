@@ -117,6 +117,8 @@ pub struct DaemonSetup {
     allowlist: Vec<String>,
     /// `[policy]` keys with their values as TOML text.
     policy: Vec<(String, String)>,
+    /// `metrics_listen = "..."` in the configuration file.
+    metrics_listen: Option<String>,
 }
 
 impl DaemonSetup {
@@ -131,7 +133,15 @@ impl DaemonSetup {
             mode_flag: None,
             allowlist: Vec::new(),
             policy: Vec::new(),
+            metrics_listen: None,
         }
+    }
+
+    /// `metrics_listen = "ADDR"` in the configuration file (an address inside the daemon's
+    /// namespace: its own loopback is free to use).
+    pub fn metrics_listen(mut self, addr: &str) -> Self {
+        self.metrics_listen = Some(addr.to_owned());
+        self
     }
 
     /// `mode = "..."` in the configuration file.
@@ -186,6 +196,9 @@ impl DaemonSetup {
         writeln!(text, "poll_interval = \"1s\"").unwrap();
         if let Some(mode) = &self.mode_in_file {
             writeln!(text, "mode = {}", quoted(mode)).unwrap();
+        }
+        if let Some(addr) = &self.metrics_listen {
+            writeln!(text, "metrics_listen = {}", quoted(addr)).unwrap();
         }
         let allowlist: Vec<String> = self.allowlist.iter().map(|a| quoted(a)).collect();
         writeln!(text, "allowlist = [{}]", allowlist.join(", ")).unwrap();
