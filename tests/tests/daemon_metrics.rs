@@ -395,6 +395,7 @@ fn a_metrics_port_in_use_stops_the_start_naming_address_and_setting() {
             stderr.contains("another process listens on port 9464"),
             "{stderr}"
         );
+        assert_eq!(stderr.matches("os error").count(), 1, "said once: {stderr}");
         assert!(
             stderr.contains(&format!("or remove {setting} to run without metrics")),
             "{stderr}"

@@ -47,13 +47,14 @@ pub const PATH: &str = "/metrics";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("cannot listen for metrics on {addr} ({setting}): {source}; {}", bind_hint(.addr, .source, .setting))]
+    // The OS error is part of the message and deliberately not a `source`: the daemon prints
+    // error chains, which would repeat it after the hint.
+    #[error("cannot listen for metrics on {addr} ({setting}): {error}; {}", bind_hint(.addr, .error, .setting))]
     Bind {
         addr: SocketAddr,
         /// What set the address: "`metrics_listen` in FILE" or "--metrics-listen".
         setting: String,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     #[error("cannot start the metrics server: {0}")]
     Runtime(#[source] io::Error),
@@ -116,10 +117,10 @@ pub fn spawn(
     setting: &str,
     metrics: Arc<Metrics>,
 ) -> Result<MetricsServer, MetricsError> {
-    let bind_error = |source| MetricsError::Bind {
+    let bind_error = |error| MetricsError::Bind {
         addr,
         setting: setting.to_owned(),
-        source,
+        error,
     };
     let listener = StdTcpListener::bind(addr).map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
