@@ -9,6 +9,7 @@
 use std::{
     collections::BTreeMap,
     fmt, io,
+    net::SocketAddr,
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -103,6 +104,9 @@ pub struct Config {
     /// Addresses and prefixes never banned and exempt from every block.
     #[serde(with = "allowlist_text")]
     pub allowlist: Vec<IpNet>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: no listener.
+    #[serde(skip_serializing_if = "Option::is_none", with = "listen_text", default)]
+    pub metrics_listen: Option<SocketAddr>,
     pub policy: PolicyConfig,
 }
 
@@ -118,6 +122,7 @@ impl Default for Config {
             socket: PathBuf::from("/run/glance-limiter/limiter.sock"),
             socket_group: None,
             allowlist: Vec::new(),
+            metrics_listen: None,
             policy: PolicyConfig::default(),
         }
     }
@@ -134,6 +139,8 @@ pub struct Overrides {
     pub mode: Option<Mode>,
     /// `--poll-interval`.
     pub poll_interval: Option<Duration>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Overrides {
@@ -144,6 +151,7 @@ impl Overrides {
             "ports" if !self.ports.is_empty() => Some("--port"),
             "mode" if self.mode.is_some() => Some("--mode"),
             "poll_interval" if self.poll_interval.is_some() => Some("--poll-interval"),
+            "metrics_listen" if self.metrics_listen.is_some() => Some("--metrics-listen"),
             _ => None,
         }
     }
@@ -272,6 +280,9 @@ impl Config {
         }
         if let Some(poll_interval) = overrides.poll_interval {
             self.poll_interval = poll_interval;
+        }
+        if let Some(listen) = overrides.metrics_listen {
+            self.metrics_listen = Some(listen);
         }
         let problems: Vec<Problem> = self
             .problems()
@@ -440,6 +451,18 @@ fn check_general(config: &Config, problems: &mut Vec<Problem>) {
                 config.socket.display()
             ),
         ));
+    }
+    if let Some(listen) = config.metrics_listen {
+        if listen.port() == 0 {
+            problems.push(Problem::new(
+                "metrics_listen",
+                format!(
+                    "port 0 would take a random port that no scraper knows; give a fixed one, \
+                     for example \"{}\"",
+                    SocketAddr::new(listen.ip(), 9464)
+                ),
+            ));
+        }
     }
     if let Some(group) = &config.socket_group {
         if group.is_empty() || group.contains(|c: char| c == ':' || c.is_whitespace()) {
@@ -652,6 +675,42 @@ pub(crate) mod duration_text {
     }
 }
 
+/// `metrics_listen` as "127.0.0.1:9464" or "[::1]:9464".
+mod listen_text {
+    use std::net::SocketAddr;
+
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<SocketAddr>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(addr) => serializer.serialize_str(&addr.to_string()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_listen(&text)
+            .map(Some)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// An address and port to listen on, with a message that shows the forms when it is not one.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "`{text}` is not an address and port; write it like \"127.0.0.1:9464\" (this host \
+             only), \"192.0.2.10:9464\" or \"[::1]:9464\""
+        )
+    })
+}
+
 /// Ports read as any integer first, so that an out-of-range one gets a message that says
 /// what a port is rather than what a `u16` is.
 mod port_list {
@@ -751,6 +810,7 @@ mod tests {
     fn every_key() -> Vec<String> {
         let value = toml::Value::try_from(Config {
             socket_group: Some("limiter".into()),
+            metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
             ..Config::default()
         })
         .unwrap();
@@ -1029,6 +1089,66 @@ mod tests {
         };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["--port", "--poll-interval"]);
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        assert_eq!(Config::default().metrics_listen, None);
+        assert!(!Config::default()
+            .to_toml_string()
+            .contains("metrics_listen"));
+        let config = Config::from_toml_str("metrics_listen = \"[::1]:9464\"").unwrap();
+        assert_eq!(config.metrics_listen, Some("[::1]:9464".parse().unwrap()));
+        let text = config.to_toml_string();
+        assert!(text.contains("metrics_listen = \"[::1]:9464\""), "{text}");
+        assert_eq!(Config::from_toml_str(&text).unwrap(), config);
+
+        let message = syntax_error_of("\nmetrics_listen = \"localhost:9464\"");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(
+            message.contains("`localhost:9464` is not an address and port"),
+            "{message}"
+        );
+        let message = syntax_error_of("metrics_listen = \"127.0.0.1\"");
+        assert!(message.contains("\"127.0.0.1:9464\""), "{message}");
+
+        let problems = problems_of("\n\nmetrics_listen = \"0.0.0.0:0\"");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            (problems[0].key.as_str(), problems[0].line),
+            ("metrics_listen", Some(3))
+        );
+        assert!(
+            problems[0].message.contains("\"0.0.0.0:9464\""),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn the_metrics_flag_overrides_the_file_and_is_checked_under_its_name() {
+        let file = Config::from_toml_str("metrics_listen = \"127.0.0.1:9464\"").unwrap();
+        let merged = file
+            .clone()
+            .with_overrides(&Overrides {
+                metrics_listen: Some("127.0.0.1:9500".parse().unwrap()),
+                ..Overrides::default()
+            })
+            .unwrap();
+        assert_eq!(
+            merged.metrics_listen,
+            Some("127.0.0.1:9500".parse().unwrap())
+        );
+        let ConfigError::Invalid { problems, .. } = file
+            .with_overrides(&Overrides {
+                metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+                ..Overrides::default()
+            })
+            .unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(problems[0].key, "--metrics-listen");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod ebpf_objects;
 pub mod loader;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod rates;

@@ -261,12 +261,22 @@ pub enum StoreError {
     },
 }
 
+/// Writes of the rules file since the store was opened, for the daemon's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Every attempt, failed or not.
+    pub attempts: u64,
+    /// Attempts that returned an error: not saved, or saved but maybe not durable.
+    pub failures: u64,
+}
+
 /// The rules, loaded from and persisted to one state directory, which it holds locked.
 #[derive(Debug)]
 pub struct RuleStore {
     dir: PathBuf,
     /// Sorted by [`StoredRule::key`], one rule per key.
     rules: Vec<StoredRule>,
+    writes: WriteCounts,
     /// Holds the directory's lock until the store is dropped (the kernel releases it if the
     /// process dies).
     _lock: File,
@@ -283,6 +293,7 @@ impl RuleStore {
         remove_leftover_tmp(&dir);
         let mut store = RuleStore {
             rules: Vec::new(),
+            writes: WriteCounts::default(),
             dir,
             _lock: lock,
         };
@@ -306,6 +317,11 @@ impl RuleStore {
     /// `<state_dir>/rules.json`.
     pub fn file(&self) -> PathBuf {
         self.dir.join(RULES_FILE)
+    }
+
+    /// How many times the rules file was written, and how many of those failed.
+    pub fn write_counts(&self) -> WriteCounts {
+        self.writes
     }
 
     /// Every stored rule, expired or not, sorted by prefix then action.
@@ -424,6 +440,15 @@ impl RuleStore {
     /// rename, neither the file nor the store changes; once the rename happened, the store
     /// follows the file.
     fn commit(&mut self, rules: Vec<StoredRule>) -> Result<(), StoreError> {
+        self.writes.attempts += 1;
+        let committed = self.try_commit(rules);
+        if committed.is_err() {
+            self.writes.failures += 1;
+        }
+        committed
+    }
+
+    fn try_commit(&mut self, rules: Vec<StoredRule>) -> Result<(), StoreError> {
         let bytes = encode(&rules).map_err(|source| StoreError::Encode { source })?;
         match write_atomically(&self.dir, &bytes) {
             Ok(()) => {
@@ -1334,6 +1359,36 @@ mod tests {
         // Store and file agree: the rename happened.
         assert_eq!(store.rules().len(), 1);
         assert_eq!(read_rules(dir.path()).unwrap(), store.rules());
+    }
+
+    #[test]
+    fn writes_and_failed_writes_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RuleStore::open(dir.path()).unwrap();
+        // Opening an empty directory writes the empty file.
+        let opened = WriteCounts {
+            attempts: 1,
+            failures: 0,
+        };
+        assert_eq!(store.write_counts(), opened);
+        store.upsert(vec![block("198.51.100.0/24", None)]).unwrap();
+        // A batch that changes nothing is not written.
+        store.upsert(vec![block("198.51.100.0/24", None)]).unwrap();
+        with_failure(Step::Rename, || {
+            store.remove(&[net("198.51.100.0/24")], Action::Block)
+        })
+        .unwrap_err();
+        with_failure(Step::SyncDir, || {
+            store.upsert(vec![block("203.0.113.0/24", None)])
+        })
+        .unwrap_err();
+        assert_eq!(
+            store.write_counts(),
+            WriteCounts {
+                attempts: 4,
+                failures: 2
+            }
+        );
     }
 
     #[test]

@@ -117,8 +117,13 @@ pub struct DaemonSetup {
     allowlist: Vec<String>,
     /// `[policy]` keys with their values as TOML text.
     policy: Vec<(String, String)>,
+<<<<<<< HEAD
     /// Top-level keys with their values as TOML text.
     settings: Vec<(String, String)>,
+=======
+    /// `metrics_listen = "..."` in the configuration file.
+    metrics_listen: Option<String>,
+>>>>>>> metrics
 }
 
 impl DaemonSetup {
@@ -133,6 +138,7 @@ impl DaemonSetup {
             mode_flag: None,
             allowlist: Vec::new(),
             policy: Vec::new(),
+<<<<<<< HEAD
             settings: Vec::new(),
         }
     }
@@ -140,6 +146,16 @@ impl DaemonSetup {
     /// Sets a top-level key, its value given as TOML text: `setting("source_capacity", "4096")`.
     pub fn setting(mut self, key: &str, toml_value: &str) -> Self {
         self.settings.push((key.to_owned(), toml_value.to_owned()));
+=======
+            metrics_listen: None,
+        }
+    }
+
+    /// `metrics_listen = "ADDR"` in the configuration file (an address inside the daemon's
+    /// namespace: its own loopback is free to use).
+    pub fn metrics_listen(mut self, addr: &str) -> Self {
+        self.metrics_listen = Some(addr.to_owned());
+>>>>>>> metrics
         self
     }
 
@@ -196,8 +212,13 @@ impl DaemonSetup {
         if let Some(mode) = &self.mode_in_file {
             writeln!(text, "mode = {}", quoted(mode)).unwrap();
         }
+<<<<<<< HEAD
         for (key, value) in &self.settings {
             writeln!(text, "{key} = {value}").unwrap();
+=======
+        if let Some(addr) = &self.metrics_listen {
+            writeln!(text, "metrics_listen = {}", quoted(addr)).unwrap();
+>>>>>>> metrics
         }
         let allowlist: Vec<String> = self.allowlist.iter().map(|a| quoted(a)).collect();
         writeln!(text, "allowlist = [{}]", allowlist.join(", ")).unwrap();

@@ -1,13 +1,14 @@
 //! Test kit for glance-limiter's kernel tests: crafted frames, an independent frame reader,
 //! network-namespace guards, a small HTTP server and client that behave like Glance and its
-//! users, the real Glance, the `limiter` daemon and CLI for end-to-end tests, and a tmux
-//! terminal for the live screen.
+//! users, the real Glance, the `limiter` daemon and CLI for end-to-end tests, a scraper and
+//! checker of its Prometheus metrics, and a tmux terminal for the live screen.
 
 pub mod daemon;
 pub mod flood;
 pub mod frames;
 pub mod glance;
 pub mod http;
+pub mod metrics;
 pub mod napi;
 pub mod netns;
 pub mod privilege;

@@ -3,7 +3,7 @@
 //! Addresses are taken as plain strings here and parsed in [`super::addresses`], so that every
 //! bad one is reported at once (clap stops at the first) and `-` can stand for stdin.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// How often counters are read and decisions taken (500ms, 1s).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub poll_interval: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (127.0.0.1:9464); replaces
+    /// `metrics_listen` in the configuration [default: no metrics listener].
+    #[arg(long, value_name = "ADDR", value_parser = config::parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
     /// bpffs directory of the pinned maps and attachments.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,

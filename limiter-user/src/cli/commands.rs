@@ -3,6 +3,7 @@
 
 use std::{
     io::{self, BufRead, Write},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -307,6 +308,7 @@ pub fn run_options(args: RunArgs) -> RunOptions {
             ports: args.ports,
             mode: args.mode,
             poll_interval: args.poll_interval,
+            metrics_listen: args.metrics_listen,
         },
         pin_dir: args.pin_dir,
         tui: args.tui.then_some(daemon::TuiOptions {
@@ -406,6 +408,26 @@ fn warn_about_host(config: &Config, file: &Path) {
             );
         }
     }
+    if let Some(problem) = config.metrics_listen.and_then(metrics_address_problem) {
+        eprintln!(
+            "warning: {}: `metrics_listen`: {problem} (the daemon will refuse to start on this \
+             host)",
+            file.display()
+        );
+    }
+}
+
+/// Whether this host has the address `metrics_listen` names. Probed on port 0, so a running
+/// daemon that holds the configured port does not make a correct file look wrong.
+fn metrics_address_problem(listen: SocketAddr) -> Option<String> {
+    match std::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0)) {
+        Ok(_) => None,
+        Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => Some(format!(
+            "{} is not an address of this host (`ip addr` lists them)",
+            listen.ip()
+        )),
+        Err(e) => Some(format!("cannot listen on {}: {e}", listen.ip())),
+    }
 }
 
 /// Writes the result. A reader that went away (`limiter list | head`) is not an error.
@@ -452,6 +474,8 @@ mod tests {
             "9393",
             "--poll-interval",
             "2s",
+            "--metrics-listen",
+            "127.0.0.1:9464",
             "--pin-dir",
             "/sys/fs/bpf/x",
         ])
@@ -468,9 +492,24 @@ mod tests {
                 ports: vec![9292, 9393],
                 mode: Some(Mode::Monitor),
                 poll_interval: Some(Duration::from_secs(2)),
+                metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
             }
         );
         assert_eq!(options.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
+    }
+
+    #[test]
+    fn check_config_warns_of_a_metrics_address_this_host_lacks() {
+        assert_eq!(
+            metrics_address_problem("127.0.0.1:9464".parse().unwrap()),
+            None
+        );
+        // TEST-NET-2 is never a host's address.
+        let problem = metrics_address_problem("198.51.100.77:9464".parse().unwrap()).unwrap();
+        assert!(
+            problem.contains("198.51.100.77 is not an address of this host"),
+            "{problem}"
+        );
     }
 
     #[test]

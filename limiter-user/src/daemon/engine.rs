@@ -20,6 +20,7 @@ use crate::{
         SourceState, SourceView, Stats, Status, Totals,
     },
     loader::{Limiter, LoaderError},
+    metrics::{ActiveRules, ByOrigin, Snapshot, Unbans},
     policy::{Decision, Metric, NeverBan, Policy, PrefixSet},
     rates::{Counts, RateTracker, Rates},
     rules::{self, Action, KernelRule, Scope},
@@ -62,6 +63,11 @@ pub struct Engine {
     /// Monitor mode: bans decided but not installed, until when (engine clock). The policy
     /// sees them as in force, so a would-be ban is reported once, not every poll.
     would_ban: Vec<(IpNet, Duration)>,
+    /// Rows of the kernel table at the last poll.
+    last_rows: usize,
+    /// Block rules stored and ended since start, for the metrics.
+    bans: ByOrigin,
+    unbans: Unbans,
 }
 
 /// How often the host's own addresses are re-read (they change rarely; a new one is
@@ -84,6 +90,9 @@ impl Engine {
             own_addresses: host::own_addresses(),
             own_addresses_read: Instant::now(),
             would_ban: Vec::new(),
+            last_rows: 0,
+            bans: ByOrigin::default(),
+            unbans: Unbans::default(),
         };
         engine.limiter.set_protected_ports(&engine.config.ports)?;
         engine.sync_kernel()?;
@@ -130,6 +139,9 @@ impl Engine {
 
         let expired = self.store.expire(wall)?;
         for rule in &expired {
+            if rule.action == Action::Block {
+                self.unbans.expired.add(rule.origin, 1);
+            }
             info!(
                 rule = %rule.prefix,
                 action = ?rule.action,
@@ -166,6 +178,7 @@ impl Engine {
         }
         self.last_poll = started.elapsed();
         let rows_read = rows.len();
+        self.last_rows = rows_read;
         Ok(TickReport {
             rows: rows_read,
             decisions: decisions.len(),
@@ -214,6 +227,10 @@ impl Engine {
             })
             .collect();
         let change = self.store.upsert(bans)?;
+        self.bans.add(
+            Origin::Auto,
+            (change.added.len() + change.updated.len()) as u64,
+        );
         Ok(!change.is_noop())
     }
 
@@ -329,6 +346,12 @@ impl Engine {
             })
             .collect();
         let change = self.store.upsert(batch).map_err(store_error)?;
+        if action == Action::Block {
+            self.bans.add(
+                Origin::Manual,
+                (change.added.len() + change.updated.len()) as u64,
+            );
+        }
         info!(
             action = verb,
             added = change.added.len(),
@@ -349,6 +372,11 @@ impl Engine {
     ) -> Result<Reply, (ErrorKind, String)> {
         check_prefixes(&prefixes)?;
         let change = self.store.remove(&prefixes, action).map_err(store_error)?;
+        if action == Action::Block {
+            for rule in &change.removed {
+                self.unbans.removed.add(rule.origin, 1);
+            }
+        }
         info!(
             action = ?action,
             removed = change.removed.len(),
@@ -479,6 +507,39 @@ impl Engine {
         Stats {
             tracked_sources: self.rates.len(),
             sources: views,
+        }
+    }
+
+    /// The state the metrics report, as of now. Kernel counters that cannot be read are
+    /// `None` (and logged): the metrics keep their previous values.
+    pub fn metrics_snapshot(&self) -> Snapshot {
+        let kernel_counters = match self.limiter.counters() {
+            Ok(counters) => Some(counters.iter().collect()),
+            Err(e) => {
+                warn!(error = %e, "cannot read the kernel counters for the metrics");
+                None
+            }
+        };
+        let mut rules = ActiveRules {
+            allow_config: self.config.allowlist.len() as u64,
+            ..ActiveRules::default()
+        };
+        for rule in self.store.active(SystemTime::now()) {
+            match rule.action {
+                Action::Block => rules.block.add(rule.origin, 1),
+                Action::Allow => rules.allow.add(rule.origin, 1),
+            }
+        }
+        Snapshot {
+            mode: self.config.mode,
+            kernel_counters,
+            tracked_sources: self.rates.len() as u64,
+            table_rows: self.last_rows as u64,
+            rules,
+            bans: self.bans,
+            unbans: self.unbans,
+            store_writes: self.store.write_counts(),
+            attachments: self.limiter.attachments().to_vec(),
         }
     }
 

@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc,
+        mpsc, Arc,
     },
     time::{Duration, Instant},
 };
@@ -28,6 +28,7 @@ use crate::{
     config::{Config, Overrides},
     control::protocol::{Request, ResponseLine},
     loader::{self, DetachReport, Limiter, LoadOptions},
+    metrics::{self, server::MetricsServer, Metrics},
     store::RuleStore,
 };
 
@@ -95,6 +96,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         }
     }
 
+    // Before anything touches the kernel: a port in use stops the start with nothing changed.
+    let metrics = start_metrics(&config, &options)?;
+
     let store = RuleStore::open(&config.state_dir)?;
     let limiter = Limiter::load_pinned(
         &LoadOptions {
@@ -135,12 +139,13 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     let (requests, inbox) = mpsc::channel::<Envelope>();
     let server = control_link::spawn(&config, requests.clone())?;
+    let metrics_feed = metrics.as_ref().map(|(metrics, _)| metrics.clone());
     match options.tui {
-        None => drive(&mut engine, &inbox),
+        None => drive(&mut engine, &inbox, metrics_feed.as_deref()),
         Some(_) => {
             // The terminal belongs to the interface on this thread; the engine moves to its own.
             let engine_thread = std::thread::spawn(move || {
-                drive(&mut engine, &inbox);
+                drive(&mut engine, &inbox, metrics_feed.as_deref());
             });
             let thresholds = crate::tui::settings::Thresholds::from_policy(
                 &config.policy,
@@ -163,18 +168,46 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         }
     }
     drop(server);
+    drop(metrics);
     info!("stopped; the program stays attached and its rules keep applying (limiter detach removes them)");
     Ok(())
 }
 
+/// The metrics and their listener, when `metrics_listen` (or `--metrics-listen`) asks for them.
+fn start_metrics(
+    config: &Config,
+    options: &RunOptions,
+) -> anyhow::Result<Option<(Arc<Metrics>, MetricsServer)>> {
+    let Some(listen) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let setting = if options.overrides.metrics_listen.is_some() {
+        "--metrics-listen".to_string()
+    } else {
+        let file = match &options.config {
+            Some(path) => path.display().to_string(),
+            None => DEFAULT_CONFIG_PATH.to_string(),
+        };
+        format!("`metrics_listen` in {file}")
+    };
+    let metrics = Arc::new(Metrics::new());
+    let server = metrics::server::spawn(listen, &setting, metrics.clone())?;
+    Ok(Some((metrics, server)))
+}
+
 /// The engine loop: a poll every interval, control requests in between.
-fn drive(engine: &mut Engine, inbox: &mpsc::Receiver<Envelope>) {
+fn drive(engine: &mut Engine, inbox: &mpsc::Receiver<Envelope>, metrics: Option<&Metrics>) {
     let interval = engine.poll_interval();
     let mut next_poll = Instant::now();
     while !STOP.load(Ordering::SeqCst) {
         let now = Instant::now();
         if now >= next_poll {
-            match engine.tick() {
+            let ticked = engine.tick();
+            if let Some(metrics) = metrics {
+                metrics.observe_poll(ticked.as_ref().map(|r| r.took).map_err(|_| ()));
+                metrics.update(engine.metrics_snapshot());
+            }
+            match ticked {
                 Ok(report) if report.decisions > 0 || report.expired > 0 => info!(
                     rows = report.rows,
                     decisions = report.decisions,

@@ -1,0 +1,369 @@
+//! What the engine reports after each poll, and how it becomes metric families.
+//!
+//! The engine keeps plain totals (bans, unbans, store writes) and the kernel keeps its own
+//! counters; a [`Snapshot`] carries their current values, and [`Latest`] encodes the last one
+//! at each scrape. Mirroring totals this way, rather than incrementing client-side counters,
+//! keeps the engine free of any metrics type and makes a kernel counter's reset (after
+//! `limiter detach`) show as a reset, which Prometheus's `rate()` expects.
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use limiter_common::Counter;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+};
+
+use crate::{config::Mode, loader::AttachMode, store::Origin, store::WriteCounts};
+
+/// Totals by who asked for a rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ByOrigin {
+    pub auto: u64,
+    pub manual: u64,
+}
+
+impl ByOrigin {
+    pub fn add(&mut self, origin: Origin, n: u64) {
+        match origin {
+            Origin::Auto => self.auto += n,
+            Origin::Manual => self.manual += n,
+        }
+    }
+
+    fn labelled(&self) -> [(&'static str, u64); 2] {
+        [("auto", self.auto), ("manual", self.manual)]
+    }
+}
+
+/// Block rules that ended, by the origin of the rule and why it ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unbans {
+    /// Their deadline passed.
+    pub expired: ByOrigin,
+    /// `limiter unblock`.
+    pub removed: ByOrigin,
+}
+
+/// Rules in force, by action and by who asked for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActiveRules {
+    pub block: ByOrigin,
+    pub allow: ByOrigin,
+    /// `allowlist` entries of the configuration.
+    pub allow_config: u64,
+}
+
+/// The daemon's state after one poll.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub mode: Mode,
+    /// The program's global counters summed over CPUs; `None` when they could not be read,
+    /// in which case the previous values stay.
+    pub kernel_counters: Option<Vec<(Counter, u64)>>,
+    /// Sources in the daemon's rate tracker.
+    pub tracked_sources: u64,
+    /// Rows of the kernel's per-source table at the last poll.
+    pub table_rows: u64,
+    pub rules: ActiveRules,
+    /// Block rules stored (added or changed); monitor mode stores none.
+    pub bans: ByOrigin,
+    pub unbans: Unbans,
+    pub store_writes: WriteCounts,
+    pub attachments: Vec<(String, AttachMode)>,
+}
+
+/// Where a kernel counter goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KernelFamily {
+    Passed(&'static str),
+    Dropped(&'static str),
+    SourcesInserted,
+    SourceInsertFailures,
+}
+
+/// Every counter has a place: a new `Counter` variant does not compile until it gets one.
+fn kernel_family(counter: Counter) -> KernelFamily {
+    use KernelFamily::*;
+    match counter {
+        Counter::PassProtected => Passed("protected"),
+        Counter::PassAllowed => Passed("allowed"),
+        Counter::PassOtherPort => Passed("other_port"),
+        Counter::PassNotTcp => Passed("not_tcp"),
+        Counter::PassNotIp => Passed("not_ip"),
+        Counter::PassVlanDepth => Passed("vlan_depth"),
+        Counter::PassFragment => Passed("fragment"),
+        Counter::PassTruncated => Passed("truncated"),
+        Counter::PassMalformed => Passed("malformed"),
+        Counter::PassExtHeaderLimit => Passed("ext_header_limit"),
+        Counter::DropBlocked => Dropped("blocked"),
+        Counter::DropBlockedAnyPort => Dropped("blocked_any_port"),
+        Counter::SourceNew => SourcesInserted,
+        Counter::SourceInsertFailed => SourceInsertFailures,
+    }
+}
+
+/// The last snapshot, shared between the engine thread (which replaces it) and the scrape
+/// (which copies it out): the lock is held for a move or a clone, never across I/O.
+#[derive(Clone, Debug, Default)]
+pub struct Latest(Arc<Mutex<Snapshot>>);
+
+impl Latest {
+    pub fn replace(&self, mut snapshot: Snapshot) {
+        let mut latest = self.lock();
+        if snapshot.kernel_counters.is_none() {
+            snapshot.kernel_counters = latest.kernel_counters.take();
+        }
+        *latest = snapshot;
+    }
+
+    pub fn get(&self) -> Snapshot {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Snapshot> {
+        // A snapshot is replaced whole, so a panic elsewhere cannot leave it half written.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Collector for Latest {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        encode(&self.get(), &mut encoder)
+    }
+}
+
+fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    // Every state, 1 for the current one: an alert can test for either without absent().
+    let modes: Vec<_> = [Mode::Enforce, Mode::Monitor]
+        .into_iter()
+        .map(|m| ([("mode", m.as_str())], u64::from(m == s.mode)))
+        .collect();
+    gauges(
+        encoder,
+        "mode",
+        "1 for the daemon's mode: enforce installs bans, monitor only logs them.",
+        &modes,
+    )?;
+
+    let kernel = s.kernel_counters.as_deref().unwrap_or_default();
+    let of = |wanted: fn(KernelFamily) -> Option<&'static str>| -> Vec<([(&str, &str); 1], u64)> {
+        kernel
+            .iter()
+            .filter_map(|(c, v)| wanted(kernel_family(*c)).map(|reason| ([("reason", reason)], *v)))
+            .collect()
+    };
+    let passed = of(|f| match f {
+        KernelFamily::Passed(reason) => Some(reason),
+        _ => None,
+    });
+    let dropped = of(|f| match f {
+        KernelFamily::Dropped(reason) => Some(reason),
+        _ => None,
+    });
+    let single = |wanted: KernelFamily| kernel.iter().find(|(c, _)| kernel_family(*c) == wanted);
+    if !kernel.is_empty() {
+        counters(
+            encoder,
+            "packets_passed",
+            "Packets the XDP program passed, by reason.",
+            &passed,
+        )?;
+        counters(
+            encoder,
+            "packets_dropped",
+            "Packets the XDP program dropped, by reason: blocked (TCP to a protected port from \
+             a banned source), blocked_any_port (any packet under an all-ports block).",
+            &dropped,
+        )?;
+    }
+    if let Some((_, v)) = single(KernelFamily::SourcesInserted) {
+        counter(
+            encoder,
+            "sources_inserted",
+            "Sources that entered the kernel's per-source table.",
+            *v,
+        )?;
+    }
+    if let Some((_, v)) = single(KernelFamily::SourceInsertFailures) {
+        counter(
+            encoder,
+            "source_insert_failures",
+            "New sources the kernel's per-source table could not take (not counted).",
+            *v,
+        )?;
+    }
+
+    gauge(
+        encoder,
+        "tracked_sources",
+        "Sources whose rates the daemon tracks.",
+        s.tracked_sources,
+    )?;
+    gauge(
+        encoder,
+        "source_table_rows",
+        "Rows of the kernel's per-source table at the last poll.",
+        s.table_rows,
+    )?;
+
+    let mut rules = Vec::new();
+    for (action, by_origin) in [("block", s.rules.block), ("allow", s.rules.allow)] {
+        for (origin, n) in by_origin.labelled() {
+            rules.push(([("action", action), ("origin", origin)], n));
+        }
+    }
+    rules.push((
+        [("action", "allow"), ("origin", "config")],
+        s.rules.allow_config,
+    ));
+    gauges(
+        encoder,
+        "active_rules",
+        "Rules in force, by action and origin (auto: the policy; manual: an operator; config: \
+         the allowlist).",
+        &rules,
+    )?;
+
+    let bans: Vec<_> = s
+        .bans
+        .labelled()
+        .into_iter()
+        .map(|(origin, n)| ([("origin", origin)], n))
+        .collect();
+    counters(
+        encoder,
+        "bans",
+        "Block rules stored (new or changed), by origin.",
+        &bans,
+    )?;
+    let mut unbans = Vec::new();
+    for (cause, by_origin) in [("expired", s.unbans.expired), ("removed", s.unbans.removed)] {
+        for (origin, n) in by_origin.labelled() {
+            unbans.push(([("origin", origin), ("cause", cause)], n));
+        }
+    }
+    counters(
+        encoder,
+        "unbans",
+        "Block rules that ended, by the rule's origin and cause (expired, removed).",
+        &unbans,
+    )?;
+
+    counter(
+        encoder,
+        "rule_store_writes",
+        "Writes of the rules file, failed or not.",
+        s.store_writes.attempts,
+    )?;
+    counter(
+        encoder,
+        "rule_store_write_failures",
+        "Writes of the rules file that failed (rules not saved, or maybe not durable).",
+        s.store_writes.failures,
+    )?;
+
+    let attached: Vec<_> = s
+        .attachments
+        .iter()
+        .map(|(iface, mode)| ([("interface", iface.as_str()), ("mode", mode.as_str())], 1))
+        .collect();
+    gauges(
+        encoder,
+        "interface_attached",
+        "1 for each interface the program is attached to, with its XDP mode (native or \
+         generic).",
+        &attached,
+    )
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+fn counters<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(L, u64)],
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(L, u64)],
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_counter_has_a_family_and_reasons_are_distinct() {
+        let mut reasons = Vec::new();
+        for counter in Counter::ALL {
+            match kernel_family(counter) {
+                KernelFamily::Passed(r) => {
+                    assert!(counter.is_verdict() && counter.name().starts_with("pass_"));
+                    assert_eq!(counter.name(), format!("pass_{r}"));
+                    reasons.push(r);
+                }
+                KernelFamily::Dropped(r) => {
+                    assert!(counter.is_verdict());
+                    assert_eq!(counter.name(), format!("drop_{r}"));
+                    reasons.push(r);
+                }
+                KernelFamily::SourcesInserted | KernelFamily::SourceInsertFailures => {
+                    assert!(!counter.is_verdict());
+                }
+            }
+        }
+        let before = reasons.len();
+        reasons.sort();
+        reasons.dedup();
+        assert_eq!(reasons.len(), before);
+    }
+
+    #[test]
+    fn unreadable_kernel_counters_keep_the_previous_values() {
+        let latest = Latest::default();
+        latest.replace(Snapshot {
+            kernel_counters: Some(vec![(Counter::DropBlocked, 7)]),
+            tracked_sources: 1,
+            ..Snapshot::default()
+        });
+        latest.replace(Snapshot {
+            kernel_counters: None,
+            tracked_sources: 2,
+            ..Snapshot::default()
+        });
+        let now = latest.get();
+        assert_eq!(now.kernel_counters, Some(vec![(Counter::DropBlocked, 7)]));
+        assert_eq!(now.tracked_sources, 2);
+    }
+}

@@ -1,0 +1,286 @@
+use std::time::Duration;
+
+use limiter_common::Counter;
+
+use super::*;
+use crate::{config::Mode, loader::AttachMode, store::WriteCounts};
+
+/// A daemon under attack: one auto ban in force, drops counted, two interfaces.
+fn under_attack() -> Snapshot {
+    Snapshot {
+        mode: Mode::Enforce,
+        kernel_counters: Some(
+            Counter::ALL
+                .iter()
+                .map(|c| {
+                    let value = match c {
+                        Counter::PassProtected => 1200,
+                        Counter::DropBlocked => 845,
+                        Counter::SourceNew => 3,
+                        _ => 0,
+                    };
+                    (*c, value)
+                })
+                .collect(),
+        ),
+        tracked_sources: 3,
+        table_rows: 3,
+        rules: ActiveRules {
+            block: ByOrigin { auto: 1, manual: 2 },
+            allow: ByOrigin { auto: 0, manual: 1 },
+            allow_config: 4,
+        },
+        bans: ByOrigin { auto: 5, manual: 2 },
+        unbans: Unbans {
+            expired: ByOrigin { auto: 4, manual: 0 },
+            removed: ByOrigin { auto: 0, manual: 1 },
+        },
+        store_writes: WriteCounts {
+            attempts: 9,
+            failures: 1,
+        },
+        attachments: vec![
+            ("veth-attack".into(), AttachMode::Native),
+            ("bond0".into(), AttachMode::Generic),
+        ],
+    }
+}
+
+/// The value of the sample written exactly as `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().unwrap())
+    })
+}
+
+fn scrape(metrics: &Metrics) -> String {
+    metrics.encode(Format::Prometheus).unwrap()
+}
+
+#[test]
+fn a_snapshot_becomes_the_documented_series() {
+    let metrics = Metrics::new();
+    metrics.update(under_attack());
+    let text = scrape(&metrics);
+    let expect = [
+        ("glance_limiter_mode{mode=\"enforce\"}", 1.0),
+        ("glance_limiter_mode{mode=\"monitor\"}", 0.0),
+        (
+            "glance_limiter_packets_passed_total{reason=\"protected\"}",
+            1200.0,
+        ),
+        (
+            "glance_limiter_packets_passed_total{reason=\"malformed\"}",
+            0.0,
+        ),
+        (
+            "glance_limiter_packets_dropped_total{reason=\"blocked\"}",
+            845.0,
+        ),
+        (
+            "glance_limiter_packets_dropped_total{reason=\"blocked_any_port\"}",
+            0.0,
+        ),
+        ("glance_limiter_sources_inserted_total", 3.0),
+        ("glance_limiter_source_insert_failures_total", 0.0),
+        ("glance_limiter_tracked_sources", 3.0),
+        ("glance_limiter_source_table_rows", 3.0),
+        (
+            "glance_limiter_active_rules{action=\"block\",origin=\"auto\"}",
+            1.0,
+        ),
+        (
+            "glance_limiter_active_rules{action=\"block\",origin=\"manual\"}",
+            2.0,
+        ),
+        (
+            "glance_limiter_active_rules{action=\"allow\",origin=\"manual\"}",
+            1.0,
+        ),
+        (
+            "glance_limiter_active_rules{action=\"allow\",origin=\"config\"}",
+            4.0,
+        ),
+        ("glance_limiter_bans_total{origin=\"auto\"}", 5.0),
+        ("glance_limiter_bans_total{origin=\"manual\"}", 2.0),
+        (
+            "glance_limiter_unbans_total{origin=\"auto\",cause=\"expired\"}",
+            4.0,
+        ),
+        (
+            "glance_limiter_unbans_total{origin=\"manual\",cause=\"removed\"}",
+            1.0,
+        ),
+        ("glance_limiter_rule_store_writes_total", 9.0),
+        ("glance_limiter_rule_store_write_failures_total", 1.0),
+        (
+            "glance_limiter_interface_attached{interface=\"veth-attack\",mode=\"native\"}",
+            1.0,
+        ),
+        (
+            "glance_limiter_interface_attached{interface=\"bond0\",mode=\"generic\"}",
+            1.0,
+        ),
+        ("glance_limiter_build_info{version=\"0.1.0\"}", 1.0),
+        ("glance_limiter_poll_failures_total", 0.0),
+        ("glance_limiter_poll_duration_seconds_count", 0.0),
+    ];
+    for (series, value) in expect {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+}
+
+#[test]
+fn every_family_is_named_and_typed_by_the_conventions() {
+    let metrics = Metrics::new();
+    metrics.update(under_attack());
+    metrics.observe_poll(Ok(Duration::from_millis(3)));
+    let text = scrape(&metrics);
+    let mut typed: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            typed.push((name.to_owned(), kind.to_owned()));
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unexpected comment: {line}");
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(name.starts_with("glance_limiter_"), "{line}");
+        let family = typed
+            .last()
+            .unwrap_or_else(|| panic!("sample before any TYPE: {line}"));
+        assert!(
+            name == family.0
+                || name.strip_prefix(family.0.as_str()).is_some_and(|s| {
+                    family.1 == "histogram" && ["_bucket", "_sum", "_count"].contains(&s)
+                }),
+            "{line} outside its family {family:?}"
+        );
+    }
+    for (name, kind) in &typed {
+        match kind.as_str() {
+            "counter" => assert!(name.ends_with("_total"), "{name}"),
+            "gauge" | "histogram" => assert!(!name.ends_with("_total"), "{name}"),
+            other => panic!("{name}: unexpected type {other}"),
+        }
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no help"
+        );
+    }
+    let names: Vec<&str> = typed.iter().map(|(n, _)| n.as_str()).collect();
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "a family twice: {names:?}");
+}
+
+#[test]
+fn polls_fill_the_histogram_in_seconds_and_failures_are_counted() {
+    let metrics = Metrics::new();
+    metrics.observe_poll(Ok(Duration::from_micros(400)));
+    metrics.observe_poll(Ok(Duration::from_millis(30)));
+    metrics.observe_poll(Err(()));
+    let text = scrape(&metrics);
+    let series = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("{s} in\n{text}"));
+    assert_eq!(series("glance_limiter_poll_duration_seconds_count"), 2.0);
+    assert!((series("glance_limiter_poll_duration_seconds_sum") - 0.0304).abs() < 1e-9);
+    assert_eq!(
+        series("glance_limiter_poll_duration_seconds_bucket{le=\"0.0005\"}"),
+        1.0
+    );
+    assert_eq!(
+        series("glance_limiter_poll_duration_seconds_bucket{le=\"0.05\"}"),
+        2.0
+    );
+    assert_eq!(
+        series("glance_limiter_poll_duration_seconds_bucket{le=\"+Inf\"}"),
+        2.0
+    );
+    assert_eq!(series("glance_limiter_poll_failures_total"), 1.0);
+}
+
+#[test]
+fn before_the_first_poll_kernel_families_are_absent_and_the_rest_zero() {
+    let text = scrape(&Metrics::new());
+    assert!(!text.contains("packets_dropped"), "{text}");
+    assert_eq!(sample(&text, "glance_limiter_tracked_sources"), Some(0.0));
+    assert_eq!(
+        sample(&text, "glance_limiter_bans_total{origin=\"auto\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn monitor_mode_and_a_reset_kernel_counter_show_as_they_are() {
+    let metrics = Metrics::new();
+    metrics.update(under_attack());
+    metrics.update(Snapshot {
+        mode: Mode::Monitor,
+        kernel_counters: Some(vec![(Counter::DropBlocked, 2)]),
+        ..Snapshot::default()
+    });
+    let text = scrape(&metrics);
+    assert_eq!(
+        sample(&text, "glance_limiter_mode{mode=\"monitor\"}"),
+        Some(1.0)
+    );
+    // The kernel's counters restarted (maps recreated): exported as read, a counter reset.
+    assert_eq!(
+        sample(
+            &text,
+            "glance_limiter_packets_dropped_total{reason=\"blocked\"}"
+        ),
+        Some(2.0)
+    );
+    assert!(!text.contains("interface_attached{"), "{text}");
+}
+
+#[test]
+fn openmetrics_is_served_to_those_who_ask_for_it() {
+    let metrics = Metrics::new();
+    metrics.update(under_attack());
+    let text = metrics.encode(Format::OpenMetrics).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.contains("# TYPE glance_limiter_bans counter\n"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "glance_limiter_bans_total{origin=\"auto\"}"),
+        Some(5.0)
+    );
+    assert!(text.contains("# UNIT glance_limiter_poll_duration_seconds seconds\n"));
+}
+
+#[test]
+fn the_format_follows_the_accept_header() {
+    use Format::*;
+    // What Prometheus 2.x and 3.x send.
+    let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,\
+                      application/openmetrics-text;version=0.0.1;q=0.4,\
+                      text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let prometheus_3 = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+                        encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,\
+                        text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,*/*;q=0.2";
+    for (accept, format) in [
+        (None, Prometheus),
+        (Some("*/*"), Prometheus),
+        (Some("text/plain"), Prometheus),
+        (Some("application/json"), Prometheus),
+        (Some(prometheus), OpenMetrics),
+        (Some(prometheus_3), OpenMetrics),
+        (Some("application/openmetrics-text"), OpenMetrics),
+        (
+            Some("application/openmetrics-text;q=0.2, text/plain"),
+            Prometheus,
+        ),
+        (Some("application/openmetrics-text;q=0"), Prometheus),
+    ] {
+        assert_eq!(Format::negotiate(accept), format, "{accept:?}");
+    }
+}
