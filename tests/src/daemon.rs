@@ -117,13 +117,8 @@ pub struct DaemonSetup {
     allowlist: Vec<String>,
     /// `[policy]` keys with their values as TOML text.
     policy: Vec<(String, String)>,
-<<<<<<< HEAD
-    /// Top-level keys with their values as TOML text.
-    settings: Vec<(String, String)>,
-=======
     /// `metrics_listen = "..."` in the configuration file.
     metrics_listen: Option<String>,
->>>>>>> metrics
 }
 
 impl DaemonSetup {
@@ -138,15 +133,6 @@ impl DaemonSetup {
             mode_flag: None,
             allowlist: Vec::new(),
             policy: Vec::new(),
-<<<<<<< HEAD
-            settings: Vec::new(),
-        }
-    }
-
-    /// Sets a top-level key, its value given as TOML text: `setting("source_capacity", "4096")`.
-    pub fn setting(mut self, key: &str, toml_value: &str) -> Self {
-        self.settings.push((key.to_owned(), toml_value.to_owned()));
-=======
             metrics_listen: None,
         }
     }
@@ -155,7 +141,6 @@ impl DaemonSetup {
     /// namespace: its own loopback is free to use).
     pub fn metrics_listen(mut self, addr: &str) -> Self {
         self.metrics_listen = Some(addr.to_owned());
->>>>>>> metrics
         self
     }
 
@@ -212,13 +197,8 @@ impl DaemonSetup {
         if let Some(mode) = &self.mode_in_file {
             writeln!(text, "mode = {}", quoted(mode)).unwrap();
         }
-<<<<<<< HEAD
-        for (key, value) in &self.settings {
-            writeln!(text, "{key} = {value}").unwrap();
-=======
         if let Some(addr) = &self.metrics_listen {
             writeln!(text, "metrics_listen = {}", quoted(addr)).unwrap();
->>>>>>> metrics
         }
         let allowlist: Vec<String> = self.allowlist.iter().map(|a| quoted(a)).collect();
         writeln!(text, "allowlist = [{}]", allowlist.join(", ")).unwrap();
