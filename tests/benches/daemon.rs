@@ -1,6 +1,10 @@
 //! Daemon-side costs, measured side by side in one run: reading the per-source table with
 //! batch lookups against get_next_key walking, at 64k and 1M tracked sources, and the whole
 //! poll (read + rates + policy). Writes target/bench/daemon.json. `cargo xtask bench` (root).
+//!
+//! Then the daemon's poll time and memory against the number of tracked sources (4k to 1M),
+//! each size in a process of its own (this binary again, with `DAEMON_SCALE_POINT=N`) so
+//! that one size's freed memory does not count towards the next: target/bench/daemon_scale.json.
 
 use std::{
     fs,
@@ -18,7 +22,7 @@ use limiter_user::{
     rates::{Counts, RateTracker},
     store::RuleStore,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const GLANCE_PORT: u16 = 9292;
 const ROUNDS: usize = 5;
@@ -38,6 +42,11 @@ fn main() {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the daemon benchmark loads BPF programs: run `cargo xtask bench` as root");
         std::process::exit(1);
+    }
+    if let Ok(sources) = std::env::var(SCALE_POINT_VAR) {
+        let point = scale_point(sources.parse().expect("a number of sources"));
+        println!("{}", serde_json::to_string(&point).unwrap());
+        return;
     }
     let mut cases = Vec::new();
     for (sources, target_ms) in [(65_536usize, 25.0), (1_000_000, 500.0)] {
@@ -71,12 +80,105 @@ fn main() {
     )
     .unwrap();
     println!("wrote {}", path.display());
+
+    let points: Vec<ScalePoint> = SCALE_POINTS.iter().map(|&n| run_scale_point(n)).collect();
+    println!(
+        "\n{:>9} {:>14} {:>15} {:>10} {:>10}",
+        "sources", "poll ms (idle)", "first poll ms", "RSS MiB", "peak MiB"
+    );
+    for p in &points {
+        println!(
+            "{:>9} {:>14.1} {:>15.1} {:>10.1} {:>10.1}",
+            p.sources, p.poll_ms_median, p.first_poll_ms, p.rss_mib, p.rss_peak_mib
+        );
+    }
+    let path = dir.join("daemon_scale.json");
+    fs::write(
+        &path,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "command": "cargo xtask bench",
+            "points": points
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    println!("wrote {}", path.display());
 }
 
-/// Fills a table of exactly `sources` rows, then times each way of reading it and the poll.
-fn poll_cases(sources: usize, target_ms: f64) -> Vec<Case> {
+const SCALE_POINT_VAR: &str = "DAEMON_SCALE_POINT";
+const SCALE_POINTS: [usize; 5] = [4_096, 16_384, 65_536, 262_144, 1_048_576];
+
+#[derive(Serialize, Deserialize)]
+struct ScalePoint {
+    sources: usize,
+    /// Rows the table held after the fill.
+    rows: usize,
+    /// The daemon's poll (Engine::tick) on the idle table, median of [`ROUNDS`].
+    poll_ms_median: f64,
+    /// The first poll, which sees every row as new: every source active.
+    first_poll_ms: f64,
+    /// Resident memory of the process after the polls, and its peak.
+    rss_mib: f64,
+    rss_peak_mib: f64,
+}
+
+fn run_scale_point(sources: usize) -> ScalePoint {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(SCALE_POINT_VAR, sources.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run one scale point");
+    assert!(out.status.success(), "scale point {sources} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("a result line")).expect("a scale point")
+}
+
+/// One process, one table size: fill, then the daemon's engine over it.
+fn scale_point(sources: usize) -> ScalePoint {
+    let limiter = filled_limiter(sources);
+    let rows = limiter.sources_batched().unwrap().len();
+    let state = tempfile::tempdir().unwrap();
+    let config = Config {
+        state_dir: state.path().to_owned(),
+        source_capacity: sources as u32,
+        ..Config::default()
+    };
+    let store = RuleStore::open(state.path()).unwrap();
+    let mut engine = Engine::new(limiter, store, config).unwrap();
+    let t = Instant::now();
+    engine.tick().unwrap();
+    let first_poll = t.elapsed();
+    let mut ticks = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        engine.tick().unwrap();
+        ticks.push(t.elapsed());
+    }
+    ticks.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    ScalePoint {
+        sources,
+        rows,
+        poll_ms_median: ms(ticks[ticks.len() / 2]),
+        first_poll_ms: ms(first_poll),
+        rss_mib: status_kib("VmRSS:") / 1024.0,
+        rss_peak_mib: status_kib("VmHWM:") / 1024.0,
+    }
+}
+
+fn status_kib(field: &str) -> f64 {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A glance-limiter whose table holds `sources` rows (IPv6 sources, one SYN each through
+/// BPF_PROG_TEST_RUN), sized as the daemon would size it.
+fn filled_limiter(sources: usize) -> Limiter {
     let mut limiter = Limiter::load(&LoadOptions {
-        // The daemon's own sizing: capacity for the sources it must track.
         source_capacity: sources as u32,
     })
     .expect("load");
@@ -92,6 +194,12 @@ fn poll_cases(sources: usize, target_ms: f64) -> Vec<Case> {
     eprintln!("filled {rows} of {sources} rows in {:?}", started.elapsed());
     // The LRU may evict a little before it is full: a few percent is the same table.
     assert!(rows >= sources * 95 / 100, "only {rows} rows");
+    limiter
+}
+
+/// Fills a table of exactly `sources` rows, then times each way of reading it and the poll.
+fn poll_cases(sources: usize, target_ms: f64) -> Vec<Case> {
+    let limiter = filled_limiter(sources);
 
     let mut batched = Vec::new();
     let mut walked = Vec::new();

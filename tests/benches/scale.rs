@@ -36,12 +36,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as AyaHashMap, Map, MapData};
-use limiter_common::{Counter, SourceAddr, SourceStats};
+use limiter_common::Counter;
 use limiter_tests::{
     daemon::DaemonSetup,
     flood::{mac_of, Flood, FloodReport, Payload, Sender, Sources},
     http::{connect_from, request, StandInServer},
+    metrics::{self, Exposition},
     napi,
     netns::{rx_packets, AttackTopology, Netns},
     summary::median,
@@ -58,6 +58,8 @@ const MILLION: u32 = 1 << 20;
 const SPOOFED_FLOOD: Duration = Duration::from_secs(12);
 const LEGIT_GAP: Duration = Duration::from_millis(10);
 const FILL_LIMIT: Duration = Duration::from_secs(40);
+/// The daemon's metrics listener, on the server namespace's own loopback.
+const METRICS: &str = "127.0.0.1:9464";
 
 #[derive(Serialize)]
 struct TableCase {
@@ -83,7 +85,7 @@ struct SpoofedCase {
     /// Sources the daemon tracks rates for (its tracker keeps up to twice the table, so a
     /// source evicted from the kernel keeps its history for a while).
     tracked_sources_max: u64,
-    /// Rows of the kernel's per-source table (read from its pin).
+    /// Rows of the kernel's per-source table (the daemon's `source_table_rows` metric).
     table_rows_max: usize,
     rules_before: usize,
     operator_rules_kept: bool,
@@ -100,7 +102,9 @@ struct SpoofedCase {
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the scale benchmark needs network namespaces and BPF: run `cargo xtask bench` as root");
+        eprintln!(
+            "the scale benchmark needs network namespaces and BPF: run `cargo xtask bench` as root"
+        );
         std::process::exit(1);
     }
     napi::raise_priority(0).expect("raise priority (root)");
@@ -246,11 +250,18 @@ fn spoofed_case(
 ) -> SpoofedCase {
     let iface = topo.attacker.server_iface;
     let _server = StandInServer::start_in(&topo.server, PORT);
-    let daemon = DaemonSetup::new(&topo.server, &topo.server_ifaces()).start();
+    let daemon = DaemonSetup::new(&topo.server, &topo.server_ifaces())
+        .metrics_listen(METRICS)
+        .start();
     let legit_src = AttackTopology::LEGIT_V4[0];
     // The operator's rules, which a flood must not push out.
     daemon.cli_ok(&["block", "2001:db8:ffff::/48", "--reason", "operator block"]);
-    daemon.cli_ok(&["allow", &format!("{legit_src}/32"), "--reason", "compute node"]);
+    daemon.cli_ok(&[
+        "allow",
+        &format!("{legit_src}/32"),
+        "--reason",
+        "compute node",
+    ]);
     let operator_rules = daemon.rules();
     // The default configuration's table.
     let capacity = u64::from(limiter_common::DEFAULT_SOURCE_CAPACITY);
@@ -270,15 +281,23 @@ fn spoofed_case(
     let started = Instant::now();
     let handle = flood(MILLION, 200_000_000, SPOOFED_FLOOD).spawn_in(&topo.attacker.ns);
     let (mut tracked_max, mut table_max, mut rss_max) = (0u64, 0usize, 0f64);
+    let mut last_scrape = String::new();
     while started.elapsed() < SPOOFED_FLOOD {
         thread::sleep(Duration::from_millis(500));
         let status = daemon.status_json();
         tracked_max = tracked_max.max(status["tracked_sources"].as_u64().unwrap_or(0));
-        table_max = table_max.max(pinned_table_rows(daemon.pin_dir()));
+        if let Some((rows, text)) = scrape(&topo.server, "glance_limiter_source_table_rows") {
+            table_max = table_max.max(rows as usize);
+            last_scrape = text;
+        }
         rss_max = rss_max.max(process_rss_mib(pid));
     }
     let report = handle.join().expect("flood");
     let seconds = started.elapsed().as_secs_f64();
+    // The endpoint as an operator's Prometheus saw it at the flood's end.
+    let scrape_path = target_dir().join("bench/scale-metrics.txt");
+    fs::create_dir_all(scrape_path.parent().unwrap()).ok();
+    fs::write(&scrape_path, &last_scrape).expect("write the scrape");
     let (rx1, cpu1) = (topo.server.run(|| rx_packets(iface)), process_cpu(pid));
     stop.store(true, Ordering::Relaxed);
     let (mut latencies, failures) = legit.join().expect("legitimate client");
@@ -312,13 +331,13 @@ fn spoofed_case(
     }
 }
 
-/// Rows in the daemon's pinned per-source table.
-fn pinned_table_rows(pin_dir: &std::path::Path) -> usize {
-    let data = MapData::from_pin(pin_dir.join(limiter_common::SOURCES_MAP)).expect("pinned table");
-    let map = Map::LruHashMap(data);
-    let table: AyaHashMap<_, SourceAddr, SourceStats> =
-        AyaHashMap::try_from(&map).expect("a hash map");
-    table.keys().filter(Result::is_ok).count()
+/// One unlabelled sample from the daemon's metrics endpoint (the table's row count is only
+/// there: walking the pinned table with get_next_key while the LRU churns counts rows twice).
+fn scrape(server: &Netns, name: &str) -> Option<(f64, String)> {
+    let addr = METRICS.parse().unwrap();
+    let scrape = server.run(|| metrics::get(addr, "/metrics", None)).ok()?;
+    let value = Exposition::parse(&scrape.body).ok()?.value(name, &[])?;
+    Some((value, scrape.body))
 }
 
 /// The legitimate client's median latency over `duration` without a flood.
@@ -376,7 +395,12 @@ fn process_cpu(pid: u32) -> f64 {
     // The command name may hold spaces; the fields after it are fixed.
     let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -430,7 +454,15 @@ impl NftTable {
 impl Drop for NftTable {
     fn drop(&mut self) {
         Command::new("ip")
-            .args(["netns", "exec", &self.ns, "nft", "delete", "table", self.family])
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "nft",
+                "delete",
+                "table",
+                self.family,
+            ])
             .arg(Self::NAME)
             .stderr(Stdio::null())
             .status()

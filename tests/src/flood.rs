@@ -675,7 +675,9 @@ mod tests {
             (!(sum as u16)).to_be_bytes()
         };
         let (i, count) = (u64::from(i), u64::from(config.count));
-        let low = config.first_low.wrapping_add(((i + i / count) % count) as u32);
+        let low = config
+            .first_low
+            .wrapping_add(((i + i / count) % count) as u32);
         let mut out = frame.to_vec();
         if config.family == 4 {
             out[26..30].copy_from_slice(&low.to_be_bytes());

@@ -106,7 +106,10 @@ pub fn napi_threads(iface: &str) -> io::Result<Vec<i32>> {
 /// Attaching or detaching XDP may re-create them, so call it after every such change.
 pub fn pin_receiver(iface: &str, cpu: usize) -> Vec<i32> {
     let threads = napi_threads(iface).expect("list NAPI threads");
-    assert!(!threads.is_empty(), "no NAPI thread for {iface}: GRO and threaded NAPI on?");
+    assert!(
+        !threads.is_empty(),
+        "no NAPI thread for {iface}: GRO and threaded NAPI on?"
+    );
     for &pid in &threads {
         pin_to_cpu(pid, cpu).expect("pin the NAPI thread");
         raise_priority(pid).expect("raise the NAPI thread's priority");
