@@ -1,9 +1,11 @@
-//! Project tasks cargo cannot do alone: toolchain set-up, privileged test runs, benchmarks.
+//! Project tasks cargo cannot do alone: toolchain set-up, privileged test runs, benchmarks,
+//! the Debian package.
 //! Run as `cargo xtask <task>` (alias in .cargo/config.toml).
 
 mod bench;
 mod cmd;
 mod demo;
+mod dist;
 mod setup;
 mod test;
 
@@ -27,6 +29,12 @@ enum Task {
     Test,
     /// Set up, then run the benchmarks (need root); results in target/bench/.
     Bench,
+    /// Set up, then build the Debian package into target/dist/ and check its contents.
+    Dist {
+        /// `dev` packages the debug build, uncompressed (what `cargo xtask test` checks).
+        #[arg(long, value_enum, default_value = "release")]
+        profile: dist::Profile,
+    },
     /// Set up, then show the program at work in throwaway network namespaces (needs root).
     Demo,
 }
@@ -41,6 +49,10 @@ fn main() -> Result<()> {
         Task::Bench => {
             setup::run()?;
             bench::run()
+        }
+        Task::Dist { profile } => {
+            setup::run()?;
+            dist::package(profile).map(drop)
         }
         Task::Demo => {
             setup::run()?;

@@ -18,6 +18,10 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("nft", "nftables"),
     ("tmux", "tmux"),
+    // `cargo xtask dist` and the package check in `cargo xtask test`.
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("strip", "binutils"),
+    ("systemd-analyze", "systemd"),
 ];
 
 pub fn run() -> Result<()> {
