@@ -1,9 +1,11 @@
-//! Project tasks cargo cannot do alone: toolchain set-up, privileged test runs, benchmarks.
+//! Project tasks cargo cannot do alone: toolchain set-up, privileged test runs, benchmarks,
+//! the Debian package.
 //! Run as `cargo xtask <task>` (alias in .cargo/config.toml).
 
 mod bench;
 mod cmd;
 mod demo;
+mod dist;
 mod plots;
 mod setup;
 mod test;
@@ -31,6 +33,12 @@ enum Task {
     Bench,
     /// Draw the charts in docs/bench/ from the results in target/bench/ (no root needed).
     Plots,
+    /// Set up, then build the Debian package into target/dist/ and check its contents.
+    Dist {
+        /// `dev` packages the debug build, uncompressed (what `cargo xtask test` checks).
+        #[arg(long, value_enum, default_value = "release")]
+        profile: dist::Profile,
+    },
     /// Set up, then show the program at work in throwaway network namespaces (needs root).
     Demo,
 }
@@ -47,6 +55,10 @@ fn main() -> Result<()> {
             bench::run()
         }
         Task::Plots => plots::run(),
+        Task::Dist { profile } => {
+            setup::run()?;
+            dist::package(profile).map(drop)
+        }
         Task::Demo => {
             setup::run()?;
             demo::run()

@@ -18,6 +18,10 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("nft", "nftables"),
     ("tmux", "tmux"),
+    // `cargo xtask dist` and the package check in `cargo xtask test`.
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("strip", "binutils"),
+    ("systemd-analyze", "systemd"),
 ];
 /// Files the tasks read, and the Debian package that provides each.
 const DEBIAN_FILES: &[(&str, &str)] = &[(crate::plots::FONT, "fonts-dejavu-core")];

@@ -1,12 +1,16 @@
 //! Every check, in the order that fails fastest: formatting, lints, then all tests. Kernel
 //! tests (BPF_PROG_TEST_RUN, network namespaces) run inside `cargo test`; they need root and
-//! fail in CI (`CI=true`) if they cannot run, and skip with a printed reason elsewhere.
+//! fail in CI (`CI=true`) if they cannot run, and skip with a printed reason elsewhere. Last,
+//! the Debian package is built from the debug build and checked (dist::verify).
 
 use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::cmd::{self, cargo, in_ci, is_root};
+use crate::{
+    cmd::{self, cargo, in_ci, is_root},
+    dist,
+};
 
 pub fn run() -> Result<()> {
     if !is_root() {
@@ -43,6 +47,9 @@ pub fn run() -> Result<()> {
     // End-to-end tests run the `limiter` binary itself; build every binary first.
     cmd::run(cargo().args(["build", "--bins", "--locked"]))?;
     cmd::run(cargo().args(["test", "--locked", "--no-fail-fast"]))?;
+    // The package from the debug build just made: the same layout and checks as a release
+    // package, without an optimised build or compression (seconds, not minutes).
+    dist::package(dist::Profile::Dev)?;
     eprintln!("xtask: all checks passed");
     Ok(())
 }

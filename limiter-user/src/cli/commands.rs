@@ -11,7 +11,6 @@ use std::{
 
 use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
 use ipnet::IpNet;
-use tracing_subscriber::EnvFilter;
 
 use super::{
     addresses,
@@ -108,15 +107,7 @@ fn init_logging(command: &Command) {
     } else {
         "warn"
     };
-    let filter = EnvFilter::try_from_env("LIMITER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // Colour only on a terminal: under systemd or into a file, escape codes are noise.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(
-            io::IsTerminal::is_terminal(&io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .with_writer(io::stderr)
-        .try_init();
+    super::logging::init(default);
 }
 
 /// Runs a command with the given stdin (for `-` addresses) and stdout.

@@ -203,6 +203,7 @@ impl Engine {
                 threshold = d.threshold,
                 ttl_secs = d.ttl.as_secs(),
                 offence = d.offence,
+                reason = %d.reason,
                 rule = %format!("block {} on the protected ports for {}", d.net, humantime::format_duration(d.ttl)),
                 mode = mode.as_str(),
                 "{verb}: {}", d.reason
