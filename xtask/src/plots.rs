@@ -115,6 +115,7 @@ struct Scale {
 
 #[derive(Deserialize)]
 struct TableSizePoint {
+    capacity: f64,
     sources: f64,
     cpu_ns_per_pkt: f64,
     prog_ns_per_pkt: f64,
@@ -175,9 +176,15 @@ fn flood_cost_bars(flood: &Flood) -> Vec<Bar> {
         .collect()
 }
 
-/// (sources, ns per packet) for the receive path and for the program, by sources.
+/// (sources, ns per packet) for the receive path and for the program, by sources. Only the
+/// cases whose table holds all their sources (the churn case, more sources than rows, is a
+/// different curve).
 fn table_size_series(scale: &Scale) -> [Series; 2] {
-    let mut points: Vec<_> = scale.table_size.iter().collect();
+    let mut points: Vec<_> = scale
+        .table_size
+        .iter()
+        .filter(|p| p.capacity == p.sources)
+        .collect();
     points.sort_by(|a, b| a.sources.total_cmp(&b.sources));
     [
         points
@@ -436,6 +443,8 @@ mod tests {
             r#"{"other": [1, 2], "table_size": [
             {"capacity": 1048576, "sources": 1048576, "cpu_ns_per_pkt": 300.0,
              "prog_ns_per_pkt": 120.0, "pps": 2.0e6},
+            {"capacity": 65536, "sources": 1048576, "cpu_ns_per_pkt": 900.0,
+             "prog_ns_per_pkt": 500.0},
             {"capacity": 4096, "sources": 4096, "cpu_ns_per_pkt": 250.0,
              "prog_ns_per_pkt": 90.0, "pps": 3.0e6}]}"#,
         );
