@@ -50,6 +50,22 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// The last source this CPU dropped on a protected port, and the verdict that dropped it. A
+/// flood is one source's packets back to back: while the rules generation is unchanged and
+/// the verdict still says drop, its next packet is dropped without the hash lookup.
+#[map]
+static LAST_DROP: PerCpuArray<LastDrop> = PerCpuArray::with_max_entries(1, 0);
+
+/// Private to the program (userspace never reads it). All zero matches no packet's source
+/// with a dropping verdict, so the initial entry is inert.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LastDrop {
+    src: [u64; 2],
+    rules_generation: u64,
+    verdict: Verdict,
+}
+
 #[xdp]
 pub fn glance_limiter(ctx: XdpContext) -> u32 {
     let (action, counter) = match process(&ctx) {
@@ -98,6 +114,9 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
 
     let now = unsafe { bpf_jiffies64() };
     let generation = config().map_or(0, |c| c.rules_generation);
+    if dropped_last_time(&net.src, generation, now) {
+        return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
+    }
     let frame_bytes = packet::frame_len(ctx) as u64;
     let class = || {
         if tcp.payload_len > 0 {
@@ -112,6 +131,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         // idempotent stores of the same cached verdict.
         let verdict = unsafe { cached_verdict(stats, &net.src, generation) };
         let Some(counter) = verdict.pass_counter(now) else {
+            remember_drop(&net.src, generation, verdict);
             return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
         };
         add_in_place(stats, tcp.syn, class(), frame_bytes, now);
@@ -122,6 +142,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     let verdict = rules::lookup(&net.src);
     let Some(counter) = verdict.pass_counter(now) else {
         // Not inserted: a spoofed flood from a blocked prefix must not evict real sources.
+        remember_drop(&net.src, generation, verdict);
         return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
     };
     insert_source(
@@ -134,6 +155,31 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         now,
     );
     Ok((xdp_action::XDP_PASS, counter))
+}
+
+/// Whether this CPU's last drop was `src` under the same rules, and still drops now.
+#[inline(always)]
+fn dropped_last_time(src: &SourceAddr, generation: u64, now: u64) -> bool {
+    let Some(last) = LAST_DROP.get(0) else {
+        return false;
+    };
+    last.src == src.words
+        && last.rules_generation == generation
+        && last.verdict.pass_counter(now).is_none()
+}
+
+#[inline(always)]
+fn remember_drop(src: &SourceAddr, generation: u64, verdict: Verdict) {
+    if let Some(last) = LAST_DROP.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, and a program run is not preempted on its CPU.
+        unsafe {
+            *last = LastDrop {
+                src: src.words,
+                rules_generation: generation,
+                verdict,
+            }
+        };
+    }
 }
 
 impl Verdict {

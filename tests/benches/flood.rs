@@ -77,9 +77,10 @@ enum Attack {
 }
 
 /// Cases: (name, what receives, what is sent). The filter is chosen by the name's prefix.
-const CASES: [(&str, Attack); 9] = [
+const CASES: [(&str, Attack); 10] = [
     ("no-flood", Attack::None),
     ("xdp-drop-all", Attack::SynV4),
+    ("xdp-read-drop", Attack::SynV4),
     ("limiter-banned", Attack::SynV4),
     ("limiter-banned-ipv6", Attack::SynV6),
     ("limiter-banned-create", Attack::CreateV4),
@@ -259,11 +260,16 @@ impl Filter {
         let banned = AttackTopology::ATTACKER_V4[0];
         match name {
             "no-flood" | "stack" => Filter::None,
-            "xdp-drop-all" => {
-                let mut program = Baseline::load(Baseline::EMPTY_DROP).expect("load empty_drop");
+            "xdp-drop-all" | "xdp-read-drop" => {
+                let name = if name == "xdp-drop-all" {
+                    Baseline::EMPTY_DROP
+                } else {
+                    Baseline::READ_DROP
+                };
+                let mut program = Baseline::load(name).expect("load a reference program");
                 topo.server
                     .run(|| program.attach_native(iface))
-                    .expect("attach empty_drop (native)");
+                    .expect("attach a reference program (native)");
                 Filter::Xdp { _program: program }
             }
             name if name.starts_with("limiter-banned") => {
@@ -544,6 +550,12 @@ fn print_table(cases: &[Case]) {
             "limiter-banned / xdp-drop-all (pps)",
             limiter.pps_median / get("xdp-drop-all").pps_median,
             0.8,
+            true,
+        ),
+        (
+            "limiter-banned / xdp-read-drop (pps)",
+            limiter.pps_median / get("xdp-read-drop").pps_median,
+            f64::NAN,
             true,
         ),
         (

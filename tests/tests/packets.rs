@@ -1923,3 +1923,44 @@ fn ipv6_prefixes_over_the_ipv4_mapped_range_are_rejected() {
         );
     }
 }
+
+/// Back-to-back drops of one source take the program's one-entry cache of its last drop; the
+/// cache must follow every rule change and the rule's expiry as the full path does.
+#[test]
+fn repeated_drops_of_one_source_follow_rule_changes_and_expiry() {
+    limiter_tests::require_kernel!();
+    let mut h = Harness::new();
+    let (a, b) = ("198.51.100.7", "198.51.100.8");
+    let (frame_a, frame_b) = (
+        Packet::syn(a, GLANCE).build(),
+        Packet::syn(b, GLANCE).build(),
+    );
+    h.apply(&[block(&format!("{a}/32"))]);
+    for _ in 0..3 {
+        h.drops(&frame_a, DropBlocked);
+    }
+    // Another source between two drops of the first is judged on its own.
+    h.check(&frame_b, &[PassProtected, SourceNew], Row::counts(b).syn());
+    h.drops(&frame_a, DropBlocked);
+
+    // The rules change: the first source is free at once, the second dropped.
+    h.apply(&[block(&format!("{b}/32"))]);
+    h.check(&frame_a, &[PassProtected, SourceNew], Row::counts(a).syn());
+    h.drops(&frame_b, DropBlocked);
+    h.drops(&frame_b, DropBlocked);
+
+    // A block that ends in about a second: dropped (twice, so the second comes from the
+    // cache), then passed once the deadline is behind.
+    let (behind, now) = clock_ten_seconds_behind(&h);
+    h.apply_with_clock(
+        &[expiring(
+            block(&format!("{b}/32")),
+            now + Duration::from_secs(11),
+        )],
+        &behind,
+    );
+    h.drops(&frame_b, DropBlocked);
+    h.drops(&frame_b, DropBlocked);
+    std::thread::sleep(Duration::from_millis(1300));
+    h.check(&frame_b, &[PassProtected], Row::counts(b).syn());
+}

@@ -326,7 +326,7 @@ fn run_stats(program: &Xdp, name: &'static str) -> Result<RunStats, LoaderError>
     })
 }
 
-/// Do-nothing programs (`empty_pass`, `empty_drop`) to measure against.
+/// Reference programs (`empty_pass`, `empty_drop`, `read_drop`) to measure against.
 pub struct Baseline {
     ebpf: Ebpf,
     name: &'static str,
@@ -335,6 +335,8 @@ pub struct Baseline {
 impl Baseline {
     pub const EMPTY_PASS: &'static str = "empty_pass";
     pub const EMPTY_DROP: &'static str = "empty_drop";
+    /// Reads the headers glance-limiter reads first, then drops.
+    pub const READ_DROP: &'static str = "read_drop";
 
     pub fn load(name: &'static str) -> Result<Self, LoaderError> {
         let mut ebpf = Ebpf::load(ebpf_objects::BASELINE).map_err(LoaderError::Load)?;

@@ -24,7 +24,9 @@ use super::{program_mut, AttachMode, Limiter, LoadOptions, LoaderError};
 /// Where the daemon pins by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/glance-limiter";
 
-/// Every map of the program: all are pinned, so a restart loses neither rules nor counts.
+/// Every map that holds state: all are pinned, so a restart loses neither rules nor counts.
+/// (`LAST_DROP`, the program's per-CPU one-entry cache of its last drop, is not: it is
+/// checked against the rules generation on every use, and a fresh one is empty.)
 pub const PINNED_MAPS: [&str; 6] = [
     SOURCES_MAP,
     BLOCK_MAP,
