@@ -12,7 +12,9 @@ use std::{
 
 use limiter_common::SourceStats;
 use limiter_tests::frames::Packet;
-use limiter_user::loader::{Limiter, LoadOptions, SourceEntry, Verdict, DEFAULT_BATCH_CHUNK};
+use limiter_user::loader::{
+    Limiter, LoadOptions, SourceEntry, Verdict, DEFAULT_BATCH_CHUNK, PARALLEL_BATCH_MIN_ENTRIES,
+};
 
 /// The Glance API port.
 const GLANCE: u16 = 9292;
@@ -107,6 +109,26 @@ fn batched_reads_equal_iterated_reads_at_every_chunk_boundary() {
         };
         assert_same_as_iterating(&limiter, n, chunks);
     }
+}
+
+/// A table large enough to be read by several threads, each from its own range of hash
+/// buckets, must still come back exactly once per row.
+#[test]
+fn parallel_batched_reads_equal_iterated_reads() {
+    limiter_tests::require_kernel!();
+    let capacity = 2 * PARALLEL_BATCH_MIN_ENTRIES;
+    let rows = PARALLEL_BATCH_MIN_ENTRIES;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        println!("one CPU: the reader stays single-threaded, so this checks only that path");
+    }
+    // Half full, so the LRU never evicts a row while the table fills.
+    let limiter = load(capacity);
+    fill(&limiter, rows);
+    // The default chunk ends the first part's range mid-call; 1000 puts the boundary
+    // elsewhere; a chunk larger than the table makes the first part's one call read the
+    // whole map, all of it overlapping the later parts.
+    assert_same_as_iterating(&limiter, rows, &[DEFAULT_BATCH_CHUNK, 1000, 2 * capacity]);
 }
 
 #[test]

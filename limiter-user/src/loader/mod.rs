@@ -21,7 +21,7 @@ use std::{
 use limiter_common::{CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, SOURCES_MAP};
 use tracing::{info, warn};
 
-pub use self::batch::{BatchError, DEFAULT_BATCH_CHUNK};
+pub use self::batch::{BatchError, DEFAULT_BATCH_CHUNK, PARALLEL_BATCH_MIN_ENTRIES};
 pub use self::{
     maps::{Counters, SourceEntry},
     pins::{detach_pinned, pinned_interfaces, DetachReport, DEFAULT_PIN_DIR, PINNED_MAPS},
