@@ -27,8 +27,13 @@ enum Task {
     Test,
     /// Set up, then run the benchmarks (need root); results in target/bench/.
     Bench,
-    /// Set up, then show the program at work in throwaway network namespaces (needs root).
-    Demo,
+    /// Set up, then run the daemon against an image-create flood on the real Glance API in
+    /// throwaway network namespaces, with its live screen (needs root). Arguments go to the
+    /// demo: `--headless`, `--duration 45s`.
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -42,9 +47,10 @@ fn main() -> Result<()> {
             setup::run()?;
             bench::run()
         }
-        Task::Demo => {
+        Task::Demo { args } => {
+            demo::check_root()?;
             setup::run()?;
-            demo::run()
+            demo::run(&args)
         }
     }
 }
