@@ -10,6 +10,7 @@
 use std::{
     fs::File,
     io::Write,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread,
@@ -65,7 +66,11 @@ impl DemoDaemon {
             }
             Screen::Headless => {
                 let log = File::create(&log_file).expect("create the daemon's log");
+                // Its own process group: Ctrl-C reaches only the demo, which stops the
+                // clients before the daemon. (The screen must stay in the terminal's
+                // foreground group to read keys; raw mode makes Ctrl-C a key there.)
                 command
+                    .process_group(0)
                     .env("NO_COLOR", "1")
                     .stdin(Stdio::null())
                     .stdout(log.try_clone().expect("log handle"))
@@ -129,6 +134,8 @@ impl DemoDaemon {
             .args(args)
             .env_remove("LIMITER_LOG")
             .stdin(Stdio::null())
+            // Out of the terminal's reach: a Ctrl-C is the demo's to handle.
+            .process_group(0)
             .output()
             .ok()?;
         out.status
