@@ -93,7 +93,8 @@ impl Timeline {
         let mut line = format!(
             "{:>4.0} s  attacker creates {:>3} accepted {:>3} refused   legit requests {:>2} ok \
              {:>2} failed   images {:>5} ({:+})",
-            now.t,
+            // Samples are taken at or just after their second: name them by it.
+            now.t.floor(),
             d.attacker_accepted,
             d.attacker_refused,
             d.legit_ok,
@@ -131,7 +132,7 @@ impl Timeline {
             let _ = writeln!(
                 out,
                 "{:>4.0} s │ {:>8} {:>8} │ {:>8} {:>9}  │ {:>7} {:>6}",
-                sample.t,
+                sample.t.floor(),
                 d.attacker_accepted,
                 d.attacker_refused,
                 d.legit_ok,
