@@ -37,7 +37,8 @@ const WAIT_STEP: Duration = Duration::from_millis(20);
 static NEXT_PIN_DIR: AtomicU32 = AtomicU32::new(0);
 
 /// The `limiter` binary of the build the tests belong to: next to the directory of the test
-/// executable (target/<profile>/deps/.. → target/<profile>/limiter). Cargo does not build
+/// executable (target/<profile>/deps/.. → target/<profile>/limiter), or next to a binary of
+/// this crate (target/<profile>/demo). Cargo does not build
 /// another package's binaries for `cargo test -p limiter-tests`, hence the hint.
 ///
 /// Checked once per process: it must not be older than the sources it is built from.
@@ -48,10 +49,15 @@ pub fn limiter_binary() -> PathBuf {
 
 fn find_limiter_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable sits in target/<profile>/deps");
+    let exe_dir = exe.parent().expect("the executable sits in a directory");
+    // Test executables sit in target/<profile>/deps, binaries (the demo) beside `limiter`.
+    let profile_dir = if exe_dir.ends_with("deps") {
+        exe_dir
+            .parent()
+            .expect("target/<profile>/deps has a parent")
+    } else {
+        exe_dir
+    };
     let binary = profile_dir.join("limiter");
     let build_it = format!(
         "build it: cargo build -p limiter-user --bin limiter{}",

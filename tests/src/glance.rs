@@ -3,6 +3,7 @@
 //! group is killed and the state directory removed on drop.
 
 use std::{
+    collections::BTreeMap,
     fs,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -109,22 +110,43 @@ impl RealGlance {
 
     /// Images in the database that are not deleted (a flood leaves them `queued`).
     pub fn image_count(&self) -> u64 {
+        let out = self.query(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             print(c.execute('select count(*) from images where deleted=0').fetchone()[0])",
+        );
+        out.parse()
+            .unwrap_or_else(|_| panic!("unexpected count: {out}"))
+    }
+
+    /// Images not deleted, per image name (the demo names each client's images apart).
+    pub fn image_counts_by_name(&self) -> BTreeMap<String, u64> {
+        let out = self.query(
+            "import json,sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             rows=c.execute('select name, count(*) from images where deleted=0 group by name'); \
+             print(json.dumps({(name or ''): n for name, n in rows}))",
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("unexpected counts `{out}`: {e}"))
+    }
+
+    /// Runs a Python snippet with the database's path as its argument; its stdout, or a
+    /// panic with its stderr.
+    fn query(&self, script: &str) -> String {
         let db = self.dir.path().join("glance.sqlite");
         let out = Command::new(self.venv.join("bin/python"))
             .arg("-c")
-            .arg(
-                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
-                 print(c.execute('select count(*) from images where deleted=0').fetchone()[0])",
-            )
+            .arg(script)
             .arg(&db)
+            // A Ctrl-C meant for the caller (the demo cleans up on it) must not fail a query.
+            .process_group(0)
             .output()
             .expect("query the Glance database");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| {
-                panic!("unexpected count: {}", String::from_utf8_lossy(&out.stderr))
-            })
+        assert!(
+            out.status.success(),
+            "querying {}: {}",
+            db.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     pub fn state_dir(&self) -> &Path {

@@ -422,9 +422,37 @@ pub fn image_create_flood(
     limits: FloodLimits,
     stop: &AtomicBool,
 ) -> FloodLog {
-    let mut connection: Option<TcpStream> = None;
-    drive(limits, stop, pace, || {
-        if connection.is_none() {
+    let mut client = ImageCreateClient::new(src, dst, port, body);
+    drive(limits, stop, pace, || client.create())
+}
+
+/// The client side of [`image_create_flood`], one create at a time, for a caller that keeps
+/// its own schedule and tally (the demo): `POST /v2/images` on a keep-alive connection,
+/// reconnecting after a request that got no answer. Use inside the client's namespace.
+pub struct ImageCreateClient {
+    src: String,
+    dst: String,
+    port: u16,
+    body: String,
+    connection: Option<TcpStream>,
+}
+
+impl ImageCreateClient {
+    pub fn new(src: &str, dst: &str, port: u16, body: &str) -> Self {
+        ImageCreateClient {
+            src: src.to_owned(),
+            dst: dst.to_owned(),
+            port,
+            body: body.to_owned(),
+            connection: None,
+        }
+    }
+
+    /// One create (connecting first if needed): the status, or `None` when the connect or
+    /// the request got no answer (see [`image_create_flood`] for what counts as none).
+    pub fn create(&mut self) -> Option<u16> {
+        let (src, dst, port) = (self.src.as_str(), self.dst.as_str(), self.port);
+        if self.connection.is_none() {
             let stream = match connect_from(src, dst, port, FLOOD_CONNECT_TIMEOUT) {
                 Ok(stream) => stream,
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => return None,
@@ -433,10 +461,10 @@ pub fn image_create_flood(
             stream
                 .set_read_timeout(Some(FLOOD_RESPONSE_TIMEOUT))
                 .expect("read timeout");
-            connection = Some(stream);
+            self.connection = Some(stream);
         }
-        let stream = connection.as_mut().expect("connected above");
-        let status = match request(stream, "POST", "/v2/images", body) {
+        let stream = self.connection.as_mut().expect("connected above");
+        let status = match request(stream, "POST", "/v2/images", &self.body) {
             Ok(status) => Some(status),
             Err(e) if is_timeout(&e) && !has_unacknowledged_data(stream) => {
                 stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
@@ -447,10 +475,10 @@ pub fn image_create_flood(
             Err(_) => None,
         };
         if status.is_none() {
-            connection = None;
+            self.connection = None;
         }
         status
-    })
+    }
 }
 
 fn is_timeout(error: &io::Error) -> bool {

@@ -39,8 +39,13 @@ enum Task {
         #[arg(long, value_enum, default_value = "release")]
         profile: dist::Profile,
     },
-    /// Set up, then show the program at work in throwaway network namespaces (needs root).
-    Demo,
+    /// Set up, then run the daemon against an image-create flood on the real Glance API in
+    /// throwaway network namespaces, with its live screen (needs root). Arguments go to the
+    /// demo: `--headless`, `--duration 45s`.
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -59,9 +64,10 @@ fn main() -> Result<()> {
             setup::run()?;
             dist::package(profile).map(drop)
         }
-        Task::Demo => {
+        Task::Demo { args } => {
+            demo::check_root()?;
             setup::run()?;
-            demo::run()
+            demo::run(&args)
         }
     }
 }

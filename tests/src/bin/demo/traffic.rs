@@ -1,0 +1,227 @@
+//! The demo's two clients, each on a thread inside its own namespace and each bounded in
+//! requests and time: a legitimate user who lists images every second and creates one every
+//! third second, and an attacker who, after a quiet start, floods image creates over one
+//! keep-alive connection. Their tallies are live, so the main loop can sample them.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use limiter_tests::{
+    http::{connect_from, request, ImageCreateClient},
+    netns::{AttackTopology, ClientNet},
+};
+use serde::Serialize;
+
+pub const GLANCE_PORT: u16 = 9292;
+pub const ATTACKER: &str = AttackTopology::ATTACKER_V4[0];
+pub const LEGIT: &str = AttackTopology::LEGIT_V4[0];
+/// Image names tell the two clients' rows apart in Glance's database.
+pub const ATTACKER_IMAGE: &str = "demo-attacker";
+pub const LEGIT_IMAGE: &str = "demo-legit";
+
+/// How long a legitimate request may take: Glance under a flood answers slowly, and a slow
+/// answer is not a refusal.
+const LEGIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The attacker's bound, far above what it can send in any demo's duration.
+const MAX_ATTACK_REQUESTS: u64 = 20_000;
+
+/// What the clients do and when.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// The attacker starts this long after the legitimate client, so the screen first shows
+    /// normal use.
+    pub attack_after: Duration,
+    /// The attacker's pace: a create every this long (Glance here manages 46–92 a second).
+    pub attack_every: Duration,
+    /// The legitimate client's pace: one request every this long ...
+    pub legit_every: Duration,
+    /// ... of which every n-th creates an image and the others list images.
+    pub legit_create_each: u64,
+    /// Everything stops at the latest after this long.
+    pub duration: Duration,
+}
+
+impl Plan {
+    pub fn attack_per_second(&self) -> f64 {
+        1.0 / self.attack_every.as_secs_f64()
+    }
+
+    pub fn legit_creates_per_minute(&self) -> f64 {
+        60.0 / (self.legit_every.as_secs_f64() * self.legit_create_each as f64)
+    }
+}
+
+/// Requests answered with 2xx, and those that failed (no answer, or another status).
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Tally {
+    fn record(&self, status: Option<u16>) {
+        let counter = if status.is_some_and(|s| (200..300).contains(&s)) {
+            &self.ok
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            ok: self.ok.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub ok: u64,
+    pub failed: u64,
+}
+
+/// Every tally at one instant, cumulative since the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TrafficCounts {
+    pub attacker_creates: Counts,
+    pub legit_creates: Counts,
+    pub legit_reads: Counts,
+}
+
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    attacker: Arc<Tally>,
+    legit_creates: Arc<Tally>,
+    legit_reads: Arc<Tally>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(topo: &AttackTopology, plan: Plan) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (attacker, legit_creates, legit_reads) = Default::default();
+        let mut traffic = Traffic {
+            stop,
+            attacker,
+            legit_creates,
+            legit_reads,
+            threads: Vec::new(),
+        };
+        let deadline = Instant::now() + plan.duration;
+        traffic
+            .threads
+            .push(spawn_legit(&topo.legit, &traffic, plan, deadline));
+        traffic
+            .threads
+            .push(spawn_attacker(&topo.attacker, &traffic, plan, deadline));
+        traffic
+    }
+
+    pub fn counts(&self) -> TrafficCounts {
+        TrafficCounts {
+            attacker_creates: self.attacker.counts(),
+            legit_creates: self.legit_creates.counts(),
+            legit_reads: self.legit_reads.counts(),
+        }
+    }
+
+    /// Stops both clients and waits for them (a request in flight ends within its timeout).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            thread.join().ok();
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_legit(
+    net: &ClientNet,
+    traffic: &Traffic,
+    plan: Plan,
+    deadline: Instant,
+) -> thread::JoinHandle<()> {
+    let (stop, creates, reads) = (
+        traffic.stop.clone(),
+        traffic.legit_creates.clone(),
+        traffic.legit_reads.clone(),
+    );
+    let dst = net.server_addr_for(LEGIT);
+    let body = create_body(LEGIT_IMAGE);
+    net.ns.spawn(move || {
+        let begun = Instant::now();
+        for n in 0.. {
+            if !sleep_until(begun + plan.legit_every * n, deadline, &stop) {
+                return;
+            }
+            // A new connection each time, so every request also shows its SYN gets through.
+            let exchange = |method, path, body: &str| {
+                let mut stream = connect_from(LEGIT, dst, GLANCE_PORT, LEGIT_TIMEOUT).ok()?;
+                request(&mut stream, method, path, body).ok()
+            };
+            if u64::from(n) % plan.legit_create_each == 0 {
+                creates.record(exchange("POST", "/v2/images", &body));
+            } else {
+                reads.record(exchange("GET", "/v2/images", ""));
+            }
+        }
+    })
+}
+
+fn spawn_attacker(
+    net: &ClientNet,
+    traffic: &Traffic,
+    plan: Plan,
+    deadline: Instant,
+) -> thread::JoinHandle<()> {
+    let (stop, tally) = (traffic.stop.clone(), traffic.attacker.clone());
+    let dst = net.server_addr_for(ATTACKER);
+    let body = create_body(ATTACKER_IMAGE);
+    net.ns.spawn(move || {
+        let mut client = ImageCreateClient::new(ATTACKER, dst, GLANCE_PORT, &body);
+        let mut next = Instant::now() + plan.attack_after;
+        for _ in 0..MAX_ATTACK_REQUESTS {
+            if !sleep_until(next, deadline, &stop) {
+                return;
+            }
+            // Paced from the previous start: a dropped request waits out its timeout, and the
+            // ones after it do not catch up in a burst.
+            next = Instant::now() + plan.attack_every;
+            tally.record(client.create());
+        }
+    })
+}
+
+/// Sleeps until `at`; `false` (at once) if `stop` is raised or `deadline` comes first.
+fn sleep_until(at: Instant, deadline: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if now >= at {
+            return true;
+        }
+        thread::sleep((at - now).min(Duration::from_millis(50)));
+    }
+}
+
+fn create_body(name: &str) -> String {
+    format!(r#"{{"name":"{name}","disk_format":"raw","container_format":"bare"}}"#)
+}
