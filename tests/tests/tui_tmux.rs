@@ -381,9 +381,16 @@ fn limiter_top_shows_the_attack_and_unbans_from_the_keyboard() {
         Vec::<Value>::new(),
         "not banned again"
     );
-    let after = wait_until("the attacker ok on screen", ON_SCREEN, || {
-        table_row(&top.capture(), ATTACKER).filter(|row| row.state == "ok")
-    });
+    // The screen refreshes on its own clock: the row may turn `ok` one refresh before the
+    // probe's SYN reaches its figures.
+    let after = wait_until(
+        "the attacker ok on screen, probe counted",
+        ON_SCREEN,
+        || {
+            table_row(&top.capture(), ATTACKER)
+                .filter(|row| row.state == "ok" && row.figures[0] != "0")
+        },
+    );
     assert_eq!(after.figures[0], "0.1", "one SYN in 10 s: {after:?}");
     top.send_keys(&["3"]);
     let events = top.wait_for_screen("the unban in the event log", ON_SCREEN, |screen| {
