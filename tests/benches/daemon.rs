@@ -9,11 +9,10 @@
 use std::{
     fs,
     net::Ipv6Addr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use limiter_tests::frames::Packet;
+use limiter_tests::{frames::Packet, summary::bench_dir};
 use limiter_user::{
     config::Config,
     daemon::Engine,
@@ -67,7 +66,7 @@ fn main() {
             c.target_ms.map_or("-".to_owned(), |t| format!("<= {t:.0}"))
         );
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let dir = bench_dir();
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join("daemon.json");
     fs::write(

@@ -33,10 +33,8 @@
 
 use std::{
     fs,
-    io::Write,
     net::IpAddr,
-    path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -50,8 +48,9 @@ use limiter_tests::{
     flood::{mac_of, Flood, Payload, Sender, Sources},
     http::{connect_from, request, StandInServer},
     napi,
-    netns::{rx_packets, AttackTopology, Netns},
-    summary::{max, median, min},
+    netns::{rx_packets, AttackTopology},
+    nft::NftTable,
+    summary::{bench_dir, max, median, min},
 };
 use limiter_user::{
     loader::{Baseline, Limiter, LoadOptions, RunStats},
@@ -304,6 +303,7 @@ impl Filter {
             "nft-ingress-set" => Filter::Nft { _table: NftTable::new(
                 &topo.server,
                 "netdev",
+                "glbench",
                 &format!(
                     "set banned {{ type ipv4_addr; elements = {{ {banned} }}; }}
                      chain ingress {{ type filter hook ingress device {iface} priority 0; policy accept;
@@ -313,6 +313,7 @@ impl Filter {
             "nft-prerouting-set" => Filter::Nft { _table: NftTable::new(
                 &topo.server,
                 "inet",
+                "glbench",
                 &format!(
                     "set banned {{ type ipv4_addr; elements = {{ {banned} }}; }}
                      chain prerouting {{ type filter hook prerouting priority raw; policy accept;
@@ -324,6 +325,7 @@ impl Filter {
             "nft-meter" => Filter::Nft { _table: NftTable::new(
                 &topo.server,
                 "inet",
+                "glbench",
                 &format!(
                     "set persource {{ type ipv4_addr; size 65536; flags dynamic,timeout; timeout 10s; }}
                      chain prerouting {{ type filter hook prerouting priority raw; policy accept;
@@ -347,69 +349,6 @@ impl Filter {
         match self {
             Filter::Limiter(l) => Some(l.counters().unwrap().get(Counter::DropBlocked)),
             _ => None,
-        }
-    }
-}
-
-/// An nftables table inside a test namespace, deleted on drop (and with the namespace).
-struct NftTable {
-    ns: String,
-    family: &'static str,
-}
-
-impl NftTable {
-    const NAME: &'static str = "glbench";
-
-    fn new(ns: &Netns, family: &'static str, body: &str) -> Self {
-        let script = format!("table {family} {} {{\n{body}\n}}\n", Self::NAME);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run nft");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        // The guard exists before the check: a half-made table is removed too.
-        let table = NftTable {
-            ns: ns.name().to_owned(),
-            family,
-        };
-        assert!(
-            out.status.success(),
-            "nft -f failed: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        table
-    }
-}
-
-impl Drop for NftTable {
-    fn drop(&mut self) {
-        let status = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "nft",
-                "delete",
-                "table",
-                self.family,
-            ])
-            .arg(Self::NAME)
-            .stderr(Stdio::null())
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!(
-                "warning: could not delete nft table {} in {}",
-                Self::NAME,
-                self.ns
-            );
         }
     }
 }
@@ -601,7 +540,7 @@ fn print_table(cases: &[Case]) {
 }
 
 fn write_report(cases: &[Case], sender_cpu: usize, receiver_cpu: usize) {
-    let dir = target_dir().join("bench");
+    let dir = bench_dir();
     fs::create_dir_all(&dir).expect("create target/bench");
     let path = dir.join("flood.json");
     let report = serde_json::json!({
@@ -615,10 +554,4 @@ fn write_report(cases: &[Case], sender_cpu: usize, receiver_cpu: usize) {
     });
     fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write flood.json");
     println!("wrote {}", path.display());
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }

@@ -25,9 +25,6 @@
 
 use std::{
     fs,
-    io::Write,
-    path::PathBuf,
-    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -44,7 +41,8 @@ use limiter_tests::{
     metrics::{self, Exposition},
     napi,
     netns::{rx_packets, AttackTopology, Netns},
-    summary::median,
+    nft::NftTable,
+    summary::{bench_dir, median},
 };
 use limiter_user::loader::{Limiter, LoadOptions};
 use serde::Serialize;
@@ -144,6 +142,7 @@ fn main() {
         let _drop_after = NftTable::new(
             &topo.server,
             "netdev",
+            "glscale",
             &format!(
                 "chain ingress {{ type filter hook ingress device {iface} priority 0; policy accept;
                      ip6 saddr {SPOOF_FIRST}/96 drop; }}"
@@ -295,7 +294,7 @@ fn spoofed_case(
     let report = handle.join().expect("flood");
     let seconds = started.elapsed().as_secs_f64();
     // The endpoint as an operator's Prometheus saw it at the flood's end.
-    let scrape_path = target_dir().join("bench/scale-metrics.txt");
+    let scrape_path = bench_dir().join("scale-metrics.txt");
     fs::create_dir_all(scrape_path.parent().unwrap()).ok();
     fs::write(&scrape_path, &last_scrape).expect("write the scrape");
     let (rx1, cpu1) = (topo.server.run(|| rx_packets(iface)), process_cpu(pid));
@@ -414,62 +413,6 @@ fn process_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// An nftables table inside a test namespace, deleted on drop.
-struct NftTable {
-    ns: String,
-    family: &'static str,
-}
-
-impl NftTable {
-    const NAME: &'static str = "glscale";
-
-    fn new(ns: &Netns, family: &'static str, body: &str) -> Self {
-        let script = format!("table {family} {} {{\n{body}\n}}\n", Self::NAME);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run nft");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let table = NftTable {
-            ns: ns.name().to_owned(),
-            family,
-        };
-        assert!(
-            out.status.success(),
-            "nft -f failed: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        table
-    }
-}
-
-impl Drop for NftTable {
-    fn drop(&mut self) {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "nft",
-                "delete",
-                "table",
-                self.family,
-            ])
-            .arg(Self::NAME)
-            .stderr(Stdio::null())
-            .status()
-            .ok();
-    }
-}
-
 fn print_table(table: &[TableCase]) {
     println!(
         "\n{:>9} {:>9} {:>9} {:>11} {:>9} {:>11} {:>8}",
@@ -502,7 +445,7 @@ fn print_table(table: &[TableCase]) {
 }
 
 fn write_report(table: &[TableCase], spoofed: &SpoofedCase) {
-    let dir = target_dir().join("bench");
+    let dir = bench_dir();
     fs::create_dir_all(&dir).expect("create target/bench");
     let path = dir.join("scale.json");
     let report = serde_json::json!({
@@ -514,10 +457,4 @@ fn write_report(table: &[TableCase], spoofed: &SpoofedCase) {
     });
     fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write scale.json");
     println!("wrote {}", path.display());
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }

@@ -2,9 +2,9 @@
 //! an empty XDP_PASS program in the same run, interleaved, so that machine noise hits both.
 //! Writes target/bench/xdp.json. Run with `cargo xtask bench` (root).
 
-use std::{fs, net::Ipv6Addr, path::PathBuf, time::Duration};
+use std::{fs, net::Ipv6Addr, time::Duration};
 
-use limiter_tests::frames::Packet;
+use limiter_tests::{frames::Packet, summary::bench_dir};
 use limiter_user::{
     loader::{Baseline, Limiter, LoadOptions, Verdict},
     rules::{compile, Action, KernelRule, Scope},
@@ -201,7 +201,7 @@ fn print_table(cases: &[Case]) {
 }
 
 fn write_report(cases: Vec<Case>) {
-    let dir = target_dir().join("bench");
+    let dir = bench_dir();
     fs::create_dir_all(&dir).expect("create target/bench");
     let path = dir.join("xdp.json");
     let report = Report {
@@ -210,10 +210,4 @@ fn write_report(cases: Vec<Case>) {
     };
     fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write xdp.json");
     println!("wrote {}", path.display());
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }

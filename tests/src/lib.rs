@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod napi;
 pub mod netns;
+pub mod nft;
 pub mod privilege;
 pub mod reference;
 pub mod summary;
