@@ -309,6 +309,26 @@ fn spoofed_case(
         .filter(|r| r["origin"] == "auto")
         .map(|r| r["prefix"].as_str().unwrap_or("?").to_owned())
         .collect();
+    // What the flood must not do, whatever the figures: lose a rule, or outgrow the bounds
+    // (the table by a few rows at most: a batch read under churn can see a row and the row
+    // that replaced it).
+    assert!(
+        kept,
+        "operator rules lost: before {operator_rules:?}, after {after:?}"
+    );
+    assert!(
+        table_max as u64 <= capacity + capacity / 100,
+        "kernel table {table_max} rows, bound {capacity}"
+    );
+    assert!(
+        tracked_max <= 2 * capacity,
+        "tracker {tracked_max} sources, bound {}",
+        2 * capacity
+    );
+    assert!(
+        !latencies.is_empty(),
+        "the legitimate client was never answered"
+    );
     SpoofedCase {
         sources: MILLION,
         seconds,
