@@ -4,7 +4,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -69,32 +68,6 @@ fn connects(topo: &Topology, src: &str) -> bool {
     })
 }
 
-/// Ids of the XDP programs attached to the server's interface, from `ip -j -d link`.
-fn attached_programs(topo: &Topology) -> Vec<u64> {
-    let out = Command::new("ip")
-        .args([
-            "-n",
-            topo.server.name(),
-            "-j",
-            "-d",
-            "link",
-            "show",
-            "dev",
-            topo.server_iface,
-        ])
-        .output()
-        .expect("run ip");
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
-    let xdp = &links[0]["xdp"];
-    let mut ids: Vec<u64> = xdp["prog"]["id"].as_u64().into_iter().collect();
-    if let Some(attached) = xdp["attached"].as_array() {
-        ids.extend(attached.iter().filter_map(|a| a["prog"]["id"].as_u64()));
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 #[test]
 fn pinned_attachment_outlives_the_process_and_is_adopted_then_detached() {
     limiter_tests::require_kernel!();
@@ -110,7 +83,7 @@ fn pinned_attachment_outlives_the_process_and_is_adopted_then_detached() {
     assert!(connects(&topo, BANNED), "before the ban");
     block(&mut first, BANNED);
     assert!(!connects(&topo, BANNED), "the ban drops the next connect");
-    let programs_before = attached_programs(&topo);
+    let programs_before = topo.server.xdp_program_ids(topo.server_iface);
     assert_eq!(
         programs_before.len(),
         1,
@@ -128,7 +101,7 @@ fn pinned_attachment_outlives_the_process_and_is_adopted_then_detached() {
         "still banned with no process holding the program"
     );
     assert!(connects(&topo, OTHER), "others still served");
-    assert_eq!(attached_programs(&topo).len(), 1);
+    assert_eq!(topo.server.xdp_program_ids(topo.server_iface).len(), 1);
 
     // Restart: same maps (the ban and the counts are there without re-applying anything),
     // the pinned link adopted, still exactly one attachment.
@@ -142,7 +115,7 @@ fn pinned_attachment_outlives_the_process_and_is_adopted_then_detached() {
     topo.server
         .run(|| second.attach(topo.server_iface))
         .expect("adopt");
-    let programs_after = attached_programs(&topo);
+    let programs_after = topo.server.xdp_program_ids(topo.server_iface);
     assert_eq!(
         programs_after.len(),
         1,
@@ -166,7 +139,7 @@ fn pinned_attachment_outlives_the_process_and_is_adopted_then_detached() {
     assert_eq!(maps, expected);
     assert!(!pins.0.exists());
     assert!(
-        attached_programs(&topo).is_empty(),
+        topo.server.xdp_program_ids(topo.server_iface).is_empty(),
         "XDP left the interface"
     );
     assert!(connects(&topo, BANNED), "no ban without the program");
