@@ -56,14 +56,7 @@ fn main() {
             .collect::<Vec<_>>()
     };
     let image_runs = if RealGlance::installed() {
-        let _glance = RealGlance::start_bound(
-            &topo.server,
-            "::",
-            GLANCE_PORT,
-            &topo.legit.ns,
-            AttackTopology::LEGIT_V4[2],
-            AttackTopology::SERVER_V4,
-        );
+        let _glance = RealGlance::start_for(&topo, GLANCE_PORT);
         let daemon = start_daemon(&topo);
         Some(
             (0..RUNS)

@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     http::{connect_from, request},
-    netns::Netns,
+    netns::{AttackTopology, Netns},
 };
 
 /// How long Glance gets to answer its health check after starting (about 2 s here).
@@ -42,6 +42,20 @@ impl RealGlance {
     /// through `probe_ns`).
     pub fn start_in(ns: &Netns, bind: &str, port: u16, probe_ns: &Netns, probe_src: &str) -> Self {
         Self::start_bound(ns, bind, port, probe_ns, probe_src, bind)
+    }
+
+    /// Starts glance-api on `[::]:port` in the server namespace of `topo` (both links, both
+    /// families), probed from the legitimate network's third address, which no client of
+    /// the tests, benchmarks or demo uses, before any daemon counts traffic.
+    pub fn start_for(topo: &AttackTopology, port: u16) -> Self {
+        Self::start_bound(
+            &topo.server,
+            "::",
+            port,
+            &topo.legit.ns,
+            AttackTopology::LEGIT_V4[2],
+            AttackTopology::SERVER_V4,
+        )
     }
 
     /// Starts glance-api bound to `bind_host:port` inside `ns` and waits until `/healthcheck`

@@ -50,15 +50,7 @@ impl Fixture {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let topo = AttackTopology::new();
-        // Glance is probed from an address no test uses, before the daemon runs.
-        let glance = RealGlance::start_bound(
-            &topo.server,
-            "::",
-            GLANCE_PORT,
-            &topo.legit.ns,
-            AttackTopology::LEGIT_V4[2],
-            AttackTopology::SERVER_V4,
-        );
+        let glance = RealGlance::start_for(&topo, GLANCE_PORT);
         let daemon = configure(DaemonSetup::new(&topo.server, &topo.server_ifaces())).start();
         assert_eq!(daemon.status_json()["poll_interval_ms"], 1000);
         Fixture {

@@ -167,16 +167,7 @@ fn take_panic_messages() -> String {
 fn run(screen: Screen, plan: Plan, report: Option<&Path>) -> ExitCode {
     print_introduction(screen, plan);
     let topo = AttackTopology::new();
-    // Bound to `::`, as in the end-to-end tests: both links, both families. Probed from an
-    // address the demo's clients do not use, before the daemon counts anything.
-    let glance = RealGlance::start_bound(
-        &topo.server,
-        "::",
-        GLANCE_PORT,
-        &topo.legit.ns,
-        AttackTopology::LEGIT_V4[2],
-        AttackTopology::SERVER_V4,
-    );
+    let glance = RealGlance::start_for(&topo, GLANCE_PORT);
     let setup = DaemonSetup::new(&topo.server, &topo.server_ifaces())
         .policy(
             "image_creates_per_minute",
