@@ -45,11 +45,12 @@ use std::{
 
 use limiter_common::Counter;
 use limiter_tests::{
-    flood::{mac_of, Flood, Payload, Sender, Sources},
+    flood::{Flood, Payload, Sources},
     http::{connect_from, request, StandInServer},
     napi,
     netns::{rx_packets, AttackTopology},
     nft::NftTable,
+    rig::{FloodRig, SENDER_CPU},
     summary::{bench_dir, max, median, min},
 };
 use limiter_user::{
@@ -64,7 +65,6 @@ const ROUNDS: usize = 5;
 const WINDOW: Duration = Duration::from_millis(1500);
 const MAX_PACKETS: u64 = 60_000_000;
 const LEGIT_GAP: Duration = Duration::from_millis(10);
-const SENDER_CPU: usize = 0;
 
 /// What a case floods with.
 #[derive(Clone, Copy, PartialEq)]
@@ -126,29 +126,9 @@ fn main() {
         eprintln!("the flood benchmark needs `nft` (Debian: nftables; `cargo xtask setup`)");
         std::process::exit(1);
     }
-    // Every thread of the benchmark inherits this: the machine is shared.
-    napi::raise_priority(0).expect("raise priority (root)");
-    let _session_priority = napi::AutogroupPriority::raise();
-    let cpus = napi::online_cpus();
-    let receiver_cpu = cpus - 1;
-    if receiver_cpu == SENDER_CPU {
-        eprintln!("warning: one CPU only: sender and receiver share it, pps is theirs together");
-    }
-    let topo = AttackTopology::new();
+    let rig = FloodRig::new();
+    let topo = &rig.topo;
     let _server = StandInServer::start_in(&topo.server, LEGIT_PORT);
-    let server_iface = topo.attacker.server_iface;
-    napi::enable_gro(&topo.server, server_iface).expect("GRO on the receiving veth");
-    napi::enable_threaded(&topo.server, server_iface).expect("threaded NAPI");
-    let dst_mac = topo
-        .server
-        .run(|| mac_of(server_iface))
-        .expect("server MAC");
-    let src_iface = topo.attacker.iface;
-    let src_mac = topo
-        .attacker
-        .ns
-        .run(|| mac_of(src_iface))
-        .expect("attacker MAC");
     let flood_for = |attack: Attack| {
         let (src, dst, payload): (IpAddr, &str, Payload) = match attack {
             Attack::None => return None,
@@ -168,27 +148,22 @@ fn main() {
                 Payload::ImageCreate,
             ),
         };
-        Some(Flood {
-            iface: src_iface.to_owned(),
-            src_mac,
-            dst_mac,
-            dst: dst.parse().unwrap(),
-            dst_port: FLOOD_PORT,
+        Some(rig.flood(
+            dst.parse().unwrap(),
+            FLOOD_PORT,
             payload,
-            sources: Sources::Fixed(src),
-            max_packets: MAX_PACKETS,
-            max_duration: WINDOW,
-            sender: Sender::XdpLiveFrames,
-            cpu: Some(SENDER_CPU),
-        })
+            Sources::Fixed(src),
+            MAX_PACKETS,
+            WINDOW,
+        ))
     };
 
     let mut runs: Vec<Runs> = CASES.iter().map(|_| Runs::default()).collect();
     for round in 0..ROUNDS {
         for (i, (name, attack)) in CASES.iter().enumerate() {
-            let filter = Filter::install(name, &topo);
-            let napi_threads = napi::pin_receiver(server_iface, receiver_cpu);
-            let run = measure(&topo, flood_for(*attack).as_ref(), &filter, &napi_threads);
+            let filter = Filter::install(name, topo);
+            let napi_threads = rig.pin_receiver();
+            let run = measure(topo, flood_for(*attack).as_ref(), &filter, &napi_threads);
             drop(filter);
             eprintln!(
                 "round {round} {name:<22} {:>10.0} pps  {:>6.0} ns/pkt  legit p50 {:.2} ms  (sent {:.0}/s)",
@@ -211,9 +186,9 @@ fn main() {
             if !(name.starts_with("xdp") || name.starts_with("limiter")) {
                 continue;
             }
-            let filter = Filter::install(name, &topo);
-            let napi_threads = napi::pin_receiver(server_iface, receiver_cpu);
-            let run = measure(&topo, flood_for(*attack).as_ref(), &filter, &napi_threads);
+            let filter = Filter::install(name, topo);
+            let napi_threads = rig.pin_receiver();
+            let run = measure(topo, flood_for(*attack).as_ref(), &filter, &napi_threads);
             eprintln!("stats  {name:<22} program {:.0} ns/pkt", run.prog_ns);
             runs[i].prog_ns.push(run.prog_ns);
         }
@@ -236,7 +211,7 @@ fn main() {
         })
         .collect();
     print_table(&cases);
-    write_report(&cases, SENDER_CPU, receiver_cpu);
+    write_report(&cases, SENDER_CPU, rig.receiver_cpu);
 }
 
 /// What receives the flood on the server's attacker-side veth, removed on drop (the guards

@@ -36,19 +36,19 @@ use std::{
 use limiter_common::Counter;
 use limiter_tests::{
     daemon::DaemonSetup,
-    flood::{mac_of, Flood, FloodReport, Payload, Sender, Sources},
+    flood::{Flood, FloodReport, Payload, Sources},
     http::{connect_from, request, StandInServer},
     metrics::{self, Exposition},
     napi,
     netns::{rx_packets, AttackTopology, Netns},
     nft::NftTable,
+    rig::FloodRig,
     summary::{bench_dir, median},
 };
 use limiter_user::loader::{Limiter, LoadOptions};
 use serde::Serialize;
 
 const PORT: u16 = 9292;
-const SENDER_CPU: usize = 0;
 const WINDOW: Duration = Duration::from_millis(1500);
 const WINDOWS: usize = 3;
 const SPOOF_FIRST: &str = "2001:db8:1::";
@@ -105,34 +105,20 @@ fn main() {
         );
         std::process::exit(1);
     }
-    napi::raise_priority(0).expect("raise priority (root)");
-    let _session_priority = napi::AutogroupPriority::raise();
-    let receiver_cpu = napi::online_cpus() - 1;
-    let topo = AttackTopology::new();
-    let iface = topo.attacker.server_iface;
-    napi::enable_gro(&topo.server, iface).expect("GRO on the receiving veth");
-    napi::enable_threaded(&topo.server, iface).expect("threaded NAPI");
-    let dst_mac = topo.server.run(|| mac_of(iface)).expect("server MAC");
-    let src_mac = topo
-        .attacker
-        .ns
-        .run(|| mac_of(topo.attacker.iface))
-        .expect("attacker MAC");
-    let flood = |count: u32, max_packets: u64, max_duration: Duration| Flood {
-        iface: topo.attacker.iface.to_owned(),
-        src_mac,
-        dst_mac,
-        dst: AttackTopology::ATTACKER_SERVER_V6.parse().unwrap(),
-        dst_port: PORT,
-        payload: Payload::Syn,
-        sources: Sources::Range {
-            first: SPOOF_FIRST.parse().unwrap(),
-            count,
-        },
-        max_packets,
-        max_duration,
-        sender: Sender::XdpLiveFrames,
-        cpu: Some(SENDER_CPU),
+    let rig = FloodRig::new();
+    let (topo, receiver_cpu, iface) = (&rig.topo, rig.receiver_cpu, rig.receiver_iface());
+    let flood = |count: u32, max_packets: u64, max_duration: Duration| {
+        rig.flood(
+            AttackTopology::ATTACKER_SERVER_V6.parse().unwrap(),
+            PORT,
+            Payload::Syn,
+            Sources::Range {
+                first: SPOOF_FIRST.parse().unwrap(),
+                count,
+            },
+            max_packets,
+            max_duration,
+        )
     };
 
     let mut table = Vec::new();
@@ -154,7 +140,7 @@ fn main() {
             (MILLION, MILLION),
             (65_536, MILLION),
         ] {
-            let case = table_case(&topo, receiver_cpu, capacity, sources, &flood);
+            let case = table_case(topo, receiver_cpu, capacity, sources, &flood);
             eprintln!(
                 "table {:>8} rows, {:>8} sources: {:>8.0} pps  {:>5.0} ns/pkt  program {:>4.0} ns  new/pkt {:.2}",
                 case.capacity, case.sources, case.pps, case.cpu_ns_per_pkt, case.prog_ns_per_pkt, case.new_sources_per_pkt
@@ -163,7 +149,7 @@ fn main() {
         }
     }
 
-    let spoofed = spoofed_case(&topo, receiver_cpu, &flood);
+    let spoofed = spoofed_case(topo, receiver_cpu, &flood);
     println!("{}", serde_json::to_string_pretty(&spoofed).unwrap());
     print_table(&table);
     write_report(&table, &spoofed);

@@ -14,5 +14,6 @@ pub mod netns;
 pub mod nft;
 pub mod privilege;
 pub mod reference;
+pub mod rig;
 pub mod summary;
 pub mod tmux;
