@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use limiter_tests::{frames::Packet, summary::bench_dir};
+use limiter_tests::{frames::Packet, summary::write_report};
 use limiter_user::{
     config::Config,
     daemon::Engine,
@@ -66,19 +66,10 @@ fn main() {
             c.target_ms.map_or("-".to_owned(), |t| format!("<= {t:.0}"))
         );
     }
-    let dir = bench_dir();
-    fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("daemon.json");
-    fs::write(
-        &path,
-        serde_json::to_string_pretty(&serde_json::json!({
-            "command": "cargo xtask bench",
-            "cases": cases
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    println!("wrote {}", path.display());
+    write_report(
+        "daemon.json",
+        &serde_json::json!({ "command": "cargo xtask bench", "cases": cases }),
+    );
 
     let points: Vec<ScalePoint> = SCALE_POINTS.iter().map(|&n| run_scale_point(n)).collect();
     println!(
@@ -91,17 +82,10 @@ fn main() {
             p.sources, p.poll_ms_median, p.first_poll_ms, p.rss_mib, p.rss_peak_mib
         );
     }
-    let path = dir.join("daemon_scale.json");
-    fs::write(
-        &path,
-        serde_json::to_string_pretty(&serde_json::json!({
-            "command": "cargo xtask bench",
-            "points": points
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    println!("wrote {}", path.display());
+    write_report(
+        "daemon_scale.json",
+        &serde_json::json!({ "command": "cargo xtask bench", "points": points }),
+    );
 }
 
 const SCALE_POINT_VAR: &str = "DAEMON_SCALE_POINT";

@@ -10,8 +10,6 @@
 //!   a running daemon, wall time of the CLI call. Writes target/bench/rules_load.json.
 
 use std::{
-    fs,
-    path::PathBuf,
     sync::atomic::AtomicBool,
     time::{Duration, Instant, SystemTime},
 };
@@ -23,6 +21,7 @@ use limiter_tests::{
         connect_from, connection_flood, image_create_flood, FloodLimits, FloodLog, StandInServer,
     },
     netns::AttackTopology,
+    summary::write_report,
 };
 use serde_json::json;
 
@@ -42,8 +41,6 @@ fn main() {
         std::process::exit(1);
     }
     let topo = AttackTopology::new();
-    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    fs::create_dir_all(&out_dir).expect("target/bench");
 
     let connection_runs = {
         let _server = StandInServer::start_in(&topo.server, GLANCE_PORT);
@@ -86,10 +83,10 @@ fn main() {
         detection["image_create_flood"] = image;
     }
     detection["command"] = json!("cargo xtask bench");
-    write_json(&out_dir.join("detection.json"), &detection);
+    write_report("detection.json", &detection);
 
     let load = rules_load(&topo);
-    write_json(&out_dir.join("rules_load.json"), &load);
+    write_report("rules_load.json", &load);
 }
 
 /// A daemon on both server-side veths, default policy except aggregation: each run's source
@@ -318,9 +315,4 @@ fn median(values: &[f64]) -> f64 {
 
 fn round(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
-}
-
-fn write_json(path: &std::path::Path, value: &serde_json::Value) {
-    fs::write(path, serde_json::to_string_pretty(value).unwrap()).expect("write JSON");
-    println!("wrote {}", path.display());
 }

@@ -32,7 +32,6 @@
 //!   (one request every 10 ms on one keep-alive connection), median over the runs.
 
 use std::{
-    fs,
     net::IpAddr,
     process::Command,
     sync::{
@@ -51,7 +50,7 @@ use limiter_tests::{
     netns::{rx_packets, AttackTopology},
     nft::NftTable,
     rig::{FloodRig, SENDER_CPU},
-    summary::{bench_dir, max, median, min},
+    summary::{self, max, median, min},
 };
 use limiter_user::{
     loader::{Baseline, Limiter, LoadOptions, RunStats},
@@ -515,9 +514,6 @@ fn print_table(cases: &[Case]) {
 }
 
 fn write_report(cases: &[Case], sender_cpu: usize, receiver_cpu: usize) {
-    let dir = bench_dir();
-    fs::create_dir_all(&dir).expect("create target/bench");
-    let path = dir.join("flood.json");
     let report = serde_json::json!({
         "command": "cargo xtask bench",
         "window_ms": WINDOW.as_millis() as u64,
@@ -527,6 +523,5 @@ fn write_report(cases: &[Case], sender_cpu: usize, receiver_cpu: usize) {
         "receiver_cpu": receiver_cpu,
         "cases": cases,
     });
-    fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write flood.json");
-    println!("wrote {}", path.display());
+    summary::write_report("flood.json", &report);
 }

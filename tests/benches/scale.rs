@@ -43,7 +43,7 @@ use limiter_tests::{
     netns::{rx_packets, AttackTopology, Netns},
     nft::NftTable,
     rig::FloodRig,
-    summary::{bench_dir, median},
+    summary::{self, bench_dir, median},
 };
 use limiter_user::loader::{Limiter, LoadOptions};
 use serde::Serialize;
@@ -451,9 +451,6 @@ fn print_table(table: &[TableCase]) {
 }
 
 fn write_report(table: &[TableCase], spoofed: &SpoofedCase) {
-    let dir = bench_dir();
-    fs::create_dir_all(&dir).expect("create target/bench");
-    let path = dir.join("scale.json");
     let report = serde_json::json!({
         "command": "cargo xtask bench",
         "window_ms": WINDOW.as_millis() as u64,
@@ -461,6 +458,5 @@ fn write_report(table: &[TableCase], spoofed: &SpoofedCase) {
         "table_size": table,
         "spoofed_flood": spoofed,
     });
-    fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write scale.json");
-    println!("wrote {}", path.display());
+    summary::write_report("scale.json", &report);
 }

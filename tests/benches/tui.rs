@@ -16,7 +16,6 @@
 use std::{
     fs,
     net::Ipv6Addr,
-    path::PathBuf,
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -26,6 +25,7 @@ use ipnet::IpNet;
 use limiter_tests::{
     daemon::limiter_binary,
     frames::Packet,
+    summary::write_report,
     tmux::{find_line, Exit, TmuxSession},
 };
 use limiter_user::{
@@ -99,9 +99,6 @@ fn main() {
         );
     }
     print_table(&cases);
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tui.json");
     let json: Vec<serde_json::Value> = cases
         .iter()
         .map(|c| {
@@ -110,16 +107,10 @@ fn main() {
             v
         })
         .collect();
-    fs::write(
-        &path,
-        serde_json::to_string_pretty(&serde_json::json!({
-            "command": "cargo xtask bench",
-            "cases": json,
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    println!("wrote {}", path.display());
+    write_report(
+        "tui.json",
+        &serde_json::json!({ "command": "cargo xtask bench", "cases": json }),
+    );
 }
 
 fn print_table(cases: &[Case]) {

@@ -2,9 +2,9 @@
 //! an empty XDP_PASS program in the same run, interleaved, so that machine noise hits both.
 //! Writes target/bench/xdp.json. Run with `cargo xtask bench` (root).
 
-use std::{fs, net::Ipv6Addr, time::Duration};
+use std::{net::Ipv6Addr, time::Duration};
 
-use limiter_tests::{frames::Packet, summary::bench_dir};
+use limiter_tests::{frames::Packet, summary};
 use limiter_user::{
     loader::{Baseline, Limiter, LoadOptions, Verdict},
     rules::{compile, Action, KernelRule, Scope},
@@ -201,13 +201,9 @@ fn print_table(cases: &[Case]) {
 }
 
 fn write_report(cases: Vec<Case>) {
-    let dir = bench_dir();
-    fs::create_dir_all(&dir).expect("create target/bench");
-    let path = dir.join("xdp.json");
     let report = Report {
         command: "cargo xtask bench",
         cases,
     };
-    fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("write xdp.json");
-    println!("wrote {}", path.display());
+    summary::write_report("xdp.json", &report);
 }
