@@ -1,8 +1,6 @@
 //! A stand-in daemon for the control tests: the real control server on a socket in a
 //! temporary directory, with a handler that records every request and answers from a script.
 
-#![allow(dead_code)] // each test file uses its own part of this kit
-
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -76,6 +74,14 @@ impl FakeDaemon {
         if let Some(server) = self.server.take() {
             server.stop();
         }
+    }
+}
+
+impl Drop for FakeDaemon {
+    /// Ends a test's daemon the way `stop` does: the server first, then (the fields) the
+    /// directory holding its socket.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
