@@ -23,6 +23,9 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("strip", "binutils"),
     ("systemd-analyze", "systemd"),
 ];
+/// Shell checks that fail without a Debian package, and the package: the real Glance's
+/// virtualenv needs `ensurepip`, which Debian ships apart from Python.
+const DEBIAN_CHECKS: &[(&str, &str)] = &[("python3 -m ensurepip --version", "python3-venv")];
 /// Files the tasks read, and the Debian package that provides each.
 const DEBIAN_FILES: &[(&str, &str)] = &[(crate::plots::FONT, "fonts-dejavu-core")];
 
@@ -149,6 +152,12 @@ fn debian_packages() -> Result<()> {
             DEBIAN_FILES
                 .iter()
                 .filter(|(file, _)| !Path::new(file).exists())
+                .map(|(_, package)| *package),
+        )
+        .chain(
+            DEBIAN_CHECKS
+                .iter()
+                .filter(|(check, _)| !succeeds(Command::new("sh").args(["-c", check])))
                 .map(|(_, package)| *package),
         )
         .collect();
