@@ -66,6 +66,37 @@ struct Case {
 }
 
 impl Case {
+    /// A timing in milliseconds, with no size and no target.
+    fn ms(
+        group: &'static str,
+        name: impl Into<String>,
+        sources: usize,
+        value: f64,
+        max: f64,
+    ) -> Self {
+        Case {
+            group,
+            name: name.into(),
+            sources,
+            value,
+            max,
+            unit: "ms",
+            bytes: None,
+            target: None,
+        }
+    }
+
+    fn with_bytes(mut self, bytes: usize) -> Self {
+        self.bytes = Some(bytes);
+        self
+    }
+
+    /// `target` when it is `Some`.
+    fn with_target(mut self, target: Option<f64>) -> Self {
+        self.target = target;
+        self
+    }
+
     fn met(&self) -> Option<bool> {
         self.target.map(|t| self.value <= t && self.max <= t)
     }
@@ -142,50 +173,47 @@ fn screen_cases(cases: &mut Vec<Case>) {
     for sources in [10_000, 100_000] {
         for (width, height) in [(80, 24), (200, 50)] {
             let t = tui_bench::frame_with_sources(sources, width, height, 200);
-            cases.push(Case {
-                group: "screen",
-                name: format!("frame {width}x{height} (mean, max of 200)"),
-                sources,
-                value: ms(t.mean),
-                max: ms(t.max),
-                unit: "ms",
-                bytes: None,
-                target: (sources == 100_000).then_some(FRAME_TARGET_MS),
-            });
+            cases.push(
+                Case::ms(
+                    "screen",
+                    format!("frame {width}x{height} (mean, max of 200)"),
+                    sources,
+                    ms(t.mean),
+                    ms(t.max),
+                )
+                .with_target((sources == 100_000).then_some(FRAME_TARGET_MS)),
+            );
         }
         let t = tui_bench::ingest_with_sources(sources, 10);
-        cases.push(Case {
-            group: "screen",
-            name: "apply one refresh (mean, max of 10)".into(),
+        cases.push(Case::ms(
+            "screen",
+            "apply one refresh (mean, max of 10)",
             sources,
-            value: ms(t.mean),
-            max: ms(t.max),
-            unit: "ms",
-            bytes: None,
-            target: None,
-        });
+            ms(t.mean),
+            ms(t.max),
+        ));
         let (bytes, t) = tui_bench::decode_stats(sources, 5);
-        cases.push(Case {
-            group: "screen",
-            name: "decode stats answer (mean, max of 5)".into(),
-            sources,
-            value: ms(t.mean),
-            max: ms(t.max),
-            unit: "ms",
-            bytes: Some(bytes),
-            target: None,
-        });
+        cases.push(
+            Case::ms(
+                "screen",
+                "decode stats answer (mean, max of 5)",
+                sources,
+                ms(t.mean),
+                ms(t.max),
+            )
+            .with_bytes(bytes),
+        );
         let t = tui_bench::decode_stats_typed(sources, 5);
-        cases.push(Case {
-            group: "screen",
-            name: "decode stats, typed by op (comparison)".into(),
-            sources,
-            value: ms(t.mean),
-            max: ms(t.max),
-            unit: "ms",
-            bytes: Some(bytes),
-            target: None,
-        });
+        cases.push(
+            Case::ms(
+                "screen",
+                "decode stats, typed by op (comparison)",
+                sources,
+                ms(t.mean),
+                ms(t.max),
+            )
+            .with_bytes(bytes),
+        );
     }
 }
 
@@ -273,16 +301,9 @@ fn daemon_cases(sources: usize, cases: &mut Vec<Case>) {
     ] {
         let (handled, _, bytes) = time_request(&mut engine, &request, rounds);
         let (median, max) = summary(handled);
-        cases.push(Case {
-            group: "daemon",
-            name: format!("engine: {name}"),
-            sources,
-            value: median,
-            max,
-            unit: "ms",
-            bytes: Some(bytes),
-            target: None,
-        });
+        cases.push(
+            Case::ms("daemon", format!("engine: {name}"), sources, median, max).with_bytes(bytes),
+        );
     }
     ban(&mut engine, sources, BANS);
     let requests: [(&str, Request); 4] = [
@@ -310,50 +331,36 @@ fn daemon_cases(sources: usize, cases: &mut Vec<Case>) {
             refresh_bytes += bytes;
         }
         let (median, max) = summary(handled);
-        cases.push(Case {
-            group: "daemon",
-            name: format!("engine: {name}"),
-            sources,
-            value: median,
-            max,
-            unit: "ms",
-            bytes: Some(bytes),
-            target: None,
-        });
+        cases.push(
+            Case::ms("daemon", format!("engine: {name}"), sources, median, max).with_bytes(bytes),
+        );
         let (median, max) = summary(encoded);
-        cases.push(Case {
-            group: "daemon",
-            name: format!("encode: {name}"),
-            sources,
-            value: median,
-            max,
-            unit: "ms",
-            bytes: Some(bytes),
-            target: None,
-        });
+        cases.push(
+            Case::ms("daemon", format!("encode: {name}"), sources, median, max).with_bytes(bytes),
+        );
     }
     let (median, max) = summary(refresh_engine);
-    cases.push(Case {
-        group: "daemon",
-        name: "engine: one default refresh".into(),
-        sources,
-        value: median,
-        max,
-        unit: "ms",
-        bytes: Some(refresh_bytes),
-        target: None,
-    });
+    cases.push(
+        Case::ms(
+            "daemon",
+            "engine: one default refresh",
+            sources,
+            median,
+            max,
+        )
+        .with_bytes(refresh_bytes),
+    );
     let (median, max) = summary(refresh_encode);
-    cases.push(Case {
-        group: "daemon",
-        name: "encode: one default refresh".into(),
-        sources,
-        value: median,
-        max,
-        unit: "ms",
-        bytes: Some(refresh_bytes),
-        target: None,
-    });
+    cases.push(
+        Case::ms(
+            "daemon",
+            "encode: one default refresh",
+            sources,
+            median,
+            max,
+        )
+        .with_bytes(refresh_bytes),
+    );
 
     // Served over the real control server, as the daemon does (the engine behind a lock
     // instead of its channel: one request at a time either way).
@@ -377,16 +384,13 @@ fn daemon_cases(sources: usize, cases: &mut Vec<Case>) {
             std::hint::black_box(parts);
         }
         let (median, max) = summary(times);
-        cases.push(Case {
-            group: "daemon",
-            name: format!("whole refresh over the socket, {label}"),
+        cases.push(Case::ms(
+            "daemon",
+            format!("whole refresh over the socket, {label}"),
             sources,
-            value: median,
+            median,
             max,
-            unit: "ms",
-            bytes: None,
-            target: None,
-        });
+        ));
     }
     if sources >= 100_000 {
         memory_cases(&socket, sources, cases);
@@ -405,16 +409,16 @@ fn daemon_cases(sources: usize, cases: &mut Vec<Case>) {
         };
         let (handled, _, bytes) = time_request(&mut engine, &request, 3);
         let (median, max) = summary(handled);
-        cases.push(Case {
-            group: "daemon",
-            name: format!("engine: stats top 10000, {} bans", 10 * BANS),
-            sources,
-            value: median,
-            max,
-            unit: "ms",
-            bytes: Some(bytes),
-            target: None,
-        });
+        cases.push(
+            Case::ms(
+                "daemon",
+                format!("engine: stats top 10000, {} bans", 10 * BANS),
+                sources,
+                median,
+                max,
+            )
+            .with_bytes(bytes),
+        );
         // The answer is right, not only fast: every banned source says so, also one covered
         // by a wider prefix only.
         assert_eq!(banned_sources(&mut engine), 10 * BANS);
