@@ -6,7 +6,7 @@ use std::{cmp::Ordering, fmt::Write as _, net::IpAddr};
 
 use ipnet::IpNet;
 
-use super::snapshot::SourceRow;
+use super::{history::Metric, snapshot::SourceRow};
 use crate::control::protocol::SourceState;
 
 /// A column of the sources table, in screen order.
@@ -59,6 +59,19 @@ impl Column {
             Column::Packets => "PACKETS/S",
             Column::Bytes => "BYTES/S",
             Column::State => "STATE",
+        }
+    }
+
+    /// The rate a numeric column shows (the detail pane's sparklines plot the same ones).
+    pub const fn metric(self) -> Option<Metric> {
+        match self {
+            Column::NewConnections => Some(Metric::NewConnections),
+            Column::ImageCreates => Some(Metric::ImageCreates),
+            Column::OtherWrites => Some(Metric::OtherWrites),
+            Column::Reads => Some(Metric::Reads),
+            Column::Packets => Some(Metric::Packets),
+            Column::Bytes => Some(Metric::Bytes),
+            Column::Address | Column::State => None,
         }
     }
 
@@ -188,16 +201,7 @@ fn compare(a: &SourceRow, b: &SourceRow, sort: Sort) -> Ordering {
 
 /// The figure a numeric column shows.
 pub fn value(row: &SourceRow, column: Column) -> f64 {
-    let r = &row.rates;
-    match column {
-        Column::NewConnections => r.new_connections_per_second,
-        Column::ImageCreates => r.image_creates_per_minute as f64,
-        Column::OtherWrites => r.other_writes_per_minute as f64,
-        Column::Reads => r.reads_per_second,
-        Column::Packets => r.packets_per_second,
-        Column::Bytes => r.bytes_per_second,
-        Column::Address | Column::State => 0.0,
-    }
+    column.metric().map_or(0.0, |metric| metric.of(&row.rates))
 }
 
 #[cfg(test)]
