@@ -101,6 +101,26 @@ fn enter(path: &PathBuf) {
 }
 
 /// Runs a command and panics with its output if it fails.
+/// A veth pair between two namespaces. One command creates both ends, each directly in its
+/// namespace: the host's namespace never holds either interface.
+fn veth_pair(a: &Netns, a_end: &str, b: &Netns, b_end: &str) {
+    run(&[
+        "ip",
+        "link",
+        "add",
+        a_end,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_end,
+        "netns",
+        b.name(),
+    ]);
+}
+
 pub fn run(args: &[&str]) {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -134,14 +154,7 @@ impl Topology {
         let server = Netns::new("s");
         let client = Netns::new("c");
         let (server_iface, client_iface) = ("veth-glance", "veth-client");
-        // One command creates both ends, each directly in its namespace: the host's
-        // namespace never holds either interface.
-        let veth_pair = format!(
-            "ip link add {server_iface} netns {} type veth peer name {client_iface} netns {}",
-            server.name(),
-            client.name()
-        );
-        run(&veth_pair.split(' ').collect::<Vec<_>>());
+        veth_pair(&server, server_iface, &client, client_iface);
         server.add_addr(server_iface, &format!("{}/24", Self::SERVER_V4));
         server.add_addr(server_iface, &format!("{}/64", Self::SERVER_V6));
         server.ip(&["link", "set", server_iface, "up"]);
@@ -261,13 +274,7 @@ impl AttackTopology {
         let (attack_iface, legit_iface, client_iface) =
             ("veth-attack", "veth-legit", "veth-glance");
         for (server_end, client) in [(attack_iface, &attacker), (legit_iface, &legit)] {
-            // Both ends are created directly in their namespaces: the host never holds one.
-            let pair = format!(
-                "ip link add {server_end} netns {} type veth peer name {client_iface} netns {}",
-                server.name(),
-                client.name()
-            );
-            run(&pair.split(' ').collect::<Vec<_>>());
+            veth_pair(&server, server_end, client, client_iface);
         }
 
         // The legitimate link: an ordinary shared subnet.
