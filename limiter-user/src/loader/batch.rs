@@ -67,15 +67,17 @@ pub enum BatchError {
 }
 
 /// Every `(key, value)` of the hash or LRU hash map `map` (named `name` in errors), `chunk`
-/// entries per syscall.
+/// entries per syscall, each turned into a `T` by `convert` as it leaves the kernel's
+/// buffers (a million rows are not copied once more as pairs).
 ///
 /// `K` and `V` must be exactly the map's key and value types: their sizes are checked against
 /// what the kernel reports, since the kernel writes `key_size`/`value_size` bytes per entry.
-pub fn lookup_all<K: Pod + Send, V: Pod + Send>(
+pub fn lookup_all<K: Pod + Send, V: Pod + Send, T>(
     map: &MapData,
     name: &'static str,
     chunk: u32,
-) -> Result<Vec<(K, V)>, BatchError> {
+    convert: impl Fn(K, V) -> T,
+) -> Result<Vec<T>, BatchError> {
     let info = map
         .info()
         .map_err(|source| BatchError::Info { map: name, source })?;
@@ -114,6 +116,7 @@ pub fn lookup_all<K: Pod + Send, V: Pod + Send>(
         max_entries,
         parallel_parts(max_entries, cpus),
         &PARALLEL_OFF,
+        convert,
     )
     .map_err(|source| BatchError::Lookup { map: name, source })
 }
@@ -220,16 +223,17 @@ fn parallel_parts(max_entries: u32, cpus: usize) -> usize {
 /// fail (a kernel whose tokens are not the bucket indexes assumed here refuses a start token
 /// with `EINVAL`), the map is read again by one thread, so the worst case is slower, never
 /// wrong; `parallel_off` then keeps later reads from trying again.
-fn read_all<K: Pod + Send, V: Pod + Send>(
+fn read_all<K: Pod + Send, V: Pod + Send, T>(
     call: &(impl BatchCall + Sync),
     chunk: u32,
     max_entries: u32,
     parts: usize,
     parallel_off: &AtomicBool,
-) -> io::Result<Vec<(K, V)>> {
+    convert: impl Fn(K, V) -> T,
+) -> io::Result<Vec<T>> {
     if parts > 1 && !parallel_off.load(Ordering::Relaxed) {
         match read_parallel(call, chunk, max_entries, parts) {
-            Ok(rows) => return Ok(rows),
+            Ok(parts) => return Ok(merge(&parts, convert)),
             Err(error) => {
                 // EINVAL and our own token checks mean the scheme does not fit this kernel,
                 // which will not change; anything else (ENOMEM, EFAULT) may pass.
@@ -248,7 +252,12 @@ fn read_all<K: Pod + Send, V: Pod + Send>(
         }
     }
     let part = read_part::<K, V>(call, chunk, max_entries, None, None)?;
-    Ok(part.keys.into_iter().zip(part.values).collect())
+    Ok(part
+        .keys
+        .into_iter()
+        .zip(part.values)
+        .map(|(key, value)| convert(key, value))
+        .collect())
 }
 
 /// Reads every entry through `call`, `chunk` at a time, until the kernel says the map is done.
@@ -264,6 +273,7 @@ fn read_batches<K: Pod, V: Pod>(
 }
 
 /// What one thread of a read got back.
+#[derive(Debug)]
 struct Part<K, V> {
     keys: Vec<K>,
     values: Vec<V>,
@@ -438,7 +448,7 @@ fn read_parallel<K: Pod + Send, V: Pod + Send>(
     chunk: u32,
     max_entries: u32,
     parts: usize,
-) -> io::Result<Vec<(K, V)>> {
+) -> io::Result<Vec<Part<K, V>>> {
     let buckets = u64::from(max_entries.max(1)).next_power_of_two();
     let bounds: Vec<u64> = (0..=parts as u64)
         .map(|k| {
@@ -489,17 +499,22 @@ fn read_parallel<K: Pod + Send, V: Pod + Send>(
     }
     match failure {
         Some(e) => Err(e),
-        None => Ok(merge(&parts)),
+        None => Ok(parts),
     }
 }
 
-/// The parts' entries in bucket order, each once.
-fn merge<K: Pod, V: Pod>(parts: &[Part<K, V>]) -> Vec<(K, V)> {
+/// The parts' entries in bucket order, each once, converted.
+fn merge<K: Pod, V: Pod, T>(parts: &[Part<K, V>], convert: impl Fn(K, V) -> T) -> Vec<T> {
     let total = parts.iter().map(|part| part.keys.len()).sum();
     let mut rows = Vec::with_capacity(total);
     for (k, part) in parts.iter().enumerate() {
         let pairs = part.keys.iter().copied().zip(part.values.iter().copied());
-        rows.extend(pairs.clone().take(part.settled));
+        rows.extend(
+            pairs
+                .clone()
+                .take(part.settled)
+                .map(|(key, value)| convert(key, value)),
+        );
         if part.settled == part.keys.len() {
             continue;
         }
@@ -510,7 +525,8 @@ fn merge<K: Pod, V: Pod>(parts: &[Part<K, V>]) -> Vec<(K, V)> {
         rows.extend(
             pairs
                 .skip(part.settled)
-                .filter(|(key, _)| !read_later.contains(bytes(key))),
+                .filter(|(key, _)| !read_later.contains(bytes(key)))
+                .map(|(key, value)| convert(key, value)),
         );
     }
     rows
@@ -721,8 +737,15 @@ mod tests {
         );
     }
 
+    fn pair(key: u32, value: u64) -> (u32, u64) {
+        (key, value)
+    }
+
     fn read_split(fake: &FakeHtab, chunk: u32, max_entries: u32, parts: usize) -> Vec<(u32, u64)> {
-        read_parallel::<u32, u64>(fake, chunk, max_entries, parts).unwrap()
+        merge(
+            &read_parallel::<u32, u64>(fake, chunk, max_entries, parts).unwrap(),
+            pair,
+        )
     }
 
     /// One part alone: from `start` to `stop`, as a thread of a parallel read runs it.
@@ -869,11 +892,14 @@ mod tests {
         let off = AtomicBool::new(false);
         let err = read_parallel::<u32, u64>(&fake, 4, 64, 2).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
-        let rows = read_all::<u32, u64>(&fake, 4, 64, 2, &off).unwrap();
+        let rows = read_all::<u32, u64, _>(&fake, 4, 64, 2, &off, pair).unwrap();
         assert_eq!(rows, fake.entries());
         assert!(off.load(Ordering::Relaxed));
         fake.calls.lock().unwrap().clear();
-        assert_eq!(read_all::<u32, u64>(&fake, 4, 64, 2, &off).unwrap(), rows);
+        assert_eq!(
+            read_all::<u32, u64, _>(&fake, 4, 64, 2, &off, pair).unwrap(),
+            rows
+        );
         assert_eq!(
             fake.calls()[0].in_batch,
             0,
@@ -898,7 +924,7 @@ mod tests {
         // A passing failure falls back for this read only.
         *fake.fail_with.lock().unwrap() = Some(libc::EIO);
         let off = AtomicBool::new(false);
-        let rows = read_all::<u32, u64>(&fake, 1, 256, 4, &off).unwrap();
+        let rows = read_all::<u32, u64, _>(&fake, 1, 256, 4, &off, pair).unwrap();
         assert_eq!(rows, fake.entries());
         assert!(!off.load(Ordering::Relaxed));
     }

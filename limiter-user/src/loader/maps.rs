@@ -230,14 +230,15 @@ pub(super) fn read_sources_batched(
     // them again against the kernel before letting it write into our buffers.
     let table: HashMap<&MapData, SourceAddr, SourceStats> =
         HashMap::try_from(map_ref(ebpf, SOURCES_MAP)?).map_err(map_err(SOURCES_MAP, "open"))?;
-    let rows = batch::lookup_all::<SourceAddr, SourceStats>(table.map(), SOURCES_MAP, chunk)?;
-    Ok(rows
-        .into_iter()
-        .map(|(key, stats)| SourceEntry {
+    Ok(batch::lookup_all(
+        table.map(),
+        SOURCES_MAP,
+        chunk,
+        |key: SourceAddr, stats: SourceStats| SourceEntry {
             addr: net::key_to_addr(key.octets()),
             stats,
-        })
-        .collect())
+        },
+    )?)
 }
 
 pub(super) fn read_counters(ebpf: &Ebpf) -> Result<Counters, LoaderError> {
