@@ -3,6 +3,8 @@
 //! kernel and userspace read the same bytes.
 #![no_std]
 
+pub mod client_addr;
+
 /// The XDP entry point in the BPF object.
 pub const PROGRAM_NAME: &str = "glance_limiter";
 
@@ -20,11 +22,31 @@ pub const CONFIG_MAP: &str = "CONFIG";
 pub const CLOCK_PROBE_NAME: &str = "clock_probe";
 /// Global per-CPU counters (per-CPU array of `u64`, indexed by [`Counter`]).
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Trusted proxies (LPM trie, same key as the rules → [`TrustedProxy`]).
+pub const TRUSTED_PROXIES_MAP: &str = "TRUSTED_PROXIES";
+/// Backend connections of trusted proxies the program keeps state for (LRU hash,
+/// [`ConnKey`] → [`ConnState`]): the client a PROXY protocol header named, or a rejection.
+pub const PROXY_CONNS_MAP: &str = "PROXY_CONNS";
+/// URL path prefixes Glance is served under (array of [`PathPrefix`], [`MAX_PATH_PREFIXES`]).
+pub const PATH_PREFIXES_MAP: &str = "PATH_PREFIXES";
+/// Single-entry array holding the [`RejectTemplate`].
+pub const REJECT_MAP: &str = "REJECT_TEMPLATE";
 
 /// Default bound of the per-source table; userspace may change it at load time.
 pub const DEFAULT_SOURCE_CAPACITY: u32 = 65_536;
 /// Bound of each rule trie. Tries are not preallocated, so this costs nothing until used.
 pub const RULE_CAPACITY: u32 = 1 << 20;
+/// Backend connections of trusted proxies tracked at once.
+pub const PROXY_CONN_CAPACITY: u32 = 65_536;
+/// Path prefixes the request classifier tries after `POST `.
+pub const MAX_PATH_PREFIXES: u32 = 4;
+/// Longest path prefix: compared as two 8-byte words.
+pub const PATH_PREFIX_MAX_LEN: usize = 16;
+/// Header bytes of a proxied request the program reads looking for the client's address, from
+/// the start of the request line. A request whose headers run past it is unattributed.
+pub const HEADER_SCAN_LEN: usize = 2048;
+/// Longest HTTP response the program answers a rejected proxied request with.
+pub const REJECT_MAX_LEN: usize = 256;
 /// Words in the protected-port bitmap.
 pub const PORT_BITMAP_WORDS: u32 = 65_536 / 64;
 /// IPv6 extension headers the program walks before giving up (and passing the packet).
@@ -93,7 +115,23 @@ pub struct SourceStats {
     pub blocked_until: u64,
     /// Until when an allow rule exempts this source from blocks (0: none).
     pub allowed_until: u64,
+    /// `SOURCE_*` flags read with the rule verdict (same generation): whether this source is
+    /// a trusted proxy.
+    pub flags: u64,
+    /// The trusted proxy that carried this source's latest proxied request (all zero: it has
+    /// only come directly).
+    pub via: SourceAddr,
+    /// On a trusted proxy's row: requests it carried that were attributed to their client.
+    pub proxied: u64,
+    /// On a trusted proxy's row: requests it carried whose client could not be read (no
+    /// header, past what the program reads, split across segments). Never counted as the
+    /// proxy's own.
+    pub unattributed: u64,
 }
+
+/// [`SourceStats::flags`]: the source is a trusted proxy; its requests belong to the clients
+/// it names.
+pub const SOURCE_TRUSTED_PROXY: u64 = 1;
 
 /// Value of a block-rule trie entry.
 ///
@@ -118,13 +156,89 @@ pub struct AllowRule {
     pub until: u64,
 }
 
+/// Value of a trusted-proxy trie entry (its presence is what matters).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrustedProxy {
+    pub _reserved: u64,
+}
+
+/// One backend connection of a trusted proxy: proxy address and port to a local address and
+/// protected port. Addresses as in [`SourceAddr`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnKey {
+    pub proxy: SourceAddr,
+    pub local: SourceAddr,
+    /// Ports in network byte order, as in the TCP header.
+    pub proxy_port: u16,
+    pub local_port: u16,
+    pub _pad: u32,
+}
+
+/// What the program knows of a tracked backend connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnState {
+    /// The client a PROXY protocol header named (with [`CONN_PROXY_CLIENT`]).
+    pub client: SourceAddr,
+    /// `CONN_*` flags.
+    pub flags: u32,
+    /// With [`CONN_REJECTED`]: the sequence number Glance's socket expects next, where the
+    /// reset that closes it must sit.
+    pub reset_seq: u32,
+}
+
+/// The connection began with a PROXY protocol header naming [`ConnState::client`].
+pub const CONN_PROXY_CLIENT: u32 = 1;
+/// The connection began with a PROXY protocol header that names no client (`LOCAL`,
+/// `UNKNOWN`, another family): its requests are unattributed.
+pub const CONN_PROXY_NO_CLIENT: u32 = 2;
+/// A request on it was answered with the rejection response in Glance's place: the proxy's
+/// next segment is turned into a reset for Glance's socket.
+pub const CONN_REJECTED: u32 = 4;
+
+/// A URL path prefix (`/image`), the first `len` bytes of `words` in memory order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PathPrefix {
+    pub words: [u64; 2],
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// The HTTP response sent to a trusted proxy in Glance's place when a request's client is
+/// banned: `429 Too Many Requests` with `Retry-After`, and `Connection: close`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RejectTemplate {
+    /// Bytes of `text` used; a multiple of 4 (the checksum helper reads words).
+    pub len: u32,
+    /// Where in `text` the Retry-After value's [`RETRY_AFTER_DIGITS`] right-aligned digits go
+    /// (even, so they pair into 16-bit words on their own).
+    pub retry_after_at: u32,
+    /// Kernel ticks per second, to turn a ban's deadline into seconds.
+    pub hz: u32,
+    /// Retry-After for bans without an end.
+    pub retry_after_never: u32,
+    /// The sum of `text[..len]` as big-endian 16-bit words, with the Retry-After field
+    /// zeroed: the program adds the digits it writes and the headers to get the checksum.
+    pub text_sum: u32,
+    pub _pad: u32,
+    pub text: [u8; REJECT_MAX_LEN],
+}
+
+/// Width of the Retry-After field in [`RejectTemplate::text`] (spaces, then digits).
+pub const RETRY_AFTER_DIGITS: usize = 6;
+
 /// Runtime switches set by userspace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
     /// Bit set of `CONFIG_*` flags.
     pub flags: u32,
-    pub _pad: u32,
+    /// Entries of [`PATH_PREFIXES_MAP`] in use.
+    pub path_prefixes: u32,
     /// Bumped by userspace after every change to the rule tries; invalidates the verdicts
     /// cached in [`SourceStats`].
     pub rules_generation: u64,
@@ -159,6 +273,10 @@ pub const FLOOD_TX_PROGRAM: &str = "flood_tx";
 /// Some block rule has scope "all ports": traffic to other ports must consult the block trie.
 /// Clear, it lets such traffic skip the lookup entirely.
 pub const CONFIG_ANY_PORT_RULES: u32 = 1;
+/// The trusted-proxy trie is not empty: new sources are looked up in it.
+pub const CONFIG_TRUSTED_PROXIES: u32 = 2;
+/// Trusted proxies name the client in `Forwarded: for=` (RFC 7239); clear: `X-Forwarded-For`.
+pub const CONFIG_FORWARDED_HEADER: u32 = 4;
 
 /// Indices of the global per-CPU counters. Every packet increments exactly one verdict counter
 /// (`Pass*` or `Drop*`); `SourceNew` and `SourceInsertFailed` count events on top of that.
@@ -193,10 +311,25 @@ pub enum Counter {
     SourceNew = 12,
     /// Event: a new source could not be inserted (and was not counted).
     SourceInsertFailed = 13,
+    /// A trusted proxy's request for a banned client, answered in Glance's place (the
+    /// rejection response sent back out of the interface; Glance never sees the request).
+    RejectProxied = 14,
+    /// A trusted proxy's segment on a rejected connection, turned into a reset that closes
+    /// Glance's socket.
+    ResetProxied = 15,
+    /// A trusted proxy's request for a banned client that could not be answered (a frame
+    /// layout the rewrite does not handle): dropped.
+    DropProxied = 16,
+    /// Event: a trusted proxy's request attributed to the client it names.
+    ProxiedRequest = 17,
+    /// Event: a trusted proxy's request whose client could not be read.
+    UnattributedRequest = 18,
+    /// Event: a PROXY protocol header (v1 or v2) read at the start of a connection.
+    ProxyHeader = 19,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 20;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::PassProtected,
@@ -213,6 +346,12 @@ impl Counter {
         Counter::DropBlockedAnyPort,
         Counter::SourceNew,
         Counter::SourceInsertFailed,
+        Counter::RejectProxied,
+        Counter::ResetProxied,
+        Counter::DropProxied,
+        Counter::ProxiedRequest,
+        Counter::UnattributedRequest,
+        Counter::ProxyHeader,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics labels.
@@ -232,12 +371,25 @@ impl Counter {
             Counter::DropBlockedAnyPort => "drop_blocked_any_port",
             Counter::SourceNew => "source_new",
             Counter::SourceInsertFailed => "source_insert_failed",
+            Counter::RejectProxied => "reject_proxied",
+            Counter::ResetProxied => "reset_proxied",
+            Counter::DropProxied => "drop_proxied",
+            Counter::ProxiedRequest => "proxied_request",
+            Counter::UnattributedRequest => "unattributed_request",
+            Counter::ProxyHeader => "proxy_header",
         }
     }
 
     /// Whether this counter is a packet verdict (as opposed to an event).
     pub const fn is_verdict(self) -> bool {
-        (self as u32) < Counter::SourceNew as u32
+        !matches!(
+            self,
+            Counter::SourceNew
+                | Counter::SourceInsertFailed
+                | Counter::ProxiedRequest
+                | Counter::UnattributedRequest
+                | Counter::ProxyHeader
+        )
     }
 }
 
@@ -252,6 +404,11 @@ mod user {
     unsafe impl aya::Pod for AllowRule {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for FloodTxConfig {}
+    unsafe impl aya::Pod for TrustedProxy {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for PathPrefix {}
+    unsafe impl aya::Pod for RejectTemplate {}
 }
 
 #[cfg(test)]
@@ -264,7 +421,11 @@ mod tests {
         assert_eq!(size_of::<SourceAddr>(), 16);
         let octets: [u8; 16] = core::array::from_fn(|i| i as u8);
         assert_eq!(SourceAddr::from_octets(octets).octets(), octets);
-        assert_eq!(size_of::<SourceStats>(), 11 * 8);
+        assert_eq!(size_of::<SourceStats>(), 16 * 8);
+        assert_eq!(size_of::<ConnKey>(), 40);
+        assert_eq!(size_of::<ConnState>(), 24);
+        assert_eq!(size_of::<PathPrefix>(), 24);
+        assert_eq!(size_of::<RejectTemplate>(), 24 + REJECT_MAX_LEN);
         assert_eq!(size_of::<BlockRule>(), 16);
         assert_eq!(size_of::<AllowRule>(), 8);
         assert_eq!(size_of::<Config>(), 16);

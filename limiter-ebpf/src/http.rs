@@ -1,9 +1,15 @@
 //! Classification of a TCP payload that begins with an HTTP request line. Prefixes compare as
 //! words: one load and a mask per candidate instead of byte loops.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{macros::map, maps::Array, programs::XdpContext};
+use limiter_common::{PathPrefix, MAX_PATH_PREFIXES};
 
 use crate::packet::{first_bytes, header, word64};
+
+/// URL path prefixes Glance is served under (`/image` on devstack); the first
+/// `Config::path_prefixes` entries are in use.
+#[map]
+static PATH_PREFIXES: Array<PathPrefix> = Array::with_max_entries(MAX_PATH_PREFIXES, 0);
 
 pub enum RequestClass {
     /// `POST /v1/images` or `POST /v2/images`, optionally followed by `/`, then a space or `?`.
@@ -31,8 +37,15 @@ const SLASH_IMAGES: u64 = word64(b"/images");
 /// method token with its space fits in the first 8.
 const MIN_REQUEST_LEN: usize = 16;
 
+/// The class of the request whose line starts at `off`; `prefixes` of [`PATH_PREFIXES`] are
+/// tried in front of `/v1/images` and `/v2/images`.
 #[inline(always)]
-pub fn classify(ctx: &XdpContext, off: usize, payload_len: usize) -> Option<RequestClass> {
+pub fn classify(
+    ctx: &XdpContext,
+    off: usize,
+    payload_len: usize,
+    prefixes: u32,
+) -> Option<RequestClass> {
     if payload_len < MIN_REQUEST_LEN {
         return None;
     }
@@ -59,6 +72,9 @@ pub fn classify(ctx: &XdpContext, off: usize, payload_len: usize) -> Option<Requ
                 return Some(RequestClass::ImageCreate);
             }
         }
+        if prefixes != 0 && prefixed_image_path(ctx, off, payload_len, prefixes) {
+            return Some(RequestClass::ImageCreate);
+        }
         return Some(RequestClass::OtherWrite);
     }
     if head & first_bytes(4) == PUT
@@ -68,4 +84,60 @@ pub fn classify(ctx: &XdpContext, off: usize, payload_len: usize) -> Option<Requ
         return Some(RequestClass::OtherWrite);
     }
     None
+}
+
+/// Whether the path after `POST ` is one of the prefixes followed by `/v1/images` or
+/// `/v2/images`, then an optional `/`, then a space or `?`.
+#[inline(always)]
+fn prefixed_image_path(ctx: &XdpContext, off: usize, payload_len: usize, prefixes: u32) -> bool {
+    const PATH: usize = 5;
+    let Some(path) = header::<16>(ctx, off + PATH) else {
+        return false;
+    };
+    let (first, second) = (path.raw64(0), path.raw64(8));
+    for i in 0..MAX_PATH_PREFIXES {
+        if i >= prefixes {
+            break;
+        }
+        let Some(prefix) = PATH_PREFIXES.get(i) else {
+            break;
+        };
+        let len = prefix.len as usize;
+        if len == 0 || len > 16 {
+            continue;
+        }
+        let matches = if len <= 8 {
+            first & first_bytes(len as u32) == prefix.words[0]
+        } else {
+            first == prefix.words[0] && second & first_bytes(len as u32 - 8) == prefix.words[1]
+        };
+        if matches && image_path_at(ctx, off + PATH + len, off + payload_len) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `/v1/images` or `/v2/images` at `at`, then an optional `/`, then a space or `?`, all
+/// before `end`.
+#[inline(always)]
+fn image_path_at(ctx: &XdpContext, at: usize, end: usize) -> bool {
+    let Some(path) = header::<12>(ctx, at) else {
+        return false;
+    };
+    if at + 12 > end {
+        return false;
+    }
+    let version = path.raw64(0) & first_bytes(3);
+    let version_ok = version == word64(b"/v1") || version == word64(b"/v2");
+    // Bytes 3..10: "/images"; read as the word at 3 masked to 7 bytes.
+    let images = path.raw64(3) & first_bytes(7);
+    if !version_ok || images != SLASH_IMAGES {
+        return false;
+    }
+    match path.u8(10) {
+        b' ' | b'?' => true,
+        b'/' => matches!(path.u8(11), b' ' | b'?'),
+        _ => false,
+    }
 }

@@ -12,9 +12,13 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod headers;
 mod http;
 mod packet;
 mod parse;
+mod proxy;
+mod proxy_protocol;
+mod reject;
 mod rules;
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
@@ -27,8 +31,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use limiter_common::{
-    Config, Counter, SourceAddr, SourceStats, CONFIG_ANY_PORT_RULES, DEFAULT_SOURCE_CAPACITY,
-    PORT_BITMAP_WORDS,
+    Config, Counter, SourceAddr, SourceStats, CONFIG_ANY_PORT_RULES, CONFIG_TRUSTED_PROXIES,
+    DEFAULT_SOURCE_CAPACITY, PORT_BITMAP_WORDS, SOURCE_TRUSTED_PROXY,
 };
 
 use crate::{
@@ -113,48 +117,115 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     }
 
     let now = unsafe { bpf_jiffies64() };
-    let generation = config().map_or(0, |c| c.rules_generation);
+    let (generation, config_flags, path_prefixes) = config().map_or((0, 0, 0), |c| {
+        (c.rules_generation, c.flags, c.path_prefixes)
+    });
     if dropped_last_time(&net.src, generation, now) {
         return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
     }
     let frame_bytes = packet::frame_len(ctx) as u64;
-    let class = || {
-        if tcp.payload_len > 0 {
-            http::classify(ctx, tcp.payload_offset, tcp.payload_len)
-        } else {
-            None
-        }
-    };
-
-    if let Some(stats) = SOURCES.get_ptr_mut(net.src) {
-        // SAFETY: a live map value; concurrent writers only touch it atomically or with
-        // idempotent stores of the same cached verdict.
-        let verdict = unsafe { cached_verdict(stats, &net.src, generation) };
-        let Some(counter) = verdict.pass_counter(now) else {
-            remember_drop(&net.src, generation, verdict);
-            return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
-        };
-        add_in_place(stats, tcp.syn, class(), frame_bytes, now);
-        return Ok((xdp_action::XDP_PASS, counter));
-    }
-
-    // A source not in the table: read its verdict from the tries.
-    let verdict = rules::lookup(&net.src);
-    let Some(counter) = verdict.pass_counter(now) else {
-        // Not inserted: a spoofed flood from a blocked prefix must not evict real sources.
-        remember_drop(&net.src, generation, verdict);
+    let mut source = Source::read(&net.src, generation, config_flags);
+    source.syn = tcp.syn;
+    let Some(counter) = source.verdict.pass_counter(now) else {
+        // A new blocked source is not inserted: a spoofed flood from a blocked prefix must
+        // not evict real sources.
+        remember_drop(&net.src, generation, source.verdict);
         return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
     };
-    insert_source(
-        &net.src,
-        verdict,
-        generation,
-        tcp.syn,
-        class(),
-        frame_bytes,
-        now,
-    );
+    if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
+        // The proxy's own row counts its packets; the requests it carries are its clients'.
+        let Some(row) = source.count(&net.src, generation, None, frame_bytes, now, &ZERO) else {
+            return Ok((xdp_action::XDP_PASS, counter));
+        };
+        let packet = proxy::Packet {
+            net: &net,
+            tcp: &tcp,
+            now,
+            generation,
+            frame_bytes,
+            config_flags,
+            path_prefixes,
+        };
+        return Ok(proxy::handle(ctx, &packet, row, counter));
+    }
+    let class = if tcp.payload_len > 0 {
+        http::classify(ctx, tcp.payload_offset, tcp.payload_len, path_prefixes)
+    } else {
+        None
+    };
+    source.count(&net.src, generation, class, frame_bytes, now, &ZERO);
     Ok((xdp_action::XDP_PASS, counter))
+}
+
+/// No address: `via` of a source that came directly.
+const ZERO: SourceAddr = SourceAddr { words: [0, 0] };
+
+/// A source's row (if it has one) and its verdict, read once per packet.
+pub struct Source {
+    row: Option<*mut SourceStats>,
+    pub verdict: Verdict,
+    /// Whether the packet counted for it is a connection attempt.
+    syn: bool,
+}
+
+impl Source {
+    /// The row of `src` with its cached verdict, or, for a source not in the table, the
+    /// verdict from the tries.
+    #[inline(always)]
+    pub fn read(src: &SourceAddr, generation: u64, config_flags: u32) -> Source {
+        match SOURCES.get_ptr_mut(src) {
+            // SAFETY: a live map value; concurrent writers only touch it atomically or with
+            // idempotent stores of the same cached verdict.
+            Some(row) => Source {
+                row: Some(row),
+                verdict: unsafe { cached_verdict(row, src, generation, config_flags) },
+                syn: false,
+            },
+            None => Source {
+                row: None,
+                verdict: read_verdict(src, config_flags),
+                syn: false,
+            },
+        }
+    }
+
+    /// Counts one packet (of `class`, if it carries a request) for `src`, adding its row if
+    /// it has none; `via` is the trusted proxy that carried it (zero: none). Returns the row.
+    #[inline(always)]
+    pub fn count(
+        &self,
+        src: &SourceAddr,
+        generation: u64,
+        class: Option<RequestClass>,
+        frame_bytes: u64,
+        now: u64,
+        via: &SourceAddr,
+    ) -> Option<*mut SourceStats> {
+        if let Some(row) = self.row {
+            add_in_place(row, self.syn, class, frame_bytes, now, via);
+            return Some(row);
+        }
+        insert_source(
+            src,
+            self.verdict,
+            generation,
+            self.syn,
+            class,
+            frame_bytes,
+            now,
+            via,
+        )
+    }
+}
+
+/// A source's verdict from the tries, and whether it is a trusted proxy.
+#[inline(always)]
+fn read_verdict(src: &SourceAddr, config_flags: u32) -> Verdict {
+    let mut verdict = rules::lookup(src);
+    if config_flags & CONFIG_TRUSTED_PROXIES != 0 && rules::is_trusted_proxy(src) {
+        verdict.flags = SOURCE_TRUSTED_PROXY;
+    }
+    verdict
 }
 
 /// Whether this CPU's last drop was `src` under the same rules, and still drops now.
@@ -199,19 +270,26 @@ impl Verdict {
 
 /// The verdict cached in a row, re-read from the tries if the rules changed since.
 #[inline(always)]
-unsafe fn cached_verdict(stats: *mut SourceStats, src: &SourceAddr, generation: u64) -> Verdict {
+unsafe fn cached_verdict(
+    stats: *mut SourceStats,
+    src: &SourceAddr,
+    generation: u64,
+    config_flags: u32,
+) -> Verdict {
     if (*stats).rules_generation == generation {
         return Verdict {
             blocked_until: (*stats).blocked_until,
             allowed_until: (*stats).allowed_until,
+            flags: (*stats).flags,
         };
     }
-    let verdict = rules::lookup(src);
+    let verdict = read_verdict(src, config_flags);
     // Volatile, so the generation is stored last and a reader that sees it also sees the
     // deadlines (x86 keeps store order; on weaker CPUs a racing reader may use the old
     // verdict for one packet). BPF has no fences.
     (&raw mut (*stats).blocked_until).write_volatile(verdict.blocked_until);
     (&raw mut (*stats).allowed_until).write_volatile(verdict.allowed_until);
+    (&raw mut (*stats).flags).write_volatile(verdict.flags);
     (&raw mut (*stats).rules_generation).write_volatile(generation);
     verdict
 }
@@ -252,13 +330,14 @@ fn is_protected(port: u16) -> bool {
 }
 
 #[inline(always)]
-fn count(counter: Counter) {
+pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other CPU writes it, a plain increment is enough.
         unsafe { *slot += 1 };
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn insert_source(
     src: &SourceAddr,
@@ -268,7 +347,8 @@ fn insert_source(
     class: Option<RequestClass>,
     frame_bytes: u64,
     now: u64,
-) {
+    via: &SourceAddr,
+) -> Option<*mut SourceStats> {
     let mut fresh = SourceStats {
         syns: syn as u64,
         packets: 1,
@@ -278,6 +358,8 @@ fn insert_source(
         rules_generation: generation,
         blocked_until: verdict.blocked_until,
         allowed_until: verdict.allowed_until,
+        flags: verdict.flags,
+        via: *via,
         ..SourceStats::default()
     };
     match class {
@@ -290,12 +372,25 @@ fn insert_source(
     // counts another CPU added meanwhile.
     if SOURCES.insert(src, fresh, BPF_NOEXIST as u64).is_ok() {
         count(Counter::SourceNew);
-    } else if let Some(stats) = SOURCES.get_ptr_mut(src) {
-        // Another CPU inserted this source between our lookup and insert.
-        add_in_place(stats, syn, class, frame_bytes, now);
-    } else {
-        count(Counter::SourceInsertFailed);
+        return SOURCES.get_ptr_mut(src);
     }
+    if let Some(stats) = SOURCES.get_ptr_mut(src) {
+        // Another CPU inserted this source between our lookup and insert.
+        add_in_place(stats, syn, class, frame_bytes, now, via);
+        return Some(stats);
+    }
+    count(Counter::SourceInsertFailed);
+    None
+}
+
+/// Adds `n` to a counter of a live map value, atomically: several CPUs may update one source
+/// at once.
+///
+/// # Safety
+/// `field` points at a u64 of a live map value, 8-byte aligned.
+#[inline(always)]
+pub unsafe fn add(field: *mut u64, n: u64) {
+    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n);
 }
 
 #[inline(always)]
@@ -305,13 +400,10 @@ fn add_in_place(
     class: Option<RequestClass>,
     frame_bytes: u64,
     now: u64,
+    via: &SourceAddr,
 ) {
     // SAFETY: `stats` points at a live map value; the fields are u64 and 8-byte aligned.
-    // Several CPUs may update one source at once, hence atomics for the counts.
     unsafe {
-        let add = |field: *mut u64, n: u64| {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n);
-        };
         add(&raw mut (*stats).packets, 1);
         add(&raw mut (*stats).bytes, frame_bytes);
         if syn {
@@ -324,6 +416,9 @@ fn add_in_place(
             None => {}
         }
         (*stats).last_seen = now;
+        if via.words != ZERO.words {
+            (*stats).via = *via;
+        }
     }
 }
 

@@ -31,6 +31,19 @@ impl<const N: usize> Header<N> {
         u16::from_be(unsafe { ((self.start + at) as *const u16).read_unaligned() })
     }
 
+    /// Two bytes in memory order.
+    #[inline(always)]
+    pub fn raw16(&self, at: usize) -> u16 {
+        // SAFETY: as above.
+        unsafe { ((self.start + at) as *const u16).read_unaligned() }
+    }
+
+    /// A big-endian 32-bit field.
+    #[inline(always)]
+    pub fn be32(&self, at: usize) -> u32 {
+        u32::from_be(self.raw32(at))
+    }
+
     /// Four bytes in memory order (compare with [`word32`] or copy into keys).
     #[inline(always)]
     pub fn raw32(&self, at: usize) -> u32 {
@@ -43,6 +56,48 @@ impl<const N: usize> Header<N> {
     pub fn raw64(&self, at: usize) -> u64 {
         // SAFETY: as above.
         unsafe { ((self.start + at) as *const u64).read_unaligned() }
+    }
+}
+
+impl<const N: usize> Header<N> {
+    #[inline(always)]
+    pub fn set_u8(&self, at: usize, value: u8) {
+        // SAFETY: as for the loads; XDP frames are writable.
+        unsafe { *((self.start + at) as *mut u8) = value }
+    }
+
+    /// Writes a big-endian 16-bit field.
+    #[inline(always)]
+    pub fn set_be16(&self, at: usize, value: u16) {
+        // SAFETY: as above; the store may be misaligned.
+        unsafe { ((self.start + at) as *mut u16).write_unaligned(value.to_be()) }
+    }
+
+    /// Writes two bytes in memory order.
+    #[inline(always)]
+    pub fn set_raw16(&self, at: usize, value: u16) {
+        // SAFETY: as above.
+        unsafe { ((self.start + at) as *mut u16).write_unaligned(value) }
+    }
+
+    /// Writes a big-endian 32-bit field.
+    #[inline(always)]
+    pub fn set_be32(&self, at: usize, value: u32) {
+        self.set_raw32(at, value.to_be())
+    }
+
+    /// Writes four bytes in memory order.
+    #[inline(always)]
+    pub fn set_raw32(&self, at: usize, value: u32) {
+        // SAFETY: as above.
+        unsafe { ((self.start + at) as *mut u32).write_unaligned(value) }
+    }
+
+    /// Writes eight bytes in memory order.
+    #[inline(always)]
+    pub fn set_raw64(&self, at: usize, value: u64) {
+        // SAFETY: as above.
+        unsafe { ((self.start + at) as *mut u64).write_unaligned(value) }
     }
 }
 

@@ -12,8 +12,8 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 
-const IPV4_MIN_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
+pub const IPV4_MIN_HEADER_LEN: usize = 20;
+pub const IPV6_HEADER_LEN: usize = 40;
 const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
 const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
 /// `::ffff:` in the second word of an IPv4-mapped address (bytes 8..12, memory order).
@@ -25,14 +25,20 @@ const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DEST_OPTIONS: u8 = 60;
 
-const TCP_MIN_HEADER_LEN: usize = 20;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+pub const TCP_MIN_HEADER_LEN: usize = 20;
+pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_PSH: u8 = 0x08;
+pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// What the network layer tells us.
 pub struct Network {
     /// Source address, IPv4-mapped for IPv4.
     pub src: SourceAddr,
+    /// Offset of the IP header, and its family (the rest of it is read only when needed).
+    pub l3_offset: usize,
+    pub is_ipv6: bool,
     /// Upper-layer protocol (after IPv6 extension headers).
     pub protocol: u8,
     /// Offset of the upper-layer header in the frame.
@@ -51,6 +57,8 @@ pub struct Network {
 /// What the TCP layer tells us.
 pub struct Tcp {
     pub dst_port: u16,
+    /// The flags byte (`TCP_FLAG_*`).
+    pub flags: u8,
     /// SYN without ACK: a new connection attempt.
     pub syn: bool,
     pub payload_offset: usize,
@@ -109,6 +117,8 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
         src: SourceAddr {
             words: [0, IPV4_MAPPED_MARK | (u64::from(ip.raw32(12)) << 32)],
         },
+        l3_offset: off,
+        is_ipv6: false,
         protocol: ip.u8(9),
         l4_offset: off + header_len,
         l3_end: off + total_len,
@@ -131,6 +141,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
     let src = SourceAddr {
         words: [ip.raw64(8), ip.raw64(16)],
     };
+    let l3_offset = off;
     let mut next = ip.u8(6);
     let mut off = off + IPV6_HEADER_LEN;
     let mut later_fragment = false;
@@ -171,6 +182,8 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
         );
     Ok(Network {
         src,
+        l3_offset,
+        is_ipv6: true,
         protocol: next,
         l4_offset: off,
         l3_end,
@@ -195,8 +208,25 @@ pub fn tcp(ctx: &XdpContext, net: &Network) -> Result<Tcp, Counter> {
     let flags = tcp.u8(13);
     Ok(Tcp {
         dst_port: tcp.be16(2),
+        flags,
         syn: flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0,
         payload_offset: off + header_len,
         payload_len: net.l3_end - (off + header_len),
     })
+}
+
+/// The destination address of the IP header at `net.l3_offset`, IPv4-mapped for IPv4.
+#[inline(always)]
+pub fn destination(ctx: &XdpContext, net: &Network) -> Option<SourceAddr> {
+    if net.is_ipv6 {
+        let ip = header::<IPV6_HEADER_LEN>(ctx, net.l3_offset)?;
+        Some(SourceAddr {
+            words: [ip.raw64(24), ip.raw64(32)],
+        })
+    } else {
+        let ip = header::<IPV4_MIN_HEADER_LEN>(ctx, net.l3_offset)?;
+        Some(SourceAddr {
+            words: [0, IPV4_MAPPED_MARK | (u64::from(ip.raw32(16)) << 32)],
+        })
+    }
 }

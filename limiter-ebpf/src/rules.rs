@@ -5,7 +5,7 @@
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{helpers::bpf_map_lookup_elem, macros::map, maps::LpmTrie};
-use limiter_common::{AllowRule, BlockRule, SourceAddr, RULE_CAPACITY};
+use limiter_common::{AllowRule, BlockRule, SourceAddr, TrustedProxy, RULE_CAPACITY};
 
 #[map]
 static BLOCK_RULES: LpmTrie<[u32; 4], BlockRule> = LpmTrie::with_max_entries(RULE_CAPACITY, 0);
@@ -13,11 +13,26 @@ static BLOCK_RULES: LpmTrie<[u32; 4], BlockRule> = LpmTrie::with_max_entries(RUL
 #[map]
 static ALLOW_RULES: LpmTrie<[u32; 4], AllowRule> = LpmTrie::with_max_entries(RULE_CAPACITY, 0);
 
+/// Trusted proxies: sources whose requests belong to the clients they name.
+#[map]
+static TRUSTED_PROXIES: LpmTrie<[u32; 4], TrustedProxy> =
+    LpmTrie::with_max_entries(RULE_CAPACITY, 0);
+
+/// Whether `src` is a trusted proxy.
+#[inline(always)]
+pub fn is_trusted_proxy(src: &SourceAddr) -> bool {
+    let mut key = MaybeUninit::uninit();
+    TrieKey::write_host(&mut key, src);
+    trie_lookup(&TRUSTED_PROXIES, &key).is_some()
+}
+
 /// What the rules say about a source on the protected ports, as deadlines in jiffies.
 #[derive(Clone, Copy, Default)]
 pub struct Verdict {
     pub blocked_until: u64,
     pub allowed_until: u64,
+    /// `SOURCE_*` flags (whether the source is a trusted proxy).
+    pub flags: u64,
 }
 
 /// Both tries, for the protected ports.
@@ -35,6 +50,7 @@ pub fn lookup(src: &SourceAddr) -> Verdict {
     Verdict {
         blocked_until,
         allowed_until,
+        flags: 0,
     }
 }
 

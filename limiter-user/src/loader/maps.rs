@@ -65,7 +65,7 @@ impl Counters {
     }
 }
 
-fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> LoaderError {
+pub(super) fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> LoaderError {
     move |source| LoaderError::Map { map, op, source }
 }
 
@@ -79,7 +79,7 @@ fn map_ref<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map,
     })
 }
 
-fn map_mut<'a>(
+pub(super) fn map_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut aya::maps::Map, LoaderError> {
@@ -132,7 +132,7 @@ pub(super) fn apply_rules(
     })
 }
 
-fn sync_trie<V: Pod + PartialEq>(
+pub(super) fn sync_trie<V: Pod + PartialEq>(
     ebpf: &mut Ebpf,
     name: &'static str,
     wanted: &BTreeMap<TrieKey, V>,
@@ -179,7 +179,7 @@ fn sync_trie<V: Pod + PartialEq>(
     Ok(())
 }
 
-fn set_config_flag(ebpf: &mut Ebpf, flag: u32, on: bool) -> Result<(), LoaderError> {
+pub(super) fn set_config_flag(ebpf: &mut Ebpf, flag: u32, on: bool) -> Result<(), LoaderError> {
     update_config(ebpf, |config| {
         if on {
             config.flags |= flag
@@ -189,7 +189,10 @@ fn set_config_flag(ebpf: &mut Ebpf, flag: u32, on: bool) -> Result<(), LoaderErr
     })
 }
 
-fn update_config(ebpf: &mut Ebpf, change: impl FnOnce(&mut Config)) -> Result<(), LoaderError> {
+pub(super) fn update_config(
+    ebpf: &mut Ebpf,
+    change: impl FnOnce(&mut Config),
+) -> Result<(), LoaderError> {
     let mut config: Array<&mut MapData, Config> =
         Array::try_from(map_mut(ebpf, CONFIG_MAP)?).map_err(map_err(CONFIG_MAP, "open"))?;
     let current = config.get(&0, 0).map_err(map_err(CONFIG_MAP, "read"))?;

@@ -4,6 +4,7 @@
 mod batch;
 mod maps;
 mod pins;
+mod proxy;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ pub use self::batch::{BatchError, DEFAULT_BATCH_CHUNK, PARALLEL_BATCH_MIN_ENTRIE
 pub use self::{
     maps::{Counters, SourceEntry},
     pins::{detach_pinned, pinned_interfaces, DetachReport, DEFAULT_PIN_DIR, PINNED_MAPS},
+    proxy::{reject_template, ClientHeader, RETRY_AFTER_NEVER_SECS},
 };
 use crate::{
     clock::{self, KernelClock},
@@ -67,6 +69,8 @@ pub enum LoaderError {
     Batch(#[from] BatchError),
     #[error("invalid protected port 0: ports are 1-65535")]
     PortZero,
+    #[error("invalid Glance path prefixes: {0}")]
+    PathPrefixes(String),
     #[error("bpffs pin {path}: {detail}")]
     Pin { path: PathBuf, detail: String },
     #[error(

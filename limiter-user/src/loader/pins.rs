@@ -14,8 +14,10 @@ use aya::{
     },
 };
 use limiter_common::{
-    AllowRule, BlockRule, Config, Counter, SourceStats, ALLOW_MAP, BLOCK_MAP, CONFIG_MAP,
-    COUNTERS_MAP, PORTS_MAP, PORT_BITMAP_WORDS, PROGRAM_NAME, RULE_CAPACITY, SOURCES_MAP,
+    AllowRule, BlockRule, Config, ConnKey, ConnState, Counter, PathPrefix, RejectTemplate,
+    SourceStats, TrustedProxy, ALLOW_MAP, BLOCK_MAP, CONFIG_MAP, COUNTERS_MAP, MAX_PATH_PREFIXES,
+    PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS, PROGRAM_NAME, PROXY_CONNS_MAP,
+    PROXY_CONN_CAPACITY, REJECT_MAP, RULE_CAPACITY, SOURCES_MAP, TRUSTED_PROXIES_MAP,
 };
 use tracing::{info, warn};
 
@@ -24,16 +26,21 @@ use super::{program_mut, AttachMode, Limiter, LoadOptions, LoaderError};
 /// Where the daemon pins by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/glance-limiter";
 
-/// Every map that holds state: all are pinned, so a restart loses neither rules nor counts.
-/// (`LAST_DROP`, the program's per-CPU one-entry cache of its last drop, is not: it is
-/// checked against the rules generation on every use, and a fresh one is empty.)
-pub const PINNED_MAPS: [&str; 6] = [
+/// Every map that holds state: all are pinned, so a restart loses neither rules nor counts,
+/// nor what is known of proxies' backend connections. (`LAST_DROP`, the program's per-CPU
+/// one-entry cache of its last drop, and `TEXT_WINDOW`, its scratch space, are not: the first
+/// is checked against the rules generation on every use, the second rewritten before use.)
+pub const PINNED_MAPS: [&str; 10] = [
     SOURCES_MAP,
     BLOCK_MAP,
     ALLOW_MAP,
     PORTS_MAP,
     CONFIG_MAP,
     COUNTERS_MAP,
+    TRUSTED_PROXIES_MAP,
+    PROXY_CONNS_MAP,
+    PATH_PREFIXES_MAP,
+    REJECT_MAP,
 ];
 
 const LINK_PREFIX: &str = "link-";
@@ -55,7 +62,7 @@ struct Expected {
     max_entries: u32,
 }
 
-fn expected_maps(options: &LoadOptions) -> [Expected; 6] {
+fn expected_maps(options: &LoadOptions) -> [Expected; 10] {
     let size = |n: usize| n as u32;
     [
         Expected {
@@ -99,6 +106,34 @@ fn expected_maps(options: &LoadOptions) -> [Expected; 6] {
             key_size: 4,
             value_size: 8,
             max_entries: Counter::COUNT,
+        },
+        Expected {
+            name: TRUSTED_PROXIES_MAP,
+            map_type: MapType::LpmTrie,
+            key_size: 20,
+            value_size: size(size_of::<TrustedProxy>()),
+            max_entries: RULE_CAPACITY,
+        },
+        Expected {
+            name: PROXY_CONNS_MAP,
+            map_type: MapType::LruHash,
+            key_size: size(size_of::<ConnKey>()),
+            value_size: size(size_of::<ConnState>()),
+            max_entries: PROXY_CONN_CAPACITY,
+        },
+        Expected {
+            name: PATH_PREFIXES_MAP,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size(size_of::<PathPrefix>()),
+            max_entries: MAX_PATH_PREFIXES,
+        },
+        Expected {
+            name: REJECT_MAP,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size(size_of::<RejectTemplate>()),
+            max_entries: 1,
         },
     ]
 }

@@ -84,6 +84,12 @@ enum KernelFamily {
     Dropped(&'static str),
     SourcesInserted,
     SourceInsertFailures,
+    /// A trusted proxy's segment the program rewrote: the 429 sent in Glance's place, or the
+    /// reset that closes Glance's side afterwards.
+    ProxySegments(&'static str),
+    /// A trusted proxy's request, by whether its client could be read.
+    ProxyRequests(&'static str),
+    ProxyHeaders,
 }
 
 /// Every counter has a place: a new `Counter` variant does not compile until it gets one.
@@ -104,6 +110,12 @@ fn kernel_family(counter: Counter) -> KernelFamily {
         Counter::DropBlockedAnyPort => Dropped("blocked_any_port"),
         Counter::SourceNew => SourcesInserted,
         Counter::SourceInsertFailed => SourceInsertFailures,
+        Counter::RejectProxied => ProxySegments("answered"),
+        Counter::ResetProxied => ProxySegments("reset"),
+        Counter::DropProxied => Dropped("proxied"),
+        Counter::ProxiedRequest => ProxyRequests("client"),
+        Counter::UnattributedRequest => ProxyRequests("unattributed"),
+        Counter::ProxyHeader => ProxyHeaders,
     }
 }
 
@@ -167,6 +179,17 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
         KernelFamily::Dropped(reason) => Some(reason),
         _ => None,
     });
+    let proxy_segments = of(|f| match f {
+        KernelFamily::ProxySegments(action) => Some(action),
+        _ => None,
+    });
+    let proxy_requests: Vec<_> = kernel
+        .iter()
+        .filter_map(|(c, v)| match kernel_family(*c) {
+            KernelFamily::ProxyRequests(attribution) => Some(([("attribution", attribution)], *v)),
+            _ => None,
+        })
+        .collect();
     let single = |wanted: KernelFamily| kernel.iter().find(|(c, _)| kernel_family(*c) == wanted);
     if !kernel.is_empty() {
         counters(
@@ -179,8 +202,32 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
             encoder,
             "packets_dropped",
             "Packets the XDP program dropped, by reason: blocked (TCP to a protected port from \
-             a banned source), blocked_any_port (any packet under an all-ports block).",
+             a banned source), blocked_any_port (any packet under an all-ports block), proxied \
+             (a banned client's request through a trusted proxy that could not be answered).",
             &dropped,
+        )?;
+        counters(
+            encoder,
+            "proxy_segments_rewritten",
+            "Segments from trusted proxies the XDP program rewrote, by reason: answered (a \
+             banned client's request answered with 429 in Glance's place), reset (the next \
+             segment of that connection, turned into a reset that closes Glance's socket).",
+            &proxy_segments,
+        )?;
+        counters(
+            encoder,
+            "proxy_requests",
+            "Requests from trusted proxies, by attribution: client (counted as the client the \
+             proxy names), unattributed (no readable client; counted apart, never as the proxy).",
+            &proxy_requests,
+        )?;
+    }
+    if let Some((_, v)) = single(KernelFamily::ProxyHeaders) {
+        counter(
+            encoder,
+            "proxy_protocol_headers",
+            "PROXY protocol headers (v1 or v2) read at the start of trusted proxies' connections.",
+            *v,
         )?;
     }
     if let Some((_, v)) = single(KernelFamily::SourcesInserted) {
@@ -338,7 +385,13 @@ mod tests {
                     assert_eq!(counter.name(), format!("drop_{r}"));
                     reasons.push(r);
                 }
-                KernelFamily::SourcesInserted | KernelFamily::SourceInsertFailures => {
+                KernelFamily::ProxySegments(_) => {
+                    assert!(counter.is_verdict());
+                }
+                KernelFamily::SourcesInserted
+                | KernelFamily::SourceInsertFailures
+                | KernelFamily::ProxyRequests(_)
+                | KernelFamily::ProxyHeaders => {
                     assert!(!counter.is_verdict());
                 }
             }

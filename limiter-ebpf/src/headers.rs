@@ -1,0 +1,230 @@
+//! Finding the client a trusted proxy names in a request's headers: the last
+//! `X-Forwarded-For` (or `Forwarded`) line of the header block, whose rightmost entries are the
+//! ones the proxy wrote. HAProxy appends its own line after any the client sent, so the last
+//! line wins, and a line in the body (after the empty line) is never read.
+//!
+//! The scan reads 8 bytes per step and finds line ends with word arithmetic, so 1 KB of
+//! headers costs about 130 steps; a name is compared only at line starts. It needs the whole
+//! header block in this segment, within [`HEADER_SCAN_LEN`] bytes: otherwise the request is
+//! unattributed, never guessed.
+
+use aya_ebpf::{
+    helpers::generated::bpf_xdp_load_bytes, macros::map, maps::PerCpuArray, programs::XdpContext,
+};
+use limiter_common::{
+    client_addr::{self, HeaderKind, Window, WINDOW_LEN},
+    SourceAddr, HEADER_SCAN_LEN,
+};
+
+use crate::{
+    packet::{first_bytes, header, word64},
+    rules,
+};
+
+/// A per-CPU copy of the header value being parsed: the parser works on fixed-size memory,
+/// which the verifier checks far more cheaply than packet bytes.
+#[map]
+static TEXT_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
+
+const NEWLINES: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// `x-forwarded-for:` as two words, and the bits to set in the packet's bytes before comparing
+/// (0x20 on letters only: lower-cases them and leaves `-` and `:` as they are).
+const XFF: [u64; 2] = [word64(b"x-forwar"), word64(b"ded-for:")];
+const XFF_CASE: [u64; 2] = [0x2020_2020_2020_0020, 0x0020_2020_0020_2020];
+/// `forwarded:`: a word and two bytes.
+const FWD: u64 = word64(b"forwarde");
+const FWD_TAIL: u64 = word64(b"d:");
+const FWD_CASE: [u64; 2] = [0x2020_2020_2020_2020, 0x0020];
+
+/// Window slots of the scan (`Window::store`).
+const VALUE_START: usize = 1;
+const VALUE_LINE_END: usize = 2;
+const OPEN: usize = 3;
+
+/// A header-line start: the end of the header block, a client header (the offset of its
+/// value), or any other line.
+enum Line {
+    End,
+    Client(usize),
+    Other,
+}
+
+/// The client named in the headers of the request whose line starts at `off`, in a segment
+/// whose payload ends at `end`. `None`: no such header, or the headers could not be read
+/// whole.
+#[inline(always)]
+pub fn client(ctx: &XdpContext, off: usize, end: usize, kind: HeaderKind) -> Option<SourceAddr> {
+    let scan_end = if end > off + HEADER_SCAN_LEN {
+        off + HEADER_SCAN_LEN
+    } else {
+        end
+    };
+    if scan_end < off + 16 {
+        return None;
+    }
+    let window = window()?;
+    // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+    let window = unsafe { &mut *window };
+    // What the scan found, kept in the window rather than in registers (`Window::store`):
+    // the value of the last client line (its start, 0: none), its line end (`\n`) once seen,
+    // and whether that end is still to come.
+    window.store(VALUE_START, 0);
+    window.store(VALUE_LINE_END, 0);
+    window.store(OPEN, 0);
+    let mut complete = false;
+    let mut pos = off;
+    'scan: for _ in 0..HEADER_SCAN_LEN / 8 + 1 {
+        if pos >= scan_end {
+            break;
+        }
+        // The last step re-reads the final full word and skips what was already seen.
+        let base = if pos + 8 <= scan_end {
+            pos
+        } else {
+            scan_end - 8
+        };
+        let word = header::<8>(ctx, base)?.raw64(0);
+        let mut newlines = zero_bytes(word ^ NEWLINES) & !first_bytes((pos - base) as u32);
+        // A header line is at least 3 bytes (`a:` and CRLF) and the block ends at an empty
+        // line, so two line ends per word are all that can come before the end.
+        for _ in 0..2 {
+            if newlines == 0 {
+                break;
+            }
+            let nl = base + lowest_byte(newlines);
+            newlines &= newlines - 1;
+            if window.load(OPEN) != 0 {
+                window.store(VALUE_LINE_END, nl);
+                window.store(OPEN, 0);
+            }
+            match line_at(ctx, nl + 1, kind) {
+                Line::End => {
+                    complete = true;
+                    break 'scan;
+                }
+                Line::Client(value) => {
+                    window.store(VALUE_START, value);
+                    window.store(OPEN, 1);
+                }
+                Line::Other => {}
+            }
+        }
+        if newlines != 0 {
+            // Three line ends in 8 bytes before the end of the block: not what a proxy sends.
+            return None;
+        }
+        pos = base + 8;
+    }
+    let (value_start, value_line_end) = (window.load(VALUE_START), window.load(VALUE_LINE_END));
+    if !complete || value_start == 0 || window.load(OPEN) != 0 {
+        return None;
+    }
+    read_value(ctx, window, value_start, value_line_end, kind)
+}
+
+/// What the line starting at `at` is.
+#[inline(always)]
+fn line_at(ctx: &XdpContext, at: usize, kind: HeaderKind) -> Line {
+    let Some(start) = header::<2>(ctx, at) else {
+        return Line::Other;
+    };
+    if start.u8(0) == b'\r' && start.u8(1) == b'\n' {
+        return Line::End;
+    }
+    match kind {
+        HeaderKind::XForwardedFor => match header::<16>(ctx, at) {
+            Some(name)
+                if name.raw64(0) | XFF_CASE[0] == XFF[0]
+                    && name.raw64(8) | XFF_CASE[1] == XFF[1] =>
+            {
+                Line::Client(at + 16)
+            }
+            _ => Line::Other,
+        },
+        HeaderKind::Forwarded => match header::<10>(ctx, at) {
+            Some(name)
+                if name.raw64(0) | FWD_CASE[0] == FWD
+                    && (u64::from(name.u8(8)) | (u64::from(name.u8(9)) << 8)) | FWD_CASE[1]
+                        == FWD_TAIL =>
+            {
+                Line::Client(at + 10)
+            }
+            _ => Line::Other,
+        },
+    }
+}
+
+/// Copies the value between `start` and the line end at `line_end` (its last
+/// [`WINDOW_LEN`] bytes) into the window and reads the client from it.
+#[inline(always)]
+fn read_value(
+    ctx: &XdpContext,
+    window: &mut Window,
+    start: usize,
+    line_end: usize,
+    kind: HeaderKind,
+) -> Option<SourceAddr> {
+    let end = line_end;
+    if end <= start {
+        return None;
+    }
+    let (from, cut_left) = if end - start > WINDOW_LEN {
+        (end - WINDOW_LEN, true)
+    } else {
+        (start, false)
+    };
+    // Where the scan stopped is forgotten, so the parser is verified once, not once per
+    // possible position (see `Window::forget`).
+    let from = window.forget(from);
+    let len = window.forget(end - from);
+    let cut_left = window.forget(cut_left as usize) != 0;
+    if len == 0 || len > WINDOW_LEN {
+        return None;
+    }
+    // Written so the verifier sees 1..=WINDOW_LEN in the register the helper gets (LLVM
+    // merges the two checks above into one it cannot follow).
+    let len = ((len - 1) & (WINDOW_LEN - 1)) + 1;
+    // SAFETY: `len` is 1..=WINDOW_LEN, the size of the window's text, its first field; the
+    // helper checks the frame bounds.
+    let copied = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            from as u32,
+            window.text.as_mut_ptr() as *mut core::ffi::c_void,
+            len as u32,
+        )
+    };
+    if copied != 0 {
+        return None;
+    }
+    // The value ends before the line's CR.
+    let len = if window.text[(len - 1) & (WINDOW_LEN - 1)] == b'\r' {
+        len - 1
+    } else {
+        len
+    };
+    client_addr::rightmost_client(window, len, cut_left, kind, rules::is_trusted_proxy)
+}
+
+/// This CPU's text window.
+#[inline(always)]
+pub fn window() -> Option<*mut Window> {
+    TEXT_WINDOW.get_ptr_mut(0)
+}
+
+/// 0x80 in each byte of `x` that is zero, 0 elsewhere (exact: no false positives).
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
+/// The index of the lowest byte marked in a [`zero_bytes`] mask.
+#[inline(always)]
+fn lowest_byte(mask: u64) -> usize {
+    let lowest = mask & mask.wrapping_neg();
+    // lowest is 1 << (8k + 7); the multiplication moves byte 7-k of the constant, which
+    // holds k, to the top.
+    ((lowest >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
+}

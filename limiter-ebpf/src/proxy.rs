@@ -1,0 +1,226 @@
+//! Traffic from trusted proxies: each request belongs to the client the proxy names, per
+//! request (a backend connection may carry several clients' requests in turn), and a banned
+//! client's request is answered in Glance's place instead of reaching it.
+//!
+//! Only sources cached as trusted proxies in their row come here, so other sources pay
+//! nothing for this. The proxy's own row counts its packets, bytes and connections as for
+//! any source, plus the requests it carried (`proxied`) and those whose client could not be
+//! read (`unattributed`); its request classes stay zero, so nothing it relays is ever counted
+//! as its own.
+
+use aya_ebpf::{bindings::xdp_action, macros::map, maps::LruHashMap, programs::XdpContext};
+use limiter_common::{
+    client_addr::HeaderKind, ConnKey, ConnState, Counter, SourceAddr, SourceStats,
+    CONFIG_FORWARDED_HEADER, CONN_PROXY_CLIENT, CONN_PROXY_NO_CLIENT, CONN_REJECTED,
+    PROXY_CONN_CAPACITY, SOURCE_TRUSTED_PROXY,
+};
+
+use crate::{
+    add, headers, http,
+    packet::header,
+    parse::{self, Network, Tcp, TCP_FLAG_FIN, TCP_FLAG_RST},
+    proxy_protocol::{self, Named},
+    reject,
+    rules::Verdict,
+    Source,
+};
+
+/// Backend connections the program keeps state for: those that began with a PROXY header,
+/// and those whose request was answered in Glance's place. Others need no state: their
+/// requests carry their client in a header.
+#[map]
+static PROXY_CONNS: LruHashMap<ConnKey, ConnState> =
+    LruHashMap::with_max_entries(PROXY_CONN_CAPACITY, 0);
+
+/// Shortest request worth classifying (see `http::classify`).
+const MIN_REQUEST_LEN: usize = 16;
+
+/// What the rest of the program needs from the current packet.
+pub struct Packet<'a> {
+    pub net: &'a Network,
+    pub tcp: &'a Tcp,
+    pub now: u64,
+    pub generation: u64,
+    pub frame_bytes: u64,
+    pub config_flags: u32,
+    pub path_prefixes: u32,
+}
+
+/// A segment from a trusted proxy to a protected port, whose own row (`proxy_row`, already
+/// counted) is given. Returns the verdict and its counter; `pass` is the proxy's pass counter.
+#[inline(always)]
+pub fn handle(
+    ctx: &XdpContext,
+    packet: &Packet,
+    proxy_row: *mut SourceStats,
+    pass: Counter,
+) -> (u32, Counter) {
+    let passed = (xdp_action::XDP_PASS, pass);
+    let Some(key) = conn_key(ctx, packet.net) else {
+        return passed;
+    };
+    let tcp = packet.tcp;
+    if tcp.syn {
+        // A new connection from a reused port starts with no PROXY header or rejection.
+        let _ = PROXY_CONNS.remove(&key);
+        return passed;
+    }
+    // SAFETY: the value is copied out at once; a concurrent update can only make the copy
+    // stale, which the next segment corrects.
+    let state = unsafe { PROXY_CONNS.get(&key) }.copied();
+    if let Some(state) = state {
+        if state.flags & CONN_REJECTED != 0 {
+            let _ = PROXY_CONNS.remove(&key);
+            return match reject::reset(ctx, packet.net, state.reset_seq) {
+                Some(()) => (xdp_action::XDP_PASS, Counter::ResetProxied),
+                None => (xdp_action::XDP_DROP, Counter::DropProxied),
+            };
+        }
+    }
+    let verdict = request(ctx, packet, proxy_row, &key, state, pass);
+    if tcp.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && verdict.1 != Counter::RejectProxied {
+        let _ = PROXY_CONNS.remove(&key);
+    }
+    verdict
+}
+
+/// The request (if any) in the segment's payload.
+#[inline(always)]
+fn request(
+    ctx: &XdpContext,
+    packet: &Packet,
+    proxy_row: *mut SourceStats,
+    key: &ConnKey,
+    state: Option<ConnState>,
+    pass: Counter,
+) -> (u32, Counter) {
+    let passed = (xdp_action::XDP_PASS, pass);
+    let tcp = packet.tcp;
+    let mut offset = tcp.payload_offset;
+    let mut len = tcp.payload_len;
+    if len == 0 {
+        return passed;
+    }
+    let mut named = match state {
+        Some(s) if s.flags & CONN_PROXY_CLIENT != 0 => Some(Named::Client(s.client)),
+        Some(s) if s.flags & CONN_PROXY_NO_CLIENT != 0 => Some(Named::NoClient),
+        _ => None,
+    };
+    if state.is_none() {
+        // A PROXY header can only open the connection's data; HAProxy sends it with, or
+        // just before, the first request.
+        if let Some((header_names, header_len)) = proxy_protocol::read(ctx, offset, len) {
+            crate::count(Counter::ProxyHeader);
+            let new_state = match header_names {
+                Named::Client(client) => ConnState {
+                    client,
+                    flags: CONN_PROXY_CLIENT,
+                    reset_seq: 0,
+                },
+                Named::NoClient => ConnState {
+                    flags: CONN_PROXY_NO_CLIENT,
+                    ..ConnState::default()
+                },
+            };
+            let _ = PROXY_CONNS.insert(key, &new_state, 0);
+            named = Some(header_names);
+            if header_len >= len {
+                return passed;
+            }
+            offset += header_len;
+            len -= header_len;
+        }
+    }
+    if len < MIN_REQUEST_LEN {
+        return passed;
+    }
+    let Some(class) = http::classify(ctx, offset, len, packet.path_prefixes) else {
+        return passed;
+    };
+    let client = match named {
+        Some(Named::Client(client)) => Some(client),
+        Some(Named::NoClient) => None,
+        None => {
+            let kind = if packet.config_flags & CONFIG_FORWARDED_HEADER != 0 {
+                HeaderKind::Forwarded
+            } else {
+                HeaderKind::XForwardedFor
+            };
+            headers::client(ctx, offset, offset + len, kind)
+        }
+    };
+    let Some(client) = client else {
+        return unattributed(proxy_row, passed);
+    };
+    let source = Source::read(&client, packet.generation, packet.config_flags);
+    if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
+        // A proxy naming another trusted proxy names no client.
+        return unattributed(proxy_row, passed);
+    }
+    if source.verdict.pass_counter(packet.now).is_none() {
+        return refuse(ctx, packet, key, state, &source.verdict);
+    }
+    // SAFETY: a live map value (see `add`).
+    unsafe { add(&raw mut (*proxy_row).proxied, 1) };
+    crate::count(Counter::ProxiedRequest);
+    source.count(
+        &client,
+        packet.generation,
+        Some(class),
+        packet.frame_bytes,
+        packet.now,
+        &packet.net.src,
+    );
+    passed
+}
+
+#[inline(always)]
+fn unattributed(proxy_row: *mut SourceStats, passed: (u32, Counter)) -> (u32, Counter) {
+    // SAFETY: a live map value (see `add`).
+    unsafe { add(&raw mut (*proxy_row).unattributed, 1) };
+    crate::count(Counter::UnattributedRequest);
+    passed
+}
+
+/// Answers a banned client's request in Glance's place and remembers to reset Glance's side
+/// of the connection.
+#[inline(always)]
+fn refuse(
+    ctx: &XdpContext,
+    packet: &Packet,
+    key: &ConnKey,
+    state: Option<ConnState>,
+    verdict: &Verdict,
+) -> (u32, Counter) {
+    match reject::answer(
+        ctx,
+        packet.net,
+        packet.tcp.payload_len,
+        verdict.blocked_until,
+        packet.now,
+    ) {
+        Some(reset_seq) => {
+            let rejected = ConnState {
+                flags: state.map_or(0, |s| s.flags) | CONN_REJECTED,
+                reset_seq,
+                client: state.map_or(SourceAddr::default(), |s| s.client),
+            };
+            let _ = PROXY_CONNS.insert(key, &rejected, 0);
+            (xdp_action::XDP_TX, Counter::RejectProxied)
+        }
+        None => (xdp_action::XDP_DROP, Counter::DropProxied),
+    }
+}
+
+/// The connection's key: proxy address and port, local address and port.
+#[inline(always)]
+fn conn_key(ctx: &XdpContext, net: &Network) -> Option<ConnKey> {
+    let ports = header::<4>(ctx, net.l4_offset)?;
+    Some(ConnKey {
+        proxy: net.src,
+        local: parse::destination(ctx, net)?,
+        proxy_port: ports.raw16(0),
+        local_port: ports.raw16(2),
+        _pad: 0,
+    })
+}
