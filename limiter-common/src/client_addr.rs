@@ -1,10 +1,14 @@
 //! Reading a client's address out of what a trusted proxy wrote: the value of an
 //! `X-Forwarded-For` or `Forwarded` header, or the source field of a PROXY protocol v1 line.
 //!
-//! The XDP program copies the text into a fixed window and calls these functions; userspace
-//! tests them against the standard library's parsers. Everything works on a
-//! [`Window`] with masked indices and bounded loops, so it compiles to BPF without bounds-check
-//! panics and the verifier sees every loop end.
+//! The XDP program copies the text into a fixed [`Window`] and calls these functions; userspace
+//! tests them against the standard library's parsers.
+//!
+//! Written for the verifier. Every loop is a *step function* over one character, keeping all
+//! its state in the window's slots (map memory, whose contents the verifier does not track),
+//! and run by a [`Driver`]: in the kernel program, `bpf_loop`, which has the verifier check a
+//! step once instead of once per iteration and per way into the loop; on the host, a plain
+//! loop. The straight-line code between loops is small.
 //!
 //! A result is either an address or nothing: anything unusual (an `unknown` or obfuscated
 //! node, a zone index, leading zeros, a truncated entry) reads as "no client", which the
@@ -17,22 +21,16 @@ use crate::SourceAddr;
 /// the ones a proxy wrote), or the start of a PROXY v1 line (at most 107 bytes).
 pub const WINDOW_LEN: usize = 128;
 const MASK: usize = WINDOW_LEN - 1;
+/// Slots in a window: 0 is [`Window::forget`]'s, 1..8 the caller's, the rest this module's.
+pub const SLOTS: usize = 64;
 
-/// The text window, a power of two long so a masked index is always in bounds, and a slot
-/// through which positions pass between the parser's loops.
-///
-/// The verifier follows every value it can, and a position found by one loop (which of ~100
-/// iterations broke out) would make it check the next loop once per possible position, over
-/// its budget. Stored into the window (map memory, whose contents it does not track) and read
-/// back, a position becomes "some number": the next loop is checked once.
+/// The text window, a power of two long so a masked index is always in bounds, and slots for
+/// the state of the loops reading it.
 #[repr(C)]
 pub struct Window {
     pub text: [u8; WINDOW_LEN],
     slots: [u64; SLOTS],
 }
-
-/// Values a scan keeps in the window instead of registers (see [`Window::store`]).
-pub const SLOTS: usize = 32;
 
 impl Window {
     pub const fn new() -> Self {
@@ -42,17 +40,14 @@ impl Window {
         }
     }
 
-    /// `x`, with everything the verifier knew about it forgotten.
+    /// `x`, with everything the verifier knew about it forgotten: stored into map memory and
+    /// read back, it is "some number", so code after it is checked once whatever `x` was.
     #[inline(always)]
     pub fn forget(&mut self, x: usize) -> usize {
         self.store(0, x);
         self.load(0)
     }
 
-    /// Keeps `x` in slot `slot` (1..=3 for the caller's own use; 0 is [`Window::forget`]'s,
-    /// the rest this module's parsers').
-    /// A loop that keeps what it found here rather than in registers reaches its next
-    /// iteration in the same verifier state whatever it found.
     #[inline(always)]
     pub fn store(&mut self, slot: usize, x: usize) {
         // SAFETY: a field of this struct; the index is masked into it.
@@ -64,6 +59,11 @@ impl Window {
         // SAFETY: as above.
         unsafe { core::ptr::read_volatile(&self.slots[slot & (SLOTS - 1)]) as usize }
     }
+
+    #[inline(always)]
+    fn at(&self, i: usize) -> u8 {
+        self.text[i & MASK]
+    }
 }
 
 impl Default for Window {
@@ -72,408 +72,268 @@ impl Default for Window {
     }
 }
 
+/// The loops of this module, each a step over one character (see [`step`]).
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loop {
+    /// Backwards from `END - 1` to `BEGIN` for the byte in `TARGET`: its position in `FOUND`.
+    FindBack = 0,
+    /// Forwards from `BEGIN` to `END` for the byte in `TARGET`: its position in `FOUND`.
+    FindForward = 1,
+    /// What `BEGIN..END` holds: first and last non-blank, colons, dots, brackets.
+    Survey = 2,
+    /// The `for=` parameter of a `Forwarded` element in `BEGIN..END`.
+    ForParameter = 3,
+    /// A dotted-quad IPv4 address filling `BEGIN..END`.
+    Ipv4 = 4,
+    /// An IPv6 address filling `BEGIN..END`, up to a dotted IPv4 tail.
+    Ipv6 = 5,
+    /// The IPv6 groups read, with `::` expanded into eight.
+    Expand = 6,
+}
+
+/// Runs a loop: `step(window, which, k)` for k = 0, 1, ... until it returns true or `steps`
+/// steps are done.
+pub trait Driver {
+    fn run(&self, window: &mut Window, which: Loop, steps: u32);
+}
+
+/// The host's driver: a plain loop.
+pub struct PlainLoops;
+
+impl Driver for PlainLoops {
+    fn run(&self, window: &mut Window, which: Loop, steps: u32) {
+        for k in 0..steps as usize {
+            if step(window, which, k) {
+                break;
+            }
+        }
+    }
+}
+
 /// Entries of a header value read from the right before giving up: the client, and up to
 /// three trusted proxies that appended themselves after it.
 pub const MAX_ENTRIES: usize = 4;
-
 /// The longest address text: an IPv6 address with an embedded IPv4 address.
 const MAX_ADDR_TEXT: usize = 45;
 /// The longest entry looked at: `for="[` + address + `]:65535"`, with some room for
 /// whitespace and other parameters.
 const MAX_ENTRY: usize = 96;
+const NONE: usize = usize::MAX;
 
-/// Which header the trusted proxies write the client into.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeaderKind {
-    /// `X-Forwarded-For: client, proxy1, ...` (HAProxy `option forwardfor`).
-    XForwardedFor = 0,
-    /// `Forwarded: for=client;proto=https, for=proxy1` (RFC 7239).
-    Forwarded = 1,
+// Slots: the span a loop works on, its target byte, and its results.
+const BEGIN: usize = 8;
+const END: usize = 9;
+const TARGET: usize = 10;
+const FOUND: usize = 11;
+const FIRST: usize = 12;
+const LAST: usize = 13;
+const COLONS: usize = 14;
+const LAST_COLON: usize = 15;
+const DOTS: usize = 16;
+const OPEN_BRACKET: usize = 17;
+const CLOSE_BRACKET: usize = 18;
+// Forwarded's `for=`: the current pair's first non-blank character, the value's bounds.
+const PAIR_FIRST: usize = 12;
+const VALUE_START: usize = 13;
+const VALUE_END: usize = 14;
+// IPv4: value so far, current octet, its digits, dots seen, and whether it failed.
+const V4_VALUE: usize = 12;
+const V4_OCTET: usize = 13;
+const V4_DIGITS: usize = 14;
+const V4_DOTS: usize = 15;
+const FAILED: usize = 19;
+// IPv6: groups done, groups before `::` (NONE: no `::` yet), the group being read and its
+// digits, whether the last character was a colon ending a group, where a dotted tail starts.
+const V6_COUNT: usize = 12;
+const V6_GAP: usize = 13;
+const V6_GROUP: usize = 14;
+const V6_DIGITS: usize = 15;
+const V6_AFTER_COLON: usize = 16;
+const V6_TAIL: usize = 17;
+const V6_GROUPS: usize = 20;
+/// The eight groups of the address, `::` expanded.
+const V6_OUT: usize = 28;
+/// Zero groups the `::` stands for.
+const V6_SHIFT: usize = 36;
+
+/// One step of `which`, at its `k`-th character. True: the loop is done.
+#[inline(always)]
+pub fn step(window: &mut Window, which: Loop, k: usize) -> bool {
+    let (begin, end) = (window.load(BEGIN), window.load(END));
+    match which {
+        Loop::FindBack => {
+            if k >= end || end - k <= begin {
+                return true;
+            }
+            let i = end - 1 - k;
+            if window.at(i) as usize == window.load(TARGET) {
+                window.store(FOUND, i);
+                return true;
+            }
+            false
+        }
+        Loop::FindForward => {
+            let i = begin + k;
+            if i >= end {
+                return true;
+            }
+            if window.at(i) as usize == window.load(TARGET) {
+                window.store(FOUND, i);
+                return true;
+            }
+            false
+        }
+        Loop::Survey => {
+            let i = begin + k;
+            if i >= end {
+                return true;
+            }
+            let c = window.at(i);
+            if !is_ows(c) {
+                if window.load(FIRST) == NONE {
+                    window.store(FIRST, i);
+                }
+                window.store(LAST, i + 1);
+            }
+            match c {
+                b':' => {
+                    window.store(COLONS, window.load(COLONS) + 1);
+                    window.store(LAST_COLON, i);
+                }
+                b'.' => window.store(DOTS, window.load(DOTS) + 1),
+                b'[' if window.load(OPEN_BRACKET) == NONE => window.store(OPEN_BRACKET, i),
+                b']' if window.load(CLOSE_BRACKET) == NONE => window.store(CLOSE_BRACKET, i),
+                _ => {}
+            }
+            false
+        }
+        Loop::ForParameter => {
+            let i = begin + k;
+            if i > end {
+                return true;
+            }
+            let first = window.load(PAIR_FIRST);
+            if i < end && window.at(i) != b';' {
+                if first == NONE && !is_ows(window.at(i)) {
+                    window.store(PAIR_FIRST, i);
+                }
+                return false;
+            }
+            if first != NONE
+                && i >= first + 4
+                && window.at(first) | 0x20 == b'f'
+                && window.at(first + 1) | 0x20 == b'o'
+                && window.at(first + 2) | 0x20 == b'r'
+                && window.at(first + 3) == b'='
+            {
+                window.store(VALUE_START, first + 4);
+                window.store(VALUE_END, i);
+                return true;
+            }
+            window.store(PAIR_FIRST, NONE);
+            false
+        }
+        Loop::Ipv4 => ipv4_step(window, begin + k, end),
+        Loop::Ipv6 => ipv6_step(window, begin + k, end),
+        Loop::Expand => {
+            if k >= 8 {
+                return true;
+            }
+            let (gap, shift) = (window.load(V6_GAP), window.load(V6_SHIFT));
+            let group = if k < gap {
+                window.load(V6_GROUPS + (k & 7))
+            } else if k >= gap + shift {
+                window.load(V6_GROUPS + (k.wrapping_sub(shift) & 7))
+            } else {
+                0
+            };
+            window.store(V6_OUT + (k & 7), group & 0xffff);
+            false
+        }
+    }
 }
 
 #[inline(always)]
-fn at(window: &Window, i: usize) -> u8 {
-    window.text[i & MASK]
+fn ipv4_step(window: &mut Window, i: usize, end: usize) -> bool {
+    if i >= end {
+        return true;
+    }
+    let c = window.at(i);
+    let (octet, digits) = (window.load(V4_OCTET), window.load(V4_DIGITS));
+    if c.is_ascii_digit() {
+        let octet = octet * 10 + usize::from(c - b'0');
+        // A leading zero (some parsers read it as octal; the standard library refuses it).
+        if (digits > 0 && window.load(V4_OCTET) == 0) || octet > 255 {
+            window.store(FAILED, 1);
+            return true;
+        }
+        window.store(V4_OCTET, octet);
+        window.store(V4_DIGITS, digits + 1);
+    } else if c == b'.' && digits > 0 && window.load(V4_DOTS) < 3 {
+        window.store(V4_VALUE, (window.load(V4_VALUE) << 8) | octet);
+        window.store(V4_OCTET, 0);
+        window.store(V4_DIGITS, 0);
+        window.store(V4_DOTS, window.load(V4_DOTS) + 1);
+    } else {
+        window.store(FAILED, 1);
+        return true;
+    }
+    false
+}
+
+#[inline(always)]
+fn ipv6_step(window: &mut Window, i: usize, end: usize) -> bool {
+    if i >= end {
+        return true;
+    }
+    let c = window.at(i);
+    let digits = window.load(V6_DIGITS);
+    if let Some(v) = hex(c) {
+        if digits >= 4 {
+            window.store(FAILED, 1);
+            return true;
+        }
+        window.store(V6_GROUP, (window.load(V6_GROUP) << 4) | v as usize);
+        window.store(V6_DIGITS, digits + 1);
+        window.store(V6_AFTER_COLON, 0);
+        return false;
+    }
+    if c == b':' {
+        if digits == 0 {
+            // `::` in the middle or at the end: once, and only right after a group.
+            if window.load(V6_AFTER_COLON) == 0 || window.load(V6_GAP) != NONE {
+                window.store(FAILED, 1);
+                return true;
+            }
+            window.store(V6_GAP, window.load(V6_COUNT));
+            window.store(V6_AFTER_COLON, 0);
+            return false;
+        }
+        let count = window.load(V6_COUNT);
+        if count >= 8 {
+            window.store(FAILED, 1);
+            return true;
+        }
+        window.store(V6_GROUPS + (count & 7), window.load(V6_GROUP));
+        window.store(V6_COUNT, count + 1);
+        window.store(V6_GROUP, 0);
+        window.store(V6_DIGITS, 0);
+        window.store(V6_AFTER_COLON, 1);
+        return false;
+    }
+    if c == b'.' && digits <= i {
+        // A dotted IPv4 tail: its first octet is the current group's text.
+        window.store(V6_TAIL, i - digits);
+        return true;
+    }
+    window.store(FAILED, 1);
+    true
 }
 
 #[inline(always)]
 fn is_ows(c: u8) -> bool {
     c == b' ' || c == b'\t'
-}
-
-/// The client named by a header value held in `window[..len]`: the rightmost entry that is not
-/// a trusted proxy. `cut_left` says the value began before the window, so the leftmost entry
-/// may be a fragment and is never used.
-#[inline(always)]
-pub fn rightmost_client(
-    window: &mut Window,
-    len: usize,
-    cut_left: bool,
-    kind: HeaderKind,
-    mut trusted: impl FnMut(&SourceAddr) -> bool,
-) -> Option<SourceAddr> {
-    if len > WINDOW_LEN {
-        return None;
-    }
-    let mut end = len;
-    for _ in 0..MAX_ENTRIES {
-        end = window.forget(end);
-        // The entry is (start, end): after the last comma before `end`, or from the start.
-        let mut start = 0;
-        let mut comma = false;
-        for back in 1..=MAX_ENTRY {
-            if back > end {
-                break;
-            }
-            if at(window, end - back) == b',' {
-                start = end - back + 1;
-                comma = true;
-                break;
-            }
-        }
-        if !comma && (cut_left || end > MAX_ENTRY) {
-            return None;
-        }
-        let start = window.forget(start);
-        let addr = match kind {
-            HeaderKind::XForwardedFor => node(window, start, end, false)?,
-            HeaderKind::Forwarded => forwarded_for(window, start, end)?,
-        };
-        if !trusted(&addr) {
-            return Some(addr);
-        }
-        if !comma {
-            return None;
-        }
-        end = start - 1;
-    }
-    None
-}
-
-/// The `for=` parameter of one `Forwarded` element (`for=a;proto=b;by=c`).
-#[inline(always)]
-fn forwarded_for(window: &mut Window, start: usize, end: usize) -> Option<SourceAddr> {
-    let (start, end) = (window.forget(start), window.forget(end));
-    window.store(FWD_PAIR_START, start);
-    let mut i = start;
-    for _ in 0..=MAX_ENTRY {
-        if i > end {
-            break;
-        }
-        if i == end || at(window, i) == b';' {
-            let mut s = window.load(FWD_PAIR_START);
-            for _ in 0..MAX_ENTRY {
-                if s < i && is_ows(at(window, s)) {
-                    s += 1;
-                } else {
-                    break;
-                }
-            }
-            let s = window.forget(s);
-            if i >= s + 4
-                && at(window, s) | 0x20 == b'f'
-                && at(window, s + 1) | 0x20 == b'o'
-                && at(window, s + 2) | 0x20 == b'r'
-                && at(window, s + 3) == b'='
-            {
-                return node(window, s + 4, i, true);
-            }
-            window.store(FWD_PAIR_START, i + 1);
-        }
-        i += 1;
-    }
-    None
-}
-
-/// One node: an address, optionally with a port, IPv6 in brackets when it has one (or when
-/// `Forwarded` quotes it), surrounded by optional whitespace and, if `quotes`, double quotes.
-#[inline(always)]
-fn node(window: &mut Window, start: usize, end: usize, quotes: bool) -> Option<SourceAddr> {
-    let (mut s, mut e) = (window.forget(start), window.forget(end));
-    for _ in 0..MAX_ENTRY {
-        if s < e && is_ows(at(window, s)) {
-            s += 1;
-        } else {
-            break;
-        }
-    }
-    for _ in 0..MAX_ENTRY {
-        if e > s && is_ows(at(window, e - 1)) {
-            e -= 1;
-        } else {
-            break;
-        }
-    }
-    let (mut s, mut e) = (window.forget(s), window.forget(e));
-    if quotes && e >= s + 2 && at(window, s) == b'"' && at(window, e - 1) == b'"' {
-        s += 1;
-        e -= 1;
-    }
-    if e <= s || e - s > MAX_ENTRY {
-        return None;
-    }
-    if at(window, s) == b'[' {
-        // `[v6]` or `[v6]:port`.
-        let mut close = 0;
-        for k in 1..=MAX_ADDR_TEXT + 1 {
-            if s + k >= e {
-                break;
-            }
-            if at(window, s + k) == b']' {
-                close = s + k;
-                break;
-            }
-        }
-        let close = window.forget(close);
-        if close == 0 || !port_suffix(window, close + 1, e) {
-            return None;
-        }
-        return ipv6(window, s + 1, close);
-    }
-    // Unbracketed: IPv6 if it has two colons or more, else IPv4 with an optional `:port`.
-    let mut colons = 0;
-    let mut last_colon = 0;
-    for k in 0..MAX_ENTRY {
-        if s + k >= e {
-            break;
-        }
-        if at(window, s + k) == b':' {
-            colons += 1;
-            last_colon = s + k;
-        }
-    }
-    let (colons, last_colon) = (window.forget(colons), window.forget(last_colon));
-    match colons {
-        0 => ipv4(window, s, e),
-        1 if port_suffix(window, last_colon, e) => ipv4(window, s, last_colon),
-        1 => None,
-        _ => ipv6(window, s, e),
-    }
-}
-
-/// Whether `window[start..end]` is empty or `:` and 1-5 digits.
-#[inline(always)]
-fn port_suffix(window: &mut Window, start: usize, end: usize) -> bool {
-    let (start, end) = (window.forget(start), window.forget(end));
-    if start == end {
-        return true;
-    }
-    if at(window, start) != b':' || end - start < 2 || end - start > 6 {
-        return false;
-    }
-    for k in 1..6 {
-        if start + k >= end {
-            break;
-        }
-        if !at(window, start + k).is_ascii_digit() {
-            return false;
-        }
-    }
-    true
-}
-
-/// A dotted-quad IPv4 address filling `window[start..end]` exactly, IPv4-mapped. Leading zeros
-/// are refused, as the standard library refuses them (some parsers read them as octal).
-#[inline(always)]
-pub fn ipv4(window: &mut Window, start: usize, end: usize) -> Option<SourceAddr> {
-    let value = ipv4_value(window, start, end)?;
-    Some(mapped(value))
-}
-
-// The parsers' slots (`Window::store`): their loops keep their state in the window, so each
-// iteration reaches the next in the same verifier state whatever the text was.
-const V4_VALUE: usize = 4;
-const V4_OCTET: usize = 5;
-const V4_DIGITS: usize = 6;
-const V4_DOTS: usize = 7;
-const V6_COUNT: usize = 9;
-const V6_GAP: usize = 10;
-const V6_GROUP: usize = 11;
-const V6_DIGITS: usize = 12;
-const V6_AFTER_COLON: usize = 13;
-const V6_POS: usize = 14;
-const V6_GROUPS: usize = 16;
-const FWD_PAIR_START: usize = 25;
-
-#[inline(always)]
-fn ipv4_value(window: &mut Window, start: usize, end: usize) -> Option<u32> {
-    let (start, end) = (window.forget(start), window.forget(end));
-    if end <= start || end - start > 15 {
-        return None;
-    }
-    for slot in [V4_VALUE, V4_OCTET, V4_DIGITS, V4_DOTS] {
-        window.store(slot, 0);
-    }
-    for k in 0..15 {
-        if start + k >= end {
-            break;
-        }
-        let c = at(window, start + k);
-        let (octet, digits) = (window.load(V4_OCTET), window.load(V4_DIGITS));
-        if c.is_ascii_digit() {
-            if digits > 0 && octet == 0 {
-                return None;
-            }
-            let octet = octet * 10 + usize::from(c - b'0');
-            if octet > 255 {
-                return None;
-            }
-            window.store(V4_OCTET, octet);
-            window.store(V4_DIGITS, digits + 1);
-        } else if c == b'.' && digits > 0 && window.load(V4_DOTS) < 3 {
-            let value = (window.load(V4_VALUE) << 8) | octet;
-            window.store(V4_VALUE, value);
-            window.store(V4_OCTET, 0);
-            window.store(V4_DIGITS, 0);
-            window.store(V4_DOTS, window.load(V4_DOTS) + 1);
-        } else {
-            return None;
-        }
-    }
-    if window.load(V4_DOTS) != 3 || window.load(V4_DIGITS) == 0 {
-        return None;
-    }
-    Some(((window.load(V4_VALUE) << 8) | window.load(V4_OCTET)) as u32)
-}
-
-fn mapped(value: u32) -> SourceAddr {
-    let mut octets = [0u8; 16];
-    octets[10] = 0xff;
-    octets[11] = 0xff;
-    let v = value.to_be_bytes();
-    octets[12] = v[0];
-    octets[13] = v[1];
-    octets[14] = v[2];
-    octets[15] = v[3];
-    SourceAddr::from_octets(octets)
-}
-
-/// An IPv6 address in text form (RFC 4291 2.2: groups, one `::`, an optional dotted IPv4
-/// tail) filling `window[start..end]` exactly. No zone index.
-#[inline(always)]
-pub fn ipv6(window: &mut Window, start: usize, end: usize) -> Option<SourceAddr> {
-    let (start, end) = (window.forget(start), window.forget(end));
-    if end <= start || end - start > MAX_ADDR_TEXT || end - start < 2 {
-        return None;
-    }
-    // Groups done, groups before the `::` (NO_GAP: none yet), the group being read and its
-    // digits, whether the last character was a colon ending a group, where to read next.
-    const NO_GAP: usize = 0xff;
-    for (slot, value) in [
-        (V6_COUNT, 0),
-        (V6_GAP, NO_GAP),
-        (V6_GROUP, 0),
-        (V6_DIGITS, 0),
-        (V6_AFTER_COLON, 0),
-        (V6_POS, start),
-    ] {
-        window.store(slot, value);
-    }
-    for k in 0..8 {
-        window.store(V6_GROUPS + k, 0);
-    }
-    // A leading `::` (and only `::`: a lone leading colon is invalid).
-    if at(window, start) == b':' {
-        if at(window, start + 1) != b':' {
-            return None;
-        }
-        window.store(V6_GAP, 0);
-        window.store(V6_POS, start + 2);
-    }
-    for _ in 0..MAX_ADDR_TEXT {
-        let i = window.load(V6_POS);
-        if i >= end {
-            break;
-        }
-        let c = at(window, i);
-        let digits = window.load(V6_DIGITS);
-        if let Some(v) = hex(c) {
-            if digits >= 4 {
-                return None;
-            }
-            window.store(V6_GROUP, (window.load(V6_GROUP) << 4) | v as usize);
-            window.store(V6_DIGITS, digits + 1);
-            window.store(V6_AFTER_COLON, 0);
-        } else if c == b':' {
-            if digits == 0 {
-                // `::` in the middle or at the end: only once, and only right after a group.
-                if window.load(V6_AFTER_COLON) == 0 || window.load(V6_GAP) != NO_GAP {
-                    return None;
-                }
-                window.store(V6_GAP, window.load(V6_COUNT));
-                window.store(V6_AFTER_COLON, 0);
-            } else {
-                let count = window.load(V6_COUNT);
-                if count >= 8 {
-                    return None;
-                }
-                window.store(V6_GROUPS + (count & 7), window.load(V6_GROUP));
-                window.store(V6_COUNT, count + 1);
-                window.store(V6_GROUP, 0);
-                window.store(V6_DIGITS, 0);
-                window.store(V6_AFTER_COLON, 1);
-            }
-        } else if c == b'.' {
-            // A dotted IPv4 tail: re-read the current group's text as its first octet.
-            let count = window.load(V6_COUNT);
-            if count > 6 || digits > i {
-                return None;
-            }
-            let v4 = ipv4_value(window, i - digits, end)? as usize;
-            window.store(V6_GROUPS + (count & 7), v4 >> 16);
-            window.store(V6_GROUPS + ((count + 1) & 7), v4 & 0xffff);
-            window.store(V6_COUNT, count + 2);
-            window.store(V6_DIGITS, 0);
-            window.store(V6_AFTER_COLON, 0);
-            window.store(V6_POS, end);
-            break;
-        } else {
-            return None;
-        }
-        window.store(V6_POS, i + 1);
-    }
-    if window.load(V6_POS) < end {
-        return None;
-    }
-    let mut count = window.load(V6_COUNT);
-    if window.load(V6_DIGITS) > 0 {
-        if count >= 8 {
-            return None;
-        }
-        window.store(V6_GROUPS + (count & 7), window.load(V6_GROUP));
-        count += 1;
-    } else if window.load(V6_AFTER_COLON) != 0 {
-        // A single trailing colon ("1:2::3:").
-        return None;
-    }
-    let gap = window.load(V6_GAP);
-    let count = window.forget(count);
-    // `::` stands for at least one group of zeros; without it there must be eight groups.
-    let (gap, shift) = if gap == NO_GAP {
-        if count != 8 {
-            return None;
-        }
-        (8, 0)
-    } else {
-        if count > 7 || gap > count {
-            return None;
-        }
-        (gap, 8 - count)
-    };
-    let mut octets = [0u8; 16];
-    for k in 0..8 {
-        let group = if k < gap {
-            window.load(V6_GROUPS + k)
-        } else if k >= gap + shift {
-            window.load(V6_GROUPS + ((k - shift) & 7))
-        } else {
-            0
-        };
-        octets[2 * k] = (group >> 8) as u8;
-        octets[2 * k + 1] = group as u8;
-    }
-    Some(SourceAddr::from_octets(octets))
 }
 
 #[inline(always)]
@@ -486,8 +346,290 @@ fn hex(c: u8) -> Option<u32> {
     }
 }
 
-/// What a PROXY protocol v1 line says (`PROXY TCP4 src dst sport dport\r\n`), given the line
-/// from its start in `window[..len]`.
+/// Runs `which` over `begin..end`.
+#[inline(always)]
+fn run_over(
+    window: &mut Window,
+    driver: &impl Driver,
+    which: Loop,
+    begin: usize,
+    end: usize,
+    steps: usize,
+) {
+    window.store(BEGIN, begin);
+    window.store(END, end);
+    driver.run(window, which, steps as u32);
+}
+
+/// The position of `target` in `begin..end`, searching from the end (`back`) or the start.
+#[inline(always)]
+fn find(
+    window: &mut Window,
+    driver: &impl Driver,
+    target: u8,
+    begin: usize,
+    end: usize,
+    back: bool,
+) -> Option<usize> {
+    window.store(TARGET, usize::from(target));
+    window.store(FOUND, NONE);
+    let which = if back {
+        Loop::FindBack
+    } else {
+        Loop::FindForward
+    };
+    run_over(window, driver, which, begin, end, WINDOW_LEN);
+    let found = window.load(FOUND);
+    (found != NONE).then_some(found)
+}
+
+/// Which header the trusted proxies write the client into.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderKind {
+    /// `X-Forwarded-For: client, proxy1, ...` (HAProxy `option forwardfor`).
+    XForwardedFor = 0,
+    /// `Forwarded: for=client;proto=https, for=proxy1` (RFC 7239).
+    Forwarded = 1,
+}
+
+/// The client named by a header value held in `window.text[..len]`: the rightmost entry that
+/// is not a trusted proxy. `cut_left` says the value began before the window, so the leftmost
+/// entry may be a fragment and is never used.
+#[inline(always)]
+pub fn rightmost_client(
+    window: &mut Window,
+    driver: &impl Driver,
+    len: usize,
+    cut_left: bool,
+    kind: HeaderKind,
+    mut trusted: impl FnMut(&SourceAddr) -> bool,
+) -> Option<SourceAddr> {
+    if len > WINDOW_LEN {
+        return None;
+    }
+    let mut end = len;
+    for _ in 0..MAX_ENTRIES {
+        let comma = find(window, driver, b',', 0, end, true);
+        let start = comma.map_or(0, |c| c + 1);
+        if comma.is_none() && cut_left {
+            return None;
+        }
+        if end - start > MAX_ENTRY {
+            return None;
+        }
+        let addr = match kind {
+            HeaderKind::XForwardedFor => node(window, driver, start, end, false)?,
+            HeaderKind::Forwarded => {
+                window.store(PAIR_FIRST, NONE);
+                window.store(VALUE_START, NONE);
+                window.store(VALUE_END, NONE);
+                run_over(window, driver, Loop::ForParameter, start, end, MAX_ENTRY + 1);
+                let (value_start, value_end) = (window.load(VALUE_START), window.load(VALUE_END));
+                if value_start == NONE || value_end == NONE || value_end < value_start {
+                    return None;
+                }
+                node(window, driver, value_start, value_end, true)?
+            }
+        };
+        if !trusted(&addr) {
+            return Some(addr);
+        }
+        end = window.forget(comma?);
+    }
+    None
+}
+
+/// One node: an address, optionally with a port, IPv6 in brackets when it has one (or when
+/// `Forwarded` quotes it), surrounded by optional whitespace and, if `quotes`, double quotes.
+#[inline(always)]
+fn node(
+    window: &mut Window,
+    driver: &impl Driver,
+    start: usize,
+    end: usize,
+    quotes: bool,
+) -> Option<SourceAddr> {
+    for (slot, value) in [
+        (FIRST, NONE),
+        (LAST, NONE),
+        (COLONS, 0),
+        (LAST_COLON, NONE),
+        (DOTS, 0),
+        (OPEN_BRACKET, NONE),
+        (CLOSE_BRACKET, NONE),
+    ] {
+        window.store(slot, value);
+    }
+    run_over(window, driver, Loop::Survey, start, end, MAX_ENTRY);
+    let (mut s, mut e) = (window.load(FIRST), window.load(LAST));
+    if s == NONE || e == NONE || e <= s {
+        return None;
+    }
+    if quotes && e >= s + 2 && window.at(s) == b'"' && window.at(e - 1) == b'"' {
+        s += 1;
+        e -= 1;
+    }
+    let (open, close) = (window.load(OPEN_BRACKET), window.load(CLOSE_BRACKET));
+    if open != NONE || close != NONE {
+        // `[v6]` or `[v6]:port`, nothing else.
+        if open != s || close == NONE || close <= open || !port_suffix(window, close + 1, e) {
+            return None;
+        }
+        return ipv6(window, driver, open + 1, close);
+    }
+    match window.load(COLONS) {
+        0 => ipv4(window, driver, s, e),
+        1 => {
+            let colon = window.load(LAST_COLON);
+            if colon > s && port_suffix(window, colon, e) {
+                ipv4(window, driver, s, colon)
+            } else {
+                None
+            }
+        }
+        _ => ipv6(window, driver, s, e),
+    }
+}
+
+/// Whether `window.text[start..end]` is empty or `:` and 1-5 digits (no loop: five checks).
+#[inline(always)]
+fn port_suffix(window: &Window, start: usize, end: usize) -> bool {
+    if start == end {
+        return true;
+    }
+    if start > end || window.at(start) != b':' || end - start < 2 || end - start > 6 {
+        return false;
+    }
+    let digit_or_past = |k: usize| start + k >= end || window.at(start + k).is_ascii_digit();
+    digit_or_past(1) && digit_or_past(2) && digit_or_past(3) && digit_or_past(4) && digit_or_past(5)
+}
+
+/// A dotted-quad IPv4 address filling `window.text[start..end]` exactly, IPv4-mapped.
+/// Leading zeros are refused, as the standard library refuses them.
+#[inline(always)]
+pub fn ipv4(
+    window: &mut Window,
+    driver: &impl Driver,
+    start: usize,
+    end: usize,
+) -> Option<SourceAddr> {
+    Some(mapped(ipv4_value(window, driver, start, end)?))
+}
+
+#[inline(always)]
+fn ipv4_value(window: &mut Window, driver: &impl Driver, start: usize, end: usize) -> Option<u32> {
+    if end <= start || end - start > 15 {
+        return None;
+    }
+    for slot in [V4_VALUE, V4_OCTET, V4_DIGITS, V4_DOTS, FAILED] {
+        window.store(slot, 0);
+    }
+    run_over(window, driver, Loop::Ipv4, start, end, 15);
+    if window.load(FAILED) != 0 || window.load(V4_DOTS) != 3 || window.load(V4_DIGITS) == 0 {
+        return None;
+    }
+    Some(((window.load(V4_VALUE) << 8) | window.load(V4_OCTET)) as u32)
+}
+
+fn mapped(value: u32) -> SourceAddr {
+    let mut octets = [0u8; 16];
+    octets[10] = 0xff;
+    octets[11] = 0xff;
+    octets[12..].copy_from_slice(&value.to_be_bytes());
+    SourceAddr::from_octets(octets)
+}
+
+/// An IPv6 address in text form (RFC 4291 2.2: groups, one `::`, an optional dotted IPv4
+/// tail) filling `window.text[start..end]` exactly. No zone index.
+#[inline(always)]
+pub fn ipv6(
+    window: &mut Window,
+    driver: &impl Driver,
+    start: usize,
+    end: usize,
+) -> Option<SourceAddr> {
+    if end <= start || end - start > MAX_ADDR_TEXT || end - start < 2 {
+        return None;
+    }
+    for (slot, value) in [
+        (V6_COUNT, 0),
+        (V6_GAP, NONE),
+        (V6_GROUP, 0),
+        (V6_DIGITS, 0),
+        (V6_AFTER_COLON, 0),
+        (V6_TAIL, NONE),
+        (FAILED, 0),
+    ] {
+        window.store(slot, value);
+    }
+    for k in 0..8 {
+        window.store(V6_GROUPS + k, 0);
+    }
+    let mut begin = start;
+    // A leading `::` (and only `::`: a lone leading colon is invalid).
+    if window.at(start) == b':' {
+        if window.at(start + 1) != b':' {
+            return None;
+        }
+        window.store(V6_GAP, 0);
+        begin = start + 2;
+    }
+    run_over(window, driver, Loop::Ipv6, begin, end, MAX_ADDR_TEXT);
+    if window.load(FAILED) != 0 {
+        return None;
+    }
+    let mut count = window.load(V6_COUNT);
+    let tail = window.load(V6_TAIL);
+    // Read before the IPv4 tail's loop, which reuses these slots.
+    let gap = window.load(V6_GAP);
+    if tail != NONE {
+        if count > 6 {
+            return None;
+        }
+        let v4 = ipv4_value(window, driver, tail, end)? as usize;
+        window.store(V6_GROUPS + (count & 7), v4 >> 16);
+        window.store(V6_GROUPS + ((count + 1) & 7), v4 & 0xffff);
+        count += 2;
+    } else if window.load(V6_DIGITS) > 0 {
+        if count >= 8 {
+            return None;
+        }
+        window.store(V6_GROUPS + (count & 7), window.load(V6_GROUP));
+        count += 1;
+    } else if window.load(V6_AFTER_COLON) != 0 {
+        // A single trailing colon ("1:2::3:").
+        return None;
+    }
+    let count = window.forget(count);
+    // `::` stands for at least one group of zeros; without it there must be eight groups.
+    let (gap, shift) = if gap == NONE {
+        if count != 8 {
+            return None;
+        }
+        (8, 0)
+    } else {
+        if count > 7 || gap > count {
+            return None;
+        }
+        (gap, 8 - count)
+    };
+    window.store(V6_GAP, gap);
+    window.store(V6_SHIFT, shift);
+    driver.run(window, Loop::Expand, 8);
+    let word = |first: usize| {
+        let value = (window.load(first) << 48)
+            | (window.load(first + 1) << 32)
+            | (window.load(first + 2) << 16)
+            | window.load(first + 3);
+        u64::from_ne_bytes((value as u64).to_be_bytes())
+    };
+    Some(SourceAddr {
+        words: [word(V6_OUT), word(V6_OUT + 4)],
+    })
+}
+
+/// What a PROXY protocol v1 line says (`PROXY TCP4 src dst sport dport\r\n`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProxyV1 {
     /// The connection belongs to this client.
@@ -501,32 +643,19 @@ pub enum ProxyV1 {
 /// The longest PROXY v1 line, CRLF included (the specification's figure).
 pub const PROXY_V1_MAX: usize = 107;
 
-/// Reads a PROXY v1 line. Returns what it says and the line's length with its CRLF.
+/// Reads a PROXY v1 line from the start of `window.text[..len]`. Returns what it says and
+/// the line's length with its CRLF.
 #[inline(always)]
-pub fn proxy_v1(window: &mut Window, len: usize) -> (ProxyV1, usize) {
-    // The line ends at the first CRLF, within 107 bytes.
-    let mut line_end = 0;
-    for k in 6..PROXY_V1_MAX {
-        if k + 1 >= len {
-            break;
-        }
-        if at(window, k) == b'\r' && at(window, k + 1) == b'\n' {
-            line_end = k;
-            break;
-        }
-    }
-    let line_end = window.forget(line_end);
-    if line_end == 0 {
+pub fn proxy_v1(window: &mut Window, driver: &impl Driver, len: usize) -> (ProxyV1, usize) {
+    let limit = if len < PROXY_V1_MAX { len } else { PROXY_V1_MAX };
+    let Some(cr) = find(window, driver, b'\r', 6, limit, false) else {
+        return (ProxyV1::Invalid, 0);
+    };
+    if cr + 1 >= len || window.at(cr + 1) != b'\n' {
         return (ProxyV1::Invalid, 0);
     }
-    let length = line_end + 2;
-    let is = |k: usize, s: &[u8; 5]| {
-        at(window, k) == s[0]
-            && at(window, k + 1) == s[1]
-            && at(window, k + 2) == s[2]
-            && at(window, k + 3) == s[3]
-            && at(window, k + 4) == s[4]
-    };
+    let length = cr + 2;
+    let is = |k: usize, s: &[u8; 5]| (0..5).all(|j| window.at(k + j) == s[j]);
     let family6 = if is(6, b"TCP4 ") {
         false
     } else if is(6, b"TCP6 ") {
@@ -535,25 +664,14 @@ pub fn proxy_v1(window: &mut Window, len: usize) -> (ProxyV1, usize) {
         // `PROXY UNKNOWN` (and anything after it) is valid: the proxy does not know the client.
         return (ProxyV1::Unknown, length);
     };
-    let src_start = 11;
-    let mut src_end = 0;
-    for k in 0..=MAX_ADDR_TEXT {
-        if src_start + k >= line_end {
-            break;
-        }
-        if at(window, src_start + k) == b' ' {
-            src_end = src_start + k;
-            break;
-        }
-    }
-    let src_end = window.forget(src_end);
-    if src_end == 0 {
+    const SRC: usize = 11;
+    let Some(space) = find(window, driver, b' ', SRC, cr, false) else {
         return (ProxyV1::Invalid, 0);
-    }
+    };
     let addr = if family6 {
-        ipv6(window, src_start, src_end)
+        ipv6(window, driver, SRC, space)
     } else {
-        ipv4(window, src_start, src_end)
+        ipv4(window, driver, SRC, space)
     };
     match addr {
         Some(addr) => (ProxyV1::Client(addr), length),
@@ -578,17 +696,10 @@ mod tests {
     #[test]
     fn ipv4_exact() {
         let (mut w, n) = window("203.0.113.7");
-        assert_eq!(ipv4(&mut w, 0, n), Some(v4([203, 0, 113, 7])));
-        for bad in [
-            "203.0.113",
-            "203.0.113.7.",
-            "256.1.1.1",
-            "01.2.3.4",
-            "1..2.3",
-            "a.b.c.d",
-        ] {
+        assert_eq!(ipv4(&mut w, &PlainLoops, 0, n), Some(v4([203, 0, 113, 7])));
+        for bad in ["203.0.113", "203.0.113.7.", "256.1.1.1", "01.2.3.4", "1..2.3", "a.b.c.d"] {
             let (mut w, n) = window(bad);
-            assert_eq!(ipv4(&mut w, 0, n), None, "{bad}");
+            assert_eq!(ipv4(&mut w, &PlainLoops, 0, n), None, "{bad}");
         }
     }
 
@@ -596,28 +707,38 @@ mod tests {
     fn ipv6_forms() {
         let (mut w, n) = window("2001:db8::1");
         let mut o = [0u8; 16];
-        o[0] = 0x20;
-        o[1] = 0x01;
-        o[2] = 0x0d;
-        o[3] = 0xb8;
+        o[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
         o[15] = 1;
-        assert_eq!(ipv6(&mut w, 0, n), Some(SourceAddr::from_octets(o)));
+        assert_eq!(
+            ipv6(&mut w, &PlainLoops, 0, n),
+            Some(SourceAddr::from_octets(o))
+        );
         let (mut w, n) = window("::ffff:203.0.113.7");
-        assert_eq!(ipv6(&mut w, 0, n), Some(v4([203, 0, 113, 7])));
+        assert_eq!(ipv6(&mut w, &PlainLoops, 0, n), Some(v4([203, 0, 113, 7])));
     }
 
     #[test]
     fn rightmost_skips_trusted() {
         let proxy = v4([198, 51, 100, 2]);
         let (mut w, n) = window("192.0.2.1, 203.0.113.7, 198.51.100.2");
-        let got = rightmost_client(&mut w, n, false, HeaderKind::XForwardedFor, |a| *a == proxy);
+        let got = rightmost_client(
+            &mut w,
+            &PlainLoops,
+            n,
+            false,
+            HeaderKind::XForwardedFor,
+            |a| *a == proxy,
+        );
         assert_eq!(got, Some(v4([203, 0, 113, 7])));
     }
 
     #[test]
     fn forwarded_element() {
         let (mut w, n) = window("for=192.0.2.60;proto=http, For=\"[2001:db8::17]:4711\";by=x");
-        let got = rightmost_client(&mut w, n, false, HeaderKind::Forwarded, |_| false).unwrap();
+        let got = rightmost_client(&mut w, &PlainLoops, n, false, HeaderKind::Forwarded, |_| {
+            false
+        })
+        .unwrap();
         assert_eq!(got.octets()[..4], [0x20, 0x01, 0x0d, 0xb8]);
         assert_eq!(got.octets()[15], 0x17);
     }
@@ -626,12 +747,12 @@ mod tests {
     fn proxy_v1_lines() {
         let (mut w, n) = window("PROXY TCP4 203.0.113.7 198.51.100.1 56324 9292\r\nGET /");
         assert_eq!(
-            proxy_v1(&mut w, n),
+            proxy_v1(&mut w, &PlainLoops, n),
             (ProxyV1::Client(v4([203, 0, 113, 7])), 48)
         );
         let (mut w, n) = window("PROXY UNKNOWN\r\n");
-        assert_eq!(proxy_v1(&mut w, n), (ProxyV1::Unknown, 15));
+        assert_eq!(proxy_v1(&mut w, &PlainLoops, n), (ProxyV1::Unknown, 15));
         let (mut w, n) = window("PROXY TCP4 203.0.113.7 198.51.100.1 56324");
-        assert_eq!(proxy_v1(&mut w, n).0, ProxyV1::Invalid);
+        assert_eq!(proxy_v1(&mut w, &PlainLoops, n).0, ProxyV1::Invalid);
     }
 }

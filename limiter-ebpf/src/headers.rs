@@ -8,11 +8,17 @@
 //! header block in this segment, within [`HEADER_SCAN_LEN`] bytes: otherwise the request is
 //! unattributed, never guessed.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::generated::bpf_xdp_load_bytes, macros::map, maps::PerCpuArray, programs::XdpContext,
+    bindings::xdp_md,
+    helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
+    macros::map,
+    maps::PerCpuArray,
+    programs::XdpContext,
 };
 use limiter_common::{
-    client_addr::{self, HeaderKind, Window, WINDOW_LEN},
+    client_addr::{self, Driver, HeaderKind, Loop, Window, WINDOW_LEN},
     SourceAddr, HEADER_SCAN_LEN,
 };
 
@@ -42,6 +48,9 @@ const FWD_CASE: [u64; 2] = [0x2020_2020_2020_2020, 0x0020];
 const VALUE_START: usize = 1;
 const VALUE_LINE_END: usize = 2;
 const OPEN: usize = 3;
+const POS: usize = 4;
+const SCAN_END: usize = 5;
+const COMPLETE: usize = 6;
 
 /// A header-line start: the end of the header block, a client header (the offset of its
 /// value), or any other line.
@@ -67,61 +76,111 @@ pub fn client(ctx: &XdpContext, off: usize, end: usize, kind: HeaderKind) -> Opt
     let window = window()?;
     // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
     let window = unsafe { &mut *window };
-    // What the scan found, kept in the window rather than in registers (`Window::store`):
-    // the value of the last client line (its start, 0: none), its line end (`\n`) once seen,
-    // and whether that end is still to come.
-    window.store(VALUE_START, 0);
-    window.store(VALUE_LINE_END, 0);
-    window.store(OPEN, 0);
-    let mut complete = false;
-    let mut pos = off;
-    'scan: for _ in 0..HEADER_SCAN_LEN / 8 + 1 {
-        if pos >= scan_end {
-            break;
-        }
-        // The last step re-reads the final full word and skips what was already seen.
-        let base = if pos + 8 <= scan_end {
-            pos
-        } else {
-            scan_end - 8
-        };
-        let word = header::<8>(ctx, base)?.raw64(0);
-        let mut newlines = zero_bytes(word ^ NEWLINES) & !first_bytes((pos - base) as u32);
-        // A header line is at least 3 bytes (`a:` and CRLF) and the block ends at an empty
-        // line, so two line ends per word are all that can come before the end.
-        for _ in 0..2 {
-            if newlines == 0 {
-                break;
-            }
-            let nl = base + lowest_byte(newlines);
-            newlines &= newlines - 1;
-            if window.load(OPEN) != 0 {
-                window.store(VALUE_LINE_END, nl);
-                window.store(OPEN, 0);
-            }
-            match line_at(ctx, nl + 1, kind) {
-                Line::End => {
-                    complete = true;
-                    break 'scan;
-                }
-                Line::Client(value) => {
-                    window.store(VALUE_START, value);
-                    window.store(OPEN, 1);
-                }
-                Line::Other => {}
-            }
-        }
-        if newlines != 0 {
-            // Three line ends in 8 bytes before the end of the block: not what a proxy sends.
-            return None;
-        }
-        pos = base + 8;
+    // What the scan found, kept in the window (`Window::store`): the value of the last client
+    // line (its start, 0: none), its line end (`\n`) once seen, whether that end is still to
+    // come, where the scan is and ends, and whether it reached the end of the header block.
+    for (slot, value) in [
+        (VALUE_START, 0),
+        (VALUE_LINE_END, 0),
+        (OPEN, 0),
+        (POS, off),
+        (SCAN_END, scan_end),
+        (COMPLETE, 0),
+    ] {
+        window.store(slot, value);
     }
-    let (value_start, value_line_end) = (window.load(VALUE_START), window.load(VALUE_LINE_END));
-    if !complete || value_start == 0 || window.load(OPEN) != 0 {
+    let mut scan = Scan {
+        xdp: ctx.ctx,
+        kind: kind as u64,
+    };
+    // One step per 8 bytes, through bpf_loop: the verifier checks the step once, where a
+    // bounded loop of 257 steps would be checked step by step, for every way into it.
+    // SAFETY: `scan_step` has the callback signature bpf_loop expects, and `scan` outlives
+    // the call.
+    unsafe {
+        bpf_loop(
+            STEPS,
+            scan_step as *mut c_void,
+            &mut scan as *mut Scan as *mut c_void,
+            0,
+        )
+    };
+    let window = unsafe { &mut *self::window()? };
+    if window.load(COMPLETE) != 1 || window.load(VALUE_START) == 0 || window.load(OPEN) != 0 {
         return None;
     }
+    let (value_start, value_line_end) = (window.load(VALUE_START), window.load(VALUE_LINE_END));
     read_value(ctx, window, value_start, value_line_end, kind)
+}
+
+/// What each scan step needs besides the window.
+#[repr(C)]
+struct Scan {
+    xdp: *mut xdp_md,
+    kind: u64,
+}
+
+const STEPS: u32 = (HEADER_SCAN_LEN / 8 + 1) as u32;
+
+/// One step of the header scan: the 8 bytes at the window's `POS`. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn scan_step(_index: u64, scan: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `client` gave it, to a live `Scan`.
+    let scan = unsafe { &*(scan as *const Scan) };
+    let ctx = XdpContext::new(scan.xdp);
+    let kind = if scan.kind == HeaderKind::Forwarded as u64 {
+        HeaderKind::Forwarded
+    } else {
+        HeaderKind::XForwardedFor
+    };
+    let Some(window) = window() else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+    let window = unsafe { &mut *window };
+    let (pos, scan_end) = (window.load(POS), window.load(SCAN_END));
+    if pos >= scan_end || scan_end < 8 {
+        return 1;
+    }
+    // The last step re-reads the final full word and skips what was already seen.
+    let base = if pos + 8 <= scan_end { pos } else { scan_end - 8 };
+    if pos - base >= 8 {
+        return 1;
+    }
+    let Some(word) = header::<8>(&ctx, base) else {
+        return 1;
+    };
+    let mut newlines = zero_bytes(word.raw64(0) ^ NEWLINES) & !first_bytes((pos - base) as u32);
+    // A header line is at least 3 bytes (`a:` and CRLF) and the block ends at an empty line,
+    // so two line ends per word are all that can come before the end.
+    for _ in 0..2 {
+        if newlines == 0 {
+            break;
+        }
+        let nl = base + lowest_byte(newlines);
+        newlines &= newlines - 1;
+        if window.load(OPEN) != 0 {
+            window.store(VALUE_LINE_END, nl);
+            window.store(OPEN, 0);
+        }
+        match line_at(&ctx, nl + 1, kind) {
+            Line::End => {
+                window.store(COMPLETE, 1);
+                return 1;
+            }
+            Line::Client(value) => {
+                window.store(VALUE_START, value);
+                window.store(OPEN, 1);
+            }
+            Line::Other => {}
+        }
+    }
+    if newlines != 0 {
+        // Three line ends in 8 bytes before the end of the block: not what a proxy sends.
+        return 1;
+    }
+    window.store(POS, base + 8);
+    0
 }
 
 /// What the line starting at `at` is.
@@ -205,7 +264,63 @@ fn read_value(
     } else {
         len
     };
-    client_addr::rightmost_client(window, len, cut_left, kind, rules::is_trusted_proxy)
+    client_addr::rightmost_client(
+        window,
+        &BpfLoops,
+        len,
+        cut_left,
+        kind,
+        rules::is_trusted_proxy,
+    )
+}
+
+/// Runs the parser's loops through `bpf_loop`: each step function is checked by the verifier
+/// once, not once per iteration and per way into the loop.
+pub struct BpfLoops;
+
+/// Which loop a `parse_step` callback runs.
+#[repr(C)]
+struct ParseLoop {
+    which: u64,
+}
+
+impl Driver for BpfLoops {
+    #[inline(always)]
+    fn run(&self, _window: &mut Window, which: Loop, steps: u32) {
+        let mut parse = ParseLoop {
+            which: which as u64,
+        };
+        // SAFETY: `parse_step` has the callback signature bpf_loop expects, and `parse`
+        // outlives the call. The step finds the window itself (this CPU's, the same one).
+        unsafe {
+            bpf_loop(
+                steps,
+                parse_step as *mut c_void,
+                &mut parse as *mut ParseLoop as *mut c_void,
+                0,
+            )
+        };
+    }
+}
+
+#[inline(never)]
+extern "C" fn parse_step(index: u64, parse: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `BpfLoops::run` gave it.
+    let which = match unsafe { (*(parse as *const ParseLoop)).which } {
+        0 => Loop::FindBack,
+        1 => Loop::FindForward,
+        2 => Loop::Survey,
+        3 => Loop::ForParameter,
+        4 => Loop::Ipv4,
+        5 => Loop::Ipv6,
+        _ => Loop::Expand,
+    };
+    let Some(window) = window() else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+    let window = unsafe { &mut *window };
+    client_addr::step(window, which, index as usize) as i64
 }
 
 /// This CPU's text window.

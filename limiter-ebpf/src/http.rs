@@ -11,6 +11,7 @@ use crate::packet::{first_bytes, header, word64};
 #[map]
 static PATH_PREFIXES: Array<PathPrefix> = Array::with_max_entries(MAX_PATH_PREFIXES, 0);
 
+#[derive(Clone, Copy)]
 pub enum RequestClass {
     /// `POST /v1/images` or `POST /v2/images`, optionally followed by `/`, then a space or `?`.
     ImageCreate,
@@ -72,8 +73,15 @@ pub fn classify(
                 return Some(RequestClass::ImageCreate);
             }
         }
-        if prefixes != 0 && prefixed_image_path(ctx, off, payload_len, prefixes) {
-            return Some(RequestClass::ImageCreate);
+        if prefixes != 0 {
+            // The request's offsets are forgotten (`Window::forget`): this rare path is then
+            // checked once, not once per way of reaching it (VLAN tags, IP options, ...).
+            // SAFETY: this CPU's window; a program run is not preempted on its CPU.
+            let window = unsafe { &mut *crate::headers::window()? };
+            let (off, payload_len) = (window.forget(off), window.forget(payload_len));
+            if prefixed_image_path(ctx, off, payload_len, prefixes) {
+                return Some(RequestClass::ImageCreate);
+            }
         }
         return Some(RequestClass::OtherWrite);
     }
@@ -95,6 +103,9 @@ fn prefixed_image_path(ctx: &XdpContext, off: usize, payload_len: usize, prefixe
         return false;
     };
     let (first, second) = (path.raw64(0), path.raw64(8));
+    // Which prefix matches, if any, then one look at what follows it: a look per prefix
+    // would have the verifier follow every combination of outcomes.
+    let mut matched_len = 0;
     for i in 0..MAX_PATH_PREFIXES {
         if i >= prefixes {
             break;
@@ -103,19 +114,18 @@ fn prefixed_image_path(ctx: &XdpContext, off: usize, payload_len: usize, prefixe
             break;
         };
         let len = prefix.len as usize;
-        if len == 0 || len > 16 {
-            continue;
-        }
-        let matches = if len <= 8 {
-            first & first_bytes(len as u32) == prefix.words[0]
-        } else {
-            first == prefix.words[0] && second & first_bytes(len as u32 - 8) == prefix.words[1]
+        let matches = match len {
+            1..=8 => first & first_bytes(len as u32) == prefix.words[0],
+            9..=16 => {
+                first == prefix.words[0] && second & first_bytes(len as u32 - 8) == prefix.words[1]
+            }
+            _ => false,
         };
-        if matches && image_path_at(ctx, off + PATH + len, off + payload_len) {
-            return true;
+        if matches && matched_len == 0 {
+            matched_len = len;
         }
     }
-    false
+    matched_len != 0 && image_path_at(ctx, off + PATH + matched_len, off + payload_len)
 }
 
 /// `/v1/images` or `/v2/images` at `at`, then an optional `/`, then a space or `?`, all

@@ -137,6 +137,9 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         let Some(row) = source.count(&net.src, generation, None, frame_bytes, now, &ZERO) else {
             return Ok((xdp_action::XDP_PASS, counter));
         };
+        let Some((net, tcp)) = proxy::forget_layout(&net, &tcp) else {
+            return Ok((xdp_action::XDP_PASS, counter));
+        };
         let packet = proxy::Packet {
             net: &net,
             tcp: &tcp,
@@ -146,7 +149,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
             config_flags,
             path_prefixes,
         };
-        return Ok(proxy::handle(ctx, &packet, row, counter));
+        return Ok(proxy::handle(ctx, &packet, row).unwrap_or((xdp_action::XDP_PASS, counter)));
     }
     let class = if tcp.payload_len > 0 {
         http::classify(ctx, tcp.payload_offset, tcp.payload_len, path_prefixes)

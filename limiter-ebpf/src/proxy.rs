@@ -16,7 +16,8 @@ use limiter_common::{
 };
 
 use crate::{
-    add, headers, http,
+    add, headers,
+    http::{self, RequestClass},
     packet::header,
     parse::{self, Network, Tcp, TCP_FLAG_FIN, TCP_FLAG_RST},
     proxy_protocol::{self, Named},
@@ -46,16 +47,46 @@ pub struct Packet<'a> {
     pub path_prefixes: u32,
 }
 
+/// The packet's layout as "some offsets": the verifier reaches this path from every parse
+/// path (VLAN tags, IP options, extension headers), each with its own exact offsets, and would
+/// check the whole proxy path once per combination, over its budget. Every access below is
+/// bounds-checked anyway (`packet::header`), so nothing depends on the offsets being known.
+#[inline(always)]
+pub fn forget_layout(net: &Network, tcp: &Tcp) -> Option<(Network, Tcp)> {
+    // SAFETY: this CPU's window; a program run is not preempted on its CPU.
+    let window = unsafe { &mut *headers::window()? };
+    let net = Network {
+        src: net.src,
+        l3_offset: window.forget(net.l3_offset),
+        is_ipv6: window.forget(net.is_ipv6 as usize) != 0,
+        protocol: net.protocol,
+        l4_offset: window.forget(net.l4_offset),
+        l3_end: window.forget(net.l3_end),
+        later_fragment: false,
+        first_fragment: false,
+        transport_hidden: None,
+    };
+    let tcp = Tcp {
+        dst_port: tcp.dst_port,
+        flags: tcp.flags,
+        syn: tcp.syn,
+        payload_offset: window.forget(tcp.payload_offset),
+        payload_len: window.forget(tcp.payload_len),
+    };
+    Some((net, tcp))
+}
+
 /// A segment from a trusted proxy to a protected port, whose own row (`proxy_row`, already
-/// counted) is given. Returns the verdict and its counter; `pass` is the proxy's pass counter.
+/// counted) is given. Returns the verdict and its counter, or `None` to pass the segment as
+/// any other from the proxy. (The proxy's pass counter stays with the caller: one verifier
+/// state fewer to carry through the path below.)
 #[inline(always)]
 pub fn handle(
     ctx: &XdpContext,
     packet: &Packet,
     proxy_row: *mut SourceStats,
-    pass: Counter,
-) -> (u32, Counter) {
-    let passed = (xdp_action::XDP_PASS, pass);
+) -> Option<(u32, Counter)> {
+    let passed = None;
     let Some(key) = conn_key(ctx, packet.net) else {
         return passed;
     };
@@ -71,14 +102,15 @@ pub fn handle(
     if let Some(state) = state {
         if state.flags & CONN_REJECTED != 0 {
             let _ = PROXY_CONNS.remove(&key);
-            return match reject::reset(ctx, packet.net, state.reset_seq) {
+            return Some(match reject::reset(ctx, packet.net, state.reset_seq) {
                 Some(()) => (xdp_action::XDP_PASS, Counter::ResetProxied),
                 None => (xdp_action::XDP_DROP, Counter::DropProxied),
-            };
+            });
         }
     }
-    let verdict = request(ctx, packet, proxy_row, &key, state, pass);
-    if tcp.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && verdict.1 != Counter::RejectProxied {
+    let verdict = request(ctx, packet, proxy_row, &key, state);
+    let rejected = matches!(verdict, Some((_, Counter::RejectProxied)));
+    if tcp.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && !rejected {
         let _ = PROXY_CONNS.remove(&key);
     }
     verdict
@@ -92,9 +124,8 @@ fn request(
     proxy_row: *mut SourceStats,
     key: &ConnKey,
     state: Option<ConnState>,
-    pass: Counter,
-) -> (u32, Counter) {
-    let passed = (xdp_action::XDP_PASS, pass);
+) -> Option<(u32, Counter)> {
+    let passed = None;
     let tcp = packet.tcp;
     let mut offset = tcp.payload_offset;
     let mut len = tcp.payload_len;
@@ -131,12 +162,16 @@ fn request(
             len -= header_len;
         }
     }
+    // SAFETY: this CPU's window; a program run is not preempted on its CPU.
+    let window = unsafe { &mut *headers::window()? };
+    // Where the request starts (after a PROXY header or not) and its class are forgotten
+    // before the header scan, which is then verified once for all of them.
+    let (offset, len) = (window.forget(offset), window.forget(len));
     if len < MIN_REQUEST_LEN {
         return passed;
     }
-    let Some(class) = http::classify(ctx, offset, len, packet.path_prefixes) else {
-        return passed;
-    };
+    let class = http::classify(ctx, offset, len, packet.path_prefixes)?;
+    let class_code = window.forget(class as usize);
     let client = match named {
         Some(Named::Client(client)) => Some(client),
         Some(Named::NoClient) => None,
@@ -152,6 +187,13 @@ fn request(
     let Some(client) = client else {
         return unattributed(proxy_row, passed);
     };
+    // However the client was found, the path below is checked once.
+    let client = SourceAddr {
+        words: [
+            window.forget(client.words[0] as usize) as u64,
+            window.forget(client.words[1] as usize) as u64,
+        ],
+    };
     let source = Source::read(&client, packet.generation, packet.config_flags);
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // A proxy naming another trusted proxy names no client.
@@ -163,6 +205,11 @@ fn request(
     // SAFETY: a live map value (see `add`).
     unsafe { add(&raw mut (*proxy_row).proxied, 1) };
     crate::count(Counter::ProxiedRequest);
+    let class = match class_code {
+        0 => RequestClass::ImageCreate,
+        1 => RequestClass::OtherWrite,
+        _ => RequestClass::Read,
+    };
     source.count(
         &client,
         packet.generation,
@@ -175,7 +222,10 @@ fn request(
 }
 
 #[inline(always)]
-fn unattributed(proxy_row: *mut SourceStats, passed: (u32, Counter)) -> (u32, Counter) {
+fn unattributed(
+    proxy_row: *mut SourceStats,
+    passed: Option<(u32, Counter)>,
+) -> Option<(u32, Counter)> {
     // SAFETY: a live map value (see `add`).
     unsafe { add(&raw mut (*proxy_row).unattributed, 1) };
     crate::count(Counter::UnattributedRequest);
@@ -191,8 +241,8 @@ fn refuse(
     key: &ConnKey,
     state: Option<ConnState>,
     verdict: &Verdict,
-) -> (u32, Counter) {
-    match reject::answer(
+) -> Option<(u32, Counter)> {
+    Some(match reject::answer(
         ctx,
         packet.net,
         packet.tcp.payload_len,
@@ -209,7 +259,7 @@ fn refuse(
             (xdp_action::XDP_TX, Counter::RejectProxied)
         }
         None => (xdp_action::XDP_DROP, Counter::DropProxied),
-    }
+    })
 }
 
 /// The connection's key: proxy address and port, local address and port.

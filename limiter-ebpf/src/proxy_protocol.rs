@@ -101,7 +101,7 @@ fn v1(ctx: &XdpContext, off: usize, len: usize) -> (Named, usize) {
     if copied != 0 {
         return (Named::NoClient, len);
     }
-    match client_addr::proxy_v1(window, copy) {
+    match client_addr::proxy_v1(window, &headers::BpfLoops, copy) {
         (ProxyV1::Client(client), line) => (Named::Client(client), line),
         (ProxyV1::Unknown, line) => (Named::NoClient, line),
         // No line end within 107 bytes of this segment: skip the segment.
