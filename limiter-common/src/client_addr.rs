@@ -424,7 +424,14 @@ pub fn rightmost_client(
                 window.store(PAIR_FIRST, NONE);
                 window.store(VALUE_START, NONE);
                 window.store(VALUE_END, NONE);
-                run_over(window, driver, Loop::ForParameter, start, end, MAX_ENTRY + 1);
+                run_over(
+                    window,
+                    driver,
+                    Loop::ForParameter,
+                    start,
+                    end,
+                    MAX_ENTRY + 1,
+                );
                 let (value_start, value_end) = (window.load(VALUE_START), window.load(VALUE_END));
                 if value_start == NONE || value_end == NONE || value_end < value_start {
                     return None;
@@ -647,7 +654,11 @@ pub const PROXY_V1_MAX: usize = 107;
 /// the line's length with its CRLF.
 #[inline(always)]
 pub fn proxy_v1(window: &mut Window, driver: &impl Driver, len: usize) -> (ProxyV1, usize) {
-    let limit = if len < PROXY_V1_MAX { len } else { PROXY_V1_MAX };
+    let limit = if len < PROXY_V1_MAX {
+        len
+    } else {
+        PROXY_V1_MAX
+    };
     let Some(cr) = find(window, driver, b'\r', 6, limit, false) else {
         return (ProxyV1::Invalid, 0);
     };
@@ -697,7 +708,14 @@ mod tests {
     fn ipv4_exact() {
         let (mut w, n) = window("203.0.113.7");
         assert_eq!(ipv4(&mut w, &PlainLoops, 0, n), Some(v4([203, 0, 113, 7])));
-        for bad in ["203.0.113", "203.0.113.7.", "256.1.1.1", "01.2.3.4", "1..2.3", "a.b.c.d"] {
+        for bad in [
+            "203.0.113",
+            "203.0.113.7.",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1..2.3",
+            "a.b.c.d",
+        ] {
             let (mut w, n) = window(bad);
             assert_eq!(ipv4(&mut w, &PlainLoops, 0, n), None, "{bad}");
         }

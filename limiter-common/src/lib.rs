@@ -18,6 +18,12 @@ pub const ALLOW_MAP: &str = "ALLOW_RULES";
 pub const PORTS_MAP: &str = "PROTECTED_PORTS";
 /// Single-entry array holding [`Config`].
 pub const CONFIG_MAP: &str = "CONFIG";
+/// The program the XDP entry point hands trusted proxies' segments to (a tail call).
+pub const PROXY_PROGRAM_NAME: &str = "glance_limiter_proxy";
+/// The program the proxy program hands a request with a known client to (a tail call).
+pub const CLIENT_PROGRAM_NAME: &str = "glance_limiter_client";
+/// The tail-call slot array holding both (slot 0: proxy, 1: client).
+pub const PROXY_PROGRAMS_MAP: &str = "PROXY_PROGRAMS";
 /// The program that reports the kernel's clock (jiffies) through a test run.
 pub const CLOCK_PROBE_NAME: &str = "clock_probe";
 /// Global per-CPU counters (per-CPU array of `u64`, indexed by [`Counter`]).

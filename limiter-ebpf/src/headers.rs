@@ -143,7 +143,11 @@ extern "C" fn scan_step(_index: u64, scan: *mut c_void) -> i64 {
         return 1;
     }
     // The last step re-reads the final full word and skips what was already seen.
-    let base = if pos + 8 <= scan_end { pos } else { scan_end - 8 };
+    let base = if pos + 8 <= scan_end {
+        pos
+    } else {
+        scan_end - 8
+    };
     if pos - base >= 8 {
         return 1;
     }

@@ -27,7 +27,7 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
     helpers::bpf_jiffies64,
     macros::{map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use limiter_common::{
@@ -54,6 +54,26 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// Slot 0: `glance_limiter_proxy`, which the main program hands trusted proxies' segments to.
+/// A program of its own because the verifier checks each program within a budget, and the
+/// proxy path (header scan, address parsing, the rejection response) would not fit beside
+/// everything else; entered with a clean state, it is also checked once, not once per way the
+/// main program can reach it.
+/// Slot 1: `glance_limiter_client`, which the proxy program hands a request with a known
+/// client to, for the same reason.
+#[map]
+static PROXY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+pub const PROXY_SLOT: u32 = 0;
+pub const CLIENT_SLOT: u32 = 1;
+
+/// Tail-calls the program in `slot`; returns only if that failed.
+#[inline(always)]
+pub fn hand_over(ctx: &XdpContext, slot: u32) {
+    // SAFETY: a tail call with this program's own context.
+    unsafe { PROXY_PROGRAMS.tail_call(ctx, slot) };
+}
+
 /// The last source this CPU dropped on a protected port, and the verdict that dropped it. A
 /// flood is one source's packets back to back: while the rules generation is unchanged and
 /// the verdict still says drop, its next packet is dropped without the hash lookup.
@@ -78,6 +98,65 @@ pub fn glance_limiter(ctx: XdpContext) -> u32 {
     };
     count(counter);
     action
+}
+
+/// A trusted proxy's segment to a protected port, handed over by `glance_limiter` (see
+/// [`PROXY_PROGRAMS`]) after counting it in the proxy's own row.
+#[xdp]
+pub fn glance_limiter_proxy(ctx: XdpContext) -> u32 {
+    let (action, counter) = match process_proxied(&ctx, proxy::handle) {
+        Ok(verdict) => verdict,
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+    };
+    count(counter);
+    action
+}
+
+/// A trusted proxy's request whose client is known, handed over by `glance_limiter_proxy`.
+#[xdp]
+pub fn glance_limiter_client(ctx: XdpContext) -> u32 {
+    let (action, counter) = match process_proxied(&ctx, proxy::client_request) {
+        Ok(verdict) => verdict,
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+    };
+    count(counter);
+    action
+}
+
+type ProxyStage = fn(&XdpContext, &proxy::Packet, *mut SourceStats) -> Option<(u32, Counter)>;
+
+/// Reads the segment again (a tail-called program starts afresh) and runs `stage` on it.
+#[inline(always)]
+fn process_proxied(ctx: &XdpContext, stage: ProxyStage) -> Result<(u32, Counter), Counter> {
+    let (ethertype, l3_offset) = parse::ethernet(ctx)?;
+    let net = parse::network(ctx, ethertype, l3_offset)?;
+    if net.transport_hidden.is_some() || net.later_fragment || net.protocol != IPPROTO_TCP {
+        return Err(Counter::PassMalformed);
+    }
+    let tcp = parse::tcp(ctx, &net)?;
+    let Some((net, tcp)) = proxy::forget_layout(&net, &tcp) else {
+        return Ok((xdp_action::XDP_PASS, Counter::PassProtected));
+    };
+    let now = unsafe { bpf_jiffies64() };
+    let (generation, config_flags, path_prefixes) = config().map_or((0, 0, 0), |c| {
+        (c.rules_generation, c.flags, c.path_prefixes)
+    });
+    let Some(row) = SOURCES.get_ptr_mut(net.src) else {
+        return Ok((xdp_action::XDP_PASS, Counter::PassProtected));
+    };
+    // SAFETY: a live map value (see `Source::read`).
+    let verdict = unsafe { cached_verdict(row, &net.src, generation, config_flags) };
+    let counter = verdict.pass_counter(now).unwrap_or(Counter::PassProtected);
+    let packet = proxy::Packet {
+        net: &net,
+        tcp: &tcp,
+        now,
+        generation,
+        frame_bytes: packet::frame_len(ctx) as u64,
+        config_flags,
+        path_prefixes,
+    };
+    Ok(stage(ctx, &packet, row).unwrap_or((xdp_action::XDP_PASS, counter)))
 }
 
 /// Writes the kernel's jiffies into the first 8 bytes of the frame. Userspace runs it through
@@ -134,22 +213,15 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     };
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // The proxy's own row counts its packets; the requests it carries are its clients'.
-        let Some(row) = source.count(&net.src, generation, None, frame_bytes, now, &ZERO) else {
-            return Ok((xdp_action::XDP_PASS, counter));
-        };
-        let Some((net, tcp)) = proxy::forget_layout(&net, &tcp) else {
-            return Ok((xdp_action::XDP_PASS, counter));
-        };
-        let packet = proxy::Packet {
-            net: &net,
-            tcp: &tcp,
-            now,
-            generation,
-            frame_bytes,
-            config_flags,
-            path_prefixes,
-        };
-        return Ok(proxy::handle(ctx, &packet, row).unwrap_or((xdp_action::XDP_PASS, counter)));
+        if source
+            .count(&net.src, generation, None, frame_bytes, now, &ZERO)
+            .is_some()
+        {
+            // Returns only if it failed (no proxy program loaded): the segment then passes as
+            // the proxy's.
+            hand_over(ctx, PROXY_SLOT);
+        }
+        return Ok((xdp_action::XDP_PASS, counter));
     }
     let class = if tcp.payload_len > 0 {
         http::classify(ctx, tcp.payload_offset, tcp.payload_len, path_prefixes)

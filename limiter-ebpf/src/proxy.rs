@@ -8,7 +8,12 @@
 //! read (`unattributed`); its request classes stay zero, so nothing it relays is ever counted
 //! as its own.
 
-use aya_ebpf::{bindings::xdp_action, macros::map, maps::LruHashMap, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
 use limiter_common::{
     client_addr::HeaderKind, ConnKey, ConnState, Counter, SourceAddr, SourceStats,
     CONFIG_FORWARDED_HEADER, CONN_PROXY_CLIENT, CONN_PROXY_NO_CLIENT, CONN_REJECTED,
@@ -108,12 +113,11 @@ pub fn handle(
             });
         }
     }
-    let verdict = request(ctx, packet, proxy_row, &key, state);
-    let rejected = matches!(verdict, Some((_, Counter::RejectProxied)));
-    if tcp.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && !rejected {
+    if tcp.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+        // The connection ends with this segment (a rejection below records it again).
         let _ = PROXY_CONNS.remove(&key);
     }
-    verdict
+    request(ctx, packet, proxy_row, &key, state)
 }
 
 /// The request (if any) in the segment's payload.
@@ -187,29 +191,70 @@ fn request(
     let Some(client) = client else {
         return unattributed(proxy_row, passed);
     };
-    // However the client was found, the path below is checked once.
-    let client = SourceAddr {
-        words: [
-            window.forget(client.words[0] as usize) as u64,
-            window.forget(client.words[1] as usize) as u64,
-        ],
+    // The rest (the client's verdict, its row, the rejection) runs in a program of its own,
+    // `glance_limiter_client`: checked once, from a clean state, within its own budget.
+    let Some(pending) = PENDING.get_ptr_mut(0) else {
+        return passed;
     };
+    // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+    unsafe {
+        *pending = Pending {
+            client,
+            class: class_code as u64,
+            has_state: state.is_some() as u64,
+            state: state.unwrap_or_default(),
+        };
+    }
+    crate::hand_over(ctx, crate::CLIENT_SLOT);
+    // Only if the hand-over failed: the request stays unattributed rather than the proxy's.
+    unattributed(proxy_row, passed)
+}
+
+/// A proxied request whose client is known, handed from `glance_limiter_proxy` to
+/// `glance_limiter_client`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    client: SourceAddr,
+    /// `RequestClass` as a number.
+    class: u64,
+    /// Whether the connection had state (`state` is meaningful).
+    has_state: u64,
+    state: ConnState,
+}
+
+#[map]
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// The second half of a proxied request with a known client: its verdict, its row, and the
+/// rejection if it is banned. `packet.net.src` is the proxy.
+#[inline(always)]
+pub fn client_request(
+    ctx: &XdpContext,
+    packet: &Packet,
+    proxy_row: *mut SourceStats,
+) -> Option<(u32, Counter)> {
+    let passed = None;
+    let pending = PENDING.get(0)?;
+    let client = pending.client;
+    let state = (pending.has_state != 0).then_some(pending.state);
+    let class = match pending.class {
+        0 => RequestClass::ImageCreate,
+        1 => RequestClass::OtherWrite,
+        _ => RequestClass::Read,
+    };
+    let key = conn_key(ctx, packet.net)?;
     let source = Source::read(&client, packet.generation, packet.config_flags);
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // A proxy naming another trusted proxy names no client.
         return unattributed(proxy_row, passed);
     }
     if source.verdict.pass_counter(packet.now).is_none() {
-        return refuse(ctx, packet, key, state, &source.verdict);
+        return refuse(ctx, packet, &key, state, &source.verdict);
     }
     // SAFETY: a live map value (see `add`).
     unsafe { add(&raw mut (*proxy_row).proxied, 1) };
     crate::count(Counter::ProxiedRequest);
-    let class = match class_code {
-        0 => RequestClass::ImageCreate,
-        1 => RequestClass::OtherWrite,
-        _ => RequestClass::Read,
-    };
     source.count(
         &client,
         packet.generation,
@@ -242,24 +287,26 @@ fn refuse(
     state: Option<ConnState>,
     verdict: &Verdict,
 ) -> Option<(u32, Counter)> {
-    Some(match reject::answer(
-        ctx,
-        packet.net,
-        packet.tcp.payload_len,
-        verdict.blocked_until,
-        packet.now,
-    ) {
-        Some(reset_seq) => {
-            let rejected = ConnState {
-                flags: state.map_or(0, |s| s.flags) | CONN_REJECTED,
-                reset_seq,
-                client: state.map_or(SourceAddr::default(), |s| s.client),
-            };
-            let _ = PROXY_CONNS.insert(key, &rejected, 0);
-            (xdp_action::XDP_TX, Counter::RejectProxied)
-        }
-        None => (xdp_action::XDP_DROP, Counter::DropProxied),
-    })
+    Some(
+        match reject::answer(
+            ctx,
+            packet.net,
+            packet.tcp.payload_len,
+            verdict.blocked_until,
+            packet.now,
+        ) {
+            Some(reset_seq) => {
+                let rejected = ConnState {
+                    flags: state.map_or(0, |s| s.flags) | CONN_REJECTED,
+                    reset_seq,
+                    client: state.map_or(SourceAddr::default(), |s| s.client),
+                };
+                let _ = PROXY_CONNS.insert(key, &rejected, 0);
+                (xdp_action::XDP_TX, Counter::RejectProxied)
+            }
+            None => (xdp_action::XDP_DROP, Counter::DropProxied),
+        },
+    )
 }
 
 /// The connection's key: proxy address and port, local address and port.

@@ -9,6 +9,7 @@ mod proxy;
 use std::time::Duration;
 
 use aya::{
+    maps::{MapData, ProgramArray},
     programs::{xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -19,7 +20,10 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use limiter_common::{CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, SOURCES_MAP};
+use limiter_common::{
+    CLIENT_PROGRAM_NAME, CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME,
+    PROXY_PROGRAMS_MAP, PROXY_PROGRAM_NAME, SOURCES_MAP,
+};
 use tracing::{info, warn};
 
 pub use self::batch::{BatchError, DEFAULT_BATCH_CHUNK, PARALLEL_BATCH_MIN_ENTRIES};
@@ -161,11 +165,17 @@ impl Limiter {
         let mut ebpf = loader
             .load(ebpf_objects::LIMITER)
             .map_err(LoaderError::Load)?;
-        for name in [PROGRAM_NAME, CLOCK_PROBE_NAME] {
+        for name in [
+            PROGRAM_NAME,
+            CLOCK_PROBE_NAME,
+            PROXY_PROGRAM_NAME,
+            CLIENT_PROGRAM_NAME,
+        ] {
             program_mut(&mut ebpf, name)?
                 .load()
                 .map_err(|source| LoaderError::Program { name, source })?;
         }
+        fill_proxy_slots(&mut ebpf)?;
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
@@ -370,6 +380,35 @@ impl Baseline {
                 source,
             })
     }
+}
+
+/// Puts the proxy programs into the main program's tail-call slots. Not pinned: a restarted
+/// daemon's program has its own slot array, filled here.
+fn fill_proxy_slots(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
+    let mut fds = Vec::new();
+    for name in [PROXY_PROGRAM_NAME, CLIENT_PROGRAM_NAME] {
+        let fd = program(ebpf, name)?
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(ProgramError::IOError))
+            .map_err(|source| LoaderError::Program { name, source })?;
+        fds.push(fd);
+    }
+    let map_error = |op| {
+        move |source| LoaderError::Map {
+            map: PROXY_PROGRAMS_MAP,
+            op,
+            source,
+        }
+    };
+    let map = ebpf
+        .map_mut(PROXY_PROGRAMS_MAP)
+        .ok_or(LoaderError::MissingProgram(PROXY_PROGRAMS_MAP))?;
+    let mut slots: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(map_error("open"))?;
+    for (slot, fd) in fds.iter().enumerate() {
+        slots.set(slot as u32, fd, 0).map_err(map_error("write"))?;
+    }
+    Ok(())
 }
 
 fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, LoaderError> {
