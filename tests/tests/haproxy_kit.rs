@@ -42,12 +42,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// HAProxy's frontend (address and port) of the same family as the source address `src`.
 fn frontend(src: &str) -> String {
-    let ip = if src.contains(':') {
-        Topo::FRONTEND_V6
-    } else {
-        Topo::FRONTEND_V4
-    };
-    SocketAddr::new(ip.parse().unwrap(), FRONTEND_PORT).to_string()
+    SocketAddr::new(Topo::frontend_for(src).parse().unwrap(), FRONTEND_PORT).to_string()
 }
 
 /// HAProxy on both frontend addresses.

@@ -27,17 +27,6 @@ pub struct ProxyClient {
     pub v6: &'static [&'static str],
 }
 
-impl ProxyClient {
-    /// HAProxy's frontend address of the same family as `src`.
-    pub fn frontend_for(&self, src: &str) -> &'static str {
-        if src.contains(':') {
-            ProxyTopology::FRONTEND_V6
-        } else {
-            ProxyTopology::FRONTEND_V4
-        }
-    }
-}
-
 pub struct ProxyTopology {
     /// The Glance node.
     pub glance: Netns,
@@ -156,6 +145,15 @@ impl ProxyTopology {
 
     /// The Glance node's end of its link to the load balancer (where a limiter attaches).
     pub const GLANCE_IFACE: &'static str = "veth-lb";
+
+    /// HAProxy's frontend address of the same family as the client address `src`.
+    pub fn frontend_for(src: &str) -> &'static str {
+        if src.contains(':') {
+            Self::FRONTEND_V6
+        } else {
+            Self::FRONTEND_V4
+        }
+    }
 }
 
 impl Default for ProxyTopology {
