@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    net,
+    duration_text, net,
     policy::{Metric, PolicyConfig, AGGREGATE_IPV4_PREFIXES, AGGREGATE_IPV6_PREFIXES},
 };
 
@@ -651,27 +651,6 @@ impl KeyLines {
 
     fn line_of(&self, key: &str) -> Option<usize> {
         self.lines.get(key).copied()
-    }
-}
-
-/// Durations as humantime text: "500ms", "10s", "10m", "1h 30m", "24h".
-pub(crate) mod duration_text {
-    use std::time::Duration;
-
-    use serde::{de, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|error| {
-            de::Error::custom(format!(
-                "`{text}` is not a duration ({error}); write it like \"500ms\", \"10s\", \
-                 \"10m\", \"1h 30m\" or \"24h\""
-            ))
-        })
     }
 }
 

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+mod duration_text;
 pub mod ebpf_objects;
 pub mod loader;
 pub mod metrics;

@@ -29,8 +29,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::duration_text,
-    net,
+    duration_text, net,
     rates::{Rates, HOUR_WINDOW, MINUTE_WINDOW, NEW_CONNECTION_WINDOW},
     rules::{Action, KernelRule, Scope},
 };
