@@ -256,6 +256,9 @@ impl Engine {
         Ok(())
     }
 
+    /// Besides the allowlist and the node itself, the trusted proxies: every client behind
+    /// one reaches Glance from its address (connections, and requests without the client
+    /// header), so its own counts can reach a threshold, and a ban would cut them all off.
     fn never_ban(&self, wall: SystemTime) -> NeverBan {
         let allow_rules = self
             .store
@@ -268,7 +271,8 @@ impl Engine {
                 .iter()
                 .copied()
                 .chain(allow_rules)
-                .chain(self.own_addresses.iter().map(|a| IpNet::from(*a))),
+                .chain(self.own_addresses.iter().map(|a| IpNet::from(*a)))
+                .chain(self.config.trusted_proxies.iter().copied()),
         )
     }
 
