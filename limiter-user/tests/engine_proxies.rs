@@ -4,17 +4,21 @@
 //! through BPF_PROG_TEST_RUN, so this needs root; without it the test says why and skips,
 //! except in CI (`CI=true`), which runs as root and must run it.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use limiter_user::{
     config::Config,
-    control::protocol::{Reply, Request},
+    control::protocol::{ErrorKind, Reply, Request, ResponseLine},
     daemon::Engine,
     loader::{Limiter, LoadOptions},
     policy::PolicyConfig,
     proxy::TrustedProxies,
-    rules::Action,
+    rules::{Action, Scope},
     store::RuleStore,
 };
 
@@ -26,17 +30,24 @@ fn net(text: &str) -> IpNet {
     text.parse().unwrap()
 }
 
-/// Whether the kernel may be used here: root. Elsewhere the test skips with a reason, but
-/// not in CI, where a silent skip would hide that it never ran.
-fn may_load_programs() -> bool {
+/// Kernel-touching tests run one at a time.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// The kernel, when it may be used here: as root. Elsewhere the test skips with a reason,
+/// but not in CI, where a silent skip would hide that it never ran.
+fn kernel() -> Option<MutexGuard<'static, ()>> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
-        return true;
+        return Some(
+            KERNEL
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
     }
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     assert!(!ci, "CI must run the engine tests as root");
     eprintln!("skipped: loading the XDP program needs root");
-    false
+    None
 }
 
 /// An engine on the real program, with the proxies trusted and a threshold of 5 image creates
@@ -82,11 +93,28 @@ fn rules(engine: &mut Engine) -> Vec<(IpNet, Action)> {
     }
 }
 
+fn block(prefixes: &[&str], force: bool) -> Request {
+    Request::Block {
+        prefixes: prefixes.iter().map(|p| net(p)).collect(),
+        ttl_secs: Some(600),
+        reason: Some("test".into()),
+        scope: Scope::ProtectedPorts,
+        force,
+    }
+}
+
+fn refusal(response: &ResponseLine) -> &str {
+    assert!(!response.ok, "{response:?}");
+    let error = response.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::BadInput, "{error:?}");
+    &error.message
+}
+
 #[test]
 fn a_trusted_proxy_is_never_banned_automatically() {
-    if !may_load_programs() {
+    let Some(_kernel) = kernel() else {
         return;
-    }
+    };
     let state = tempfile::tempdir().unwrap();
     let mut engine = engine(&state);
     engine.tick().unwrap();
@@ -105,4 +133,43 @@ fn a_trusted_proxy_is_never_banned_automatically() {
         [(net("203.0.113.9/32"), Action::Block)],
         "the client over the threshold is banned, the proxy beside it is not"
     );
+}
+
+#[test]
+fn a_manual_block_of_a_trusted_proxy_needs_force() {
+    let Some(_kernel) = kernel() else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let mut engine = engine(&state);
+
+    let response = engine.handle(block(&["198.51.100.0/24"], false));
+    let message = refusal(&response);
+    assert!(
+        message
+            .starts_with("198.51.100.0/24 covers trusted proxy 198.51.100.2 (trusted_proxies[0]")
+            && message.ends_with("repeat the block with --force"),
+        "{message}"
+    );
+    // A batch is all or nothing: one prefix inside a trusted prefix refuses the others too.
+    let response = engine.handle(block(&["203.0.113.0/24", "2001:db8::7/128"], false));
+    let message = refusal(&response);
+    assert!(
+        message.contains("2001:db8::7/128 is inside trusted proxy 2001:db8::/64"),
+        "{message}"
+    );
+    assert_eq!(rules(&mut engine), [], "nothing changed");
+
+    let response = engine.handle(block(&["203.0.113.0/24", "2001:db8::7/128"], true));
+    assert!(response.ok, "{response:?}");
+    assert_eq!(
+        rules(&mut engine),
+        [
+            (net("203.0.113.0/24"), Action::Block),
+            (net("2001:db8::7/128"), Action::Block)
+        ]
+    );
+    // Force overrides the proxy check only: the node itself stays protected.
+    let response = engine.handle(block(&["127.0.0.0/8"], true));
+    assert!(refusal(&response).contains("covers loopback"));
 }
