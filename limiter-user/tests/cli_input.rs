@@ -499,6 +499,34 @@ fn check_config_reports_ok_problems_or_unreadable() {
         ran.stdout
     );
 
+    // Behind a proxy: the summary shows whom the daemon trusts and what it reads.
+    let proxied = dir.path().join("proxied.toml");
+    fs::write(
+        &proxied,
+        "trusted_proxies = [\"198.51.100.2\", \"2001:db8::/64\"]\n\
+         client_address_header = \"forwarded\"\n\
+         glance_path_prefixes = [\"/image\"]\n",
+    )
+    .unwrap();
+    let ran = limiter(&socket, &["check-config", proxied.to_str().unwrap()], "");
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    for line in [
+        "\ntrusted_proxies = [\"198.51.100.2\", \"2001:db8::/64\"]\n",
+        "\nclient_address_header = \"Forwarded\"\n",
+        "\nglance_path_prefixes = [\"/image\"]\n",
+    ] {
+        assert!(ran.stdout.contains(line), "{line}: {}", ran.stdout);
+    }
+    let ran = limiter(&socket, &["check-config", good.to_str().unwrap()], "");
+    assert!(
+        ran.stdout.contains("\ntrusted_proxies = []\n")
+            && ran
+                .stdout
+                .contains("\nclient_address_header = \"X-Forwarded-For\"\n"),
+        "defaults shown: {}",
+        ran.stdout
+    );
+
     let bad = dir.path().join("bad.toml");
     fs::write(&bad, "ports = [0]\npoll_interval = \"10ms\"\n").unwrap();
     let ran = limiter(&socket, &["check-config", bad.to_str().unwrap()], "");
@@ -509,6 +537,21 @@ fn check_config_reports_ok_problems_or_unreadable() {
         "{}",
         ran.stderr
     );
+    let bad_proxies = dir.path().join("bad_proxies.toml");
+    fs::write(&bad_proxies, "\ntrusted_proxies = [\"0.0.0.0/0\"]\n").unwrap();
+    let ran = limiter(
+        &socket,
+        &["check-config", bad_proxies.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(ran.code, 2);
+    assert!(
+        ran.stderr
+            .contains("line 2, `trusted_proxies[0]`: 0.0.0.0/0 is too wide to trust"),
+        "{}",
+        ran.stderr
+    );
+
     let ran = limiter(&socket, &["check-config", "/nonexistent/limiter.toml"], "");
     assert_eq!(ran.code, 1);
     assert!(
