@@ -19,8 +19,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    net,
+    duration_text, net_list,
     policy::{Metric, PolicyConfig, AGGREGATE_IPV4_PREFIXES, AGGREGATE_IPV6_PREFIXES},
+    proxy::{self, ClientHeader, TrustedProxies},
 };
 
 /// Where the daemon reads its configuration unless told otherwise.
@@ -107,6 +108,13 @@ pub struct Config {
     /// Where to serve Prometheus metrics (`GET /metrics`); `None`: no listener.
     #[serde(skip_serializing_if = "Option::is_none", with = "listen_text", default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Proxies (HAProxy) whose client-address header names the client: never banned, and
+    /// their requests are counted for the client they name.
+    pub trusted_proxies: TrustedProxies,
+    /// The header the trusted proxies write the client's address into.
+    pub client_address_header: ClientHeader,
+    /// URL path prefixes Glance is served under besides the root (`/image`).
+    pub glance_path_prefixes: Vec<String>,
     pub policy: PolicyConfig,
 }
 
@@ -123,6 +131,9 @@ impl Default for Config {
             socket_group: None,
             allowlist: Vec::new(),
             metrics_listen: None,
+            trusted_proxies: TrustedProxies::default(),
+            client_address_header: ClientHeader::default(),
+            glance_path_prefixes: Vec::new(),
             policy: PolicyConfig::default(),
         }
     }
@@ -318,6 +329,11 @@ impl Config {
         check_ports(&self.ports, &mut problems);
         check_general(self, &mut problems);
         check_allowlist(&self.allowlist, &mut problems);
+        problems.extend(
+            proxy::problems(&self.trusted_proxies, &self.glance_path_prefixes)
+                .into_iter()
+                .map(|p| Problem::new(p.key, p.message)),
+        );
         check_policy(&self.policy, &mut problems);
         problems
     }
@@ -479,40 +495,8 @@ fn check_general(config: &Config, problems: &mut Vec<Problem>) {
 
 fn check_allowlist(allowlist: &[IpNet], problems: &mut Vec<Problem>) {
     for (i, entry) in allowlist.iter().enumerate() {
-        let key = format!("allowlist[{i}]");
-        if let IpNet::V6(v6) = entry {
-            if net::overlaps_ipv4_mapped(v6) {
-                let (len, bytes) = net::net_to_key(*entry);
-                let fix = match net::key_to_net(len, bytes) {
-                    Some(IpNet::V4(v4)) if v4.prefix_len() == 32 => {
-                        format!("write it in IPv4 form, \"{}\"", v4.addr())
-                    }
-                    Some(ipv4 @ IpNet::V4(_)) => format!("write it in IPv4 form, \"{ipv4}\""),
-                    _ => "write IPv4 entries in IPv4 form and use a narrower IPv6 prefix (for \
-                          example 2000::/3 for all global unicast)"
-                        .to_string(),
-                };
-                problems.push(Problem::new(
-                    key,
-                    format!(
-                        "{entry} overlaps ::ffff:0:0/96, the IPv4-mapped range, so it would \
-                         also match IPv4 sources; {fix}"
-                    ),
-                ));
-                continue;
-            }
-        }
-        if *entry != entry.trunc() {
-            let host = IpNet::from(entry.addr());
-            problems.push(Problem::new(
-                key,
-                format!(
-                    "{entry} has host bits set; write \"{}\" for the network, or \"{}\" for \
-                     the single address",
-                    entry.trunc(),
-                    host.addr()
-                ),
-            ));
+        if let Some(message) = net_list::entry_problem(entry) {
+            problems.push(Problem::new(format!("allowlist[{i}]"), message));
         }
     }
 }
@@ -624,6 +608,8 @@ impl KeyLines {
             interfaces: Vec<toml::Spanned<toml::Value>>,
             ports: Vec<toml::Spanned<toml::Value>>,
             allowlist: Vec<toml::Spanned<toml::Value>>,
+            trusted_proxies: Vec<toml::Spanned<toml::Value>>,
+            glance_path_prefixes: Vec<toml::Spanned<toml::Value>>,
         }
         let line_at = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
         let mut lines = BTreeMap::new();
@@ -640,6 +626,8 @@ impl KeyLines {
                 ("interfaces", spans.interfaces),
                 ("ports", spans.ports),
                 ("allowlist", spans.allowlist),
+                ("trusted_proxies", spans.trusted_proxies),
+                ("glance_path_prefixes", spans.glance_path_prefixes),
             ] {
                 for (i, value) in values.iter().enumerate() {
                     lines.insert(format!("{list}[{i}]"), line_at(value.span().start));
@@ -651,27 +639,6 @@ impl KeyLines {
 
     fn line_of(&self, key: &str) -> Option<usize> {
         self.lines.get(key).copied()
-    }
-}
-
-/// Durations as humantime text: "500ms", "10s", "10m", "1h 30m", "24h".
-pub(crate) mod duration_text {
-    use std::time::Duration;
-
-    use serde::{de, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|error| {
-            de::Error::custom(format!(
-                "`{text}` is not a duration ({error}); write it like \"500ms\", \"10s\", \
-                 \"10m\", \"1h 30m\" or \"24h\""
-            ))
-        })
     }
 }
 
@@ -732,42 +699,28 @@ mod port_list {
 
 /// Allowlist entries as "192.0.2.10" (one address) or "192.0.2.0/24" (a prefix).
 mod allowlist_text {
-    use std::net::IpAddr;
-
     use ipnet::IpNet;
-    use serde::{de, ser::SerializeSeq, Deserialize, Deserializer, Serializer};
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    use crate::net_list;
 
     pub fn serialize<S: Serializer>(value: &[IpNet], serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(value.len()))?;
-        for entry in value {
-            if entry.prefix_len() == entry.max_prefix_len() {
-                seq.serialize_element(&entry.addr().to_string())?;
-            } else {
-                seq.serialize_element(&entry.to_string())?;
-            }
-        }
-        seq.end()
+        serializer.collect_seq(value.iter().map(net_list::entry_text))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
         Vec::<String>::deserialize(deserializer)?
             .iter()
-            .map(|text| parse(text).map_err(de::Error::custom))
+            .map(|text| {
+                net_list::parse_entry(text).ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "`{text}` is not an IP address or prefix; write one address \
+                         (\"192.0.2.10\", \"2001:db8::10\") or a prefix (\"192.0.2.0/24\", \
+                         \"2001:db8:10::/64\")"
+                    ))
+                })
+            })
             .collect()
-    }
-
-    fn parse(text: &str) -> Result<IpNet, String> {
-        let parsed = if text.contains('/') {
-            text.parse::<IpNet>().ok()
-        } else {
-            text.parse::<IpAddr>().ok().map(IpNet::from)
-        };
-        parsed.ok_or_else(|| {
-            format!(
-                "`{text}` is not an IP address or prefix; write one address (\"192.0.2.10\", \
-                 \"2001:db8::10\") or a prefix (\"192.0.2.0/24\", \"2001:db8:10::/64\")"
-            )
-        })
     }
 }
 
@@ -992,6 +945,43 @@ mod tests {
         );
         assert!(problems[6].message.contains("narrower IPv6 prefix"));
         assert!(problems[7].message.contains("\"off\""));
+    }
+
+    #[test]
+    fn proxy_settings_parse_and_their_problems_have_lines() {
+        let config = Config::from_toml_str(
+            "trusted_proxies = [\"198.51.100.2\", \"2001:db8::/64\"]\n\
+             client_address_header = \"forwarded\"\n\
+             glance_path_prefixes = [\"/image\"]\n",
+        )
+        .unwrap();
+        assert!(config
+            .trusted_proxies
+            .contains("2001:db8::9".parse().unwrap()));
+        assert_eq!(config.client_address_header, ClientHeader::Forwarded);
+        assert_eq!(config.glance_path_prefixes, ["/image"]);
+        let text = config.to_toml_string();
+        assert!(
+            text.contains("client_address_header = \"Forwarded\""),
+            "{text}"
+        );
+        assert_eq!(Config::from_toml_str(&text).unwrap(), config);
+
+        let problems = problems_of(
+            "trusted_proxies = [\n  \"198.51.100.2\",\n  \"0.0.0.0/0\",\n]\n\
+             glance_path_prefixes = [\"/image\", \"image/\"]\n",
+        );
+        let found: Vec<(&str, Option<usize>)> =
+            problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("trusted_proxies[1]", Some(3)),
+                ("glance_path_prefixes[1]", Some(5))
+            ]
+        );
+        let message = syntax_error_of("\nclient_address_header = \"X-Real-IP\"");
+        assert!(message.contains("line 2"), "{message}");
     }
 
     #[test]

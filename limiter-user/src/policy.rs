@@ -2,7 +2,7 @@
 //!
 //! Each poll the daemon hands [`Policy::evaluate`] every source's [`Rates`]. A source that
 //! reaches a threshold is banned, unless it must never be (loopback, the allowlist, the node's
-//! own addresses: [`NeverBan`]) or a current ban already covers it. The ban grows with repeat
+//! own addresses, the trusted proxies: [`NeverBan`]) or a current ban already covers it. The ban grows with repeat
 //! offences: the n-th offence within `offence_memory` is banned for
 //! `min(ban_ttl · ban_ttl_factor^(n−1), ban_ttl_max)`, and never for less than the window of the
 //! metric that tripped, so that it does not end while the requests that caused it are still
@@ -29,8 +29,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::duration_text,
-    net,
+    duration_text, net,
     rates::{Rates, HOUR_WINDOW, MINUTE_WINDOW, NEW_CONNECTION_WINDOW},
     rules::{Action, KernelRule, Scope},
 };
@@ -317,7 +316,7 @@ impl<N: Into<IpNet>> Extend<N> for PrefixSet {
 }
 
 /// Addresses and prefixes that are never banned, alone or inside an aggregate: the
-/// allowlist, the node's own addresses, and always loopback.
+/// allowlist, the node's own addresses, the trusted proxies, and always loopback.
 #[derive(Clone, Debug)]
 pub struct NeverBan {
     prefixes: PrefixSet,

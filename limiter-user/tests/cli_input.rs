@@ -19,6 +19,7 @@ use limiter_user::{
         protocol::{ErrorKind, Request, ResponseLine},
         server::Limits,
     },
+    proxy::TrustedProxies,
     rules::Scope,
 };
 
@@ -83,6 +84,8 @@ fn bad_input_exits_2_says_why_and_sends_nothing() {
         (&["allow", "198.51.100.7", "--ttl", "30"], "", "`30` has no unit"),
         (&["unblock", "198.51.100.7", "--ttl", "5m"], "", "unexpected argument '--ttl'"),
         (&["allow", "198.51.100.7", "--all-ports"], "", "unexpected argument '--all-ports'"),
+        (&["allow", "198.51.100.7", "--force"], "", "unexpected argument '--force'"),
+        (&["unblock", "198.51.100.7", "--force"], "", "unexpected argument '--force'"),
         (&["block"], "", "required arguments were not provided"),
         (&["block", "-", "-"], "198.51.100.7\n", "is given more than once"),
         (&["list", "--bogus"], "", "unexpected argument '--bogus'"),
@@ -154,6 +157,7 @@ fn good_input_sends_exactly_the_request() {
                 ttl_secs: Some(1800),
                 reason: Some("image flood".into()),
                 scope: Scope::AllPorts,
+                force: false,
             },
         ),
         (
@@ -164,6 +168,18 @@ fn good_input_sends_exactly_the_request() {
                 ttl_secs: None,
                 reason: None,
                 scope: Scope::ProtectedPorts,
+                force: false,
+            },
+        ),
+        (
+            vec!["block", "198.51.100.0/24", "--force"],
+            "",
+            Request::Block {
+                prefixes: vec![net("198.51.100.0/24")],
+                ttl_secs: None,
+                reason: None,
+                scope: Scope::ProtectedPorts,
+                force: true,
             },
         ),
         (
@@ -212,6 +228,69 @@ fn good_input_sends_exactly_the_request() {
     }
     let expected: Vec<Request> = cases.into_iter().map(|(_, _, request)| request).collect();
     assert_eq!(daemon.requests(), expected);
+}
+
+/// The daemon refuses a block that would cut off a trusted proxy (here a stand-in that refuses
+/// as the daemon does); the CLI exits 2 with its message, and `--force` sends the override.
+#[test]
+fn a_block_of_a_trusted_proxy_is_refused_unless_forced() {
+    let trusted = TrustedProxies::new([net("198.51.100.2/32"), net("2001:db8::/64")]);
+    let daemon = FakeDaemon::with(move |request| match request {
+        Request::Block {
+            prefixes,
+            force: false,
+            ..
+        } => match trusted.check_block(prefixes) {
+            Ok(()) => canned(request),
+            Err(refused) => ResponseLine::error(ErrorKind::BadInput, refused.to_string()),
+        },
+        other => canned(other),
+    });
+    let ran = limiter(&daemon.socket, &["block", "198.51.100.0/24"], "");
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr,
+        "error: 198.51.100.0/24 covers trusted proxy 198.51.100.2 (trusted_proxies[0] in the \
+         daemon's configuration): blocking it would cut off every client behind that proxy, so \
+         nothing was changed. If that is really intended, repeat the block with --force\n"
+    );
+    assert!(ran.stdout.is_empty());
+
+    // A batch from stdin is refused whole, every overlap listed.
+    let ran = limiter(
+        &daemon.socket,
+        &["block", "-", "--ttl", "1h"],
+        "203.0.113.7\n198.51.100.2\n2001:db8::/48\n",
+    );
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.starts_with(
+            "error: 2 of the prefixes to block overlap trusted proxies: blocking them would cut \
+             off every client behind those proxies, so nothing was changed:\n  198.51.100.2/32 \
+             covers trusted proxy 198.51.100.2"
+        ),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stdout.is_empty());
+
+    let ran = limiter(
+        &daemon.socket,
+        &["block", "198.51.100.0/24", "--force", "--json"],
+        "",
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(ran.stdout.contains("\"198.51.100.0/24\""), "{}", ran.stdout);
+
+    let forced: Vec<bool> = daemon
+        .requests()
+        .iter()
+        .map(|request| match request {
+            Request::Block { force, .. } => *force,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(forced, [false, false, true]);
 }
 
 #[test]
@@ -420,6 +499,34 @@ fn check_config_reports_ok_problems_or_unreadable() {
         ran.stdout
     );
 
+    // Behind a proxy: the summary shows whom the daemon trusts and what it reads.
+    let proxied = dir.path().join("proxied.toml");
+    fs::write(
+        &proxied,
+        "trusted_proxies = [\"198.51.100.2\", \"2001:db8::/64\"]\n\
+         client_address_header = \"forwarded\"\n\
+         glance_path_prefixes = [\"/image\"]\n",
+    )
+    .unwrap();
+    let ran = limiter(&socket, &["check-config", proxied.to_str().unwrap()], "");
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    for line in [
+        "\ntrusted_proxies = [\"198.51.100.2\", \"2001:db8::/64\"]\n",
+        "\nclient_address_header = \"Forwarded\"\n",
+        "\nglance_path_prefixes = [\"/image\"]\n",
+    ] {
+        assert!(ran.stdout.contains(line), "{line}: {}", ran.stdout);
+    }
+    let ran = limiter(&socket, &["check-config", good.to_str().unwrap()], "");
+    assert!(
+        ran.stdout.contains("\ntrusted_proxies = []\n")
+            && ran
+                .stdout
+                .contains("\nclient_address_header = \"X-Forwarded-For\"\n"),
+        "defaults shown: {}",
+        ran.stdout
+    );
+
     let bad = dir.path().join("bad.toml");
     fs::write(&bad, "ports = [0]\npoll_interval = \"10ms\"\n").unwrap();
     let ran = limiter(&socket, &["check-config", bad.to_str().unwrap()], "");
@@ -427,6 +534,20 @@ fn check_config_reports_ok_problems_or_unreadable() {
     assert!(ran.stderr.contains("line 1, `ports[0]`"), "{}", ran.stderr);
     assert!(
         ran.stderr.contains("line 2, `poll_interval`"),
+        "{}",
+        ran.stderr
+    );
+    let bad_proxies = dir.path().join("bad_proxies.toml");
+    fs::write(&bad_proxies, "\ntrusted_proxies = [\"0.0.0.0/0\"]\n").unwrap();
+    let ran = limiter(
+        &socket,
+        &["check-config", bad_proxies.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(ran.code, 2);
+    assert!(
+        ran.stderr
+            .contains("line 2, `trusted_proxies[0]`: 0.0.0.0/0 is too wide to trust"),
         "{}",
         ran.stderr
     );

@@ -38,6 +38,14 @@ fn every_request() -> Vec<Request> {
             ttl_secs: Some(1800),
             reason: Some("flood".into()),
             scope: Scope::AllPorts,
+            force: true,
+        },
+        Request::Block {
+            prefixes: vec!["203.0.113.0/24".parse().unwrap()],
+            ttl_secs: None,
+            reason: None,
+            scope: Scope::ProtectedPorts,
+            force: false,
         },
         Request::Unblock {
             prefixes: vec!["198.51.100.7/32".parse().unwrap()],
@@ -134,6 +142,16 @@ fn bad_requests_get_error_kinds_and_the_connection_goes_on() {
             "invalid IP address",
         ),
         (
+            r#"{"version":1,"op":"block","prefixes":["198.51.100.7/32"],"force":"yes"}"#,
+            ErrorKind::BadInput,
+            "invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            r#"{"version":1,"op":"allow","prefixes":["198.51.100.7/32"],"force":true}"#,
+            ErrorKind::BadInput,
+            "unknown field `force`",
+        ),
+        (
             r#"{"version":2,"op":"status"}"#,
             ErrorKind::UnsupportedVersion,
             "this daemon speaks version 1; upgrade the client or daemon so they match",
@@ -150,6 +168,26 @@ fn bad_requests_get_error_kinds_and_the_connection_goes_on() {
         daemon.requests(),
         [Request::Status],
         "bad requests reach no handler"
+    );
+}
+
+/// `force` came after version 1: a client that predates it sends blocks without it, and they
+/// mean what they always meant.
+#[test]
+fn a_block_without_force_from_an_older_client_is_not_forced() {
+    let daemon = FakeDaemon::start();
+    let mut raw = Raw::connect(&daemon.socket);
+    raw.send(b"{\"version\":1,\"op\":\"block\",\"prefixes\":[\"198.51.100.7/32\"]}\n");
+    assert!(raw.response().ok);
+    assert_eq!(
+        daemon.requests(),
+        [Request::Block {
+            prefixes: vec!["198.51.100.7/32".parse().unwrap()],
+            ttl_secs: None,
+            reason: None,
+            scope: Scope::ProtectedPorts,
+            force: false,
+        }]
     );
 }
 

@@ -257,6 +257,7 @@ fn ban(engine: &mut Engine, sources: usize, count: usize) {
         ttl_secs: Some(3600),
         reason: Some("benchmark".into()),
         scope: Default::default(),
+        force: false,
     });
     assert!(banned.ok, "{banned:?}");
 }
@@ -430,6 +431,7 @@ fn daemon_cases(sources: usize, cases: &mut Vec<Case>) {
             ttl_secs: None,
             reason: None,
             scope: Default::default(),
+            force: false,
         });
         assert!(blocked.ok, "{blocked:?}");
         // The /120 holds sources 0 to 255, of which every tenth is banned already.

@@ -3,6 +3,7 @@
 //! only needs something that speaks HTTP/1.1 over real TCP.
 
 use std::{
+    collections::BTreeMap,
     io::{self, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
@@ -73,7 +74,8 @@ impl Drop for StandInServer {
     }
 }
 
-fn listen_dual_stack(port: u16) -> io::Result<TcpListener> {
+/// A listener on `[::]:port` (both families), non-blocking so its accept loop can stop.
+pub(crate) fn listen_dual_stack(port: u16) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
     socket.set_only_v6(false)?;
     socket.set_reuse_address(true)?;
@@ -106,7 +108,7 @@ fn accept_loop(listener: TcpListener, stop: &Arc<AtomicBool>, requests: &Arc<Ato
 }
 
 /// Largest request (head and body) the stand-in accepts.
-const MAX_REQUEST_BYTES: usize = 2 << 20;
+pub(crate) const MAX_REQUEST_BYTES: usize = 2 << 20;
 
 fn serve(mut stream: TcpStream, stop: &AtomicBool, requests: &AtomicU64) {
     stream.set_nonblocking(false).ok();
@@ -154,7 +156,7 @@ fn serve(mut stream: TcpStream, stop: &AtomicBool, requests: &AtomicU64) {
 }
 
 /// Glance's answer, reduced to what tests look at: 201 to image-create, 200 otherwise.
-fn response_to(request_line: &str) -> String {
+pub(crate) fn response_to(request_line: &str) -> String {
     let created = request_line.starts_with("POST ")
         && (request_line.contains(" /v2/images ") || request_line.contains(" /v1/images "));
     let (status, body) = if created {
@@ -170,7 +172,7 @@ fn response_to(request_line: &str) -> String {
 
 /// The request line and total length (head and body) of the request at the start of `buf`,
 /// once all of it has arrived.
-fn complete_request(buf: &[u8]) -> Option<(String, usize)> {
+pub(crate) fn complete_request(buf: &[u8]) -> Option<(String, usize)> {
     let head_len = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = String::from_utf8_lossy(&buf[..head_len]);
     let mut lines = head.split("\r\n");
@@ -330,11 +332,21 @@ impl FloodLog {
     pub fn failures(&self) -> usize {
         self.attempts.len() - self.successes()
     }
+
+    /// How many attempts got each status (`None`: no answer). Behind a load balancer a
+    /// refused request is an answer, 502, 503 or 504, and this tells them apart.
+    pub fn status_counts(&self) -> BTreeMap<Option<u16>, usize> {
+        let mut counts = BTreeMap::new();
+        for a in &self.attempts {
+            *counts.entry(a.status).or_default() += 1;
+        }
+        counts
+    }
 }
 
 /// Runs `attempt` until a limit is reached, every `pace` if given (else back to back), and
 /// records each outcome.
-fn drive(
+pub(crate) fn drive(
     limits: FloodLimits,
     stop: &AtomicBool,
     pace: Option<Duration>,

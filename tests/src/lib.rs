@@ -1,18 +1,23 @@
 //! Test kit for glance-limiter's kernel tests: crafted frames, an independent frame reader,
 //! network-namespace guards, a small HTTP server and client that behave like Glance and its
 //! users, the real Glance, the `limiter` daemon and CLI for end-to-end tests, a scraper and
-//! checker of its Prometheus metrics, and a tmux terminal for the live screen.
+//! checker of its Prometheus metrics, a tmux terminal for the live screen, and a real HAProxy
+//! in front of Glance with a TLS client, a PROXY-protocol reader and a recording backend.
 
 pub mod daemon;
 pub mod flood;
 pub mod frames;
 pub mod glance;
+pub mod haproxy;
 pub mod http;
+pub mod https;
 pub mod metrics;
 pub mod napi;
 pub mod netns;
 pub mod nft;
 pub mod privilege;
+pub mod proxy_protocol;
+pub mod recorder;
 pub mod reference;
 pub mod rig;
 pub mod summary;

@@ -10,6 +10,10 @@ use std::{
     thread,
 };
 
+mod proxy;
+
+pub use proxy::{ProxyClient, ProxyTopology};
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// A network namespace created with `ip netns add`, deleted (with every interface inside it)
@@ -100,7 +104,6 @@ fn enter(path: &PathBuf) {
     assert_eq!(rc, 0, "setns({}): {error}", path.display());
 }
 
-/// Runs a command and panics with its output if it fails.
 /// A veth pair between two namespaces. One command creates both ends, each directly in its
 /// namespace: the host's namespace never holds either interface.
 fn veth_pair(a: &Netns, a_end: &str, b: &Netns, b_end: &str) {
@@ -121,6 +124,7 @@ fn veth_pair(a: &Netns, a_end: &str, b: &Netns, b_end: &str) {
     ]);
 }
 
+/// Runs a command and panics with its output if it fails.
 pub fn run(args: &[&str]) {
     let out = Command::new(args[0])
         .args(&args[1..])

@@ -22,10 +22,21 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("strip", "binutils"),
     ("systemd-analyze", "systemd"),
+    // The HAProxy test kit: the load balancer in front of the real Glance, and the
+    // self-signed certificate of its TLS frontend.
+    ("haproxy", "haproxy"),
+    ("openssl", "openssl"),
+    // The kit's TLS client links the system OpenSSL (the `openssl` crate finds it with
+    // pkg-config).
+    ("pkg-config", "pkg-config"),
 ];
 /// Shell checks that fail without a Debian package, and the package: the real Glance's
-/// virtualenv needs `ensurepip`, which Debian ships apart from Python.
-const DEBIAN_CHECKS: &[(&str, &str)] = &[("python3 -m ensurepip --version", "python3-venv")];
+/// virtualenv needs `ensurepip`, which Debian ships apart from Python; the test kit's TLS
+/// client builds against OpenSSL's headers.
+const DEBIAN_CHECKS: &[(&str, &str)] = &[
+    ("python3 -m ensurepip --version", "python3-venv"),
+    ("pkg-config --exists openssl", "libssl-dev"),
+];
 /// Files the tasks read, and the Debian package that provides each.
 const DEBIAN_FILES: &[(&str, &str)] = &[(crate::plots::FONT, "fonts-dejavu-core")];
 

@@ -134,6 +134,10 @@ pub struct BlockArgs {
     /// protected ports.
     #[arg(long)]
     pub all_ports: bool,
+    /// Block even prefixes that cover a trusted proxy (trusted_proxies in the daemon's
+    /// configuration) or lie inside one: every client behind that proxy is cut off.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -329,7 +333,13 @@ mod tests {
         assert_eq!(block.rule.addresses, ["198.51.100.7", "-"]);
         assert_eq!(block.rule.ttl, Some(Duration::from_secs(1800)));
         assert!(block.all_ports);
+        assert!(!block.force);
         assert_eq!(cli.timeout, Duration::from_secs(30));
+        let cli = Cli::try_parse_from(["limiter", "block", "198.51.100.0/24", "--force"]).unwrap();
+        let Command::Block(block) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert!(block.force);
 
         let cli = Cli::try_parse_from([
             "limiter",
@@ -408,6 +418,8 @@ mod tests {
             &["limiter", "block"][..],
             &["limiter", "unblock", "10.0.0.1", "--ttl", "5m"],
             &["limiter", "allow", "10.0.0.1", "--all-ports"],
+            &["limiter", "allow", "10.0.0.1", "--force"],
+            &["limiter", "unblock", "10.0.0.1", "--force"],
             &["limiter", "stats", "--top", "0"],
             &["limiter", "run", "--port", "0"],
             &["limiter", "run", "--mode", "enforcing"],

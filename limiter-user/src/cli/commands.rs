@@ -139,7 +139,11 @@ pub fn execute(
     let text = match cli.command {
         Command::Run(args) => return run_daemon(args),
         Command::Detach(args) => detach(args)?,
-        Command::Block(BlockArgs { rule, all_ports }) => {
+        Command::Block(BlockArgs {
+            rule,
+            all_ports,
+            force,
+        }) => {
             let scope = if all_ports {
                 Scope::AllPorts
             } else {
@@ -156,6 +160,7 @@ pub fn execute(
                 ttl_secs: ttl.map(ttl_secs),
                 reason,
                 scope,
+                force,
             };
             change_rules(&daemon, &addresses, stdin, make, Action::Block, json)?
         }

@@ -35,6 +35,13 @@ pub enum Request {
         reason: Option<String>,
         #[serde(default)]
         scope: Scope,
+        /// Block even prefixes that cover a trusted proxy or lie inside a trusted prefix,
+        /// cutting off every client behind it. Absent means false, so clients from before the
+        /// field still parse; sent only when true, so daemons from before it still accept
+        /// every unforced block (and refuse a forced one as an unknown field, changing
+        /// nothing).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// Remove block rules, manual or automatic. Absent prefixes are reported, not errors.
     Unblock {
@@ -237,6 +244,7 @@ mod tests {
                 ttl_secs: Some(1800),
                 reason: Some("flood".into()),
                 scope: Scope::ProtectedPorts,
+                force: false,
             },
         };
         let text = serde_json::to_string(&line).unwrap();
@@ -247,6 +255,42 @@ mod tests {
         assert_eq!(serde_json::from_str::<RequestLine>(&text).unwrap(), line);
         let list: RequestLine = serde_json::from_str(r#"{"version":1,"op":"list"}"#).unwrap();
         assert_eq!(list.request, Request::List);
+    }
+
+    #[test]
+    fn force_is_optional_and_sent_only_when_set() {
+        let old_client: RequestLine =
+            serde_json::from_str(r#"{"version":1,"op":"block","prefixes":["198.51.100.0/24"]}"#)
+                .unwrap();
+        let Request::Block { force, scope, .. } = old_client.request else {
+            panic!("{old_client:?}")
+        };
+        assert!(!force);
+        assert_eq!(scope, Scope::ProtectedPorts);
+
+        let forced = RequestLine {
+            version: PROTOCOL_VERSION,
+            request: Request::Block {
+                prefixes: vec!["198.51.100.0/24".parse().unwrap()],
+                ttl_secs: None,
+                reason: None,
+                scope: Scope::AllPorts,
+                force: true,
+            },
+        };
+        let text = serde_json::to_string(&forced).unwrap();
+        assert_eq!(
+            text,
+            r#"{"version":1,"op":"block","prefixes":["198.51.100.0/24"],"scope":"all_ports","force":true}"#
+        );
+        assert_eq!(serde_json::from_str::<RequestLine>(&text).unwrap(), forced);
+        assert!(
+            serde_json::from_str::<RequestLine>(
+                r#"{"version":1,"op":"allow","prefixes":["192.0.2.0/24"],"force":true}"#
+            )
+            .is_err(),
+            "force is for block only"
+        );
     }
 
     #[test]

@@ -256,6 +256,9 @@ impl Engine {
         Ok(())
     }
 
+    /// Besides the allowlist and the node itself, the trusted proxies: every client behind
+    /// one reaches Glance from its address (connections, and requests without the client
+    /// header), so its own counts can reach a threshold, and a ban would cut them all off.
     fn never_ban(&self, wall: SystemTime) -> NeverBan {
         let allow_rules = self
             .store
@@ -268,7 +271,8 @@ impl Engine {
                 .iter()
                 .copied()
                 .chain(allow_rules)
-                .chain(self.own_addresses.iter().map(|a| IpNet::from(*a))),
+                .chain(self.own_addresses.iter().map(|a| IpNet::from(*a)))
+                .chain(self.config.trusted_proxies.iter().copied()),
         )
     }
 
@@ -288,12 +292,20 @@ impl Engine {
                 ttl_secs,
                 reason,
                 scope,
-            } => self.add_rules(Action::Block, prefixes, ttl_secs, reason, scope),
+                force,
+            } => self.add_rules(Action::Block, prefixes, ttl_secs, reason, scope, force),
             Request::Allow {
                 prefixes,
                 ttl_secs,
                 reason,
-            } => self.add_rules(Action::Allow, prefixes, ttl_secs, reason, Scope::AllPorts),
+            } => self.add_rules(
+                Action::Allow,
+                prefixes,
+                ttl_secs,
+                reason,
+                Scope::AllPorts,
+                false,
+            ),
             Request::Unblock { prefixes } => self.remove_rules(Action::Block, prefixes),
             Request::Unallow { prefixes } => self.remove_rules(Action::Allow, prefixes),
             Request::List => Ok(Reply::Rules(RuleList {
@@ -315,11 +327,13 @@ impl Engine {
         ttl_secs: Option<u64>,
         reason: Option<String>,
         scope: Scope,
+        force: bool,
     ) -> Result<Reply, (ErrorKind, String)> {
         let wall = SystemTime::now();
         check_prefixes(&prefixes)?;
         if action == Action::Block {
             self.check_not_self(&prefixes)?;
+            self.check_not_proxy(&prefixes, force)?;
         }
         let expires = match ttl_secs {
             Some(0) => return Err(bad("--ttl must be positive (for example 30m or 2h)")),
@@ -413,6 +427,24 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A manual block must not cut off the clients behind a trusted proxy, unless the operator
+    /// forces it; then the log says what was cut off.
+    fn check_not_proxy(&self, prefixes: &[IpNet], force: bool) -> Result<(), (ErrorKind, String)> {
+        match self.config.trusted_proxies.check_block(prefixes) {
+            Ok(()) => Ok(()),
+            Err(refused) if force => {
+                let overlaps: Vec<String> =
+                    refused.overlaps.iter().map(ToString::to_string).collect();
+                warn!(
+                    overlaps = %overlaps.join("; "),
+                    "forced block of trusted proxies: every client behind them is cut off"
+                );
+                Ok(())
+            }
+            Err(refused) => Err(bad(refused.to_string())),
+        }
     }
 
     fn stats(&self, top: Option<usize>) -> Stats {

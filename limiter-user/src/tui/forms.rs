@@ -133,6 +133,9 @@ pub fn submit(app: &mut App) {
                 ttl_secs: ttl.map(ttl_secs),
                 reason: Some(reason),
                 scope: Scope::ProtectedPorts,
+                // Not from the screen: a ban that would cut off a trusted proxy is refused
+                // with the daemon's message, and forcing it is a deliberate `limiter block`.
+                force: false,
             },
         ),
         Action::Allow => (

@@ -125,6 +125,7 @@ fn banning_asks_ttl_and_reason_then_confirmation_then_sends_a_block() {
                 ttl_secs: Some(1800),
                 reason: Some("INC-4521 scanner".into()),
                 scope: Scope::ProtectedPorts,
+                force: false,
             }
         )]
     );
