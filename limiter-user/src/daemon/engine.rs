@@ -95,6 +95,7 @@ impl Engine {
             unbans: Unbans::default(),
         };
         engine.limiter.set_protected_ports(&engine.config.ports)?;
+        engine.configure_proxies()?;
         engine.sync_kernel()?;
         Ok(engine)
     }
@@ -236,6 +237,21 @@ impl Engine {
     }
 
     /// Makes the kernel's tries hold the store's active rules plus the configured allowlist.
+    /// What the kernel program needs to attribute trusted proxies' requests: the proxies,
+    /// their header, Glance's path prefixes, and the response sent in Glance's place to a
+    /// banned client behind them (its Retry-After counts in the kernel's ticks).
+    fn configure_proxies(&mut self) -> Result<(), EngineError> {
+        let hz = self.limiter.clock()?.hz;
+        self.limiter.set_reject_response(hz)?;
+        self.limiter
+            .set_path_prefixes(&self.config.glance_path_prefixes)?;
+        self.limiter
+            .set_client_header(self.config.client_address_header)?;
+        self.limiter
+            .set_trusted_proxies(self.config.trusted_proxies.entries())?;
+        Ok(())
+    }
+
     fn sync_kernel(&mut self) -> Result<(), EngineError> {
         let clock = self.limiter.clock()?;
         let mut rules: Vec<KernelRule> = self.store.kernel_rules(clock.wall);

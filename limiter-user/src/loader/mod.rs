@@ -30,7 +30,7 @@ pub use self::batch::{BatchError, DEFAULT_BATCH_CHUNK, PARALLEL_BATCH_MIN_ENTRIE
 pub use self::{
     maps::{Counters, SourceEntry},
     pins::{detach_pinned, pinned_interfaces, DetachReport, DEFAULT_PIN_DIR, PINNED_MAPS},
-    proxy::{reject_template, ClientHeader, RETRY_AFTER_NEVER_SECS},
+    proxy::{reject_template, RETRY_AFTER_NEVER_SECS},
 };
 use crate::{
     clock::{self, KernelClock},
@@ -108,6 +108,8 @@ pub enum Verdict {
     Aborted,
     Drop,
     Pass,
+    /// Sent back out of the interface it came in on (a rewritten frame).
+    Tx,
     Other(u32),
 }
 
@@ -117,6 +119,7 @@ impl Verdict {
             0 => Verdict::Aborted,
             1 => Verdict::Drop,
             2 => Verdict::Pass,
+            3 => Verdict::Tx,
             other => Verdict::Other(other),
         }
     }
@@ -268,6 +271,26 @@ impl Limiter {
     /// Runs the program once on `frame` through BPF_PROG_TEST_RUN, maps and all.
     pub fn test_run(&self, frame: &[u8]) -> Result<Verdict, LoaderError> {
         Ok(run(program(&self.ebpf, PROGRAM_NAME)?, frame, 1)?.0)
+    }
+
+    /// Runs the program once on `frame`; returns the verdict and the frame as the program left
+    /// it (rewritten, for a frame it sends back).
+    pub fn test_run_frame(&self, frame: &[u8]) -> Result<(Verdict, Vec<u8>), LoaderError> {
+        let program = program(&self.ebpf, PROGRAM_NAME)?;
+        let mut out = vec![0u8; frame.len() + 512];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| LoaderError::Program {
+                name: "test run",
+                source,
+            })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((Verdict::from_return_value(result.return_value), out))
     }
 
     /// Runs the program `repeat` times on `frame`; returns the verdict and the kernel's

@@ -16,16 +16,7 @@ use super::{
     maps::{map_err, map_mut, set_config_flag, sync_trie, update_config},
     Limiter, LoaderError,
 };
-use crate::net;
-
-/// Which header trusted proxies write the client's address into.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ClientHeader {
-    #[default]
-    XForwardedFor,
-    /// RFC 7239 `Forwarded: for=`.
-    Forwarded,
-}
+use crate::{net, proxy::ClientHeader};
 
 /// Retry-After sent for bans that do not end: a client is told to come back in an hour, and
 /// is refused again then if the ban still stands.

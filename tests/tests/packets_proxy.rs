@@ -1,0 +1,670 @@
+//! Packet-level tests of attribution through trusted proxies (issue 10), through
+//! BPF_PROG_TEST_RUN: every header form and its near misses, the PROXY protocol v1 and v2,
+//! path prefixes, and the rejection of a banned client's request in Glance's place. Each frame
+//! goes through [`Rig::check`], which asserts the verdict and the change of every global
+//! counter, so a frame cannot do something its test does not mention.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use limiter_common::{Counter, SourceStats};
+use limiter_tests::{
+    frames::{Packet, ACK, FIN, PSH, SYN},
+    require_kernel,
+};
+use limiter_user::{
+    loader::{Limiter, LoadOptions, Verdict},
+    proxy::ClientHeader,
+    rules::{compile, Action, KernelRule, Scope},
+};
+
+use Counter::*;
+
+const GLANCE: u16 = 9292;
+const GLANCE_V4: &str = "198.51.100.1";
+const GLANCE_V6: &str = "2001:db8:51::1";
+const PROXY_V4: &str = "198.51.100.2";
+const PROXY_V6: &str = "2001:db8:51::2";
+/// A second trusted proxy, in front of the first.
+const OUTER_PROXY: &str = "198.51.100.3";
+const CLIENT: &str = "203.0.113.7";
+const CLIENT_V6: &str = "2001:db8:1::7";
+const CREATE: &str =
+    "POST /v2/images HTTP/1.1\r\nHost: glance\r\nContent-Type: application/json\r\n";
+
+struct Rig {
+    limiter: Limiter,
+}
+
+impl Rig {
+    fn new(header: ClientHeader) -> Self {
+        Self::with_prefixes(header, &[])
+    }
+
+    fn with_prefixes(header: ClientHeader, prefixes: &[&str]) -> Self {
+        let mut limiter = Limiter::load(&LoadOptions::default()).expect("load the XDP program");
+        limiter.set_protected_ports(&[GLANCE]).expect("ports");
+        let proxies: Vec<IpNet> = [PROXY_V4, PROXY_V6, OUTER_PROXY]
+            .iter()
+            .map(|p| IpNet::from(addr(p)))
+            .collect();
+        limiter.set_trusted_proxies(&proxies).expect("proxies");
+        limiter.set_client_header(header).expect("header");
+        let prefixes: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+        limiter.set_path_prefixes(&prefixes).expect("prefixes");
+        let hz = limiter.clock().expect("clock").hz;
+        limiter.set_reject_response(hz).expect("reject response");
+        Rig { limiter }
+    }
+
+    fn block(&mut self, who: &str, ttl: Duration) {
+        let clock = self.limiter.clock().expect("clock");
+        let rule = KernelRule {
+            net: IpNet::from(addr(who)),
+            action: Action::Block,
+            scope: Scope::ProtectedPorts,
+            expires: Some(clock.wall + ttl),
+        };
+        let compiled = compile(&[rule], &clock).expect("compile");
+        self.limiter.apply_rules(&compiled).expect("apply");
+    }
+
+    fn rows(&self) -> HashMap<IpAddr, SourceStats> {
+        self.limiter
+            .sources()
+            .expect("sources")
+            .into_iter()
+            .map(|e| (e.addr, e.stats))
+            .collect()
+    }
+
+    fn row(&self, who: &str) -> Option<SourceStats> {
+        self.rows().get(&addr(who)).copied()
+    }
+
+    /// Runs `frame`: asserts the verdict and that exactly `counters` went up (one each, a
+    /// counter listed twice by two); returns the frame as the program left it.
+    fn check(&self, frame: &[u8], verdict: Verdict, counters: &[Counter]) -> Vec<u8> {
+        let before = self.limiter.counters().expect("counters");
+        let (got, out) = self.limiter.test_run_frame(frame).expect("test run");
+        let after = self.limiter.counters().expect("counters");
+        let changed: Vec<(Counter, u64)> = after
+            .since(&before)
+            .iter()
+            .filter(|(_, n)| *n != 0)
+            .collect();
+        let mut wanted: Vec<(Counter, u64)> = Vec::new();
+        for c in counters {
+            match wanted.iter_mut().find(|(w, _)| w == c) {
+                Some((_, n)) => *n += 1,
+                None => wanted.push((*c, 1)),
+            }
+        }
+        wanted.sort_by_key(|(c, _)| *c as u32);
+        let text = String::from_utf8_lossy(frame);
+        assert_eq!(got, verdict, "verdict for {text:?}");
+        assert_eq!(changed, wanted, "counters for {text:?}");
+        out
+    }
+}
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// A segment from `from` (a proxy or a client) to Glance carrying `payload`.
+fn segment(from: &str, payload: &str) -> Packet {
+    let mut p = Packet::request(from, GLANCE, payload.as_bytes());
+    p.dst = match addr(from) {
+        IpAddr::V4(_) => addr(GLANCE_V4),
+        IpAddr::V6(_) => addr(GLANCE_V6),
+    };
+    p
+}
+
+/// An image create from `proxy` whose headers end with `last_headers` (each with its CRLF).
+fn create_via(proxy: &str, last_headers: &str) -> Vec<u8> {
+    segment(
+        proxy,
+        &format!("{CREATE}{last_headers}\r\n{{\"name\":\"x\"}}"),
+    )
+    .build()
+}
+
+/// What a proxied client's row must show after `n` image creates through `proxy`.
+fn assert_client(rig: &Rig, client: &str, proxy: &str, creates: u64) {
+    let row = rig
+        .row(client)
+        .unwrap_or_else(|| panic!("no row for client {client}"));
+    assert_eq!(row.image_create, creates, "{client} image creates");
+    let via = limiter_user::net::key_to_addr(row.via.octets());
+    assert_eq!(via, addr(proxy), "{client} came through {proxy}");
+}
+
+#[test]
+fn x_forwarded_for_names_the_client_and_never_the_proxy() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let frame = create_via(PROXY_V4, &format!("X-Forwarded-For: {CLIENT}\r\n"));
+    rig.check(
+        &frame,
+        Verdict::Pass,
+        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT, PROXY_V4, 1);
+    let proxy = rig.row(PROXY_V4).expect("proxy row");
+    assert_eq!(
+        (proxy.image_create, proxy.other_write, proxy.read),
+        (0, 0, 0),
+        "nothing a proxy relays is its own"
+    );
+    assert_eq!(
+        (proxy.proxied, proxy.unattributed, proxy.packets),
+        (1, 0, 1)
+    );
+    // Lower-case names (HAProxy 2.6 sends them so), and a second request on the same
+    // connection for another client: attribution is per request.
+    let frame = create_via(PROXY_V4, "x-forwarded-for: 203.0.113.8\r\n");
+    rig.check(
+        &frame,
+        Verdict::Pass,
+        &[PassProtected, SourceNew, ProxiedRequest],
+    );
+    assert_client(&rig, "203.0.113.8", PROXY_V4, 1);
+    assert_client(&rig, CLIENT, PROXY_V4, 1);
+}
+
+#[test]
+fn forged_entries_left_of_the_proxys_are_ignored() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    // The client's own line, then HAProxy's (what HAProxy 2.6 sends).
+    let frame = create_via(
+        PROXY_V4,
+        &format!("X-Forwarded-For: 192.0.2.1\r\nx-forwarded-for: {CLIENT}\r\n"),
+    );
+    rig.check(
+        &frame,
+        Verdict::Pass,
+        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT, PROXY_V4, 1);
+    assert!(
+        rig.row("192.0.2.1").is_none(),
+        "the forged address counts nothing"
+    );
+    // One line with a forged entry, the client, and a trusted proxy that appended itself.
+    let frame = create_via(
+        PROXY_V4,
+        &format!("X-Forwarded-For: 192.0.2.1, {CLIENT}, {OUTER_PROXY}\r\n"),
+    );
+    rig.check(&frame, Verdict::Pass, &[PassProtected, ProxiedRequest]);
+    assert_client(&rig, CLIENT, PROXY_V4, 2);
+}
+
+#[test]
+fn a_direct_clients_own_header_is_ignored() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let frame = create_via(CLIENT, "X-Forwarded-For: 192.0.2.1\r\n");
+    rig.check(&frame, Verdict::Pass, &[PassProtected, SourceNew]);
+    let row = rig.row(CLIENT).expect("counted as itself");
+    assert_eq!((row.image_create, row.via.words), (1, [0, 0]));
+    assert!(rig.row("192.0.2.1").is_none());
+}
+
+#[test]
+fn ipv6_clients_through_ipv4_proxies_and_the_reverse() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let frame = create_via(PROXY_V4, &format!("X-Forwarded-For: {CLIENT_V6}\r\n"));
+    rig.check(
+        &frame,
+        Verdict::Pass,
+        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT_V6, PROXY_V4, 1);
+    let frame = create_via(PROXY_V6, &format!("X-Forwarded-For: {CLIENT}\r\n"));
+    rig.check(
+        &frame,
+        Verdict::Pass,
+        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT, PROXY_V6, 1);
+    // Bracketed, with a port, and the IPv4-mapped form of an IPv4 client.
+    for value in [
+        "[2001:db8:1::7]",
+        "[2001:db8:1::7]:4711",
+        "2001:DB8:1:0:0:0:0:7",
+    ] {
+        let frame = create_via(PROXY_V4, &format!("X-Forwarded-For: {value}\r\n"));
+        rig.check(&frame, Verdict::Pass, &[PassProtected, ProxiedRequest]);
+    }
+    assert_client(&rig, CLIENT_V6, PROXY_V4, 4);
+    let frame = create_via(PROXY_V4, "X-Forwarded-For: ::ffff:203.0.113.7\r\n");
+    rig.check(&frame, Verdict::Pass, &[PassProtected, ProxiedRequest]);
+    assert_client(&rig, CLIENT, PROXY_V4, 2);
+}
+
+#[test]
+fn forwarded_for_in_every_form() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::Forwarded);
+    let frame = create_via(
+        PROXY_V4,
+        &format!("Forwarded: for={CLIENT};proto=https\r\n"),
+    );
+    rig.check(
+        &frame,
+        Verdict::Pass,
+        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
+    );
+    for value in [
+        format!("for=192.0.2.1, For=\"{CLIENT}:47011\";by={PROXY_V4}"),
+        format!("proto=http;for={CLIENT}"),
+        format!("for=\"[2001:db8::1]\", for={CLIENT}, for={OUTER_PROXY}"),
+    ] {
+        let frame = create_via(PROXY_V4, &format!("forwarded: {value}\r\n"));
+        rig.check(&frame, Verdict::Pass, &[PassProtected, ProxiedRequest]);
+    }
+    assert_client(&rig, CLIENT, PROXY_V4, 4);
+    let frame = create_via(
+        PROXY_V4,
+        &format!("Forwarded: for=\"[{CLIENT_V6}]:4711\"\r\n"),
+    );
+    rig.check(
+        &frame,
+        Verdict::Pass,
+        &[PassProtected, SourceNew, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT_V6, PROXY_V4, 1);
+    // With Forwarded configured, an X-Forwarded-For line (which a client could forge) is
+    // not read.
+    let frame = create_via(PROXY_V4, &format!("X-Forwarded-For: {CLIENT}\r\n"));
+    rig.check(&frame, Verdict::Pass, &[PassProtected, UnattributedRequest]);
+}
+
+#[test]
+fn near_misses_are_unattributed_never_the_proxy() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let unattributed = [
+        // No header.
+        String::new(),
+        // Names that are not it.
+        format!("X-Forwarded-Formerly: {CLIENT}\r\n"),
+        format!("X-Forwarded-Fo: {CLIENT}\r\n"),
+        format!("X-Forwarded-For {CLIENT}\r\n"),
+        // Values that are not an address.
+        "X-Forwarded-For: unknown\r\n".to_string(),
+        "X-Forwarded-For: 203.0.113\r\n".to_string(),
+        "X-Forwarded-For: 203.0.113.07\r\n".to_string(),
+        "X-Forwarded-For: 2001:db8::1::2\r\n".to_string(),
+        "X-Forwarded-For: \r\n".to_string(),
+        // Only trusted proxies.
+        format!("X-Forwarded-For: {OUTER_PROXY}\r\n"),
+    ];
+    for (i, headers) in unattributed.iter().enumerate() {
+        let frame = create_via(PROXY_V4, headers);
+        let mut counters = vec![PassProtected, UnattributedRequest];
+        if i == 0 {
+            counters.push(SourceNew);
+        }
+        rig.check(&frame, Verdict::Pass, &counters);
+    }
+    // In the body, after the end of the headers.
+    let frame = segment(
+        PROXY_V4,
+        &format!("{CREATE}\r\nX-Forwarded-For: {CLIENT}\r\n"),
+    )
+    .build();
+    rig.check(&frame, Verdict::Pass, &[PassProtected, UnattributedRequest]);
+    // Headers that continue in the next segment (no end of the header block here).
+    let frame = segment(PROXY_V4, &format!("{CREATE}X-Forwarded-For: {CLIENT}\r\n")).build();
+    rig.check(&frame, Verdict::Pass, &[PassProtected, UnattributedRequest]);
+    let proxy = rig.row(PROXY_V4).expect("proxy row");
+    assert_eq!((proxy.unattributed, proxy.proxied), (12, 0));
+    assert_eq!(proxy.image_create, 0, "never counted as the proxy's own");
+    assert!(rig.row(CLIENT).is_none());
+    // Not a request at all: nothing to attribute.
+    let frame = segment(PROXY_V4, "\x16\x03\x01 garbage that is no request line").build();
+    rig.check(&frame, Verdict::Pass, &[PassProtected]);
+}
+
+#[test]
+fn the_client_header_after_fifty_others_and_a_kilobyte() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let mut headers: String = (0..50)
+        .map(|i| format!("X-Filler-{i}: {}\r\n", "v".repeat(10)))
+        .collect();
+    headers.push_str(&format!("X-Forwarded-For: {CLIENT}\r\n"));
+    assert!(headers.len() > 1024);
+    rig.check(
+        &create_via(PROXY_V4, &headers),
+        Verdict::Pass,
+        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT, PROXY_V4, 1);
+    // Past what the program reads (2 KB from the request line): unattributed.
+    let far: String = (0..60)
+        .map(|i| format!("X-Filler-{i}: {}\r\n", "v".repeat(40)))
+        .collect();
+    rig.check(
+        &create_via(PROXY_V4, &format!("{far}X-Forwarded-For: {CLIENT}\r\n")),
+        Verdict::Pass,
+        &[PassProtected, UnattributedRequest],
+    );
+}
+
+/// A PROXY v2 header for a TCP connection from `client`.
+fn proxy_v2(command: u8, client: IpAddr) -> Vec<u8> {
+    let mut b = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    b.push(0x20 | command);
+    match client {
+        IpAddr::V4(c) => {
+            b.push(0x11);
+            b.extend_from_slice(&12u16.to_be_bytes());
+            b.extend_from_slice(&c.octets());
+            b.extend_from_slice(&Ipv4Addr::new(198, 51, 100, 1).octets());
+        }
+        IpAddr::V6(c) => {
+            b.push(0x21);
+            b.extend_from_slice(&36u16.to_be_bytes());
+            b.extend_from_slice(&c.octets());
+            b.extend_from_slice(&"2001:db8:51::1".parse::<Ipv6Addr>().unwrap().octets());
+        }
+    }
+    b.extend_from_slice(&40000u16.to_be_bytes());
+    b.extend_from_slice(&GLANCE.to_be_bytes());
+    b
+}
+
+fn raw_segment(from: &str, src_port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = Packet::request(from, GLANCE, payload);
+    p.dst = addr(GLANCE_V4);
+    p.src_port = src_port;
+    p.build()
+}
+
+#[test]
+fn proxy_protocol_v2_names_the_client_of_the_whole_connection() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let request = format!("{CREATE}\r\n");
+    // Header and first request in one segment; a forged X-Forwarded-For is not read.
+    let mut first = proxy_v2(1, addr(CLIENT));
+    first.extend_from_slice(format!("{CREATE}X-Forwarded-For: 192.0.2.1\r\n\r\n").as_bytes());
+    rig.check(
+        &raw_segment(PROXY_V4, 41000, &first),
+        Verdict::Pass,
+        &[
+            PassProtected,
+            SourceNew,
+            SourceNew,
+            ProxyHeader,
+            ProxiedRequest,
+        ],
+    );
+    // Later requests on the connection, with no header of their own.
+    rig.check(
+        &raw_segment(PROXY_V4, 41000, request.as_bytes()),
+        Verdict::Pass,
+        &[PassProtected, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT, PROXY_V4, 2);
+    assert!(rig.row("192.0.2.1").is_none());
+    // Header alone in its segment, then the request; an IPv6 client.
+    rig.check(
+        &raw_segment(PROXY_V4, 41001, &proxy_v2(1, addr(CLIENT_V6))),
+        Verdict::Pass,
+        &[PassProtected, ProxyHeader],
+    );
+    rig.check(
+        &raw_segment(PROXY_V4, 41001, request.as_bytes()),
+        Verdict::Pass,
+        &[PassProtected, SourceNew, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT_V6, PROXY_V4, 1);
+    // LOCAL (HAProxy's health checks): unattributed.
+    let mut local = proxy_v2(0, addr(PROXY_V4));
+    local.extend_from_slice(b"GET /healthcheck HTTP/1.1\r\n\r\n");
+    rig.check(
+        &raw_segment(PROXY_V4, 41002, &local),
+        Verdict::Pass,
+        &[PassProtected, ProxyHeader, UnattributedRequest],
+    );
+    // Truncated: the length runs past the segment.
+    let mut truncated = proxy_v2(1, addr(CLIENT));
+    truncated[15] = 200;
+    truncated.extend_from_slice(request.as_bytes());
+    rig.check(
+        &raw_segment(PROXY_V4, 41003, &truncated),
+        Verdict::Pass,
+        &[PassProtected, ProxyHeader],
+    );
+    rig.check(
+        &raw_segment(PROXY_V4, 41003, request.as_bytes()),
+        Verdict::Pass,
+        &[PassProtected, UnattributedRequest],
+    );
+    // A new connection from a reused port starts afresh.
+    let mut syn = Packet::syn(PROXY_V4, GLANCE);
+    syn.dst = addr(GLANCE_V4);
+    syn.src_port = 41000;
+    rig.check(&syn.build(), Verdict::Pass, &[PassProtected]);
+    rig.check(
+        &raw_segment(PROXY_V4, 41000, request.as_bytes()),
+        Verdict::Pass,
+        &[PassProtected, UnattributedRequest],
+    );
+}
+
+#[test]
+fn proxy_protocol_v1_lines() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let request = format!("{CREATE}\r\n");
+    let line = format!("PROXY TCP4 {CLIENT} 198.51.100.1 56324 9292\r\n{request}");
+    rig.check(
+        &raw_segment(PROXY_V4, 42000, line.as_bytes()),
+        Verdict::Pass,
+        &[
+            PassProtected,
+            SourceNew,
+            SourceNew,
+            ProxyHeader,
+            ProxiedRequest,
+        ],
+    );
+    let line = format!("PROXY TCP6 {CLIENT_V6} 2001:db8:51::1 56324 9292\r\n{request}");
+    rig.check(
+        &raw_segment(PROXY_V4, 42001, line.as_bytes()),
+        Verdict::Pass,
+        &[PassProtected, SourceNew, ProxyHeader, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT, PROXY_V4, 1);
+    assert_client(&rig, CLIENT_V6, PROXY_V4, 1);
+    for (port, line) in [
+        (42002, format!("PROXY UNKNOWN\r\n{request}")),
+        (
+            42003,
+            format!("PROXY TCP4 203.0.113.999 198.51.100.1 1 2\r\n{request}"),
+        ),
+        // No line end within 107 bytes.
+        (42004, format!("PROXY TCP4 {CLIENT} {}", "x".repeat(120))),
+    ] {
+        let counters: &[Counter] = if port == 42004 {
+            &[PassProtected, ProxyHeader]
+        } else {
+            &[PassProtected, ProxyHeader, UnattributedRequest]
+        };
+        rig.check(
+            &raw_segment(PROXY_V4, port, line.as_bytes()),
+            Verdict::Pass,
+            counters,
+        );
+    }
+}
+
+#[test]
+fn a_banned_clients_request_is_answered_429_and_glances_socket_reset() {
+    require_kernel!();
+    let mut rig = Rig::new(ClientHeader::XForwardedFor);
+    rig.block(CLIENT, Duration::from_secs(600));
+    let mut packet = segment(
+        PROXY_V4,
+        &format!("{CREATE}X-Forwarded-For: {CLIENT}\r\n\r\n{{}}"),
+    );
+    packet.src_port = 43000;
+    packet.tcp_options = vec![1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9];
+    let request = packet.build();
+    let reply = rig.check(&request, Verdict::Tx, &[SourceNew, RejectProxied]);
+    let tcp_at = 14 + 20;
+    // Addresses and ports swapped; our sequence is what the proxy acknowledged, and all of
+    // the request is acknowledged.
+    assert_eq!(&reply[14 + 12..14 + 16], &request[14 + 16..14 + 20]);
+    assert_eq!(&reply[14 + 16..14 + 20], &request[14 + 12..14 + 16]);
+    assert_eq!(&reply[tcp_at..tcp_at + 2], &request[tcp_at + 2..tcp_at + 4]);
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    let payload_len = (request.len() - tcp_at - 32) as u32;
+    assert_eq!(be32(&reply, tcp_at + 4), be32(&request, tcp_at + 8));
+    assert_eq!(
+        be32(&reply, tcp_at + 8),
+        be32(&request, tcp_at + 4) + payload_len
+    );
+    assert_eq!(reply[tcp_at + 13], FIN | PSH | ACK);
+    // Timestamps echoed back.
+    assert_eq!(&reply[tcp_at + 24..tcp_at + 28], &[0, 0, 0, 9]);
+    assert_eq!(&reply[tcp_at + 28..tcp_at + 32], &[0, 0, 0, 7]);
+    let text = String::from_utf8_lossy(&reply[tcp_at + 32..]).to_string();
+    assert!(
+        text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{text}"
+    );
+    let retry: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Retry-After:"))
+        .expect("Retry-After")
+        .trim()
+        .parse()
+        .expect("seconds");
+    assert!((590..=600).contains(&retry), "Retry-After {retry}");
+    assert!(text.contains("Connection: close\r\n"));
+    assert_checksums(&reply);
+    assert!(
+        rig.row(CLIENT).is_none(),
+        "a banned client's request counts nothing"
+    );
+    // The proxy's next segment on that connection becomes a reset for Glance's socket, at
+    // the sequence number it expects.
+    let mut next = Packet::tcp(PROXY_V4, GLANCE).flags(ACK | FIN);
+    next.dst = addr(GLANCE_V4);
+    next.src_port = 43000;
+    let reset = rig.check(&next.build(), Verdict::Pass, &[ResetProxied]);
+    assert_eq!(reset.len(), 14 + 20 + 20);
+    assert_eq!(reset[tcp_at + 13], 0x04, "RST");
+    assert_eq!(be32(&reset, tcp_at + 4), be32(&request, tcp_at + 4));
+    assert_checksums(&reset);
+    // Then the connection is forgotten: what follows passes untouched.
+    rig.check(&next.build(), Verdict::Pass, &[PassProtected]);
+    // Another client on the same proxy is served.
+    let other = create_via(PROXY_V4, "X-Forwarded-For: 203.0.113.8\r\n");
+    rig.check(
+        &other,
+        Verdict::Pass,
+        &[PassProtected, SourceNew, ProxiedRequest],
+    );
+}
+
+#[test]
+fn a_banned_ipv6_client_through_an_ipv6_proxy_is_answered_too() {
+    require_kernel!();
+    let mut rig = Rig::new(ClientHeader::XForwardedFor);
+    rig.block(CLIENT_V6, Duration::from_secs(60));
+    let request = create_via(PROXY_V6, &format!("X-Forwarded-For: {CLIENT_V6}\r\n"));
+    let reply = rig.check(&request, Verdict::Tx, &[SourceNew, RejectProxied]);
+    assert_eq!(&reply[14 + 8..14 + 24], &request[14 + 24..14 + 40]);
+    let text = String::from_utf8_lossy(&reply[14 + 40 + 20..]).to_string();
+    assert!(text.starts_with("HTTP/1.1 429 "), "{text}");
+    assert_checksums(&reply);
+}
+
+#[test]
+fn path_prefixes_make_prefixed_creates_image_creates() {
+    require_kernel!();
+    let rig = Rig::with_prefixes(ClientHeader::XForwardedFor, &["/image", "/glance/api"]);
+    for (i, path) in [
+        "/image/v2/images",
+        "/glance/api/v1/images/",
+        "/v2/images?x=1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let frame = segment(CLIENT, &format!("POST {path} HTTP/1.1\r\n\r\n")).build();
+        let counters: &[Counter] = if i == 0 {
+            &[PassProtected, SourceNew]
+        } else {
+            &[PassProtected]
+        };
+        rig.check(&frame, Verdict::Pass, counters);
+    }
+    for path in ["/imagex/v2/images", "/image/v2/imagesx", "/image/v3/images"] {
+        let frame = segment(CLIENT, &format!("POST {path} HTTP/1.1\r\n\r\n")).build();
+        rig.check(&frame, Verdict::Pass, &[PassProtected]);
+    }
+    let row = rig.row(CLIENT).expect("row");
+    assert_eq!((row.image_create, row.other_write), (3, 3));
+    let plain = Rig::new(ClientHeader::XForwardedFor);
+    let frame = segment(CLIENT, "POST /image/v2/images HTTP/1.1\r\n\r\n").build();
+    plain.check(&frame, Verdict::Pass, &[PassProtected, SourceNew]);
+    assert_eq!(plain.row(CLIENT).expect("row").other_write, 1);
+}
+
+/// Checks the IPv4 header checksum (if IPv4) and the TCP checksum of an untagged frame.
+fn assert_checksums(frame: &[u8]) {
+    let sum = |bytes: &[u8], start: u32| {
+        let mut s = start;
+        for pair in bytes.chunks(2) {
+            s += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s
+    };
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let (pseudo, tcp) = if ethertype == 0x0800 {
+        let ip = &frame[14..34];
+        assert_eq!(sum(ip, 0), 0xffff, "IPv4 header checksum");
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let tcp = &frame[34..14 + total];
+        let pseudo = sum(&ip[12..20], 6 + tcp.len() as u32);
+        (pseudo, tcp)
+    } else {
+        let ip = &frame[14..54];
+        let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+        let tcp = &frame[54..54 + len];
+        (sum(&ip[8..40], 6 + tcp.len() as u32), tcp)
+    };
+    assert_eq!(sum(tcp, pseudo), 0xffff, "TCP checksum");
+}
+
+#[test]
+fn untrusted_sources_go_nowhere_near_the_proxy_path() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let mut syn = Packet::syn(CLIENT, GLANCE);
+    syn.dst = addr(GLANCE_V4);
+    rig.check(&syn.build(), Verdict::Pass, &[PassProtected, SourceNew]);
+    let frame = segment(CLIENT, &format!("{CREATE}\r\n")).build();
+    rig.check(&frame, Verdict::Pass, &[PassProtected]);
+    let row = rig.row(CLIENT).expect("row");
+    assert_eq!((row.syns, row.image_create, row.flags), (1, 1, 0));
+    let _ = SYN;
+}
