@@ -1,0 +1,121 @@
+//! The kernel program's address parsers against the standard library's, on generated text:
+//! every address the standard library formats is read back exactly, and no text that is not
+//! an address (by the standard library's reading) is read as one.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use limiter_common::{
+    client_addr::{
+        ipv4, ipv6, proxy_v1, rightmost_client, HeaderKind, PlainLoops, ProxyV1, Window,
+    },
+    SourceAddr,
+};
+use proptest::prelude::*;
+
+fn window(text: &str) -> Option<(Window, usize)> {
+    let mut w = Window::new();
+    let bytes = text.as_bytes();
+    if bytes.len() > w.text.len() {
+        return None;
+    }
+    w.text[..bytes.len()].copy_from_slice(bytes);
+    Some((w, bytes.len()))
+}
+
+fn key(addr: IpAddr) -> SourceAddr {
+    let octets = match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    SourceAddr::from_octets(octets)
+}
+
+/// Text made of the characters addresses are made of, so near misses are common.
+fn addressish() -> impl Strategy<Value = String> {
+    proptest::string::string_regex("[0-9a-fA-F:.]{0,45}").unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn every_formatted_ipv4_address_reads_back(a: u32) {
+        let addr = Ipv4Addr::from(a);
+        let (mut w, n) = window(&addr.to_string()).unwrap();
+        prop_assert_eq!(ipv4(&mut w, &PlainLoops, 0, n), Some(key(IpAddr::V4(addr))));
+    }
+
+    #[test]
+    fn every_formatted_ipv6_address_reads_back(a: u128, upper: bool) {
+        let addr = Ipv6Addr::from(a);
+        let mut text = addr.to_string();
+        if upper {
+            text = text.to_uppercase();
+        }
+        let (mut w, n) = window(&text).unwrap();
+        prop_assert_eq!(ipv6(&mut w, &PlainLoops, 0, n), Some(key(IpAddr::V6(addr))), "{}", text);
+    }
+
+    #[test]
+    fn expanded_ipv6_forms_read_back(groups: [u16; 8]) {
+        let text = groups.iter().map(|g| format!("{g:x}")).collect::<Vec<_>>().join(":");
+        let (mut w, n) = window(&text).unwrap();
+        let addr = Ipv6Addr::from(groups);
+        prop_assert_eq!(ipv6(&mut w, &PlainLoops, 0, n), Some(key(IpAddr::V6(addr))));
+    }
+
+    #[test]
+    fn nothing_but_addresses_reads_as_one(text in addressish()) {
+        let (mut w, n) = window(&text).unwrap();
+        let std_v4 = text.parse::<Ipv4Addr>().ok().map(|a| key(IpAddr::V4(a)));
+        let std_v6 = text.parse::<Ipv6Addr>().ok().map(|a| key(IpAddr::V6(a)));
+        prop_assert_eq!(ipv4(&mut w, &PlainLoops, 0, n), std_v4, "{}", text);
+        prop_assert_eq!(ipv6(&mut w, &PlainLoops, 0, n), std_v6, "{}", text);
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_entry_is_the_client(
+        entries in proptest::collection::vec(any::<u32>(), 1..5),
+        trusted_tail in 0usize..3,
+    ) {
+        // Entries, then up to two trusted proxies (198.51.100.0/24 here) appended after them.
+        let mut text: Vec<String> = entries.iter().map(|a| Ipv4Addr::from(*a | 1).to_string()).collect();
+        for i in 0..trusted_tail.min(2) {
+            text.push(format!("198.51.100.{}", 10 + i));
+        }
+        let value = text.join(", ");
+        let Some((mut w, n)) = window(&value) else { return Ok(()) };
+        let trusted = |a: &SourceAddr| a.octets()[..15] == key("198.51.100.0".parse().unwrap()).octets()[..15];
+        let expected = entries
+            .iter()
+            .rev()
+            .map(|a| key(IpAddr::V4(Ipv4Addr::from(*a | 1))))
+            .find(|a| !trusted(a));
+        // Only entries within reach (four from the right) can be found.
+        let reachable = trusted_tail.min(2) + 1 <= 4;
+        let got = rightmost_client(&mut w, &PlainLoops, n, false, HeaderKind::XForwardedFor, trusted);
+        if reachable && entries.last().is_some_and(|a| !trusted(&key(IpAddr::V4(Ipv4Addr::from(*a | 1))))) {
+            prop_assert_eq!(got, expected, "{}", value);
+        } else {
+            prop_assert!(got.is_none() || got == expected, "{}", value);
+        }
+    }
+
+    #[test]
+    fn proxy_v1_lines_name_their_source(src: u32, dst: u32, sport: u16, dport: u16) {
+        let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
+        let line = format!("PROXY TCP4 {src} {dst} {sport} {dport}\r\nGET / HTTP/1.1\r\n");
+        let (mut w, n) = window(&line).unwrap();
+        let length = line.find("\r\n").unwrap() + 2;
+        prop_assert_eq!(proxy_v1(&mut w, &PlainLoops, n), (ProxyV1::Client(key(IpAddr::V4(src))), length));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128), kind in 0..2u8) {
+        let mut w = Window::new();
+        w.text[..bytes.len()].copy_from_slice(&bytes);
+        let kind = if kind == 0 { HeaderKind::XForwardedFor } else { HeaderKind::Forwarded };
+        let _ = rightmost_client(&mut w, &PlainLoops, bytes.len(), false, kind, |_| false);
+        let _ = proxy_v1(&mut w, &PlainLoops, bytes.len());
+    }
+}
