@@ -105,9 +105,105 @@ fn main() {
         cases.push(case(name, ours, base, *target));
     }
 
+    cases.extend(proxied_requests(&empty));
     cases.push(new_source_into_full_table(&limiter, &empty));
     print_table(&cases);
     write_report(cases);
+}
+
+/// Requests through a trusted proxy (issue 10): an image create with 1 KB of headers and the
+/// client in the last one, and a request on a connection whose PROXY v2 header named the
+/// client; and what a direct client's image create costs with trusted proxies configured
+/// against without, interleaved in one run (the feature must cost untrusted sources nothing).
+fn proxied_requests(empty: &Baseline) -> Vec<Case> {
+    let proxy = "198.51.100.2";
+    let load = |proxies: &[&str]| {
+        let mut limiter = Limiter::load(&LoadOptions {
+            source_capacity: TABLE_CAPACITY,
+        })
+        .expect("load glance-limiter");
+        limiter.set_protected_ports(&[GLANCE_PORT]).unwrap();
+        let nets: Vec<ipnet::IpNet> = proxies.iter().map(|p| p.parse().unwrap()).collect();
+        limiter.set_trusted_proxies(&nets).unwrap();
+        let hz = limiter.clock().unwrap().hz;
+        limiter.set_reject_response(hz).unwrap();
+        limiter
+    };
+    let with_proxies = load(&["198.51.100.2/32", "2001:db8:51::/64"]);
+    let without = load(&[]);
+    let mut headers: String = (0..24)
+        .map(|i| format!("X-Header-{i:02}: {}\r\n", "v".repeat(28)))
+        .collect();
+    headers.push_str("X-Forwarded-For: 203.0.113.7\r\n");
+    let request = format!(
+        "POST /v2/images HTTP/1.1\r\nHost: glance:9292\r\nContent-Type: application/json\r\n\
+         {headers}\r\n{{\"name\":\"x\",\"disk_format\":\"raw\",\"container_format\":\"bare\"}}"
+    );
+    let header_bytes = request.find("\r\n\r\n").unwrap();
+    assert!(
+        (1000..1200).contains(&header_bytes),
+        "{header_bytes} bytes of headers"
+    );
+    // Its own connection: the PROXY v2 one below would otherwise name its client.
+    let mut proxied = Packet::request(proxy, GLANCE_PORT, request.as_bytes());
+    proxied.src_port = 40_001;
+    let proxied = proxied.build();
+    let mut pp2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    pp2.extend_from_slice(&[203, 0, 113, 8, 198, 51, 100, 1, 0x9c, 0x40, 0x24, 0x4c]);
+    let opening = Packet::request(proxy, GLANCE_PORT, &pp2).build();
+    assert_eq!(with_proxies.test_run(&opening).unwrap(), Verdict::Pass);
+    let on_proxied_connection = Packet::request(
+        proxy,
+        GLANCE_PORT,
+        b"POST /v2/images HTTP/1.1\r\nHost: glance:9292\r\nContent-Length: 62\r\n\r\n",
+    )
+    .build();
+    let direct = Packet::request(
+        "198.51.100.7",
+        GLANCE_PORT,
+        b"POST /v2/images HTTP/1.1\r\nHost: glance:9292\r\nContent-Type: application/json\r\nContent-Length: 62\r\n\r\n",
+    )
+    .build();
+    let timed = |limiter: &Limiter, frame: &[u8]| {
+        let (verdict, d) = limiter.time_run(frame, REPEAT).unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        nanos(d)
+    };
+    for frame in [&proxied, &on_proxied_connection, &direct] {
+        timed(&with_proxies, frame);
+        timed(&without, frame);
+    }
+    let mut cases = Vec::new();
+    for (name, frame, target) in [
+        ("proxied-xff-1kb", &proxied, 150.0),
+        ("proxied-pp2-conn", &on_proxied_connection, 150.0),
+    ] {
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            ours.push(timed(&with_proxies, frame));
+            base.push(nanos(empty.time_run(frame, REPEAT).unwrap().1));
+        }
+        cases.push(case(name, ours, base, target));
+    }
+    // Untrusted sources: the same direct image create on the program with trusted proxies
+    // configured ("ours") against the program without ("empty" column), interleaved.
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        ours.push(timed(&with_proxies, &direct));
+        base.push(timed(&without, &direct));
+    }
+    cases.push(case("direct-vs-no-proxies", ours, base, 5.0));
+    // The proxied requests really were attributed: the client rows counted them.
+    let clients = with_proxies.sources().unwrap();
+    for client in ["203.0.113.7", "203.0.113.8"] {
+        let addr: std::net::IpAddr = client.parse().unwrap();
+        let row = clients.iter().find(|e| e.addr == addr);
+        assert!(
+            row.is_some_and(|e| e.stats.image_create > 0),
+            "{client} not attributed"
+        );
+    }
+    cases
 }
 
 /// Fills the table to capacity, then measures single runs each from a source never seen:
