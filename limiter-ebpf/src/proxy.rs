@@ -98,15 +98,15 @@ pub fn handle(
     let tcp = packet.tcp;
     if tcp.syn {
         // A new connection from a reused port starts with no PROXY header or rejection.
-        let _ = PROXY_CONNS.remove(&key);
+        let _ = PROXY_CONNS.remove(key);
         return passed;
     }
     // SAFETY: the value is copied out at once; a concurrent update can only make the copy
     // stale, which the next segment corrects.
-    let state = unsafe { PROXY_CONNS.get(&key) }.copied();
+    let state = unsafe { PROXY_CONNS.get(key) }.copied();
     if let Some(state) = state {
         if state.flags & CONN_REJECTED != 0 {
-            let _ = PROXY_CONNS.remove(&key);
+            let _ = PROXY_CONNS.remove(key);
             return Some(match reject::reset(ctx, packet.net, state.reset_seq) {
                 Some(()) => (xdp_action::XDP_PASS, Counter::ResetProxied),
                 None => (xdp_action::XDP_DROP, Counter::DropProxied),
@@ -115,7 +115,7 @@ pub fn handle(
     }
     if tcp.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
         // The connection ends with this segment (a rejection below records it again).
-        let _ = PROXY_CONNS.remove(&key);
+        let _ = PROXY_CONNS.remove(key);
     }
     request(ctx, packet, proxy_row, &key, state)
 }
@@ -157,7 +157,7 @@ fn request(
                     ..ConnState::default()
                 },
             };
-            let _ = PROXY_CONNS.insert(key, &new_state, 0);
+            let _ = PROXY_CONNS.insert(key, new_state, 0);
             named = Some(header_names);
             if header_len >= len {
                 return passed;
@@ -301,7 +301,7 @@ fn refuse(
                     reset_seq,
                     client: state.map_or(SourceAddr::default(), |s| s.client),
                 };
-                let _ = PROXY_CONNS.insert(key, &rejected, 0);
+                let _ = PROXY_CONNS.insert(key, rejected, 0);
                 (xdp_action::XDP_TX, Counter::RejectProxied)
             }
             None => (xdp_action::XDP_DROP, Counter::DropProxied),

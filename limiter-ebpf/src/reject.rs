@@ -97,7 +97,7 @@ pub fn answer(
     if text_len == 0
         || text_len > REJECT_MAX_LEN
         || retry_at + RETRY_AFTER_DIGITS > text_len
-        || retry_at % 2 != 0
+        || !retry_at.is_multiple_of(2)
     {
         return None;
     }
@@ -333,7 +333,7 @@ fn retry_after_digits(template: &RejectTemplate, blocked_until: u64, now: u64) -
         u64::from(template.retry_after_never)
     } else {
         let hz = u64::from(template.hz).max(1);
-        (blocked_until.saturating_sub(now) + hz - 1) / hz
+        blocked_until.saturating_sub(now).div_ceil(hz)
     };
     let mut rest = seconds.clamp(1, 999_999);
     let mut word = u64::from_ne_bytes([b' '; 8]);
