@@ -112,6 +112,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     for iface in &interfaces {
         engine.limiter_mut().attach(iface)?;
     }
+    warn_if_local_proxy_unseen(&config, &interfaces);
     for stale in loader::pinned_interfaces(&options.pin_dir) {
         if !interfaces.contains(&stale) {
             warn!(iface = %stale, "pinned attachment no longer configured; detaching it");
@@ -247,6 +248,27 @@ fn load_config(options: &RunOptions) -> anyhow::Result<Config> {
         None => Config::load_or_default(Path::new(DEFAULT_CONFIG_PATH))?,
     };
     Ok(config.with_overrides(&options.overrides)?)
+}
+
+/// A trusted proxy on this host (loopback, or one of the host's own addresses) reaches Glance
+/// over `lo`, which the program sees only if attached there: say so rather than count nothing.
+fn warn_if_local_proxy_unseen(config: &Config, interfaces: &[String]) {
+    if interfaces.iter().any(|i| i == "lo") {
+        return;
+    }
+    let own = host::own_addresses();
+    let local = config
+        .trusted_proxies
+        .iter()
+        .find(|proxy| proxy.addr().is_loopback() || own.iter().any(|addr| proxy.contains(addr)));
+    if let Some(proxy) = local {
+        warn!(
+            proxy = %proxy,
+            "a trusted proxy is on this host, so it reaches Glance over the loopback interface, \
+             which is not attached: add \"lo\" to `interfaces` (docs/OPERATIONS.md, HAProxy on \
+             the Glance host)"
+        );
+    }
 }
 
 /// `limiter detach`: removes the pinned attachments and maps. Rules stay in the store, and
