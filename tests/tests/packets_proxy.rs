@@ -668,3 +668,19 @@ fn untrusted_sources_go_nowhere_near_the_proxy_path() {
     assert_eq!((row.syns, row.image_create, row.flags), (1, 1, 0));
     let _ = SYN;
 }
+
+#[test]
+fn a_frame_that_cannot_be_rewritten_is_dropped_not_passed() {
+    require_kernel!();
+    let mut rig = Rig::new(ClientHeader::XForwardedFor);
+    rig.block(CLIENT, Duration::from_secs(60));
+    // IPv4 options (a proxy sends none): the response is not built; the request still must
+    // not reach Glance.
+    let frame = segment(
+        PROXY_V4,
+        &format!("{CREATE}X-Forwarded-For: {CLIENT}\r\n\r\n"),
+    )
+    .ipv4_options(&[1, 1, 1, 1])
+    .build();
+    rig.check(&frame, Verdict::Drop, &[SourceNew, DropProxied]);
+}
