@@ -482,6 +482,7 @@ mod tests {
                 rule("198.51.100.7/32", Some(NOW + 1795)),
                 rule("203.0.113.0/24", None),
             ],
+            ..RuleList::default()
         };
         assert_eq!(
             rule_list(&list, at(NOW)),
@@ -541,7 +542,9 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
                 },
                 totals: Totals::default(),
                 banned_until: Some("2025-06-01T10:10:00Z".into()),
+                via: None,
             }],
+            ..Stats::default()
         };
         let text = super::stats(&stats, at(NOW));
         let lines: Vec<&str> = text.lines().collect();

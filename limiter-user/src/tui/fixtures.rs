@@ -56,6 +56,7 @@ fn row(address: &str, state: SourceState, rates: RatesView) -> SourceRow {
             other_write: rates.other_writes_per_minute,
             read: (rates.reads_per_second * 60.0) as u64,
         },
+        via: None,
     }
 }
 
@@ -212,6 +213,8 @@ fn feed(app: &mut App, step: u64, rows: Vec<SourceRow>, rules: Vec<StoredRule>, 
         truncated: tracked > rows.len(),
         rows,
         rules,
+        proxies: Vec::new(),
+        unseen_proxies: Vec::new(),
     };
     update(app, Action::Tick(at(step)));
     update(app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));

@@ -84,11 +84,13 @@ pub struct Parts {
 
 impl Parts {
     pub fn into_snapshot(
-        self,
+        mut self,
         taken: SystemTime,
         elapsed: std::time::Duration,
         max_sources: Option<usize>,
     ) -> Snapshot {
+        let proxies = std::mem::take(&mut self.stats.proxies);
+        let unseen_proxies = std::mem::take(&mut self.stats.unseen_proxies);
         let (tracked_sources, rows) = rows_from_stats(self.stats);
         Snapshot {
             taken,
@@ -98,6 +100,8 @@ impl Parts {
             tracked_sources,
             rows,
             rules: self.rules,
+            proxies,
+            unseen_proxies,
         }
     }
 }
@@ -153,7 +157,7 @@ mod tests {
                 Request::Status => Reply::Status(Status::default()),
                 Request::Stats { .. } => Reply::Stats(Stats {
                     tracked_sources: 50_000,
-                    sources: vec![],
+                    ..Stats::default()
                 }),
                 _ => Reply::Rules(RuleList::default()),
             })
