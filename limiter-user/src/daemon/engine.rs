@@ -142,7 +142,7 @@ impl Engine {
             now,
             rows.iter()
                 .filter(|row| proxied::is_proxy_row(row))
-                .map(|row| (row.addr, proxied::relay_counts(row))),
+                .map(|row| proxied::proxy_row(row, previous)),
         );
         let active: Vec<(IpAddr, Counts)> = rows
             .iter()

@@ -14,7 +14,7 @@ use crate::{
     metrics::ProxyRelayed,
     net::key_to_addr,
     proxy::{
-        load::{ProxyLoads, RelayCounts},
+        load::{ProxyLoads, ProxyRow, RelayCounts},
         TrustedProxies,
     },
     rates::{Counts, Rates},
@@ -25,11 +25,15 @@ pub fn is_proxy_row(row: &SourceEntry) -> bool {
     row.stats.flags & SOURCE_TRUSTED_PROXY != 0
 }
 
-/// The row's relay counters (zero on a client's row).
-pub fn relay_counts(row: &SourceEntry) -> RelayCounts {
-    RelayCounts {
-        proxied: row.stats.proxied,
-        unattributed: row.stats.unattributed,
+/// A proxy's row for [`ProxyLoads`]; `previous_poll`: the kernel time of the previous poll.
+pub fn proxy_row(row: &SourceEntry, previous_poll: Option<u64>) -> ProxyRow {
+    ProxyRow {
+        addr: row.addr,
+        counts: RelayCounts {
+            proxied: row.stats.proxied,
+            unattributed: row.stats.unattributed,
+        },
+        row_predates_last_poll: previous_poll.is_some_and(|p| row.stats.first_seen < p),
     }
 }
 
@@ -202,12 +206,17 @@ mod tests {
             proxied: p,
             unattributed: u,
         };
-        loads.observe(Duration::ZERO, [(ip("198.51.100.2"), relay(100, 1))]);
+        let row = |addr: &str, counts| ProxyRow {
+            addr: ip(addr),
+            counts,
+            row_predates_last_poll: true,
+        };
+        loads.observe(Duration::ZERO, [row("198.51.100.2", relay(100, 1))]);
         loads.observe(
             Duration::from_secs(1),
             [
-                (ip("198.51.100.2"), relay(160, 3)),
-                (ip("198.51.100.17"), relay(5, 0)),
+                row("198.51.100.2", relay(160, 3)),
+                row("198.51.100.17", relay(5, 0)),
             ],
         );
         let config = trusted(&["198.51.100.2/32", "198.51.100.16/28", "2001:db8:51::2/128"]);

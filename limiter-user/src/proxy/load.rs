@@ -7,9 +7,11 @@
 //! the rate tracker like any source's; only the two relay counters need this. The minute is a
 //! difference of the counters: the latest value less the value at the newest sample a minute
 //! old (or the first sample, while the proxy has been seen for less than a minute). Samples are
-//! kept only when a counter moved, so an idle proxy holds one. The first sample of a proxy is
-//! a baseline: after a daemon restart its row carries totals from before. A counter that goes
-//! down (the row was evicted and re-created) counts its new value as the increase.
+//! kept only when a counter moved, so an idle proxy holds one. As in the rate tracker, the
+//! first poll only takes a baseline (after a daemon restart the rows carry totals from before),
+//! and so does a proxy new to the tracker whose row predates the previous poll; a row inserted
+//! since counts whole, as relayed since the previous poll. A counter that goes down (the row
+//! was evicted and re-created) counts its new value as the increase.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -54,6 +56,16 @@ impl RelayCounts {
     }
 }
 
+/// A proxy's row as one poll read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyRow {
+    pub addr: IpAddr,
+    pub counts: RelayCounts,
+    /// The kernel row existed before the previous poll: when the proxy is new to the tracker,
+    /// its counters are a baseline, not new activity.
+    pub row_predates_last_poll: bool,
+}
+
 /// One proxy's relay figures as of the latest poll.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayLoad {
@@ -67,6 +79,8 @@ pub struct RelayLoad {
 #[derive(Clone, Debug, Default)]
 pub struct ProxyLoads {
     proxies: BTreeMap<IpAddr, History>,
+    /// When the previous poll was taken; `None` before the first.
+    last_poll_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -82,23 +96,23 @@ struct History {
 
 impl ProxyLoads {
     /// Takes one poll: `now` on the caller's monotonic clock, and every proxy row of the
-    /// kernel table with its counters. Proxies missing from `rows` are forgotten.
-    pub fn observe(
-        &mut self,
-        now: Duration,
-        rows: impl IntoIterator<Item = (IpAddr, RelayCounts)>,
-    ) {
+    /// kernel table. Proxies missing from `rows` are forgotten.
+    pub fn observe(&mut self, now: Duration, rows: impl IntoIterator<Item = ProxyRow>) {
         let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        let last_poll_ms = self.last_poll_ms.replace(now_ms);
         let mut previous = std::mem::take(&mut self.proxies);
-        for (addr, counts) in rows {
-            let addr = addr.to_canonical();
+        for row in rows {
+            let addr = row.addr.to_canonical();
             let history = match previous.remove(&addr) {
                 Some(mut history) => {
-                    history.record(counts, now_ms);
+                    history.record(row.counts, now_ms);
                     history
                 }
                 None if self.proxies.len() + previous.len() >= MAX_TRACKED_PROXIES => continue,
-                None => History::new(counts, now_ms),
+                None => {
+                    let since = last_poll_ms.filter(|_| !row.row_predates_last_poll);
+                    History::new(row.counts, since, now_ms)
+                }
             };
             self.proxies.insert(addr, history);
         }
@@ -130,11 +144,21 @@ impl ProxyLoads {
 }
 
 impl History {
-    fn new(counts: RelayCounts, now_ms: u64) -> Self {
-        History {
-            last: counts,
-            relayed: RelayCounts::default(),
-            samples: VecDeque::from([(now_ms, RelayCounts::default())]),
+    /// A proxy new to the tracker: its counters are a baseline, or, with `since` (its row was
+    /// inserted after the previous poll, at `since`), all relayed since then.
+    fn new(counts: RelayCounts, since: Option<u64>, now_ms: u64) -> Self {
+        let zero = RelayCounts::default();
+        match since {
+            Some(since) if counts != zero => History {
+                last: counts,
+                relayed: counts,
+                samples: VecDeque::from([(since.min(now_ms), zero), (now_ms, counts)]),
+            },
+            _ => History {
+                last: counts,
+                relayed: zero,
+                samples: VecDeque::from([(now_ms, zero)]),
+            },
         }
     }
 
@@ -186,10 +210,18 @@ mod tests {
         }
     }
 
+    fn row(addr: &str, counts: RelayCounts) -> ProxyRow {
+        ProxyRow {
+            addr: ip(addr),
+            counts,
+            row_predates_last_poll: true,
+        }
+    }
+
     fn poll(loads: &mut ProxyLoads, secs: u64, proxied: u64, unattributed: u64) -> RelayLoad {
         loads.observe(
             Duration::from_secs(secs),
-            [(ip(PROXY), counts(proxied, unattributed))],
+            [row(PROXY, counts(proxied, unattributed))],
         );
         loads.get(ip(PROXY)).unwrap()
     }
@@ -222,6 +254,37 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_that_appears_between_polls_counts_whole() {
+        let mut loads = ProxyLoads::default();
+        loads.observe(Duration::ZERO, []);
+        let fresh = ProxyRow {
+            row_predates_last_poll: false,
+            ..row(PROXY, counts(25, 3))
+        };
+        loads.observe(Duration::from_secs(1), [fresh]);
+        let load = loads.get(ip(PROXY)).unwrap();
+        assert_eq!(
+            (load.totals, load.last_minute),
+            (counts(25, 3), counts(25, 3))
+        );
+        assert_eq!(poll(&mut loads, 30, 45, 3).last_minute, counts(45, 3));
+        assert_eq!(poll(&mut loads, 61, 45, 3).last_minute, counts(20, 0));
+        assert_eq!(poll(&mut loads, 91, 45, 3).last_minute, counts(0, 0));
+        // An old row new to the tracker (idle until now) is a baseline.
+        loads.observe(
+            Duration::from_secs(92),
+            [
+                row(PROXY, counts(45, 3)),
+                row("198.51.100.3", counts(900, 9)),
+            ],
+        );
+        assert_eq!(
+            loads.get(ip("198.51.100.3")).unwrap().last_minute,
+            counts(0, 0)
+        );
+    }
+
+    #[test]
     fn a_burst_after_a_quiet_spell_counts_once() {
         let mut loads = ProxyLoads::default();
         poll(&mut loads, 0, 10, 0);
@@ -247,13 +310,13 @@ mod tests {
         loads.observe(
             Duration::ZERO,
             [
-                (ip(PROXY), counts(1, 0)),
-                (ip("::ffff:198.51.100.3"), counts(2, 0)),
+                row(PROXY, counts(1, 0)),
+                row("::ffff:198.51.100.3", counts(2, 0)),
             ],
         );
         assert_eq!(loads.len(), 2);
         assert!(loads.contains(ip("198.51.100.3")), "canonical form");
-        loads.observe(Duration::from_secs(1), [(ip(PROXY), counts(3, 0))]);
+        loads.observe(Duration::from_secs(1), [row(PROXY, counts(3, 0))]);
         assert_eq!(
             loads.iter().map(|(a, _)| a).collect::<Vec<_>>(),
             [ip(PROXY)]
@@ -265,11 +328,10 @@ mod tests {
     fn new_proxies_beyond_the_bound_are_not_followed() {
         let mut loads = ProxyLoads::default();
         let many = |n: usize| {
-            (0..n).map(|i| {
-                (
-                    IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
-                    counts(i as u64, 0),
-                )
+            (0..n).map(|i| ProxyRow {
+                addr: IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
+                counts: counts(i as u64, 0),
+                row_predates_last_poll: true,
             })
         };
         loads.observe(Duration::ZERO, many(MAX_TRACKED_PROXIES + 50));
