@@ -16,7 +16,7 @@ use common::{canned, FakeDaemon};
 use limiter_user::{
     control::{
         access::{Access, SocketGroup},
-        protocol::{ErrorKind, Request, ResponseLine},
+        protocol::{ErrorKind, ProxyRates, ProxyTotals, ProxyView, Reply, Request, ResponseLine},
         server::Limits,
     },
     proxy::TrustedProxies,
@@ -418,6 +418,103 @@ fn human_output_is_tables_and_summaries() {
         status.starts_with("daemon      0.1.0, up 1m\nmode        enforce\n"),
         "{status}"
     );
+}
+
+/// A daemon behind a trusted proxy: a proxied source, the proxy's load, an unseen entry, and
+/// a ban of the proxied source.
+fn behind_a_proxy(request: &Request) -> ResponseLine {
+    let proxy: std::net::IpAddr = "198.51.100.2".parse().unwrap();
+    match canned(request).result {
+        Some(Reply::Stats(mut stats)) => {
+            stats.sources[0].via = Some(proxy);
+            stats.proxies = vec![ProxyView {
+                address: "198.51.100.2".parse().unwrap(),
+                trusted_entry: Some("198.51.100.2/32".parse().unwrap()),
+                blocked: false,
+                rates: ProxyRates {
+                    proxied_per_minute: 300,
+                    unattributed_per_minute: 2,
+                    ..ProxyRates::default()
+                },
+                totals: ProxyTotals {
+                    proxied: 9120,
+                    unattributed: 14,
+                    ..ProxyTotals::default()
+                },
+            }];
+            stats.unseen_proxies = vec!["2001:db8:10::/64".parse().unwrap()];
+            ResponseLine::ok(Reply::Stats(stats))
+        }
+        Some(Reply::Rules(mut list)) => {
+            list.via = [("198.51.100.7/32".parse().unwrap(), proxy)].into();
+            ResponseLine::ok(Reply::Rules(list))
+        }
+        _ => canned(request),
+    }
+}
+
+#[test]
+fn behind_a_proxy_stats_and_list_name_it_in_tables_and_json() {
+    let daemon = FakeDaemon::with(behind_a_proxy);
+    let stats = limiter(&daemon.socket, &["stats"], "").stdout;
+    let lines: Vec<&str> = stats.lines().collect();
+    assert!(
+        lines[1].starts_with("ADDRESS       VIA           STATE"),
+        "{stats}"
+    );
+    assert!(
+        lines[2].starts_with("198.51.100.7  198.51.100.2  banned"),
+        "{stats}"
+    );
+    assert_eq!(
+        lines[4..],
+        [
+            "Trusted proxies (what they relay is counted as the clients they name)",
+            "PROXY         RELAYED/MIN  UNATTRIBUTED/MIN  RELAYED  UNATTRIBUTED  CONN/S  PACKETS/S  BYTES/S",
+            "198.51.100.2          300                 2     9120            14     0.0          0      0 B",
+            "not seen yet (trusted_proxies entries without traffic): 2001:db8:10::/64",
+        ],
+        "{stats}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&limiter(&daemon.socket, &["stats", "--json"], "").stdout).unwrap();
+    assert_eq!(json["sources"][0]["via"], "198.51.100.2");
+    assert_eq!(json["proxies"][0]["address"], "198.51.100.2");
+    assert_eq!(json["proxies"][0]["trusted_entry"], "198.51.100.2/32");
+    assert_eq!(json["proxies"][0]["rates"]["proxied_per_minute"], 300);
+    assert_eq!(json["proxies"][0]["rates"]["unattributed_per_minute"], 2);
+    assert_eq!(json["proxies"][0]["totals"]["proxied"], 9120);
+    assert_eq!(json["proxies"][0]["totals"]["unattributed"], 14);
+    assert_eq!(json["unseen_proxies"][0], "2001:db8:10::/64");
+
+    let list = limiter(&daemon.socket, &["list"], "").stdout;
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(
+        lines[0].starts_with("PREFIX           VIA           ACTION"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("198.51.100.7/32  198.51.100.2  block"),
+        "{list}"
+    );
+    assert!(
+        lines[2].starts_with("192.0.2.0/24     -             allow"),
+        "{list}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&limiter(&daemon.socket, &["list", "--json"], "").stdout).unwrap();
+    assert_eq!(json["via"]["198.51.100.7/32"], "198.51.100.2");
+
+    // Without proxies the JSON has none of the new keys.
+    let plain = FakeDaemon::start();
+    let stats = limiter(&plain.socket, &["stats", "--json"], "").stdout;
+    assert!(
+        !stats.contains("via") && !stats.contains("proxies"),
+        "{stats}"
+    );
+    let list = limiter(&plain.socket, &["list", "--json"], "").stdout;
+    assert!(!list.contains("via"), "{list}");
 }
 
 #[test]

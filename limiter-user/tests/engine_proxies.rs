@@ -5,7 +5,7 @@
 //! except in CI (`CI=true`), which runs as root and must run it.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
@@ -13,7 +13,7 @@ use std::{
 use ipnet::IpNet;
 use limiter_user::{
     config::Config,
-    control::protocol::{ErrorKind, Reply, Request, ResponseLine},
+    control::protocol::{ErrorKind, Reply, Request, ResponseLine, SourceState},
     daemon::Engine,
     loader::{Limiter, LoadOptions},
     policy::PolicyConfig,
@@ -70,7 +70,14 @@ fn engine(state: &tempfile::TempDir) -> Engine {
 
 /// An Ethernet + IPv4 + TCP frame to Glance (port 9292) carrying one image create.
 fn image_create(source: Ipv4Addr) -> Vec<u8> {
-    let payload = b"POST /v2/images HTTP/1.1\r\nHost: glance\r\n\r\n";
+    request(source, "")
+}
+
+/// An image create whose headers end with `headers` (each with its CRLF): from a trusted
+/// proxy, `X-Forwarded-For: CLIENT\r\n` names the client.
+fn request(source: Ipv4Addr, headers: &str) -> Vec<u8> {
+    let payload = format!("POST /v2/images HTTP/1.1\r\nHost: glance\r\n{headers}\r\n");
+    let payload = payload.as_bytes();
     let mut frame = Vec::new();
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00]);
     let total = u16::try_from(20 + 20 + payload.len()).unwrap();
@@ -172,4 +179,86 @@ fn a_manual_block_of_a_trusted_proxy_needs_force() {
     // Force overrides the proxy check only: the node itself stays protected.
     let response = engine.handle(block(&["127.0.0.0/8"], true));
     assert!(refusal(&response).contains("covers loopback"));
+}
+
+#[test]
+fn stats_list_and_metrics_show_clients_by_their_proxy_and_the_proxy_apart() {
+    let Some(_kernel) = kernel() else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let mut engine = engine(&state);
+    engine.tick().unwrap();
+    let direct = Ipv4Addr::new(203, 0, 113, 10);
+    let proxied = request(PROXY, &format!("X-Forwarded-For: {CLIENT}\r\n"));
+    for _ in 0..8 {
+        engine.limiter().test_run(&proxied).unwrap();
+    }
+    let anonymous = request(PROXY, "");
+    for _ in 0..3 {
+        engine.limiter().test_run(&anonymous).unwrap();
+    }
+    engine.limiter().test_run(&image_create(direct)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    engine.tick().unwrap();
+
+    let stats = match engine.handle(Request::Stats { top: None }).result {
+        Some(Reply::Stats(stats)) => stats,
+        other => panic!("stats answered {other:?}"),
+    };
+    assert_eq!(stats.tracked_sources, 3, "the proxy is tracked: {stats:?}");
+    let sources: Vec<_> = stats
+        .sources
+        .iter()
+        .map(|s| (s.address, s.via, s.state, s.totals.image_create))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            (CLIENT.into(), Some(PROXY.into()), SourceState::Banned, 8),
+            (direct.into(), None, SourceState::Ok, 1),
+        ],
+        "the proxy is not among the sources"
+    );
+    let [proxy] = &stats.proxies[..] else {
+        panic!("one proxy: {:?}", stats.proxies)
+    };
+    assert_eq!(proxy.address, IpAddr::from(PROXY));
+    assert_eq!(proxy.trusted_entry, Some(net("198.51.100.2/32")));
+    assert!(!proxy.blocked);
+    assert_eq!((proxy.totals.proxied, proxy.totals.unattributed), (8, 3));
+    assert_eq!(proxy.totals.packets, 11);
+    assert_eq!(
+        (
+            proxy.rates.proxied_per_minute,
+            proxy.rates.unattributed_per_minute
+        ),
+        (8, 3),
+        "the proxy's row appeared after the first poll: all of it is recent"
+    );
+    assert_eq!(stats.unseen_proxies, [net("2001:db8::/64")]);
+
+    let list = match engine.handle(Request::List).result {
+        Some(Reply::Rules(list)) => list,
+        other => panic!("list answered {other:?}"),
+    };
+    assert_eq!(
+        list.via.into_iter().collect::<Vec<_>>(),
+        [(net("203.0.113.9/32"), IpAddr::from(PROXY))],
+        "the ban of the client names its proxy"
+    );
+
+    let relayed: Vec<_> = engine
+        .metrics_snapshot()
+        .proxies
+        .into_iter()
+        .map(|p| (p.proxy, p.relayed, p.unattributed))
+        .collect();
+    assert_eq!(
+        relayed,
+        [
+            ("198.51.100.2".to_string(), 8, 3),
+            ("2001:db8::/64".to_string(), 0, 0)
+        ]
+    );
 }

@@ -4,6 +4,7 @@
 //! - [`args`]: the clap types and value parsers (TTL, durations);
 //! - [`addresses`]: IPs and prefixes from arguments and stdin, every bad one reported;
 //! - [`output`]: tables and summaries for people, the protocol's JSON for programs;
+//! - [`proxies`]: the trusted proxies' table and the `VIA` cells of `stats` and `list`;
 //! - [`logging`]: the journal's fields under systemd, text on stderr otherwise;
 //! - [`commands`]: dispatch and exit codes (0 done, 1 operational failure, 2 bad input).
 
@@ -12,6 +13,7 @@ pub mod args;
 pub mod commands;
 pub mod logging;
 pub mod output;
+pub mod proxies;
 
 pub use args::Cli;
 pub use commands::{execute, parse, run, Failure, Invocation};

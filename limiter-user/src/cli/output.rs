@@ -7,6 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use super::proxies;
 use crate::{
     control::protocol::{Reply, RuleChange, RuleList, SourceState, SourceView, Stats, Status},
     loader::DetachReport,
@@ -229,13 +230,18 @@ pub fn rule_change(change: &RuleChange, action: Action, now: SystemTime) -> Stri
     format!("{}{}\n", table.render(), counts.join(", "))
 }
 
-/// `limiter list`.
+/// `limiter list`. Behind trusted proxies, a `VIA` column names the proxy a blocked address
+/// last came through.
 pub fn rule_list(list: &RuleList, now: SystemTime) -> String {
     if list.rules.is_empty() {
         return "no rules\n".to_string();
     }
-    let mut table = Table::new(&[
-        ("PREFIX", Align::Left),
+    let with_via = !list.via.is_empty();
+    let mut columns = vec![("PREFIX", Align::Left)];
+    if with_via {
+        columns.push(("VIA", Align::Left));
+    }
+    columns.extend([
         ("ACTION", Align::Left),
         ("SCOPE", Align::Left),
         ("ORIGIN", Align::Left),
@@ -243,9 +249,13 @@ pub fn rule_list(list: &RuleList, now: SystemTime) -> String {
         ("EXPIRES", Align::Left),
         ("REASON", Align::Left),
     ]);
+    let mut table = Table::new(&columns);
     for rule in &list.rules {
         let mut cells = rule_cells(rule, now);
         cells.insert(4, rfc3339(rule.created));
+        if with_via {
+            cells.insert(1, proxies::via_cell(list.via.get(&rule.prefix).copied()));
+        }
         table.row(cells);
     }
     let count = list.rules.len();
@@ -292,18 +302,28 @@ fn banned_until(source: &SourceView, now: SystemTime) -> String {
     }
 }
 
-/// `limiter stats`.
+/// `limiter stats`. Behind trusted proxies, a `VIA` column names the proxy each proxied
+/// source came through, and the proxies' own load follows in a table of its own.
 pub fn stats(stats: &Stats, now: SystemTime) -> String {
     let mut out = format!(
         "{} sources tracked, {} shown (busiest first)\n",
         stats.tracked_sources,
         stats.sources.len()
     );
-    if stats.sources.is_empty() {
-        return out;
+    if !stats.sources.is_empty() {
+        out.push_str(&source_table(stats, now));
     }
-    let mut table = Table::new(&[
-        ("ADDRESS", Align::Left),
+    out.push_str(&proxies::section(stats));
+    out
+}
+
+fn source_table(stats: &Stats, now: SystemTime) -> String {
+    let with_via = stats.sources.iter().any(|s| s.via.is_some());
+    let mut columns = vec![("ADDRESS", Align::Left)];
+    if with_via {
+        columns.push(("VIA", Align::Left));
+    }
+    columns.extend([
         ("STATE", Align::Left),
         ("CONN/S", Align::Right),
         ("CREATES/MIN", Align::Right),
@@ -314,9 +334,10 @@ pub fn stats(stats: &Stats, now: SystemTime) -> String {
         ("BYTES/S", Align::Right),
         ("BANNED UNTIL", Align::Left),
     ]);
+    let mut table = Table::new(&columns);
     for source in &stats.sources {
         let rates = &source.rates;
-        table.row(vec![
+        let mut cells = vec![
             source.address.to_string(),
             state_name(source.state).to_string(),
             format!("{:.1}", rates.new_connections_per_second),
@@ -327,10 +348,13 @@ pub fn stats(stats: &Stats, now: SystemTime) -> String {
             format!("{:.0}", rates.packets_per_second),
             bytes(rates.bytes_per_second),
             banned_until(source, now),
-        ]);
+        ];
+        if with_via {
+            cells.insert(1, proxies::via_cell(source.via));
+        }
+        table.row(cells);
     }
-    out.push_str(&table.render());
-    out
+    table.render()
 }
 
 /// `limiter status`.
@@ -482,6 +506,7 @@ mod tests {
                 rule("198.51.100.7/32", Some(NOW + 1795)),
                 rule("203.0.113.0/24", None),
             ],
+            ..RuleList::default()
         };
         assert_eq!(
             rule_list(&list, at(NOW)),
@@ -541,7 +566,9 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
                 },
                 totals: Totals::default(),
                 banned_until: Some("2025-06-01T10:10:00Z".into()),
+                via: None,
             }],
+            ..Stats::default()
         };
         let text = super::stats(&stats, at(NOW));
         let lines: Vec<&str> = text.lines().collect();
@@ -557,6 +584,101 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
         assert!(
             lines[2].ends_with("1.5 MiB  2025-06-01T10:10:00Z (in 10m)"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn stats_behind_a_proxy_name_it_and_show_its_load_apart() {
+        let source = |address: &str, via: Option<&str>| SourceView {
+            address: address.parse().unwrap(),
+            state: SourceState::Ok,
+            rates: RatesView {
+                image_creates_per_minute: 20,
+                ..RatesView::default()
+            },
+            totals: Totals::default(),
+            banned_until: None,
+            via: via.map(|v| v.parse().unwrap()),
+        };
+        let stats = Stats {
+            tracked_sources: 3,
+            sources: vec![
+                source("203.0.113.9", Some("198.51.100.2")),
+                source("2001:db8::1234", None),
+            ],
+            proxies: vec![crate::control::protocol::ProxyView {
+                address: "198.51.100.2".parse().unwrap(),
+                trusted_entry: Some("198.51.100.2/32".parse().unwrap()),
+                blocked: false,
+                rates: crate::control::protocol::ProxyRates {
+                    proxied_per_minute: 300,
+                    unattributed_per_minute: 2,
+                    packets_per_second: 820.0,
+                    ..Default::default()
+                },
+                totals: crate::control::protocol::ProxyTotals {
+                    proxied: 9120,
+                    unattributed: 14,
+                    ..Default::default()
+                },
+            }],
+            unseen_proxies: vec!["198.51.100.3/32".parse().unwrap()],
+        };
+        assert_eq!(
+            super::stats(&stats, at(NOW)),
+            "\
+3 sources tracked, 2 shown (busiest first)
+ADDRESS         VIA           STATE  CONN/S  CREATES/MIN  CREATES/H  WRITES/MIN  READS/S  PACKETS/S  BYTES/S  BANNED UNTIL
+203.0.113.9     198.51.100.2  ok        0.0           20          0           0      0.0          0      0 B  -
+2001:db8::1234  -             ok        0.0           20          0           0      0.0          0      0 B  -
+
+Trusted proxies (what they relay is counted as the clients they name)
+PROXY         RELAYED/MIN  UNATTRIBUTED/MIN  RELAYED  UNATTRIBUTED  CONN/S  PACKETS/S  BYTES/S
+198.51.100.2          300                 2     9120            14     0.0        820      0 B
+not seen yet (trusted_proxies entries without traffic): 198.51.100.3
+"
+        );
+        // No proxied source shown: no VIA column; the proxies still follow.
+        let direct_only = Stats {
+            sources: vec![source("2001:db8::1234", None)],
+            ..stats.clone()
+        };
+        let text = super::stats(&direct_only, at(NOW));
+        assert!(text.contains("\nADDRESS         STATE"), "{text}");
+        assert!(text.contains("\nTrusted proxies"), "{text}");
+        // Nothing shown at all, the proxies still.
+        let idle = Stats {
+            sources: vec![],
+            ..stats
+        };
+        let text = super::stats(&idle, at(NOW));
+        assert!(
+            text.starts_with("3 sources tracked, 0 shown (busiest first)\n\nTrusted proxies"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rule_lists_name_the_proxy_a_blocked_address_came_through() {
+        let list = RuleList {
+            rules: vec![
+                rule("198.51.100.7/32", Some(NOW + 1795)),
+                rule("203.0.113.0/24", None),
+            ],
+            via: [(
+                "198.51.100.7/32".parse().unwrap(),
+                "198.51.100.2".parse().unwrap(),
+            )]
+            .into(),
+        };
+        assert_eq!(
+            rule_list(&list, at(NOW)),
+            "\
+PREFIX           VIA           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES                        REASON
+198.51.100.7/32  198.51.100.2  block   protected ports  manual  2025-06-01T09:59:00Z  2025-06-01T10:29:55Z (in 29m)  flood
+203.0.113.0/24   -             block   protected ports  manual  2025-06-01T09:59:00Z  never                          flood
+2 rules
+"
         );
     }
 

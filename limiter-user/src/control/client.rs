@@ -299,10 +299,7 @@ mod tests {
     #[test]
     fn responses_decode_into_replies_or_errors() {
         let ok = decode_response(br#"{"version":1,"ok":true,"result":{"rules":[]}}"#).unwrap();
-        assert_eq!(
-            into_reply(ok),
-            Ok(Some(Reply::Rules(RuleList { rules: vec![] })))
-        );
+        assert_eq!(into_reply(ok), Ok(Some(Reply::Rules(RuleList::default()))));
         let error = decode_response(
             br#"{"version":1,"ok":false,"error":{"kind":"forbidden","message":"no"}}"#,
         )

@@ -5,4 +5,5 @@ pub mod access;
 pub mod client;
 pub mod framing;
 pub mod protocol;
+mod proxies;
 pub mod server;

@@ -3,11 +3,12 @@
 //! message carries `version`; a daemon answers a version it does not speak with an
 //! `unsupported_version` error instead of guessing. docs/CLI.md shows every shape.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use super::proxies::{ProxyRates, ProxyTotals, ProxyView};
 use crate::{rules::Scope, store::StoredRule};
 
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -145,14 +146,29 @@ pub struct RuleChange {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RuleList {
     pub rules: Vec<StoredRule>,
+    /// Block rules of single addresses whose source's latest request through a trusted proxy
+    /// came through this one (by the rule's prefix), as far as the daemon still tracks the
+    /// source. Absent when there is none, so answers without proxies read as before, and
+    /// clients from before the field ignore it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub via: BTreeMap<IpNet, IpAddr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
-    /// Sources the daemon tracks (the kernel table's rows plus recently departed ones).
+    /// Sources the daemon tracks (the kernel table's rows plus recently departed ones),
+    /// trusted proxies included.
     pub tracked_sources: usize,
-    /// Busiest first (by image creates per minute, then new connections per second).
+    /// Busiest first (by image creates per minute, then new connections per second). Trusted
+    /// proxies are not among them: they are in `proxies`.
     pub sources: Vec<SourceView>,
+    /// The trusted proxies the kernel has seen, with what they relayed. Absent without any
+    /// (and from daemons before the field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<ProxyView>,
+    /// `trusted_proxies` entries no trusted proxy has been seen from (in the kernel table).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unseen_proxies: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -164,6 +180,10 @@ pub struct SourceView {
     /// RFC 3339, when `state` is `banned`.
     #[serde(default)]
     pub banned_until: Option<String>,
+    /// The trusted proxy its latest proxied request came through; absent when it has only
+    /// come directly (and from daemons before the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<IpAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +320,146 @@ mod tests {
             r#"{"version":1,"op":"unblock","prefixes":[],"ttl":5}"#
         )
         .is_err());
+    }
+
+    fn stats_with_a_proxy() -> Stats {
+        let client = SourceView {
+            address: "203.0.113.9".parse().unwrap(),
+            state: SourceState::OverThreshold,
+            rates: RatesView {
+                image_creates_per_minute: 300,
+                ..RatesView::default()
+            },
+            totals: Totals::default(),
+            banned_until: None,
+            via: Some("198.51.100.2".parse().unwrap()),
+        };
+        let direct = SourceView {
+            address: "203.0.113.10".parse().unwrap(),
+            via: None,
+            ..client.clone()
+        };
+        Stats {
+            tracked_sources: 3,
+            sources: vec![client, direct],
+            proxies: vec![ProxyView {
+                address: "198.51.100.2".parse().unwrap(),
+                trusted_entry: Some("198.51.100.2/32".parse().unwrap()),
+                blocked: false,
+                rates: ProxyRates {
+                    proxied_per_minute: 300,
+                    unattributed_per_minute: 2,
+                    ..ProxyRates::default()
+                },
+                totals: ProxyTotals {
+                    proxied: 9120,
+                    unattributed: 14,
+                    ..ProxyTotals::default()
+                },
+            }],
+            unseen_proxies: vec!["2001:db8:10::/64".parse().unwrap()],
+        }
+    }
+
+    fn reply(text: &str) -> Reply {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    #[test]
+    fn stats_carry_via_and_proxies_and_round_trip() {
+        let stats = stats_with_a_proxy();
+        let text = serde_json::to_string(&Reply::Stats(stats.clone())).unwrap();
+        assert!(
+            text.contains(r#""banned_until":null,"via":"198.51.100.2"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""banned_until":null}],"#),
+            "no via on a direct source: {text}"
+        );
+        assert!(
+            text.contains(
+                r#""proxies":[{"address":"198.51.100.2","trusted_entry":"198.51.100.2/32","rates":"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("blocked"), "sent only when true: {text}");
+        assert!(
+            text.ends_with(r#""unseen_proxies":["2001:db8:10::/64"]}"#),
+            "{text}"
+        );
+        assert_eq!(reply(&text), Reply::Stats(stats));
+    }
+
+    #[test]
+    fn without_proxies_stats_read_as_before_both_ways() {
+        // What a daemon from before the fields answers: a new client reads it.
+        let old_answer = r#"{"tracked_sources":1,"sources":[{"address":"198.51.100.7","state":"banned","rates":{"new_connections_per_second":0.0,"image_creates_per_minute":300,"image_creates_per_hour":900,"other_writes_per_minute":0,"reads_per_second":0.0,"packets_per_second":0.0,"bytes_per_second":0.0},"totals":{"syns":0,"packets":0,"bytes":0,"image_create":1200,"other_write":0,"read":0},"banned_until":"2025-06-01T10:10:00Z"}]}"#;
+        let Reply::Stats(stats) = reply(old_answer) else {
+            panic!("not stats")
+        };
+        assert_eq!(stats.sources[0].via, None);
+        assert!(stats.proxies.is_empty() && stats.unseen_proxies.is_empty());
+        // And a new daemon without proxies answers exactly that.
+        assert_eq!(serde_json::to_string(&stats).unwrap(), old_answer);
+    }
+
+    #[test]
+    fn clients_from_before_the_fields_read_the_new_answers() {
+        // The shapes as they were before `via`, `proxies` and `unseen_proxies`.
+        #[derive(Deserialize)]
+        struct OldSource {
+            address: IpAddr,
+            state: SourceState,
+            banned_until: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct OldStats {
+            tracked_sources: usize,
+            sources: Vec<OldSource>,
+        }
+        #[derive(Deserialize)]
+        struct OldRules {
+            rules: Vec<StoredRule>,
+        }
+        let text = serde_json::to_string(&stats_with_a_proxy()).unwrap();
+        let old: OldStats = serde_json::from_str(&text).unwrap();
+        assert_eq!((old.tracked_sources, old.sources.len()), (3, 2));
+        assert_eq!(old.sources[0].address.to_string(), "203.0.113.9");
+        assert_eq!(old.sources[0].state, SourceState::OverThreshold);
+        assert_eq!(old.sources[0].banned_until, None);
+
+        let rule = StoredRule {
+            prefix: "203.0.113.9/32".parse().unwrap(),
+            action: crate::rules::Action::Block,
+            scope: Scope::ProtectedPorts,
+            origin: crate::store::Origin::Auto,
+            reason: "flood".into(),
+            created: std::time::SystemTime::UNIX_EPOCH,
+            expires: None,
+        };
+        let list = RuleList {
+            rules: vec![rule],
+            via: [(
+                "203.0.113.9/32".parse().unwrap(),
+                "198.51.100.2".parse().unwrap(),
+            )]
+            .into(),
+        };
+        let text = serde_json::to_string(&Reply::Rules(list.clone())).unwrap();
+        assert!(
+            text.ends_with(r#""via":{"203.0.113.9/32":"198.51.100.2"}}"#),
+            "{text}"
+        );
+        assert_eq!(reply(&text), Reply::Rules(list.clone()));
+        let old: OldRules = serde_json::from_str(&text).unwrap();
+        assert_eq!(old.rules, list.rules);
+        let without = serde_json::to_string(&RuleList {
+            via: BTreeMap::new(),
+            ..list
+        })
+        .unwrap();
+        assert!(!without.contains("via"), "{without}");
     }
 
     #[test]

@@ -22,12 +22,16 @@ use crate::{
     loader::{Limiter, LoaderError},
     metrics::{ActiveRules, ByOrigin, Snapshot, Unbans},
     policy::{Decision, Metric, NeverBan, Policy, PrefixSet},
+    proxy::load::ProxyLoads,
     rates::{Counts, RateTracker, Rates},
     rules::{self, Action, KernelRule, Scope},
     store::{Change, Origin, RuleStore, StoreError, StoredRule},
 };
 
-use super::host;
+use super::{
+    host,
+    proxied::{self, ViaTable},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -68,6 +72,10 @@ pub struct Engine {
     /// Block rules stored and ended since start, for the metrics.
     bans: ByOrigin,
     unbans: Unbans,
+    /// The trusted proxy each proxied source came through, for `stats` and `list`.
+    via: ViaTable,
+    /// What each trusted proxy relayed, for `stats` and the metrics.
+    proxy_loads: ProxyLoads,
 }
 
 /// How often the host's own addresses are re-read (they change rarely; a new one is
@@ -93,6 +101,8 @@ impl Engine {
             last_rows: 0,
             bans: ByOrigin::default(),
             unbans: Unbans::default(),
+            via: ViaTable::default(),
+            proxy_loads: ProxyLoads::default(),
         };
         engine.limiter.set_protected_ports(&engine.config.ports)?;
         engine.configure_proxies()?;
@@ -125,9 +135,18 @@ impl Engine {
         let poll_jiffies = self.limiter.clock()?.jiffies;
         let rows = self.limiter.sources_batched()?;
         let previous = self.previous_poll_jiffies.replace(poll_jiffies);
+        let is_active =
+            |row: &&crate::loader::SourceEntry| previous.is_none_or(|p| row.stats.last_seen >= p);
+        self.via.observe(rows.iter().filter(is_active));
+        self.proxy_loads.observe(
+            now,
+            rows.iter()
+                .filter(|row| proxied::is_proxy_row(row))
+                .map(|row| proxied::proxy_row(row, previous)),
+        );
         let active: Vec<(IpAddr, Counts)> = rows
             .iter()
-            .filter(|row| previous.is_none_or(|p| row.stats.last_seen >= p))
+            .filter(is_active)
             .map(|row| {
                 let counts = Counts {
                     row_predates_last_poll: previous.is_some_and(|p| row.stats.first_seen < p),
@@ -136,7 +155,11 @@ impl Engine {
                 (row.addr, counts)
             })
             .collect();
-        self.rates.observe(now, active.iter().copied());
+        let observed = self.rates.observe(now, active.iter().copied());
+        if observed.forgotten_idle + observed.forgotten_over_capacity > 0 && !self.via.is_empty() {
+            let rates = &self.rates;
+            self.via.retain(|addr| rates.last_counts(addr).is_some());
+        }
 
         let expired = self.store.expire(wall)?;
         for rule in &expired {
@@ -324,9 +347,7 @@ impl Engine {
             ),
             Request::Unblock { prefixes } => self.remove_rules(Action::Block, prefixes),
             Request::Unallow { prefixes } => self.remove_rules(Action::Allow, prefixes),
-            Request::List => Ok(Reply::Rules(RuleList {
-                rules: self.store.rules().to_vec(),
-            })),
+            Request::List => Ok(Reply::Rules(self.list())),
             Request::Stats { top } => Ok(Reply::Stats(self.stats(top))),
             Request::Status => self.status().map(Reply::Status),
         };
@@ -495,7 +516,18 @@ impl Engine {
                 .then(b.packets_per_second.total_cmp(&a.packets_per_second))
                 .then(a_addr.cmp(b_addr))
         };
-        let mut sources: Vec<(IpAddr, Rates)> = self.rates.iter().collect();
+        // Trusted proxies are listed apart, with what they relayed: never among the offenders.
+        let trusted = &self.config.trusted_proxies;
+        let is_proxy = |addr: IpAddr| trusted.contains(addr) || self.proxy_loads.contains(addr);
+        let mut sources: Vec<(IpAddr, Rates)> = if trusted.is_empty() && self.proxy_loads.is_empty()
+        {
+            self.rates.iter().collect()
+        } else {
+            self.rates
+                .iter()
+                .filter(|(addr, _)| !is_proxy(*addr))
+                .collect()
+        };
         // Only the busiest `top` are sorted: a partial selection first, so a screen asking for
         // 10,000 of 100,000 sources every second does not sort them all on the engine thread.
         if let Some(top) = top.filter(|top| *top < sources.len()) {
@@ -550,13 +582,43 @@ impl Engine {
                     rates: rates_view(&rates),
                     totals,
                     banned_until,
+                    via: self.via.get(address),
                 }
             })
             .collect();
+        let (proxies, unseen_proxies) = proxied::proxy_section(
+            &self.proxy_loads,
+            trusted,
+            |addr| Some((self.rates.rates(addr)?, self.rates.last_counts(addr)?)),
+            |addr| {
+                host_blocks.contains_key(&addr)
+                    || net_blocks.iter().any(|r| r.prefix.contains(&addr))
+            },
+        );
         Stats {
             tracked_sources: self.rates.len(),
             sources: views,
+            proxies,
+            unseen_proxies,
         }
+    }
+
+    /// Every rule; and for blocks of single addresses, the trusted proxy the source last came
+    /// through, while the daemon still tracks it.
+    fn list(&self) -> RuleList {
+        let rules = self.store.rules().to_vec();
+        let via = if self.via.is_empty() {
+            Default::default()
+        } else {
+            rules
+                .iter()
+                .filter(|r| {
+                    r.action == Action::Block && r.prefix.prefix_len() == r.prefix.max_prefix_len()
+                })
+                .filter_map(|r| Some((r.prefix, self.via.get(r.prefix.addr())?)))
+                .collect()
+        };
+        RuleList { rules, via }
     }
 
     /// The state the metrics report, as of now. Kernel counters that cannot be read are
@@ -589,6 +651,7 @@ impl Engine {
             unbans: self.unbans,
             store_writes: self.store.write_counts(),
             attachments: self.limiter.attachments().to_vec(),
+            proxies: proxied::relayed_by_entry(&self.proxy_loads, &self.config.trusted_proxies),
         }
     }
 

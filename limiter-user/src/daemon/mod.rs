@@ -10,6 +10,7 @@ mod control_link;
 mod engine;
 mod host;
 mod in_process;
+mod proxied;
 
 use std::{
     path::{Path, PathBuf},

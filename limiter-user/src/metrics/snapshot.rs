@@ -58,6 +58,20 @@ pub struct ActiveRules {
     pub allow_config: u64,
 }
 
+/// What the trusted proxies of one `trusted_proxies` entry relayed: the `proxied` and
+/// `unattributed` counters of their kernel rows, summed. Labelled by the entry as configured
+/// (a proxy's address, or a prefix of proxies), so the series are the configuration's, never
+/// one per address a flood could make up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyRelayed {
+    /// The entry as written: `198.51.100.2`, `198.51.100.0/28`.
+    pub proxy: String,
+    /// Requests relayed and counted as the client the proxy named.
+    pub relayed: u64,
+    /// Requests relayed whose client could not be read.
+    pub unattributed: u64,
+}
+
 /// The daemon's state after one poll.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -75,6 +89,8 @@ pub struct Snapshot {
     pub unbans: Unbans,
     pub store_writes: WriteCounts,
     pub attachments: Vec<(String, AttachMode)>,
+    /// One per `trusted_proxies` entry, in the configuration's order.
+    pub proxies: Vec<ProxyRelayed>,
 }
 
 /// Where a kernel counter goes.
@@ -315,6 +331,33 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
         "Writes of the rules file that failed (rules not saved, or maybe not durable).",
         s.store_writes.failures,
     )?;
+
+    if !s.proxies.is_empty() {
+        let relayed: Vec<_> = s
+            .proxies
+            .iter()
+            .map(|p| ([("proxy", p.proxy.as_str())], p.relayed))
+            .collect();
+        counters(
+            encoder,
+            "proxy_relayed_requests",
+            "Requests a trusted proxy relayed that were counted as the client it named, by \
+             trusted_proxies entry (summed over the proxies of a prefix).",
+            &relayed,
+        )?;
+        let unattributed: Vec<_> = s
+            .proxies
+            .iter()
+            .map(|p| ([("proxy", p.proxy.as_str())], p.unattributed))
+            .collect();
+        counters(
+            encoder,
+            "proxy_unattributed_requests",
+            "Requests a trusted proxy relayed whose client could not be read (counted apart, \
+             never as the proxy), by trusted_proxies entry.",
+            &unattributed,
+        )?;
+    }
 
     let attached: Vec<_> = s
         .attachments

@@ -5,6 +5,22 @@ use limiter_common::Counter;
 use super::*;
 use crate::{config::Mode, loader::AttachMode, store::WriteCounts};
 
+/// What two `trusted_proxies` entries relayed.
+fn proxies() -> Vec<ProxyRelayed> {
+    vec![
+        ProxyRelayed {
+            proxy: "198.51.100.2".into(),
+            relayed: 9120,
+            unattributed: 14,
+        },
+        ProxyRelayed {
+            proxy: "2001:db8:10::/64".into(),
+            relayed: 0,
+            unattributed: 0,
+        },
+    ]
+}
+
 /// A daemon under attack: one auto ban in force, drops counted, two interfaces.
 fn under_attack() -> Snapshot {
     Snapshot {
@@ -43,6 +59,7 @@ fn under_attack() -> Snapshot {
             ("veth-attack".into(), AttachMode::Native),
             ("bond0".into(), AttachMode::Generic),
         ],
+        proxies: proxies(),
     }
 }
 
@@ -121,6 +138,22 @@ fn a_snapshot_becomes_the_documented_series() {
         (
             "glance_limiter_interface_attached{interface=\"bond0\",mode=\"generic\"}",
             1.0,
+        ),
+        (
+            "glance_limiter_proxy_relayed_requests_total{proxy=\"198.51.100.2\"}",
+            9120.0,
+        ),
+        (
+            "glance_limiter_proxy_unattributed_requests_total{proxy=\"198.51.100.2\"}",
+            14.0,
+        ),
+        (
+            "glance_limiter_proxy_relayed_requests_total{proxy=\"2001:db8:10::/64\"}",
+            0.0,
+        ),
+        (
+            "glance_limiter_proxy_unattributed_requests_total{proxy=\"2001:db8:10::/64\"}",
+            0.0,
         ),
         ("glance_limiter_build_info{version=\"0.1.0\"}", 1.0),
         ("glance_limiter_poll_failures_total", 0.0),
@@ -283,4 +316,35 @@ fn the_format_follows_the_accept_header() {
     ] {
         assert_eq!(Format::negotiate(accept), format, "{accept:?}");
     }
+}
+
+#[test]
+fn proxies_are_series_per_configured_entry_and_absent_without_any() {
+    let metrics = Metrics::new();
+    metrics.update(under_attack());
+    let text = scrape(&metrics);
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("glance_limiter_proxy_relayed_requests"))
+        .collect();
+    assert_eq!(series.len(), proxies().len(), "{text}");
+    assert!(
+        text.lines().filter(|l| l.contains("proxy=\"")).all(|l| l
+            .starts_with("glance_limiter_proxy_relayed_requests_total{proxy=")
+            || l.starts_with("glance_limiter_proxy_unattributed_requests_total{proxy=")),
+        "only the relay families carry a proxy label: {text}"
+    );
+    let openmetrics = metrics.encode(Format::OpenMetrics).unwrap();
+    assert!(
+        openmetrics.contains("# TYPE glance_limiter_proxy_relayed_requests counter\n"),
+        "{openmetrics}"
+    );
+
+    metrics.update(Snapshot {
+        proxies: Vec::new(),
+        ..under_attack()
+    });
+    let text = scrape(&metrics);
+    assert!(!text.contains("proxy_relayed"), "{text}");
+    assert!(!text.contains("proxy_unattributed"), "{text}");
 }

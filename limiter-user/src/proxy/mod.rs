@@ -9,9 +9,11 @@
 //! block that would cut one off is refused unless forced ([`TrustedProxies::check_block`]).
 //!
 //! Pure: no I/O. `config` parses and checks the keys through [`settings`] and [`paths`]; the
-//! loader reads the values from the checked `Config`.
+//! loader reads the values from the checked `Config`. [`load`] follows what each proxy relayed,
+//! for the daemon's `stats` and metrics.
 
 mod block;
+pub mod load;
 pub mod paths;
 pub mod settings;
 

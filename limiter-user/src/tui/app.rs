@@ -218,7 +218,15 @@ impl App {
 
     /// Rows the table shows at the current size.
     pub fn table_rows(&self) -> usize {
-        super::render::layout::table_rows(self.screen.0, self.screen.1)
+        super::render::layout::table_rows(self.screen.0, self.screen.1, self.proxy_items())
+    }
+
+    /// Lines the proxies panel would like: one per trusted proxy seen, one for the entries
+    /// not seen; 0 without trusted proxies.
+    pub fn proxy_items(&self) -> usize {
+        self.data.as_ref().map_or(0, |d| {
+            d.proxies.len() + usize::from(!d.unseen_proxies.is_empty())
+        })
     }
 
     /// Indices (into `order`) of the rows on screen.

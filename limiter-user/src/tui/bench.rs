@@ -84,6 +84,8 @@ pub fn ingest_with_sources(sources: usize, refreshes: u32) -> Timing {
                 truncated: false,
                 rows,
                 rules,
+                proxies: Vec::new(),
+                unseen_proxies: Vec::new(),
             }
         })
         .collect();
@@ -107,11 +109,13 @@ pub fn stats_line(sources: usize) -> Vec<u8> {
             totals: row.totals,
             banned_until: (row.state == SourceState::Banned)
                 .then(|| "2025-06-01T10:10:00Z".to_string()),
+            via: row.via,
         })
         .collect();
     let response = ResponseLine::ok(Reply::Stats(Stats {
         tracked_sources: sources,
         sources: views,
+        ..Stats::default()
     }));
     serde_json::to_vec(&response).unwrap_or_default()
 }

@@ -16,8 +16,13 @@ use super::{
     theme::Theme,
     update::{update, Action},
 };
+use ipnet::IpNet;
+
 use crate::{
-    control::protocol::{InterfaceView, RatesView, RuleCounts, SourceState, Status, Totals},
+    control::protocol::{
+        InterfaceView, ProxyRates, ProxyTotals, ProxyView, RatesView, RuleCounts, SourceState,
+        Status, Totals,
+    },
     rules::{Action as RuleAction, Scope},
     store::{Origin, StoredRule},
 };
@@ -56,6 +61,7 @@ fn row(address: &str, state: SourceState, rates: RatesView) -> SourceRow {
             other_write: rates.other_writes_per_minute,
             read: (rates.reads_per_second * 60.0) as u64,
         },
+        via: None,
     }
 }
 
@@ -203,15 +209,75 @@ fn attack(step: u64) -> (Vec<SourceRow>, Vec<StoredRule>) {
     (rows, rules)
 }
 
+/// The same attack behind HAProxy: 198.51.100.2 relays the attacker and 198.51.100.23,
+/// 2001:db8:51::2 relays 2001:db8::1234; the others come directly. 198.51.100.3 is trusted but
+/// has sent nothing. From 40 s, a few requests through 198.51.100.2 have no readable client.
+fn behind_proxies(step: u64, rows: &mut [SourceRow]) -> (Vec<ProxyView>, Vec<IpNet>) {
+    let first: IpAddr = "198.51.100.2".parse().expect("fixture address");
+    let second: IpAddr = "2001:db8:51::2".parse().expect("fixture address");
+    let mut relayed = [0u64; 2];
+    let mut packets = [0f64; 2];
+    for row in rows.iter_mut() {
+        let proxy = match row.address.to_string().as_str() {
+            "198.51.100.7" | "198.51.100.23" => 0,
+            "2001:db8::1234" => 1,
+            _ => continue,
+        };
+        row.via = Some([first, second][proxy]);
+        let r = &row.rates;
+        relayed[proxy] += r.image_creates_per_minute
+            + r.other_writes_per_minute
+            + (r.reads_per_second * 60.0) as u64;
+        packets[proxy] += r.packets_per_second;
+    }
+    let unattributed = if step >= 40 { 2 } else { 0 };
+    let proxy = |i: usize, unattributed: u64| ProxyView {
+        address: [first, second][i],
+        trusted_entry: Some(IpNet::from([first, second][i])),
+        blocked: false,
+        rates: ProxyRates {
+            new_connections_per_second: 2.0,
+            packets_per_second: packets[i] + 6.0,
+            bytes_per_second: (packets[i] + 6.0) * 950.0,
+            proxied_per_minute: relayed[i],
+            unattributed_per_minute: unattributed,
+        },
+        totals: ProxyTotals {
+            syns: 120 + 2 * step,
+            packets: 9_000 + 40 * step,
+            bytes: 8_500_000 + 38_000 * step,
+            proxied: 5_000 + relayed[i] * step / 60,
+            unattributed: 10 + unattributed * step.saturating_sub(40) / 60,
+        },
+    };
+    (
+        vec![proxy(0, unattributed), proxy(1, 0)],
+        vec!["198.51.100.3/32".parse().expect("fixture prefix")],
+    )
+}
+
 fn feed(app: &mut App, step: u64, rows: Vec<SourceRow>, rules: Vec<StoredRule>, tracked: usize) {
+    feed_with_proxies(app, step, rows, rules, tracked, (Vec::new(), Vec::new()));
+}
+
+fn feed_with_proxies(
+    app: &mut App,
+    step: u64,
+    rows: Vec<SourceRow>,
+    rules: Vec<StoredRule>,
+    tracked: usize,
+    (proxies, unseen_proxies): (Vec<ProxyView>, Vec<IpNet>),
+) {
     let snapshot = Snapshot {
         taken: at(step),
         elapsed: Duration::from_secs(step),
         status: status(step, &rules, tracked),
         tracked_sources: tracked,
-        truncated: tracked > rows.len(),
+        truncated: tracked - proxies.len() > rows.len(),
         rows,
         rules,
+        proxies,
+        unseen_proxies,
     };
     update(app, Action::Tick(at(step)));
     update(app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));
@@ -230,6 +296,21 @@ pub fn attack_app(width: u16, height: u16) -> App {
         let (rows, rules) = attack(step);
         let tracked = rows.len();
         feed(&mut app, step, rows, rules, tracked);
+    }
+    select(&mut app, "198.51.100.7");
+    app
+}
+
+/// [`attack_app`] behind trusted proxies: the attacker and two others came through one of
+/// two proxies, whose load is shown; a third trusted address has not been seen.
+pub fn attack_app_behind_proxies(width: u16, height: u16) -> App {
+    let mut app = empty_app();
+    update(&mut app, Action::Resize(width, height));
+    for step in 0..=90 {
+        let (mut rows, rules) = attack(step);
+        let proxies = behind_proxies(step, &mut rows);
+        let tracked = rows.len() + proxies.0.len();
+        feed_with_proxies(&mut app, step, rows, rules, tracked, proxies);
     }
     select(&mut app, "198.51.100.7");
     app

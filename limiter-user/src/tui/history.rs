@@ -202,6 +202,7 @@ mod tests {
                 ..RatesView::default()
             },
             totals: Totals::default(),
+            via: None,
         }
     }
 

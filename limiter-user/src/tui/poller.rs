@@ -84,20 +84,26 @@ pub struct Parts {
 
 impl Parts {
     pub fn into_snapshot(
-        self,
+        mut self,
         taken: SystemTime,
         elapsed: std::time::Duration,
         max_sources: Option<usize>,
     ) -> Snapshot {
+        let proxies = std::mem::take(&mut self.stats.proxies);
+        let unseen_proxies = std::mem::take(&mut self.stats.unseen_proxies);
         let (tracked_sources, rows) = rows_from_stats(self.stats);
         Snapshot {
             taken,
             elapsed,
             status: self.status,
-            truncated: max_sources.is_some_and(|max| tracked_sources > max),
+            // The daemon counts the proxies among the tracked, not among the sources it lists.
+            truncated: max_sources
+                .is_some_and(|max| tracked_sources.saturating_sub(proxies.len()) > max),
             tracked_sources,
             rows,
             rules: self.rules,
+            proxies,
+            unseen_proxies,
         }
     }
 }
@@ -153,7 +159,7 @@ mod tests {
                 Request::Status => Reply::Status(Status::default()),
                 Request::Stats { .. } => Reply::Stats(Stats {
                     tracked_sources: 50_000,
-                    sources: vec![],
+                    ..Stats::default()
                 }),
                 _ => Reply::Rules(RuleList::default()),
             })
@@ -177,6 +183,34 @@ mod tests {
         );
         let snapshot = parts.into_snapshot(SystemTime::UNIX_EPOCH, Duration::ZERO, Some(100));
         assert!(snapshot.truncated, "50000 tracked, 100 fetched");
+    }
+
+    #[test]
+    fn proxies_come_apart_and_do_not_count_as_sources_left_out() {
+        let proxy = crate::control::protocol::ProxyView {
+            address: "198.51.100.2".parse().unwrap(),
+            trusted_entry: None,
+            blocked: false,
+            rates: Default::default(),
+            totals: Default::default(),
+        };
+        let parts = |tracked| Parts {
+            status: Status::default(),
+            stats: Stats {
+                tracked_sources: tracked,
+                proxies: vec![proxy.clone()],
+                unseen_proxies: vec!["198.51.100.3/32".parse().unwrap()],
+                ..Stats::default()
+            },
+            rules: vec![],
+        };
+        // 101 tracked with one proxy: the 100 sources fetched are all of them.
+        let snapshot = parts(101).into_snapshot(SystemTime::UNIX_EPOCH, Duration::ZERO, Some(100));
+        assert!(!snapshot.truncated);
+        assert_eq!(snapshot.proxies[0], proxy);
+        assert_eq!(snapshot.unseen_proxies.len(), 1);
+        let snapshot = parts(102).into_snapshot(SystemTime::UNIX_EPOCH, Duration::ZERO, Some(100));
+        assert!(snapshot.truncated);
     }
 
     #[test]

@@ -9,8 +9,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use ipnet::IpNet;
+
 use crate::{
-    control::protocol::{RatesView, SourceState, SourceView, Stats, Status, Totals},
+    control::protocol::{ProxyView, RatesView, SourceState, SourceView, Stats, Status, Totals},
     store::StoredRule,
 };
 
@@ -48,6 +50,10 @@ pub struct Snapshot {
     /// Whether `rows` is the daemon's top N rather than every tracked source.
     pub truncated: bool,
     pub rules: Vec<StoredRule>,
+    /// The trusted proxies the daemon has seen, with their load (few: not per source).
+    pub proxies: Vec<ProxyView>,
+    /// `trusted_proxies` entries no proxy has been seen from.
+    pub unseen_proxies: Vec<IpNet>,
 }
 
 /// One source, as the table and the history need it.
@@ -59,6 +65,8 @@ pub struct SourceRow {
     pub banned_until: Option<SystemTime>,
     pub rates: RatesView,
     pub totals: Totals,
+    /// The trusted proxy its latest proxied request came through.
+    pub via: Option<IpAddr>,
 }
 
 impl SourceRow {
@@ -75,6 +83,7 @@ impl SourceRow {
             banned_until,
             rates: view.rates,
             totals: view.totals,
+            via: view.via,
         }
     }
 }
@@ -101,6 +110,7 @@ mod tests {
             rates: RatesView::default(),
             totals: Totals::default(),
             banned_until: Some("2025-06-01T10:10:00Z".into()),
+            via: None,
         };
         let row = SourceRow::from_view(view.clone());
         assert_eq!(

@@ -12,7 +12,7 @@ use ratatui::{
 
 use super::{
     app::{App, Link, Mode, Pane},
-    fixtures::{at, attack_app},
+    fixtures::{at, attack_app, attack_app_behind_proxies},
     render,
     theme::Theme,
     update::{update, Action},
@@ -247,4 +247,68 @@ fn rows_that_matter_stand_out_in_both_themes() {
             );
         }
     }
+}
+
+#[test]
+fn whole_screen_80x24_behind_proxies() {
+    insta::assert_snapshot!(screen(&attack_app_behind_proxies(80, 24)).backend());
+}
+
+#[test]
+fn whole_screen_200x50_behind_proxies() {
+    insta::assert_snapshot!(screen(&attack_app_behind_proxies(200, 50)).backend());
+}
+
+#[test]
+fn sources_table_behind_proxies() {
+    let app = attack_app_behind_proxies(200, 50);
+    insta::assert_snapshot!(
+        "sources_table_behind_proxies_wide",
+        draw(200, 10, &app, render::sources::render).backend()
+    );
+    let app = attack_app_behind_proxies(80, 24);
+    insta::assert_snapshot!(
+        "sources_table_behind_proxies_compact",
+        draw(80, 10, &app, render::sources::render).backend()
+    );
+}
+
+#[test]
+fn unattributed_requests_stand_out_in_both_themes() {
+    for theme in [Theme::COLOR, Theme::MONOCHROME] {
+        let mut app = attack_app_behind_proxies(200, 50);
+        app.theme = theme;
+        let terminal = screen(&app);
+        let buffer = terminal.backend().buffer();
+        // Line 2: the first proxy, 198.51.100.2, with 2 unattributed requests a minute;
+        // line 3: the second, with none.
+        let column_of = |y: u16, text: &str| -> u16 {
+            let line: String = (0..200).map(|x| buffer[(x, y)].symbol()).collect();
+            let byte = line
+                .find(text)
+                .unwrap_or_else(|| panic!("{text} in {line}"));
+            line[..byte].chars().count() as u16
+        };
+        let column = column_of(2, "unattributed 2/min");
+        assert!(
+            buffer[(column, 2)].modifier.contains(Modifier::BOLD),
+            "{theme:?}: {:?}",
+            buffer[(column, 2)]
+        );
+        let column = column_of(3, "unattributed 0/min");
+        assert!(
+            !buffer[(column, 3)].modifier.contains(Modifier::BOLD),
+            "{theme:?}: {:?}",
+            buffer[(column, 3)]
+        );
+    }
+}
+
+#[test]
+fn the_selection_moves_over_the_table_under_the_proxies() {
+    // One line fewer for the table at 80×24: paging still keeps the selection on screen.
+    let mut app = attack_app_behind_proxies(80, 24);
+    assert_eq!(app.table_rows(), 9);
+    update(&mut app, Action::Last);
+    assert!(app.visible().contains(&app.selected), "{:?}", app.visible());
 }

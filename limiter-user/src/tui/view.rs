@@ -220,6 +220,7 @@ mod tests {
                 ..RatesView::default()
             },
             totals: Totals::default(),
+            via: None,
         }
     }
 

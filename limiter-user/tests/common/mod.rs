@@ -126,6 +126,7 @@ pub fn canned(request: &Request) -> ResponseLine {
                 stored("198.51.100.7/32", Action::Block),
                 stored("192.0.2.0/24", Action::Allow),
             ],
+            ..RuleList::default()
         }),
         Request::Stats { .. } => Reply::Stats(Stats {
             tracked_sources: 3,
@@ -141,7 +142,9 @@ pub fn canned(request: &Request) -> ResponseLine {
                     ..Totals::default()
                 },
                 banned_until: Some("2025-06-01T10:10:00Z".into()),
+                via: None,
             }],
+            ..Stats::default()
         }),
         Request::Status => Reply::Status(Status {
             daemon_version: "0.1.0".into(),

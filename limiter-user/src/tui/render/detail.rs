@@ -69,11 +69,14 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, block: Block) {
 
 fn summary(row: &SourceRow, app: &App, tall: bool) -> Vec<Line<'static>> {
     let theme = app.theme;
-    let mut first = vec![
-        Span::styled(row.address.to_string(), theme.title()),
+    let mut first = vec![Span::styled(row.address.to_string(), theme.title())];
+    if let Some(proxy) = row.via {
+        first.push(Span::raw(format!(" via {proxy}")));
+    }
+    first.extend([
         Span::raw("  "),
         Span::styled(state_text(row, app.now), theme.state(row.state)),
-    ];
+    ]);
     if let Some(rule) = app.covering_rules(row.address, Action::Block).first() {
         first.push(Span::raw(format!(
             " · {} {}",

@@ -4,6 +4,9 @@
 //!
 //! Compact (anything below 160×40, down to 80×24): header, the sources table, one bottom
 //! pane with tabs (detail, rules, events), a footer. Wide: the three bottom panes side by side.
+//! Behind trusted proxies, the proxies' lines go under the header: one in the compact layout,
+//! up to [`WIDE_PROXY_LINES`] in the wide one (none without proxies, so the screen of a daemon
+//! without them is unchanged).
 
 use ratatui::layout::{Constraint, Layout, Rect};
 
@@ -15,10 +18,14 @@ const COMPACT_BOTTOM: u16 = 9;
 const MIN_HEIGHT_FOR_BOTTOM: u16 = 18;
 /// Lines above the table's rows: its title line and the column headers.
 pub const TABLE_CHROME: u16 = 2;
+/// Most lines the proxies get in the wide layout; the compact one gives them one.
+pub const WIDE_PROXY_LINES: u16 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScreenLayout {
     pub header: Rect,
+    /// The trusted proxies' load; empty without proxies.
+    pub proxies: Rect,
     pub table: Rect,
     /// Empty when the screen is too small for it.
     pub bottom: Rect,
@@ -26,8 +33,14 @@ pub struct ScreenLayout {
     pub wide: bool,
 }
 
-pub fn screen(area: Rect) -> ScreenLayout {
+/// `proxy_items`: the lines the proxies panel would like (one per proxy, one for the entries
+/// not seen); it gets at most one (compact) or [`WIDE_PROXY_LINES`] (wide).
+pub fn screen(area: Rect, proxy_items: usize) -> ScreenLayout {
     let wide = area.width >= WIDE.0 && area.height >= WIDE.1;
+    let proxy_lines =
+        u16::try_from(proxy_items)
+            .unwrap_or(u16::MAX)
+            .min(if wide { WIDE_PROXY_LINES } else { 1 });
     let bottom_height = if wide {
         area.height.saturating_sub(3) * 9 / 20
     } else if area.height >= MIN_HEIGHT_FOR_BOTTOM {
@@ -35,8 +48,9 @@ pub fn screen(area: Rect) -> ScreenLayout {
     } else {
         0
     };
-    let [header, table, bottom, footer] = Layout::vertical([
+    let [header, proxies, table, bottom, footer] = Layout::vertical([
         Constraint::Length(2),
+        Constraint::Length(proxy_lines),
         Constraint::Min(0),
         Constraint::Length(bottom_height),
         Constraint::Length(1),
@@ -44,6 +58,7 @@ pub fn screen(area: Rect) -> ScreenLayout {
     .areas(area);
     ScreenLayout {
         header,
+        proxies,
         table,
         bottom,
         footer,
@@ -52,8 +67,8 @@ pub fn screen(area: Rect) -> ScreenLayout {
 }
 
 /// Source rows the table shows at once on a screen of this size.
-pub fn table_rows(width: u16, height: u16) -> usize {
-    let layout = screen(Rect::new(0, 0, width, height));
+pub fn table_rows(width: u16, height: u16, proxy_items: usize) -> usize {
+    let layout = screen(Rect::new(0, 0, width, height), proxy_items);
     usize::from(layout.table.height.saturating_sub(TABLE_CHROME))
 }
 
@@ -73,27 +88,43 @@ mod tests {
 
     #[test]
     fn eighty_by_twenty_four_keeps_ten_rows_and_a_pane() {
-        let layout = screen(Rect::new(0, 0, 80, 24));
+        let layout = screen(Rect::new(0, 0, 80, 24), 0);
         assert!(!layout.wide);
         assert_eq!(layout.header.height, 2);
+        assert_eq!(layout.proxies.height, 0);
         assert_eq!(layout.bottom.height, COMPACT_BOTTOM);
         assert_eq!(layout.footer.y, 23);
-        assert_eq!(table_rows(80, 24), 10);
+        assert_eq!(table_rows(80, 24, 0), 10);
+    }
+
+    #[test]
+    fn proxies_take_a_line_compact_and_a_few_wide() {
+        let layout = screen(Rect::new(0, 0, 80, 24), 4);
+        assert_eq!((layout.proxies.y, layout.proxies.height), (2, 1));
+        assert_eq!(table_rows(80, 24, 4), 9);
+        let wide = screen(Rect::new(0, 0, 200, 50), 4);
+        assert_eq!(wide.proxies.height, WIDE_PROXY_LINES);
+        assert_eq!(screen(Rect::new(0, 0, 200, 50), 2).proxies.height, 2);
+        assert_eq!(
+            table_rows(200, 50, 2) + 2,
+            table_rows(200, 50, 0),
+            "the table gives up the lines"
+        );
     }
 
     #[test]
     fn large_screens_split_the_bottom() {
-        let layout = screen(Rect::new(0, 0, 200, 50));
+        let layout = screen(Rect::new(0, 0, 200, 50), 0);
         assert!(layout.wide);
         assert!(layout.bottom.height >= 20);
-        assert!(table_rows(200, 50) >= 20);
+        assert!(table_rows(200, 50, 0) >= 20);
     }
 
     #[test]
     fn tiny_screens_keep_only_the_table() {
-        let layout = screen(Rect::new(0, 0, 60, 12));
+        let layout = screen(Rect::new(0, 0, 60, 12), 0);
         assert_eq!(layout.bottom.height, 0);
-        assert_eq!(table_rows(60, 12), 7);
-        assert_eq!(table_rows(0, 0), 0);
+        assert_eq!(table_rows(60, 12, 0), 7);
+        assert_eq!(table_rows(0, 0, 0), 0);
     }
 }

@@ -8,6 +8,7 @@ pub mod footer;
 pub mod header;
 pub mod help;
 pub mod layout;
+pub mod proxies;
 pub mod rules;
 pub mod sources;
 pub mod sparkline;
@@ -23,8 +24,11 @@ use super::app::{App, Mode, Pane};
 
 pub fn render(frame: &mut Frame, app: &App) {
     let area = frame.area();
-    let layout = layout::screen(area);
+    let layout = layout::screen(area, app.proxy_items());
     header::render(frame, layout.header, app);
+    if layout.proxies.height > 0 {
+        proxies::render(frame, layout.proxies, app);
+    }
     sources::render(frame, layout.table, app);
     if layout.bottom.height > 0 {
         if layout.wide {

@@ -107,7 +107,15 @@ fn title_line(app: &App) -> Line<'static> {
         } else {
             format!("{} tracked", data.tracked_sources)
         };
-        spans.push(Span::raw(format!(" {fetched} · {} shown", app.order.len())));
+        let proxies = match data.proxies.len() {
+            0 => String::new(),
+            1 => " (1 proxy above)".to_string(),
+            n => format!(" ({n} proxies above)"),
+        };
+        spans.push(Span::raw(format!(
+            " {fetched}{proxies} · {} shown",
+            app.order.len()
+        )));
     }
     let arrow = if app.sort.descending { "▼" } else { "▲" };
     spans.push(Span::raw(format!(
@@ -134,7 +142,9 @@ fn title_line(app: &App) -> Line<'static> {
 }
 
 /// What the address column gets: a full IPv6 address when wide, the rest of the line
-/// otherwise (long IPv6 addresses are cut with `…`; the detail pane shows them whole).
+/// otherwise (long IPv6 addresses are cut with `…`; the detail pane shows them whole). A
+/// proxied source's cell also names its proxy (`203.0.113.9 via 198.51.100.2`), or says ` via`
+/// when that does not fit.
 fn address_width(width: u16, wide: bool) -> usize {
     if wide {
         usize::from(WIDE_ADDRESS)
@@ -145,7 +155,7 @@ fn address_width(width: u16, wide: bool) -> usize {
 
 fn table_row<'a>(row: &SourceRow, selected: bool, address_width: usize, app: &App) -> Row<'a> {
     let r = &row.rates;
-    let address = format::fit(&row.address.to_string(), address_width);
+    let address = super::proxies::address_cell(row.address, row.via, address_width);
     let cells = [
         Cell::from(if selected { ">" } else { " " }),
         Cell::from(address),
