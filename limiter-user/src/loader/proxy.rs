@@ -128,7 +128,7 @@ pub fn reject_template(hz: u32, retry_after_never: u32) -> RejectTemplate {
              Connection: close\r\n\r\n{body}",
             body.len()
         );
-        if text.len() % 4 == 0 && head.len() % 2 == 0 {
+        if text.len().is_multiple_of(4) && head.len().is_multiple_of(2) {
             break;
         }
         body.push(' ');
