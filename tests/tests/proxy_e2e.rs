@@ -230,7 +230,13 @@ impl Lister {
     /// its reads as its own: HAProxy, Glance and the daemon all work before any flood.
     fn start(ns: &Netns, src: &'static str, target: String, daemon: &Daemon) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = spawn_lister(ns, move || HttpsClient::new(src, &target), &stop);
+        // The guard first, so that a failed wait below stops the client too.
+        let lister = Lister {
+            handle: spawn_lister(ns, move || HttpsClient::new(src, &target), &stop),
+            _stop_on_panic: StopOnDrop(stop.clone()),
+            stop,
+            who: src,
+        };
         let counted = daemon.wait_for_source(src, Duration::from_secs(10), |s| {
             s["totals"]["read"].as_u64() >= Some(1)
         });
@@ -239,12 +245,7 @@ impl Lister {
             "{src} not counted: {}",
             daemon.stats_json()
         );
-        Lister {
-            handle,
-            _stop_on_panic: StopOnDrop(stop.clone()),
-            stop,
-            who: src,
-        }
+        lister
     }
 
     /// Stops it and checks every request was answered 2xx; returns how many it made.
