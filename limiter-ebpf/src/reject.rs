@@ -15,7 +15,9 @@
 //! none); anything else is dropped and the proxy times out on it.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
+    helpers::generated::{
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
     macros::map,
     maps::Array,
     programs::XdpContext,
@@ -106,7 +108,8 @@ pub fn answer(
     } else {
         TCP_MIN_HEADER_LEN
     };
-    resize(ctx, l4 + tcp_len + text_len)?;
+    // The rewrites below read the Ethernet and IP headers and the ports where they are.
+    fit(ctx, l4 + tcp_len + text_len, l4 + TCP_MIN_HEADER_LEN)?;
 
     swap_macs(ctx)?;
     let pseudo = ip_reply(ctx, net, tcp_len + text_len)?;
@@ -231,7 +234,59 @@ pub fn reset(ctx: &XdpContext, net: &Network, seq: u32) -> Option<()> {
     Some(())
 }
 
-/// Grows or shrinks the frame to `len` bytes.
+/// The most [`fit`] keeps of a frame's start when it grows the frame at the head: Ethernet,
+/// two VLAN tags, an IPv6 header and a TCP header without options.
+const MAX_KEPT_LEN: usize = 82;
+/// The stack buffer those bytes pass through: a power of two, so a mask bounds the length.
+const KEPT_BUFFER_LEN: usize = 128;
+
+/// Makes the frame `len` bytes long with its first `kept` bytes where they were. At the tail
+/// when the buffer has room there. Otherwise at the head, moving those bytes to the new
+/// start: a request segment shorter than the response (HAProxy sends a request's head and
+/// body in separate segments on a reused backend connection) in a buffer the driver sized to
+/// the frame (veth copies a frame that comes from the stack into one) has no tailroom to
+/// grow into, while XDP keeps 256 bytes of headroom (216 usable beside the kernel's frame
+/// descriptor): room for the response in place of any request segment of 36 bytes or more.
+#[inline(always)]
+fn fit(ctx: &XdpContext, len: usize, kept: usize) -> Option<()> {
+    if resize(ctx, len).is_some() {
+        return Some(());
+    }
+    let current = frame_len(ctx);
+    // SAFETY: a read of a local (see `resize`).
+    let current = unsafe { core::ptr::read_volatile(&current) };
+    if len <= current {
+        return None;
+    }
+    let grow = (len - current) as i32;
+    if kept > MAX_KEPT_LEN {
+        return None;
+    }
+    // Bounds the verifier can follow into the helpers' size argument whatever register
+    // LLVM passes it in: at most 127 from the mask (the buffer holds 128), at least 1 from
+    // the test on the value passed. Read through memory, so LLVM, which knows the value is
+    // at most 82, cannot drop the mask.
+    // SAFETY: a read of a local.
+    let kept = (unsafe { core::ptr::read_volatile(&kept) } & 0x7f) as u32;
+    if kept == 0 {
+        return None;
+    }
+    let mut saved = [0u64; KEPT_BUFFER_LEN / 8];
+    let buffer = saved.as_mut_ptr() as *mut core::ffi::c_void;
+    // SAFETY: helper calls on this program's context; `kept` bytes fit in `saved`, and the
+    // helpers check the frame's bounds.
+    unsafe {
+        if bpf_xdp_load_bytes(ctx.ctx, 0, buffer, kept) != 0
+            || bpf_xdp_adjust_head(ctx.ctx, -grow) != 0
+            || bpf_xdp_store_bytes(ctx.ctx, 0, buffer, kept) != 0
+        {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// Grows (within the buffer's tailroom) or shrinks the frame to `len` bytes.
 #[inline(always)]
 fn resize(ctx: &XdpContext, len: usize) -> Option<()> {
     let current = frame_len(ctx);

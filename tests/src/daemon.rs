@@ -125,6 +125,14 @@ pub struct DaemonSetup {
     policy: Vec<(String, String)>,
     /// `metrics_listen = "..."` in the configuration file.
     metrics_listen: Option<String>,
+    /// `ports = [...]` in the configuration file (the default, 9292, if unset).
+    ports: Option<Vec<u16>>,
+    /// `trusted_proxies = [...]`, written only when not empty.
+    trusted_proxies: Vec<String>,
+    /// `client_address_header = "..."`, if set.
+    client_address_header: Option<String>,
+    /// `glance_path_prefixes = [...]`, written only when not empty.
+    glance_path_prefixes: Vec<String>,
 }
 
 impl DaemonSetup {
@@ -140,7 +148,42 @@ impl DaemonSetup {
             allowlist: Vec::new(),
             policy: Vec::new(),
             metrics_listen: None,
+            ports: None,
+            trusted_proxies: Vec::new(),
+            client_address_header: None,
+            glance_path_prefixes: Vec::new(),
         }
+    }
+
+    /// One more interface to attach to (a name inside the daemon's namespace; `"lo"` too,
+    /// where the daemon falls back to generic XDP).
+    pub fn iface(mut self, iface: &str) -> Self {
+        self.ifaces.push(iface.to_owned());
+        self
+    }
+
+    /// `ports = [...]`: the protected ports (9292 if never called).
+    pub fn ports(mut self, ports: &[u16]) -> Self {
+        self.ports = Some(ports.to_vec());
+        self
+    }
+
+    /// Adds an entry to `trusted_proxies` (`"198.51.100.2"`, `"2001:db8::/64"`).
+    pub fn trusted_proxy(mut self, prefix: &str) -> Self {
+        self.trusted_proxies.push(prefix.to_owned());
+        self
+    }
+
+    /// `client_address_header = "..."` (`"X-Forwarded-For"` or `"Forwarded"`).
+    pub fn client_address_header(mut self, header: &str) -> Self {
+        self.client_address_header = Some(header.to_owned());
+        self
+    }
+
+    /// Adds an entry to `glance_path_prefixes` (`"/image"`).
+    pub fn glance_path_prefix(mut self, prefix: &str) -> Self {
+        self.glance_path_prefixes.push(prefix.to_owned());
+        self
     }
 
     /// `metrics_listen = "ADDR"` in the configuration file (an address inside the daemon's
@@ -208,6 +251,22 @@ impl DaemonSetup {
         }
         let allowlist: Vec<String> = self.allowlist.iter().map(|a| quoted(a)).collect();
         writeln!(text, "allowlist = [{}]", allowlist.join(", ")).unwrap();
+        if let Some(ports) = &self.ports {
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            writeln!(text, "ports = [{}]", ports.join(", ")).unwrap();
+        }
+        let list = |items: &[String]| items.iter().map(|a| quoted(a)).collect::<Vec<_>>();
+        if !self.trusted_proxies.is_empty() {
+            let proxies = list(&self.trusted_proxies).join(", ");
+            writeln!(text, "trusted_proxies = [{proxies}]").unwrap();
+        }
+        if let Some(header) = &self.client_address_header {
+            writeln!(text, "client_address_header = {}", quoted(header)).unwrap();
+        }
+        if !self.glance_path_prefixes.is_empty() {
+            let prefixes = list(&self.glance_path_prefixes).join(", ");
+            writeln!(text, "glance_path_prefixes = [{prefixes}]").unwrap();
+        }
         writeln!(text, "\n[policy]").unwrap();
         for (key, value) in &self.policy {
             writeln!(text, "{key} = {value}").unwrap();

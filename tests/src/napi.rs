@@ -64,6 +64,32 @@ fn raw_dgram_socket() -> io::Result<std::net::UdpSocket> {
     Ok(unsafe { std::net::UdpSocket::from_raw_fd(fd) })
 }
 
+/// An XDP program that passes everything, attached natively to a veth until dropped (it
+/// detaches with its program): the one way a veth takes frames its peer sends back with
+/// XDP_TX at once.
+///
+/// A veth's XDP_TX puts the frame on its peer's ring. That needs the peer to run NAPI (with
+/// GRO off and no program, the frame is dropped: `rx_queue_0_xdp_tx_errors`), and the peer's
+/// NAPI is only woken for such frames when the peer has an XDP program of its own
+/// (`veth_xdp_flush`): with GRO alone they wait on the ring until some other frame wakes it.
+/// glance-limiter answers a banned client behind a trusted proxy with XDP_TX, so on a veth
+/// the proxy's end needs this to receive that answer.
+pub struct XdpPass {
+    _program: limiter_user::loader::Baseline,
+}
+
+/// Attaches [`XdpPass`] to `iface` in `ns`.
+pub fn xdp_pass(ns: &Netns, iface: &str) -> XdpPass {
+    use limiter_user::loader::Baseline;
+    ns.run(|| {
+        let mut program = Baseline::load(Baseline::EMPTY_PASS).expect("load empty_pass");
+        program
+            .attach_native(iface)
+            .unwrap_or_else(|e| panic!("attach empty_pass to {iface}: {e}"));
+        XdpPass { _program: program }
+    })
+}
+
 /// Makes the NAPI polls of `iface` in `ns` kernel threads. sysfs shows the devices of the
 /// namespace it was mounted in, so this goes through `ip netns exec` (which mounts one).
 pub fn enable_threaded(ns: &Netns, iface: &str) -> io::Result<()> {

@@ -50,6 +50,7 @@ pub struct HaProxyConfig {
     pub(super) binds: Vec<SocketAddr>,
     pub(super) tls: bool,
     servers: Vec<SocketAddr>,
+    accept_proxy: bool,
     health_checks: bool,
     forwardfor: bool,
     send_proxy: SendProxy,
@@ -73,6 +74,7 @@ impl HaProxyConfig {
             binds: Vec::new(),
             tls: true,
             servers: Vec::new(),
+            accept_proxy: false,
             health_checks: false,
             forwardfor: true,
             send_proxy: SendProxy::None,
@@ -98,6 +100,15 @@ impl HaProxyConfig {
     /// TLS on the frontend (the default) or plain HTTP.
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = on;
+        self
+    }
+
+    /// `accept-proxy` on every frontend address: each connection must start with a PROXY
+    /// header (v1 or v2), whose client HAProxy then takes as the connection's source (for
+    /// `option forwardfor` and its log). A sidecar in front of a Glance that does not speak
+    /// the protocol itself.
+    pub fn accept_proxy(mut self, on: bool) -> Self {
+        self.accept_proxy = on;
         self
     }
 
@@ -175,7 +186,12 @@ impl HaProxyConfig {
             } else {
                 String::new()
             };
-            let _ = writeln!(c, "    bind {addr}{tls}");
+            let accept = if self.accept_proxy {
+                " accept-proxy"
+            } else {
+                ""
+            };
+            let _ = writeln!(c, "    bind {addr}{tls}{accept}");
         }
         let _ = writeln!(c, "    default_backend {BACKEND}");
         let _ = write!(
@@ -238,7 +254,14 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }
-        for absent in ["httpclose", "httpchk", "send-proxy", "retries", "retry-on"] {
+        for absent in [
+            "httpclose",
+            "httpchk",
+            "send-proxy",
+            "accept-proxy",
+            "retries",
+            "retry-on",
+        ] {
             assert!(!text.contains(absent), "{absent} in\n{text}");
         }
     }
@@ -252,6 +275,7 @@ mod tests {
             .server("[2001:db8:51::1]:9292")
             .health_checks(true)
             .forwardfor(false)
+            .accept_proxy(true)
             .send_proxy(SendProxy::V2)
             .http_reuse(HttpReuse::Never)
             .httpclose(true)
@@ -259,7 +283,7 @@ mod tests {
             .retry_on("conn-failure 503")
             .render(Path::new("/d"));
         for line in [
-            "    bind 203.0.113.1:80\n",
+            "    bind 203.0.113.1:80 accept-proxy\n",
             "    option httpclose\n",
             "    http-reuse never\n",
             "    retries 2\n",
