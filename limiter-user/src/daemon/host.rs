@@ -75,6 +75,24 @@ fn address_of(sockaddr: *const libc::sockaddr) -> Option<IpAddr> {
     }
 }
 
+/// The kind of a virtual link (`veth`, `vlan`, ...) as `ip -d link` reports it; `None` for a
+/// physical device or when it cannot be read.
+pub fn link_kind(iface: &str) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", iface])
+        .output()
+        .ok()?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        links
+            .get(0)?
+            .get("linkinfo")?
+            .get("info_kind")?
+            .as_str()?
+            .to_owned(),
+    )
+}
+
 /// The interface of the IPv4 default route, else of the IPv6 one.
 pub fn default_route_interface() -> Option<String> {
     let v4 = fs::read_to_string("/proc/net/route").unwrap_or_default();

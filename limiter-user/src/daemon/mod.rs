@@ -111,7 +111,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     // program protects from its first packet.
     let mut engine = Engine::new(limiter, store, config.clone())?;
     for iface in &interfaces {
-        engine.limiter_mut().attach(iface)?;
+        let mode = engine.limiter_mut().attach(iface)?;
+        warn_if_answers_cannot_leave(&config, iface, mode);
     }
     warn_if_local_proxy_unseen(&config, &interfaces);
     for stale in loader::pinned_interfaces(&options.pin_dir) {
@@ -249,6 +250,25 @@ fn load_config(options: &RunOptions) -> anyhow::Result<Config> {
         None => Config::load_or_default(Path::new(DEFAULT_CONFIG_PATH))?,
     };
     Ok(config.with_overrides(&options.overrides)?)
+}
+
+/// A banned proxied client's request is answered by sending the rewritten frame back out of
+/// the interface (XDP_TX). On a veth in native mode the kernel delivers that only if the
+/// veth's other end has an XDP program: otherwise the proxy never gets the 429 and waits for
+/// its server timeout. Say so at start, with the remedy.
+fn warn_if_answers_cannot_leave(config: &Config, iface: &str, mode: loader::AttachMode) {
+    if config.trusted_proxies.is_empty() || mode != loader::AttachMode::Native {
+        return;
+    }
+    if host::link_kind(iface).as_deref() == Some("veth") {
+        warn!(
+            iface,
+            "trusted proxies are set and this is a veth in native XDP mode: the 429 sent to a \
+             banned client's proxy leaves only if the veth's other end (the host side) has an \
+             XDP program; attach a pass-through one there, or the proxy waits for its server \
+             timeout (docs/CONFIG.md)"
+        );
+    }
 }
 
 /// A trusted proxy on this host (loopback, or one of the host's own addresses) reaches Glance
