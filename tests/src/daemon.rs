@@ -125,6 +125,8 @@ pub struct DaemonSetup {
     policy: Vec<(String, String)>,
     /// `metrics_listen = "..."` in the configuration file.
     metrics_listen: Option<String>,
+    /// `trusted_proxies = [...]` in the configuration file.
+    trusted_proxies: Vec<String>,
 }
 
 impl DaemonSetup {
@@ -140,7 +142,15 @@ impl DaemonSetup {
             allowlist: Vec::new(),
             policy: Vec::new(),
             metrics_listen: None,
+            trusted_proxies: Vec::new(),
         }
+    }
+
+    /// Adds an entry to `trusted_proxies` (with the default `client_address_header`,
+    /// `X-Forwarded-For`, which HAProxy's `option forwardfor` writes).
+    pub fn trusted_proxy(mut self, prefix: &str) -> Self {
+        self.trusted_proxies.push(prefix.to_owned());
+        self
     }
 
     /// `metrics_listen = "ADDR"` in the configuration file (an address inside the daemon's
@@ -208,6 +218,10 @@ impl DaemonSetup {
         }
         let allowlist: Vec<String> = self.allowlist.iter().map(|a| quoted(a)).collect();
         writeln!(text, "allowlist = [{}]", allowlist.join(", ")).unwrap();
+        if !self.trusted_proxies.is_empty() {
+            let proxies: Vec<String> = self.trusted_proxies.iter().map(|a| quoted(a)).collect();
+            writeln!(text, "trusted_proxies = [{}]", proxies.join(", ")).unwrap();
+        }
         writeln!(text, "\n[policy]").unwrap();
         for (key, value) in &self.policy {
             writeln!(text, "{key} = {value}").unwrap();

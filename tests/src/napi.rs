@@ -8,6 +8,8 @@
 
 use std::{fs, io, mem, os::fd::AsRawFd, process::Command};
 
+use limiter_user::loader::Baseline;
+
 use crate::netns::Netns;
 
 /// `ETHTOOL_SGRO` (linux/ethtool.h).
@@ -50,6 +52,22 @@ pub fn enable_gro(ns: &Netns, iface: &str) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    })
+}
+
+/// Attaches an XDP program that passes everything to `iface` in `ns` (native mode), for as long
+/// as the returned program lives: the veth at the other end of the pair can then answer with
+/// XDP_TX. A veth's XDP_TX puts the frame on its peer's NAPI ring, but schedules the peer's
+/// NAPI only when the peer has an XDP program (`veth_xdp_flush`); with GRO alone, the frame
+/// waits on the ring until other traffic happens to wake that NAPI. A NIC has no such peer.
+/// Dropping the program detaches it.
+pub fn attach_pass_program(ns: &Netns, iface: &str) -> Baseline {
+    ns.run(|| {
+        let mut pass = Baseline::load(Baseline::EMPTY_PASS)
+            .unwrap_or_else(|e| panic!("load the empty XDP program: {e}"));
+        pass.attach_native(iface)
+            .unwrap_or_else(|e| panic!("attach the empty XDP program to {iface}: {e}"));
+        pass
     })
 }
 
