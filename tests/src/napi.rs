@@ -6,6 +6,7 @@
 //! pinned: the sender then runs on one CPU and the whole receive path (XDP, nftables, the
 //! stack) on another, so a receiver's packet rate is its own, not shared with the sender's.
 
+use limiter_user::loader::Baseline;
 use std::{fs, io, mem, os::fd::AsRawFd, process::Command};
 
 use crate::netns::Netns;
@@ -75,12 +76,11 @@ fn raw_dgram_socket() -> io::Result<std::net::UdpSocket> {
 /// glance-limiter answers a banned client behind a trusted proxy with XDP_TX, so on a veth
 /// the proxy's end needs this to receive that answer.
 pub struct XdpPass {
-    _program: limiter_user::loader::Baseline,
+    _program: Baseline,
 }
 
 /// Attaches [`XdpPass`] to `iface` in `ns`.
 pub fn xdp_pass(ns: &Netns, iface: &str) -> XdpPass {
-    use limiter_user::loader::Baseline;
     ns.run(|| {
         let mut program = Baseline::load(Baseline::EMPTY_PASS).expect("load empty_pass");
         program

@@ -1,8 +1,11 @@
 //! `cargo xtask demo` end to end, headless (the binary the README's first command runs, with
 //! the real Glance and the real daemon): the attacker is banned, the legitimate client is
 //! served after the ban, Glance's images table stops growing but for the legitimate creates,
-//! and nothing the demo created is left behind — after a normal end and after SIGTERM. The
-//! demo reports what it saw as JSON (`--report`), and lists what it created there.
+//! and nothing the demo created is left behind — after a normal end and after SIGTERM. With
+//! `--proxy`, through the real HAProxy: the attacker is banned by its own address, HAProxy
+//! relays the limiter's 429s to it, no rule ever covers HAProxy, and the legitimate client
+//! never fails. The demo reports what it saw as JSON (`--report`), and lists what it created
+//! there.
 
 use std::{
     io::{BufRead, BufReader},
@@ -177,7 +180,13 @@ fn assert_all_removed(report: &Value) {
         .expect("ip netns list");
     let netns = String::from_utf8_lossy(&netns.stdout);
     let names = resources["namespaces"].as_array().expect("namespaces");
-    assert_eq!(names.len(), 3, "{resources}");
+    // Three without HAProxy, four with it.
+    let expected = if resources["haproxy_dir"].is_string() {
+        4
+    } else {
+        3
+    };
+    assert_eq!(names.len(), expected, "{resources}");
     for name in names {
         let name = name.as_str().expect("a name");
         assert!(
@@ -187,14 +196,16 @@ fn assert_all_removed(report: &Value) {
             "namespace {name} is left:\n{netns}"
         );
     }
-    let paths: Vec<&str> = ["pin_dir", "daemon_dir", "glance_dir"]
+    let mut paths: Vec<&str> = ["pin_dir", "daemon_dir", "glance_dir"]
         .iter()
         .map(|key| resources[key].as_str().expect("a path"))
         .collect();
+    paths.extend(resources["haproxy_dir"].as_str());
     for path in &paths {
         assert!(!Path::new(path).exists(), "{path} is left");
     }
-    // The daemon's command line names its pin directory, Glance's its configuration file.
+    // The daemon's command line names its pin directory, Glance's and HAProxy's their
+    // configuration files.
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
@@ -272,6 +283,96 @@ fn headless_demo_bans_the_attacker_and_glance_stops_growing() {
     // What a newcomer reads: a line a second, then the table and the outcome.
     assert!(output.contains("images in Glance"), "{output}");
     assert!(output.contains("banned"), "{output}");
+    assert_all_removed(&report);
+}
+
+/// The headless demo through HAProxy: the limiter on Glance's node sees every connection
+/// come from HAProxy, yet bans the attacker by its own address; HAProxy relays the limiter's
+/// 429s to the attacker, is never covered by a rule, and the legitimate client behind the
+/// same HAProxy never fails.
+#[test]
+fn headless_demo_through_haproxy_bans_the_attacker_and_never_haproxy() {
+    limiter_tests::require_kernel!();
+    let _serial = serial();
+    let demo = DemoRun::start(&["--proxy", "--headless", "--duration", "20s"]);
+    let (status, output, report) = demo.wait(Duration::from_secs(90));
+    assert!(status.success(), "the demo failed ({status}):\n{output}");
+    assert_eq!(report["end"], "Duration");
+
+    let attacker = report["attacker"].as_str().expect("the attacker's address");
+    let haproxy = report["haproxy"]["backend"]
+        .as_str()
+        .expect("HAProxy's backend address");
+    assert_ne!(attacker, haproxy);
+    let ban = &report["ban"];
+    assert!(ban.is_object(), "the attacker was not banned: {report}");
+    assert_eq!(ban["prefix"], format!("{attacker}/32"), "{ban}");
+    let reason = ban["reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains(attacker) && reason.contains("image creates"),
+        "{reason}"
+    );
+    // The daemon counted the flood for the attacker's own address, up to the threshold.
+    let samples = report["samples"].as_array().expect("samples");
+    let rates = |key: &'static str| samples.iter().filter_map(move |s| s[key].as_u64());
+    let threshold = u64_at(&report, "image_creates_per_minute");
+    assert!(
+        rates("attacker_rate").max() >= Some(threshold),
+        "the attacker's rate never reached {threshold}: {samples:?}"
+    );
+
+    // HAProxy: no rule covered it at any sample, at any prefix length, and its own rate
+    // stayed at 0 (when the daemon lists it among the sources at all).
+    let proxy = &report["proxy"];
+    assert_eq!(proxy["address"], haproxy, "{proxy}");
+    assert_eq!(u64_at(proxy, "samples"), samples.len() as u64, "{proxy}");
+    assert_eq!(u64_at(proxy, "covered_samples"), 0, "{proxy}");
+    assert!(proxy["covering_rule"].is_null(), "{proxy}");
+    assert!(rates("proxy_rate").all(|r| r == 0), "{samples:?}");
+
+    // The legitimate client: every request served, from the first to the last.
+    let end = &samples.last().expect("a sample")["traffic"];
+    let (creates, reads) = (&end["legit_creates"], &end["legit_reads"]);
+    assert_eq!(
+        u64_at(creates, "failed") + u64_at(reads, "failed"),
+        0,
+        "{end}"
+    );
+    assert!(
+        u64_at(creates, "ok") >= 3 && u64_at(reads, "ok") >= 6,
+        "{end}"
+    );
+
+    // The attacker after the ban: refused with 429s relayed by HAProxy, and nothing of it
+    // reached Glance's images table.
+    let outcome = &report["outcome"];
+    assert!(outcome.is_object(), "no outcome: {report}");
+    assert_eq!(
+        u64_at(outcome, "attacker_accepted_after_ban"),
+        0,
+        "{outcome}"
+    );
+    let throttled = u64_at(outcome, "attacker_throttled_after_ban");
+    assert!(throttled >= 3, "{outcome}");
+    assert_eq!(
+        throttled,
+        u64_at(outcome, "attacker_refused_after_ban"),
+        "every refusal after the ban is a 429: {outcome}"
+    );
+    assert_eq!(
+        u64_at(outcome, "attacker_images_added_after_ban"),
+        0,
+        "{outcome}"
+    );
+
+    // What a newcomer reads: the 429 column, and HAProxy's fate in words (wrapped).
+    assert!(output.contains("429s"), "{output}");
+    let prose = output.replace('\n', " ");
+    assert!(
+        prose.contains(&format!("HAProxy ({haproxy}), which carried"))
+            && prose.contains("was never banned"),
+        "{output}"
+    );
     assert_all_removed(&report);
 }
 

@@ -41,7 +41,7 @@ enum Task {
     },
     /// Set up, then run the daemon against an image-create flood on the real Glance API in
     /// throwaway network namespaces, with its live screen (needs root). Arguments go to the
-    /// demo: `--headless`, `--duration 45s`.
+    /// demo: `--headless`, `--duration 45s`, `--proxy` (both clients through HAProxy).
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use limiter_tests::daemon::{detach_and_check, host_prefix, limiter_binary, DaemonSetup};
+use limiter_tests::daemon::{detach_and_check, limiter_binary, DaemonSetup};
 use serde_json::Value;
 
 /// The daemon answers once it has attached and polled once: about a second here.
@@ -114,15 +114,16 @@ impl DemoDaemon {
         self.child.as_mut()?.try_wait().ok().flatten()
     }
 
-    /// The block rule covering exactly `address` (its host prefix), as `limiter list --json`
-    /// shows it.
-    pub fn block_rule(&self, address: &str) -> Option<Value> {
+    /// Every rule in force, as `limiter list --json` shows them; `None` if the daemon did
+    /// not answer.
+    pub fn rules(&self) -> Option<Vec<Value>> {
         let list: Value = serde_json::from_str(&self.cli(&["list", "--json"])?).ok()?;
-        list["rules"]
-            .as_array()?
-            .iter()
-            .find(|r| r["action"] == "block" && r["prefix"] == host_prefix(address))
-            .cloned()
+        list["rules"].as_array().cloned()
+    }
+
+    /// What `limiter stats --json` shows: every source the daemon tracks, with its rates.
+    pub fn stats(&self) -> Option<Value> {
+        serde_json::from_str(&self.cli(&["stats", "--json"])?).ok()
     }
 
     /// `limiter --socket <this daemon's> ARGS`: its stdout if it succeeded. Output never

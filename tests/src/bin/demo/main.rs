@@ -6,14 +6,22 @@
 //! client's creates. `--headless` runs the daemon without its screen and prints progress line
 //! by line (also the fallback without a terminal).
 //!
+//! `--proxy` tells the same story through HAProxy 2.6 (TLS frontend, `option forwardfor`, in
+//! a namespace of its own): the daemon on Glance's node trusts HAProxy's address, so the
+//! attacker's own address climbs and is banned, HAProxy relays the limiter's 429s to it, and
+//! HAProxy itself is never banned (see `scene`).
+//!
 //! Everything is bounded in time and requests, and everything created (namespaces, Glance,
 //! the daemon, its pins) is removed by a guard on exit, on Ctrl-C, SIGTERM or a closed
 //! terminal, and on panic.
 
 mod daemon;
+mod intro;
+mod scene;
 mod signals;
 mod timeline;
 mod traffic;
+mod view;
 
 use std::{
     io::IsTerminal,
@@ -26,13 +34,14 @@ use std::{
 };
 
 use clap::Parser;
-use limiter_tests::{daemon::DaemonSetup, glance::RealGlance, netns::AttackTopology};
+use limiter_tests::glance::RealGlance;
 use serde_json::json;
 
 use crate::{
     daemon::{DemoDaemon, Screen},
+    scene::{Cast, Route, Scene},
     timeline::{Ban, Sample, Timeline},
-    traffic::{Plan, Traffic, ATTACKER, ATTACKER_IMAGE, GLANCE_PORT, LEGIT, LEGIT_IMAGE},
+    traffic::{Plan, Traffic, ATTACKER_IMAGE, LEGIT_IMAGE},
 };
 
 /// The daemon's threshold, written into its configuration: below the default (60), so that
@@ -65,6 +74,10 @@ struct Args {
     /// How long the demo runs [default: 60s with the screen, 30s headless; at least 15s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// Both clients reach Glance through HAProxy (TLS, option forwardfor), which the daemon
+    /// trusts to name them.
+    #[arg(long)]
+    proxy: bool,
     /// Also write what the demo saw as JSON to this file (the CI test reads it).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -110,9 +123,14 @@ fn main() -> ExitCode {
     }
     signals::install();
     let plan = Plan { duration, ..PLAN };
+    let route = if args.proxy {
+        Route::HaProxy
+    } else {
+        Route::Direct
+    };
     capture_panics(screen);
     match panic::catch_unwind(AssertUnwindSafe(|| {
-        run(screen, plan, args.report.as_deref())
+        run(screen, plan, route, args.report.as_deref())
     })) {
         Ok(code) => code,
         // Every guard has run by now, and the terminal is the shell's again.
@@ -162,13 +180,16 @@ fn take_panic_messages() -> String {
 }
 
 /// The whole demo. Guards are declared in the order things are built, so they drop in
-/// reverse: the clients stop, the daemon stops and is detached, Glance stops, the namespaces
-/// go.
-fn run(screen: Screen, plan: Plan, report: Option<&Path>) -> ExitCode {
-    print_introduction(screen, plan);
-    let topo = AttackTopology::new();
-    let glance = RealGlance::start_for(&topo, GLANCE_PORT);
-    let setup = DaemonSetup::new(&topo.server, &topo.server_ifaces())
+/// reverse: the clients stop, the daemon stops and is detached, HAProxy stops, Glance stops,
+/// the namespaces go.
+fn run(screen: Screen, plan: Plan, route: Route, report: Option<&Path>) -> ExitCode {
+    intro::print(screen, plan, Cast::of(route), IMAGE_CREATES_PER_MINUTE);
+    let scene = Scene::new(route);
+    let cast = scene.cast;
+    let glance = scene.start_glance();
+    let haproxy = scene.start_haproxy();
+    let setup = scene
+        .daemon_setup()
         .policy(
             "image_creates_per_minute",
             &IMAGE_CREATES_PER_MINUTE.to_string(),
@@ -187,12 +208,16 @@ fn run(screen: Screen, plan: Plan, report: Option<&Path>) -> ExitCode {
 
     let started = Instant::now();
     let started_wall = SystemTime::now();
-    let mut traffic = Traffic::start(&topo, plan);
-    let mut timeline = Timeline::new(plan.attack_after.as_secs_f64());
+    let mut traffic = Traffic::start(&scene, plan);
+    let mut timeline = Timeline::new(
+        plan.attack_after.as_secs_f64(),
+        cast.haproxy.map(|h| h.backend),
+    );
     let end = watch(
         &mut daemon,
         &traffic,
         &glance,
+        cast,
         &mut timeline,
         (started, started_wall),
         screen,
@@ -220,15 +245,18 @@ fn run(screen: Screen, plan: Plan, report: Option<&Path>) -> ExitCode {
     println!("{}", timeline.summary(step));
     if let Some(path) = report {
         let resources = json!({
-            "namespaces": [topo.server.name(), topo.attacker.ns.name(), topo.legit.ns.name()],
+            "namespaces": scene.namespaces(),
             "pin_dir": daemon.pin_dir(),
             "daemon_dir": daemon.dir(),
             "glance_dir": glance.state_dir(),
+            "haproxy_dir": haproxy.as_ref().map(|h| h.dir()),
         });
-        write_report(path, &timeline, end, resources);
+        write_report(path, &timeline, cast, end, resources);
     }
+    let haproxy_too = if haproxy.is_some() { " HAProxy," } else { "" };
     println!(
-        "Cleaning up: the clients, the daemon (and `limiter detach`), Glance, the namespaces."
+        "Cleaning up: the clients, the daemon (and `limiter detach`),{haproxy_too} Glance, the \
+         namespaces."
     );
     exit_code(end, timeline.ban.as_ref())
 }
@@ -244,10 +272,12 @@ fn exit_code(end: End, ban: Option<&Ban>) -> ExitCode {
 
 /// Samples every second until the duration is over, the user quits the screen, the daemon
 /// stops, or a signal arrives.
+#[allow(clippy::too_many_arguments)]
 fn watch(
     daemon: &mut DemoDaemon,
     traffic: &Traffic,
     glance: &RealGlance,
+    cast: Cast,
     timeline: &mut Timeline,
     (started, started_wall): (Instant, SystemTime),
     screen: Screen,
@@ -266,11 +296,14 @@ fn watch(
         }
         if Instant::now() >= next_sample {
             let t = started.elapsed();
+            let rules = daemon.rules().unwrap_or_default();
             if timeline.ban.is_none() {
-                timeline.ban = daemon
-                    .block_rule(ATTACKER)
-                    .map(|rule| ban_from_rule(&rule, started_wall, t));
+                timeline.ban = view::ban_of(&rules, cast.attacker)
+                    .map(|rule| ban_from_rule(rule, started_wall, t));
             }
+            let stats = daemon.stats().unwrap_or_default();
+            let attacker = view::source_in(&stats, cast.attacker);
+            let proxy = cast.haproxy.map(|h| h.backend);
             let images = glance.image_counts_by_name();
             let count = |name: &str| images.get(name).copied().unwrap_or(0);
             timeline.push(Sample {
@@ -280,6 +313,10 @@ fn watch(
                 attacker_images: count(ATTACKER_IMAGE),
                 legit_images: count(LEGIT_IMAGE),
                 banned: timeline.ban.is_some(),
+                attacker_rate: attacker.image_creates_per_minute,
+                attacker_via: attacker.via,
+                proxy_rate: proxy.and_then(|p| view::source_in(&stats, p).image_creates_per_minute),
+                proxy_rule: proxy.and_then(|p| view::block_covering(&rules, p)),
             });
             if screen == Screen::Headless {
                 println!("{}", timeline.progress_line());
@@ -308,15 +345,23 @@ fn ban_from_rule(rule: &serde_json::Value, started_wall: SystemTime, seen: Durat
     }
 }
 
-fn write_report(path: &Path, timeline: &Timeline, end: End, resources: serde_json::Value) {
+fn write_report(
+    path: &Path,
+    timeline: &Timeline,
+    cast: Cast,
+    end: End,
+    resources: serde_json::Value,
+) {
     let report = json!({
         "end": format!("{end:?}"),
-        "attacker": ATTACKER,
-        "legit": LEGIT,
+        "attacker": cast.attacker,
+        "legit": cast.legit,
+        "haproxy": cast.haproxy.map(|h| json!({"frontend": h.frontend, "backend": h.backend})),
         "attack_starts": timeline.attack_starts,
         "image_creates_per_minute": IMAGE_CREATES_PER_MINUTE,
         "ban": timeline.ban,
         "outcome": timeline.outcome(),
+        "proxy": timeline.proxy_outcome(),
         "samples": timeline.samples,
         "resources": resources,
     });
@@ -324,42 +369,4 @@ fn write_report(path: &Path, timeline: &Timeline, end: End, resources: serde_jso
     if let Err(e) = std::fs::write(path, text) {
         eprintln!("demo: cannot write the report to {}: {e}", path.display());
     }
-}
-
-fn print_introduction(screen: Screen, plan: Plan) {
-    let seconds = plan.duration.as_secs();
-    println!(
-        "glance-limiter demo: the real OpenStack Glance API behind the real daemon, in\n\
-         throwaway network namespaces.\n\n\
-         \x20 Glance API    {server}:{GLANCE_PORT}, its images in SQLite\n\
-         \x20 legit client  {LEGIT}: lists images every {legit_every} s, creates one every \
-         {create_every} s\n\
-         \x20               ({legit_rate:.0} a minute)\n\
-         \x20 attacker      {ATTACKER}, another network: from {after} s on, image creates at\n\
-         \x20               {attack_rate:.0} a second over one keep-alive connection\n\
-         \x20 limiter run   on both of the server's links; bans a source at \
-         {IMAGE_CREATES_PER_MINUTE} image\n\
-         \x20               creates a minute (a demo setting; the default is 60)\n",
-        server = AttackTopology::SERVER_V4,
-        legit_every = plan.legit_every.as_secs(),
-        create_every = plan.legit_every.as_secs() * plan.legit_create_each,
-        legit_rate = plan.legit_creates_per_minute(),
-        after = plan.attack_after.as_secs(),
-        attack_rate = plan.attack_per_second(),
-    );
-    let what_next = match screen {
-        Screen::Tui => format!(
-            "The daemon's live screen takes over this terminal for {seconds} s; press q to \
-             quit earlier. Watch the attacker's row: CREATES/MIN climbs, then it turns \
-             \"banned\" and the header counts drops, while the legitimate client stays \"ok\". \
-             Afterwards a table shows Glance's images table growing during the flood, then \
-             only by the legitimate client's creates."
-        ),
-        Screen::Headless => format!(
-            "No screen: one line a second for {seconds} s, then a table. Ctrl-C stops \
-             early; everything is cleaned up either way."
-        ),
-    };
-    println!("{}\n", timeline::wrap(&what_next, timeline::WIDTH));
-    println!("Starting Glance and the daemon (a few seconds)...");
 }

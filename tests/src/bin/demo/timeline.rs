@@ -24,6 +24,15 @@ pub struct Sample {
     pub legit_images: u64,
     /// Whether the daemon had banned the attacker.
     pub banned: bool,
+    /// What the daemon counted for the attacker's address, in image creates a minute (when
+    /// it tracked it and answered).
+    pub attacker_rate: Option<u64>,
+    /// The trusted proxy the daemon says the attacker's requests came through, if it says.
+    pub attacker_via: Option<String>,
+    /// Behind HAProxy: what the daemon counted for HAProxy's own address ...
+    pub proxy_rate: Option<u64>,
+    /// ... and the block rule covering it, if one ever did (it must not).
+    pub proxy_rule: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,9 +62,23 @@ pub struct Outcome {
     pub legit_creates_after_ban: u64,
     pub attacker_accepted_after_ban: u64,
     pub attacker_refused_after_ban: u64,
+    /// Of the refused, those answered 429 (behind HAProxy: the limiter's answer, relayed).
+    pub attacker_throttled_after_ban: u64,
     /// From the last sample before the ban to the end.
     pub legit_failed_after_ban: u64,
     pub legit_ok_after_ban: u64,
+}
+
+/// Behind HAProxy: what happened to HAProxy's own address over the whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyOutcome {
+    pub address: String,
+    pub samples: usize,
+    /// Samples in which a block rule covered HAProxy, and the first such rule.
+    pub covered_samples: usize,
+    pub covering_rule: Option<String>,
+    /// The most image creates a minute the daemon counted for HAProxy itself.
+    pub max_rate: Option<u64>,
 }
 
 #[derive(Default)]
@@ -64,12 +87,15 @@ pub struct Timeline {
     pub ban: Option<Ban>,
     /// Seconds after the start the attacker begins.
     pub attack_starts: f64,
+    /// HAProxy's backend address, when the clients come through it.
+    pub proxy: Option<String>,
 }
 
 impl Timeline {
-    pub fn new(attack_starts: f64) -> Self {
+    pub fn new(attack_starts: f64, proxy: Option<&str>) -> Self {
         Timeline {
             attack_starts,
+            proxy: proxy.map(str::to_owned),
             ..Default::default()
         }
     }
@@ -90,9 +116,13 @@ impl Timeline {
             .map(|i| self.samples[i].clone())
             .unwrap_or_default();
         let d = Delta::between(&before, now);
+        let throttled = match self.proxy {
+            Some(_) => format!(" ({} with 429)", d.attacker_throttled),
+            None => String::new(),
+        };
         let mut line = format!(
-            "{:>4.0} s  attacker creates {:>3} accepted {:>3} refused   legit requests {:>2} ok \
-             {:>2} failed   images {:>5} ({:+})",
+            "{:>4.0} s  attacker creates {:>3} accepted {:>3} refused{throttled}   legit \
+             requests {:>2} ok {:>2} failed   images {:>5} ({:+})",
             // Samples are taken at or just after their second: name them by it.
             now.t.floor(),
             d.attacker_accepted,
@@ -104,10 +134,22 @@ impl Timeline {
         );
         match &self.ban {
             Some(ban) if now.banned => {
-                let _ = write!(line, "   {} banned at {:.1} s", ban.prefix, ban.at);
+                let via = match &now.attacker_via {
+                    Some(via) => format!(" (via {via})"),
+                    None => String::new(),
+                };
+                let _ = write!(line, "   {}{via} banned at {:.1} s", ban.prefix, ban.at);
+                if self.proxy.is_some() {
+                    line.push_str(&proxy_state(now));
+                }
             }
             _ if now.t < self.attack_starts => line.push_str("   (attack starts soon)"),
-            _ => {}
+            _ => {
+                if let (Some(_), Some(rate)) = (&self.proxy, now.attacker_rate) {
+                    let _ = write!(line, "   limiter: {rate}/min for the attacker");
+                    line.push_str(&proxy_state(now));
+                }
+            }
         }
         line
     }
@@ -116,11 +158,20 @@ impl Timeline {
     /// rows it falls between; then the outcome in words.
     pub fn summary(&self, step: u32) -> String {
         let mut out = String::new();
-        out.push_str(concat!(
-            "  time │ attacker creates  │ legitimate requests │ images in Glance\n",
-            "       │ accepted  refused │       ok    failed  │   total    new\n",
-            "───────┼───────────────────┼─────────────────────┼─────────────────\n",
-        ));
+        let proxied = self.proxy.is_some();
+        out.push_str(if proxied {
+            concat!(
+                "  time │ attacker creates (HAProxy) │ legitimate requests │ images in Glance\n",
+                "       │ accepted  refused     429s │       ok    failed  │   total    new\n",
+                "───────┼────────────────────────────┼─────────────────────┼─────────────────\n",
+            )
+        } else {
+            concat!(
+                "  time │ attacker creates  │ legitimate requests │ images in Glance\n",
+                "       │ accepted  refused │       ok    failed  │   total    new\n",
+                "───────┼───────────────────┼─────────────────────┼─────────────────\n",
+            )
+        });
         let mut ban_shown = false;
         let mut previous = Sample::default();
         for sample in self.rows(step) {
@@ -129,9 +180,14 @@ impl Timeline {
                 ban_shown = true;
             }
             let d = Delta::between(&previous, sample);
+            let throttled = if proxied {
+                format!(" {:>8}", d.attacker_throttled)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "{:>4.0} s │ {:>8} {:>8} │ {:>8} {:>9}  │ {:>7} {:>6}",
+                "{:>4.0} s │ {:>8} {:>8}{throttled} │ {:>8} {:>9}  │ {:>7} {:>6}",
                 sample.t.floor(),
                 d.attacker_accepted,
                 d.attacker_refused,
@@ -143,7 +199,17 @@ impl Timeline {
             previous = sample.clone();
         }
         out.push('\n');
+        if proxied {
+            let note = "429s: the refused creates answered \"429 Too Many Requests\" by the \
+                        limiter in Glance's place, relayed by HAProxy.";
+            out.push_str(&wrap(note, WIDTH));
+            out.push_str("\n\n");
+        }
         out.push_str(&self.outcome_text());
+        if let Some(proxy) = self.proxy_outcome() {
+            out.push_str(&wrap(&proxy_text(&proxy), WIDTH));
+            out.push('\n');
+        }
         out
     }
 
@@ -190,8 +256,27 @@ impl Timeline {
                 - after.traffic.attacker_creates.ok,
             attacker_refused_after_ban: end.traffic.attacker_creates.failed
                 - after.traffic.attacker_creates.failed,
+            attacker_throttled_after_ban: end.traffic.attacker_creates.throttled
+                - after.traffic.attacker_creates.throttled,
             legit_failed_after_ban: legit_failed(end) - legit_failed(before),
             legit_ok_after_ban: legit_ok(end) - legit_ok(before),
+        })
+    }
+
+    /// Behind HAProxy: whether a rule ever covered it, and what the daemon counted for it.
+    pub fn proxy_outcome(&self) -> Option<ProxyOutcome> {
+        let address = self.proxy.clone()?;
+        let covered: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.proxy_rule.is_some())
+            .collect();
+        Some(ProxyOutcome {
+            address,
+            samples: self.samples.len(),
+            covered_samples: covered.len(),
+            covering_rule: covered.first().and_then(|s| s.proxy_rule.clone()),
+            max_rate: self.samples.iter().filter_map(|s| s.proxy_rate).max(),
         })
     }
 
@@ -222,8 +307,7 @@ impl Timeline {
                  At {:.0} s Glance's images table held {} rows, {} of them the attacker's; \
                  from then to the end ({:.0} s) it grew by {}: the legitimate client created \
                  {}, the attacker {}.\n\
-                 After the ban the attacker had {} creates accepted and {} refused (dropped \
-                 by XDP before Glance saw them).\n\
+                 After the ban the attacker had {} creates accepted and {} refused ({}).\n\
                  {legit} ({} served and {} failed after the ban).",
                 self.attack_starts,
                 ban.at - self.attack_starts,
@@ -237,11 +321,55 @@ impl Timeline {
                 o.attacker_images_added_after_ban,
                 o.attacker_accepted_after_ban,
                 o.attacker_refused_after_ban,
+                match self.proxy {
+                    Some(_) => format!(
+                        "{} of them answered 429 by the limiter in Glance's place, relayed by \
+                         HAProxy",
+                        o.attacker_throttled_after_ban
+                    ),
+                    None => "dropped by XDP before Glance saw them".to_owned(),
+                },
                 o.legit_ok_after_ban,
                 o.legit_failed_after_ban,
             ),
         };
         text.lines().map(|l| wrap(l, WIDTH) + "\n").collect()
+    }
+}
+
+/// The end of a progress line behind HAProxy: what the daemon counted for HAProxy itself, and
+/// whether it is banned.
+fn proxy_state(sample: &Sample) -> String {
+    let rate = match sample.proxy_rate {
+        Some(rate) => format!(" ({rate}/min)"),
+        None => String::new(),
+    };
+    match &sample.proxy_rule {
+        None => format!(", HAProxy{rate} not banned"),
+        Some(rule) => format!(", HAProxy{rate} BANNED by {rule}"),
+    }
+}
+
+/// The summary's last sentence behind HAProxy.
+fn proxy_text(p: &ProxyOutcome) -> String {
+    let counted = match p.max_rate {
+        Some(rate) => format!(
+            ", and the limiter counted at most {rate} image creates a minute for it (each \
+             create counted for the client HAProxy named)"
+        ),
+        None => String::new(),
+    };
+    match &p.covering_rule {
+        None => format!(
+            "HAProxy ({}), which carried every request of both clients, was never banned: no \
+             rule covered it in any of the {} samples{counted}.",
+            p.address, p.samples
+        ),
+        Some(rule) => format!(
+            "HAProxy ({}) WAS banned: {rule} covered it in {} of the {} samples, cutting off \
+             every client behind it.",
+            p.address, p.covered_samples, p.samples
+        ),
     }
 }
 
@@ -271,6 +399,7 @@ pub fn wrap(text: &str, width: usize) -> String {
 struct Delta {
     attacker_accepted: u64,
     attacker_refused: u64,
+    attacker_throttled: u64,
     legit_ok: u64,
     legit_failed: u64,
     images: i64,
@@ -282,6 +411,7 @@ impl Delta {
         Delta {
             attacker_accepted: tb.attacker_creates.ok - ta.attacker_creates.ok,
             attacker_refused: tb.attacker_creates.failed - ta.attacker_creates.failed,
+            attacker_throttled: tb.attacker_creates.throttled - ta.attacker_creates.throttled,
             legit_ok: (tb.legit_creates.ok + tb.legit_reads.ok)
                 - (ta.legit_creates.ok + ta.legit_reads.ok),
             legit_failed: (tb.legit_creates.failed + tb.legit_reads.failed)
@@ -312,10 +442,12 @@ mod tests {
         s.traffic.attacker_creates = Counts {
             ok: attacker_ok,
             failed: attacker_failed,
+            throttled: 0,
         };
         s.traffic.legit_creates = Counts {
             ok: legit_ok,
             failed: 0,
+            throttled: 0,
         };
         s.attacker_images = attacker_ok;
         s.legit_images = legit_ok;
@@ -324,7 +456,7 @@ mod tests {
     }
 
     fn banned_run() -> Timeline {
-        let mut timeline = Timeline::new(2.0);
+        let mut timeline = Timeline::new(2.0, None);
         timeline.push(sample(0.0, 0, 0, 1, false));
         timeline.push(sample(1.0, 0, 0, 1, false));
         timeline.push(sample(2.0, 0, 0, 1, false));
@@ -392,6 +524,78 @@ mod tests {
         let summary = timeline.summary(2);
         assert!(summary.contains("banned at 7.5 s"), "{summary}");
         assert!(!summary.contains("not banned"), "{summary}");
+    }
+
+    /// The same run behind HAProxy: every refusal a 429 relayed by it, HAProxy counted at 0.
+    fn banned_run_behind_haproxy() -> Timeline {
+        let mut timeline = banned_run();
+        timeline.proxy = Some("198.51.100.2".into());
+        timeline.ban.as_mut().unwrap().prefix = "203.0.113.130/32".into();
+        for s in &mut timeline.samples {
+            s.traffic.attacker_creates.throttled = s.traffic.attacker_creates.failed;
+            s.proxy_rate = Some(0);
+            s.attacker_rate = Some(s.attacker_images);
+        }
+        timeline
+    }
+
+    #[test]
+    fn behind_haproxy_the_table_counts_429s_and_haproxy_is_said_never_banned() {
+        let timeline = banned_run_behind_haproxy();
+        let summary = timeline.summary(2);
+        assert!(summary.contains("accepted  refused     429s"), "{summary}");
+        let row_8 = summary.lines().find(|l| l.starts_with("   8 s")).unwrap();
+        let attacker: Vec<&str> = row_8
+            .split('│')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(attacker, ["0", "6", "6"], "{summary}");
+        let prose = summary.replace('\n', " ");
+        assert!(
+            prose.contains(
+                "HAProxy (198.51.100.2), which carried every request of both clients, was \
+                 never banned: no rule covered it in any of the 9 samples, and the limiter \
+                 counted at most 0 image creates a minute for it"
+            ),
+            "{summary}"
+        );
+        assert!(prose.contains("6 of them answered 429"), "{summary}");
+        assert_eq!(timeline.outcome().unwrap().attacker_throttled_after_ban, 6);
+        let proxy = timeline.proxy_outcome().unwrap();
+        assert_eq!((proxy.covered_samples, proxy.max_rate), (0, Some(0)));
+        let line = timeline.progress_line();
+        assert!(line.contains("3 refused (3 with 429)"), "{line}");
+        assert!(
+            line.ends_with("203.0.113.130/32 banned at 4.6 s, HAProxy (0/min) not banned"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_rule_covering_haproxy_is_reported() {
+        let mut timeline = banned_run_behind_haproxy();
+        for s in &mut timeline.samples[6..] {
+            s.proxy_rule = Some("198.51.100.0/24".into());
+        }
+        let summary = timeline.summary(2).replace('\n', " ");
+        assert!(
+            summary.contains("HAProxy (198.51.100.2) WAS banned: 198.51.100.0/24 covered it in 3"),
+            "{summary}"
+        );
+        assert!(timeline
+            .progress_line()
+            .ends_with("HAProxy (0/min) BANNED by 198.51.100.0/24"));
+    }
+
+    #[test]
+    fn without_haproxy_there_is_no_429_column_and_no_word_of_it() {
+        let summary = banned_run().summary(2);
+        assert!(
+            !summary.contains("429") && !summary.contains("HAProxy"),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The demo's two clients, each on a thread inside its own namespace and each bounded in
 //! requests and time: a legitimate user who lists images every second and creates one every
 //! third second, and an attacker who, after a quiet start, floods image creates over one
-//! keep-alive connection. Their tallies are live, so the main loop can sample them.
+//! keep-alive connection. Each talks to Glance directly, or over TLS to HAProxy's frontend
+//! (see `scene`). Their tallies are live, so the main loop can sample them.
 
 use std::{
     sync::{
@@ -14,22 +15,38 @@ use std::{
 
 use limiter_tests::{
     http::{connect_from, request, ImageCreateClient},
-    netns::{AttackTopology, ClientNet},
+    https::HttpsClient,
 };
 use serde::Serialize;
 
-pub const GLANCE_PORT: u16 = 9292;
-pub const ATTACKER: &str = AttackTopology::ATTACKER_V4[0];
-pub const LEGIT: &str = AttackTopology::LEGIT_V4[0];
+use crate::scene::{Client, Scene, Target, GLANCE_PORT};
+
 /// Image names tell the two clients' rows apart in Glance's database.
 pub const ATTACKER_IMAGE: &str = "demo-attacker";
 pub const LEGIT_IMAGE: &str = "demo-legit";
+/// What the limiter answers a banned client's request with when a trusted proxy relays it.
+pub const TOO_MANY_REQUESTS: u16 = 429;
+/// The `X-Auth-Token` both clients send through HAProxy, as OpenStack clients send a Keystone
+/// token (a Fernet token is 180 to 250 characters); Glance here runs without Keystone and
+/// ignores it. It matters to the story: HAProxy may forward a request's headers in a segment
+/// of their own, the body after them, and the limiter rewrites that segment in place into its
+/// 429. On a veth (not on a NIC) the segment's buffer has no room to grow, so a header block
+/// shorter than the 429 (about 250 bytes) cannot be answered and is dropped instead, which
+/// stalls that request until a timeout. A realistic token keeps every header block longer.
+const AUTH_TOKEN: &str =
+    "gAAAAABnDemoTokenOfTheGlanceLimiterDemo0123456789abcdefghijklmnopqrstuvwxyz\
+                          ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ\
+                          KLMNOPQRSTUVWXYZ0123456789-_";
 
 /// How long a legitimate request may take: Glance under a flood answers slowly, and a slow
 /// answer is not a refusal.
 const LEGIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The attacker's bound, far above what it can send in any demo's duration.
 const MAX_ATTACK_REQUESTS: u64 = 20_000;
+/// How long the attacker waits for an answer through HAProxy: a 429 comes at once, and
+/// anything slower (HAProxy waiting on a backend) should not hold the demo's end for
+/// HAProxy's 30 s server timeout.
+const ATTACK_TIMEOUT_VIA_PROXY: Duration = Duration::from_secs(5);
 
 /// What the clients do and when.
 #[derive(Clone, Copy, Debug)]
@@ -57,11 +74,13 @@ impl Plan {
     }
 }
 
-/// Requests answered with 2xx, and those that failed (no answer, or another status).
+/// Requests answered with 2xx, and those that failed (no answer, or another status); of
+/// these, those answered 429.
 #[derive(Default)]
 struct Tally {
     ok: AtomicU64,
     failed: AtomicU64,
+    throttled: AtomicU64,
 }
 
 impl Tally {
@@ -72,12 +91,16 @@ impl Tally {
             &self.failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if status == Some(TOO_MANY_REQUESTS) {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn counts(&self) -> Counts {
         Counts {
             ok: self.ok.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
         }
     }
 }
@@ -85,7 +108,10 @@ impl Tally {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub ok: u64,
+    /// Every request that did not get a 2xx ...
     pub failed: u64,
+    /// ... of which those answered `429 Too Many Requests` (counted in `failed` too).
+    pub throttled: u64,
 }
 
 /// Every tally at one instant, cumulative since the start.
@@ -105,7 +131,7 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    pub fn start(topo: &AttackTopology, plan: Plan) -> Self {
+    pub fn start(scene: &Scene, plan: Plan) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (attacker, legit_creates, legit_reads) = Default::default();
         let mut traffic = Traffic {
@@ -118,10 +144,10 @@ impl Traffic {
         let deadline = Instant::now() + plan.duration;
         traffic
             .threads
-            .push(spawn_legit(&topo.legit, &traffic, plan, deadline));
+            .push(spawn_legit(scene.legit(), &traffic, plan, deadline));
         traffic
             .threads
-            .push(spawn_attacker(&topo.attacker, &traffic, plan, deadline));
+            .push(spawn_attacker(scene.attacker(), &traffic, plan, deadline));
         traffic
     }
 
@@ -149,7 +175,7 @@ impl Drop for Traffic {
 }
 
 fn spawn_legit(
-    net: &ClientNet,
+    client: Client<'_>,
     traffic: &Traffic,
     plan: Plan,
     deadline: Instant,
@@ -159,39 +185,51 @@ fn spawn_legit(
         traffic.legit_creates.clone(),
         traffic.legit_reads.clone(),
     );
-    let dst = net.server_addr_for(LEGIT);
+    let (src, target) = (client.src, client.target);
     let body = create_body(LEGIT_IMAGE);
-    net.ns.spawn(move || {
+    client.ns.spawn(move || {
         let begun = Instant::now();
         for n in 0.. {
             if !sleep_until(begun + plan.legit_every * n, deadline, &stop) {
                 return;
             }
-            // A new connection each time, so every request also shows its SYN gets through.
-            let exchange = |method, path, body: &str| {
-                let mut stream = connect_from(LEGIT, dst, GLANCE_PORT, LEGIT_TIMEOUT).ok()?;
-                request(&mut stream, method, path, body).ok()
-            };
             if u64::from(n) % plan.legit_create_each == 0 {
-                creates.record(exchange("POST", "/v2/images", &body));
+                creates.record(exchange(src, &target, "POST", "/v2/images", &body));
             } else {
-                reads.record(exchange("GET", "/v2/images", ""));
+                reads.record(exchange(src, &target, "GET", "/v2/images", ""));
             }
         }
     })
 }
 
+/// One request on a connection of its own, so that every request also shows its SYN (and,
+/// through HAProxy, its TLS handshake) gets through: the status, or `None` for no answer.
+fn exchange(src: &str, target: &Target, method: &str, path: &str, body: &str) -> Option<u16> {
+    match target {
+        Target::Glance(dst) => {
+            let mut stream = connect_from(src, dst, GLANCE_PORT, LEGIT_TIMEOUT).ok()?;
+            request(&mut stream, method, path, body).ok()
+        }
+        Target::HaProxy(frontend) => HttpsClient::new(src, frontend)
+            .header("X-Auth-Token", AUTH_TOKEN)
+            .keep_alive(false)
+            .io_timeout(LEGIT_TIMEOUT)
+            .request(method, path, body)
+            .ok()
+            .map(|response| response.status),
+    }
+}
+
 fn spawn_attacker(
-    net: &ClientNet,
+    client: Client<'_>,
     traffic: &Traffic,
     plan: Plan,
     deadline: Instant,
 ) -> thread::JoinHandle<()> {
     let (stop, tally) = (traffic.stop.clone(), traffic.attacker.clone());
-    let dst = net.server_addr_for(ATTACKER);
-    let body = create_body(ATTACKER_IMAGE);
-    net.ns.spawn(move || {
-        let mut client = ImageCreateClient::new(ATTACKER, dst, GLANCE_PORT, &body);
+    let (src, target) = (client.src, client.target);
+    client.ns.spawn(move || {
+        let mut flooder = Flooder::new(src, &target, &create_body(ATTACKER_IMAGE));
         let mut next = Instant::now() + plan.attack_after;
         for _ in 0..MAX_ATTACK_REQUESTS {
             if !sleep_until(next, deadline, &stop) {
@@ -200,9 +238,42 @@ fn spawn_attacker(
             // Paced from the previous start: a dropped request waits out its timeout, and the
             // ones after it do not catch up in a burst.
             next = Instant::now() + plan.attack_every;
-            tally.record(client.create());
+            tally.record(flooder.create());
         }
     })
+}
+
+/// The attacker's client: image creates on one keep-alive connection, a new one after the
+/// server closed it (a 429 closes it) or a request got no answer.
+enum Flooder {
+    Direct(ImageCreateClient),
+    HaProxy { client: HttpsClient, body: String },
+}
+
+impl Flooder {
+    fn new(src: &str, target: &Target, body: &str) -> Self {
+        match target {
+            Target::Glance(dst) => {
+                Flooder::Direct(ImageCreateClient::new(src, dst, GLANCE_PORT, body))
+            }
+            Target::HaProxy(frontend) => Flooder::HaProxy {
+                client: HttpsClient::new(src, frontend)
+                    .header("X-Auth-Token", AUTH_TOKEN)
+                    .io_timeout(ATTACK_TIMEOUT_VIA_PROXY),
+                body: body.to_owned(),
+            },
+        }
+    }
+
+    fn create(&mut self) -> Option<u16> {
+        match self {
+            Flooder::Direct(client) => client.create(),
+            Flooder::HaProxy { client, body } => client
+                .request("POST", "/v2/images", body)
+                .ok()
+                .map(|response| response.status),
+        }
+    }
 }
 
 /// Sleeps until `at`; `false` (at once) if `stop` is raised or `deadline` comes first.
