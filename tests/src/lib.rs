@@ -4,6 +4,7 @@
 //! checker of its Prometheus metrics, a tmux terminal for the live screen, and a real HAProxy
 //! in front of Glance with a TLS client, a PROXY-protocol reader and a recording backend.
 
+pub mod counters;
 pub mod daemon;
 pub mod flood;
 pub mod frames;

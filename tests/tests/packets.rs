@@ -215,19 +215,8 @@ impl Harness {
 
         let context = || format!("frame of {} bytes: {}", frame.len(), hex(frame));
         assert_eq!(verdict, expected_verdict, "verdict; {}", context());
-        let changed: Vec<(Counter, u64)> = counters_after
-            .since(&counters_before)
-            .iter()
-            .filter(|(_, n)| *n != 0)
-            .collect();
-        let mut wanted: Vec<(Counter, u64)> = Vec::new();
-        for c in counters {
-            match wanted.iter_mut().find(|(w, _)| w == c) {
-                Some((_, n)) => *n += 1,
-                None => wanted.push((*c, 1)),
-            }
-        }
-        wanted.sort_by_key(|(c, _)| *c as u32);
+        let changed = limiter_tests::counters::changes(&counters_before, &counters_after);
+        let wanted = limiter_tests::counters::expected(counters);
         assert_eq!(changed, wanted, "counter changes; {}", context());
 
         // A row whose cached verdict changed must now hold the current rules' verdict.

@@ -92,19 +92,8 @@ impl Rig {
         let before = self.limiter.counters().expect("counters");
         let (got, out) = self.limiter.test_run_frame(frame).expect("test run");
         let after = self.limiter.counters().expect("counters");
-        let changed: Vec<(Counter, u64)> = after
-            .since(&before)
-            .iter()
-            .filter(|(_, n)| *n != 0)
-            .collect();
-        let mut wanted: Vec<(Counter, u64)> = Vec::new();
-        for c in counters {
-            match wanted.iter_mut().find(|(w, _)| w == c) {
-                Some((_, n)) => *n += 1,
-                None => wanted.push((*c, 1)),
-            }
-        }
-        wanted.sort_by_key(|(c, _)| *c as u32);
+        let changed = limiter_tests::counters::changes(&before, &after);
+        let wanted = limiter_tests::counters::expected(counters);
         let text = String::from_utf8_lossy(frame);
         assert_eq!(got, verdict, "verdict for {text:?}");
         assert_eq!(changed, wanted, "counters for {text:?}");

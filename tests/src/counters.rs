@@ -1,0 +1,27 @@
+//! What a frame did to the XDP program's global counters, in the form packet tests compare:
+//! the counters that changed and by how much, in index order.
+
+use limiter_common::Counter;
+use limiter_user::loader::Counters;
+
+/// The counters that changed between `before` and `after`, with their increase.
+pub fn changes(before: &Counters, after: &Counters) -> Vec<(Counter, u64)> {
+    after
+        .since(before)
+        .iter()
+        .filter(|(_, n)| *n != 0)
+        .collect()
+}
+
+/// `counters` as [`changes`] reports them: one each, a counter listed twice by two.
+pub fn expected(counters: &[Counter]) -> Vec<(Counter, u64)> {
+    let mut wanted: Vec<(Counter, u64)> = Vec::new();
+    for c in counters {
+        match wanted.iter_mut().find(|(w, _)| w == c) {
+            Some((_, n)) => *n += 1,
+            None => wanted.push((*c, 1)),
+        }
+    }
+    wanted.sort_by_key(|(c, _)| *c as u32);
+    wanted
+}
