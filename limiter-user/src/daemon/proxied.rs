@@ -50,18 +50,16 @@ pub struct ViaTable {
 }
 
 impl ViaTable {
-    /// Takes the rows that changed since the last poll. A row without a proxy drops its entry:
+    /// Takes a row that changed since the last poll. A row without a proxy drops its entry:
     /// it was evicted and came back directly.
-    pub fn observe<'a>(&mut self, rows: impl IntoIterator<Item = &'a SourceEntry>) {
-        for row in rows {
-            match via(row) {
-                Some(proxy) => {
-                    self.via.insert(row.addr.to_canonical(), proxy);
-                }
-                None => {
-                    if !self.via.is_empty() {
-                        self.via.remove(&row.addr.to_canonical());
-                    }
+    pub fn observe(&mut self, row: &SourceEntry) {
+        match via(row) {
+            Some(proxy) => {
+                self.via.insert(row.addr.to_canonical(), proxy);
+            }
+            None => {
+                if !self.via.is_empty() {
+                    self.via.remove(&row.addr.to_canonical());
                 }
             }
         }
@@ -183,17 +181,19 @@ mod tests {
     #[test]
     fn via_follows_the_latest_row_and_is_dropped_with_the_source() {
         let mut table = ViaTable::default();
-        table.observe(&[
+        for row in [
             row("203.0.113.9", Some("198.51.100.2")),
             row("2001:db8:1::7", Some("2001:db8:51::2")),
             row("203.0.113.10", None),
-        ]);
+        ] {
+            table.observe(&row);
+        }
         assert_eq!(table.get(ip("203.0.113.9")), Some(ip("198.51.100.2")));
         assert_eq!(table.get(ip("2001:db8:1::7")), Some(ip("2001:db8:51::2")));
         assert_eq!(table.get(ip("203.0.113.10")), None);
         assert_eq!(table.via.len(), 2);
         // Evicted and back, directly this time.
-        table.observe(&[row("203.0.113.9", None)]);
+        table.observe(&row("203.0.113.9", None));
         assert_eq!(table.get(ip("203.0.113.9")), None);
         table.retain(|addr| addr != ip("2001:db8:1::7"));
         assert!(table.is_empty());
