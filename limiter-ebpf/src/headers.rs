@@ -3,8 +3,8 @@
 //! ones the proxy wrote. HAProxy appends its own line after any the client sent, so the last
 //! line wins, and a line in the body (after the empty line) is never read.
 //!
-//! The scan reads 8 bytes per step and finds line ends with word arithmetic, so 1 KB of
-//! headers costs about 130 steps; a name is compared only at line starts. It needs the whole
+//! The scan reads 8 bytes at a time and finds line ends with word arithmetic, four words per
+//! `bpf_loop` step, so 1 KB of headers takes 32 steps; a name is compared only at line starts. It needs the whole
 //! header block in this segment, within [`HEADER_SCAN_LEN`] bytes: otherwise the request is
 //! unattributed, never guessed.
 
@@ -93,8 +93,8 @@ pub fn client(ctx: &XdpContext, off: usize, end: usize, kind: HeaderKind) -> Opt
         xdp: ctx.ctx,
         kind: kind as u64,
     };
-    // One step per 8 bytes, through bpf_loop: the verifier checks the step once, where a
-    // bounded loop of 257 steps would be checked step by step, for every way into it.
+    // Through bpf_loop: the verifier checks the step once, where a bounded loop would be
+    // checked iteration by iteration, for every way into it.
     // SAFETY: `scan_step` has the callback signature bpf_loop expects, and `scan` outlives
     // the call.
     unsafe {
@@ -124,7 +124,8 @@ struct Scan {
 const WORDS_PER_STEP: usize = 4;
 const STEPS: u32 = (HEADER_SCAN_LEN / (8 * WORDS_PER_STEP) + 1) as u32;
 
-/// One step of the header scan: the 8 bytes at the window's `POS`. Returns 1 to stop.
+/// One step of the header scan: [`WORDS_PER_STEP`] words from the window's `POS`. Returns 1
+/// to stop.
 #[inline(never)]
 extern "C" fn scan_step(_index: u64, scan: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `client` gave it, to a live `Scan`.
@@ -253,25 +254,7 @@ fn read_value(
     let from = window.forget(from);
     let len = window.forget(end - from);
     let cut_left = window.forget(cut_left as usize) != 0;
-    if len == 0 || len > WINDOW_LEN {
-        return None;
-    }
-    // Written so the verifier sees 1..=WINDOW_LEN in the register the helper gets (LLVM
-    // merges the two checks above into one it cannot follow).
-    let len = ((len - 1) & (WINDOW_LEN - 1)) + 1;
-    // SAFETY: `len` is 1..=WINDOW_LEN, the size of the window's text, its first field; the
-    // helper checks the frame bounds.
-    let copied = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            from as u32,
-            window.text.as_mut_ptr() as *mut core::ffi::c_void,
-            len as u32,
-        )
-    };
-    if copied != 0 {
-        return None;
-    }
+    let len = copy_to_window(ctx, window, from, len)?;
     // The value ends before the line's CR.
     let len = if window.text[(len - 1) & (WINDOW_LEN - 1)] == b'\r' {
         len - 1
@@ -335,6 +318,34 @@ extern "C" fn parse_step(index: u64, parse: *mut c_void) -> i64 {
     // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
     let window = unsafe { &mut *window };
     client_addr::step(window, which, index as usize) as i64
+}
+
+/// Copies `len` bytes of the frame from `from` into the window's text; returns how many
+/// (`len`, if it is 1..=[`WINDOW_LEN`] and the frame holds them).
+#[inline(always)]
+pub fn copy_to_window(
+    ctx: &XdpContext,
+    window: &mut Window,
+    from: usize,
+    len: usize,
+) -> Option<usize> {
+    if len == 0 || len > WINDOW_LEN {
+        return None;
+    }
+    // Written so the verifier sees 1..=WINDOW_LEN in the register the helper gets (LLVM
+    // merges the two checks above into one it cannot follow).
+    let len = ((len - 1) & (WINDOW_LEN - 1)) + 1;
+    // SAFETY: `len` is 1..=WINDOW_LEN, the size of the window's text; the helper checks the
+    // frame bounds.
+    let copied = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            from as u32,
+            window.text.as_mut_ptr() as *mut c_void,
+            len as u32,
+        )
+    };
+    (copied == 0).then_some(len)
 }
 
 /// This CPU's text window.

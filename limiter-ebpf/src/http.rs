@@ -103,8 +103,9 @@ fn prefixed_image_path(ctx: &XdpContext, off: usize, payload_len: usize, prefixe
         return false;
     };
     let (first, second) = (path.raw64(0), path.raw64(8));
-    // Which prefix matches, if any, then one look at what follows it: a look per prefix
-    // would have the verifier follow every combination of outcomes.
+    // Which prefix matches (the longest, so `/image` does not hide `/image-api`), then one
+    // look at what follows it: a look per prefix would have the verifier follow every
+    // combination of outcomes.
     let mut matched_len = 0;
     for i in 0..MAX_PATH_PREFIXES {
         if i >= prefixes {
@@ -121,7 +122,7 @@ fn prefixed_image_path(ctx: &XdpContext, off: usize, payload_len: usize, prefixe
             }
             _ => false,
         };
-        if matches && matched_len == 0 {
+        if matches && len > matched_len {
             matched_len = len;
         }
     }

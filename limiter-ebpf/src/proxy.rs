@@ -201,8 +201,6 @@ fn request(
         *pending = Pending {
             client,
             class: class_code as u64,
-            has_state: state.is_some() as u64,
-            state: state.unwrap_or_default(),
         };
     }
     crate::hand_over(ctx, crate::CLIENT_SLOT);
@@ -218,9 +216,6 @@ pub struct Pending {
     client: SourceAddr,
     /// `RequestClass` as a number.
     class: u64,
-    /// Whether the connection had state (`state` is meaningful).
-    has_state: u64,
-    state: ConnState,
 }
 
 #[map]
@@ -237,7 +232,6 @@ pub fn client_request(
     let passed = None;
     let pending = PENDING.get(0)?;
     let client = pending.client;
-    let state = (pending.has_state != 0).then_some(pending.state);
     let class = match pending.class {
         0 => RequestClass::ImageCreate,
         1 => RequestClass::OtherWrite,
@@ -250,7 +244,7 @@ pub fn client_request(
         return unattributed(proxy_row, passed);
     }
     if source.verdict.pass_counter(packet.now).is_none() {
-        return refuse(ctx, packet, &key, state, &source.verdict);
+        return refuse(ctx, packet, &key, &source.verdict);
     }
     // SAFETY: a live map value (see `add`).
     unsafe { add(&raw mut (*proxy_row).proxied, 1) };
@@ -278,13 +272,12 @@ fn unattributed(
 }
 
 /// Answers a banned client's request in Glance's place and remembers to reset Glance's side
-/// of the connection.
+/// of the connection (what else was known of it no longer matters: the next segment ends it).
 #[inline(always)]
 fn refuse(
     ctx: &XdpContext,
     packet: &Packet,
     key: &ConnKey,
-    state: Option<ConnState>,
     verdict: &Verdict,
 ) -> Option<(u32, Counter)> {
     Some(
@@ -297,9 +290,9 @@ fn refuse(
         ) {
             Some(reset_seq) => {
                 let rejected = ConnState {
-                    flags: state.map_or(0, |s| s.flags) | CONN_REJECTED,
+                    flags: CONN_REJECTED,
                     reset_seq,
-                    client: state.map_or(SourceAddr::default(), |s| s.client),
+                    ..ConnState::default()
                 };
                 let _ = PROXY_CONNS.insert(key, rejected, 0);
                 (xdp_action::XDP_TX, Counter::RejectProxied)

@@ -2,7 +2,7 @@
 //! (HAProxy `send-proxy`, `send-proxy-v2`): v1 is a text line, v2 a binary block. Either names
 //! the client every request of the connection belongs to.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use limiter_common::{
     client_addr::{self, ProxyV1, WINDOW_LEN},
     SourceAddr,
@@ -84,23 +84,9 @@ fn v1(ctx: &XdpContext, off: usize, len: usize) -> (Named, usize) {
     };
     // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
     let window = unsafe { &mut *window };
-    if copy == 0 {
+    let Some(copy) = headers::copy_to_window(ctx, window, off, copy) else {
         return (Named::NoClient, len);
-    }
-    // 1..=WINDOW_LEN in a form the verifier follows (see `headers::read_value`).
-    let copy = ((copy - 1) & (WINDOW_LEN - 1)) + 1;
-    // SAFETY: `copy` is 1..=WINDOW_LEN, the window's size; the helper checks frame bounds.
-    let copied = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            off as u32,
-            window.text.as_mut_ptr() as *mut core::ffi::c_void,
-            copy as u32,
-        )
     };
-    if copied != 0 {
-        return (Named::NoClient, len);
-    }
     match client_addr::proxy_v1(window, &headers::BpfLoops, copy) {
         (ProxyV1::Client(client), line) => (Named::Client(client), line),
         (ProxyV1::Unknown, line) => (Named::NoClient, line),

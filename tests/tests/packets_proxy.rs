@@ -673,3 +673,24 @@ fn a_frame_that_cannot_be_rewritten_is_dropped_not_passed() {
     .build();
     rig.check(&frame, Verdict::Drop, &[SourceNew, DropProxied]);
 }
+
+#[test]
+fn the_longest_matching_prefix_decides() {
+    require_kernel!();
+    // `/image` is a prefix of `/image-api`: the request under the longer one is still seen.
+    let rig = Rig::with_prefixes(ClientHeader::XForwardedFor, &["/image", "/image-api"]);
+    for (i, path) in ["/image-api/v2/images", "/image/v2/images"]
+        .iter()
+        .enumerate()
+    {
+        let frame = segment(CLIENT, &format!("POST {path} HTTP/1.1\r\n\r\n")).build();
+        let counters: &[Counter] = if i == 0 {
+            &[PassProtected, SourceNew]
+        } else {
+            &[PassProtected]
+        };
+        rig.check(&frame, Verdict::Pass, counters);
+    }
+    let row = rig.row(CLIENT).expect("row");
+    assert_eq!((row.image_create, row.other_write), (2, 0));
+}

@@ -6,10 +6,11 @@
 
 use super::Problem;
 
-/// Prefixes the kernel program checks at most (besides the root, which it always checks).
-pub const MAX_PREFIXES: usize = 4;
+/// Prefixes the kernel program checks at most (besides the root, which it always checks): the
+/// size of its prefix map.
+pub const MAX_PREFIXES: usize = limiter_common::MAX_PATH_PREFIXES as usize;
 /// Longest prefix in bytes: the program compares a prefix as two 8-byte words.
-pub const MAX_PREFIX_BYTES: usize = 16;
+pub const MAX_PREFIX_BYTES: usize = limiter_common::PATH_PREFIX_MAX_LEN;
 
 const KEY: &str = "glance_path_prefixes";
 const EXAMPLE: &str = "\"/image\"";
