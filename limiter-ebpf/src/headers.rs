@@ -3,10 +3,10 @@
 //! ones the proxy wrote. HAProxy appends its own line after any the client sent, so the last
 //! line wins, and a line in the body (after the empty line) is never read.
 //!
-//! The scan reads 8 bytes at a time and finds line ends with word arithmetic, four words per
-//! `bpf_loop` step, so 1 KB of headers takes 32 steps; a name is compared only at line starts. It needs the whole
-//! header block in this segment, within [`HEADER_SCAN_LEN`] bytes: otherwise the request is
-//! unattributed, never guessed.
+//! The scan reads 8 bytes at a time and finds line ends with word arithmetic, eight words per
+//! `bpf_loop` step, so 1 KB of headers takes 16 steps; a name is compared only at line starts.
+//! It needs the whole header block in this segment, within [`HEADER_SCAN_LEN`] bytes:
+//! otherwise the request is unattributed, never guessed.
 
 use core::ffi::c_void;
 
@@ -121,7 +121,7 @@ struct Scan {
 }
 
 /// Words a scan step reads, and the steps that cover [`HEADER_SCAN_LEN`].
-const WORDS_PER_STEP: usize = 4;
+const WORDS_PER_STEP: usize = 8;
 const STEPS: u32 = (HEADER_SCAN_LEN / (8 * WORDS_PER_STEP) + 1) as u32;
 
 /// One step of the header scan: [`WORDS_PER_STEP`] words from the window's `POS`. Returns 1
