@@ -134,24 +134,37 @@ fn serve(mut stream: TcpStream, stop: &AtomicBool, requests: &AtomicU64) {
             requests.fetch_add(1, Ordering::Relaxed);
             idle_since = Instant::now();
         }
-        match stream.read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => {
-                pending.extend_from_slice(&chunk[..n]);
-                idle_since = Instant::now();
-                if pending.len() > MAX_REQUEST_BYTES {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return,
+        match read_more(&mut stream, &mut pending, &mut chunk) {
+            Some(true) => idle_since = Instant::now(),
+            Some(false) => {}
+            None => return,
         }
+    }
+}
+
+/// Reads what the peer sent next onto `pending`: `Some(true)` if something came, `Some(false)`
+/// if the read timed out (call again), `None` if the connection ended or the request grew past
+/// [`MAX_REQUEST_BYTES`].
+pub(crate) fn read_more(
+    stream: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    chunk: &mut [u8],
+) -> Option<bool> {
+    match stream.read(chunk) {
+        Ok(0) => None,
+        Ok(n) => {
+            pending.extend_from_slice(&chunk[..n]);
+            (pending.len() <= MAX_REQUEST_BYTES).then_some(true)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Some(false)
+        }
+        Err(_) => None,
     }
 }
 

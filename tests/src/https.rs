@@ -249,7 +249,6 @@ pub fn image_create_flood(
 /// A well-behaved client through the frontend: one request every `every` on a fixed
 /// schedule, until a limit or `stop`. With `client.keep_alive(false)` each request opens its
 /// own connection. Call inside the client's namespace.
-#[allow(clippy::too_many_arguments)]
 pub fn periodic_requests(
     client: &mut HttpsClient,
     method: &str,

@@ -5,7 +5,7 @@
 //! PROXY protocol, hence this server for the `send-proxy` modes.
 
 use std::{
-    io::{self, Read, Write},
+    io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -16,7 +16,7 @@ use std::{
 };
 
 use crate::{
-    http::{complete_request, listen_dual_stack, response_to, MAX_REQUEST_BYTES},
+    http::{complete_request, listen_dual_stack, read_more, response_to},
     netns::Netns,
     proxy_protocol::{self, ProxyHeader, ProxyHeaderError},
 };
@@ -216,23 +216,10 @@ fn serve(mut stream: TcpStream, stop: &AtomicBool, log: &Log, index: usize, expe
             }
             idle_since = Instant::now();
         }
-        match stream.read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => {
-                pending.extend_from_slice(&chunk[..n]);
-                idle_since = Instant::now();
-                if pending.len() > MAX_REQUEST_BYTES {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return,
+        match read_more(&mut stream, &mut pending, &mut chunk) {
+            Some(true) => idle_since = Instant::now(),
+            Some(false) => {}
+            None => return,
         }
     }
 }

@@ -36,6 +36,9 @@ const CLIENT_V6: &str = "2001:db8:1::7";
 const CREATE: &str =
     "POST /v2/images HTTP/1.1\r\nHost: glance\r\nContent-Type: application/json\r\n";
 
+/// A proxy's first request for a client: both get a row, and the request is the client's.
+const FIRST_THROUGH_PROXY: &[Counter] = &[PassProtected, SourceNew, SourceNew, ProxiedRequest];
+
 struct Rig {
     limiter: Limiter,
 }
@@ -139,11 +142,7 @@ fn x_forwarded_for_names_the_client_and_never_the_proxy() {
     require_kernel!();
     let rig = Rig::new(ClientHeader::XForwardedFor);
     let frame = create_via(PROXY_V4, &format!("X-Forwarded-For: {CLIENT}\r\n"));
-    rig.check(
-        &frame,
-        Verdict::Pass,
-        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
-    );
+    rig.check(&frame, Verdict::Pass, FIRST_THROUGH_PROXY);
     assert_client(&rig, CLIENT, PROXY_V4, 1);
     let proxy = rig.row(PROXY_V4).expect("proxy row");
     assert_eq!(
@@ -176,11 +175,7 @@ fn forged_entries_left_of_the_proxys_are_ignored() {
         PROXY_V4,
         &format!("X-Forwarded-For: 192.0.2.1\r\nx-forwarded-for: {CLIENT}\r\n"),
     );
-    rig.check(
-        &frame,
-        Verdict::Pass,
-        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
-    );
+    rig.check(&frame, Verdict::Pass, FIRST_THROUGH_PROXY);
     assert_client(&rig, CLIENT, PROXY_V4, 1);
     assert!(
         rig.row("192.0.2.1").is_none(),
@@ -211,18 +206,10 @@ fn ipv6_clients_through_ipv4_proxies_and_the_reverse() {
     require_kernel!();
     let rig = Rig::new(ClientHeader::XForwardedFor);
     let frame = create_via(PROXY_V4, &format!("X-Forwarded-For: {CLIENT_V6}\r\n"));
-    rig.check(
-        &frame,
-        Verdict::Pass,
-        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
-    );
+    rig.check(&frame, Verdict::Pass, FIRST_THROUGH_PROXY);
     assert_client(&rig, CLIENT_V6, PROXY_V4, 1);
     let frame = create_via(PROXY_V6, &format!("X-Forwarded-For: {CLIENT}\r\n"));
-    rig.check(
-        &frame,
-        Verdict::Pass,
-        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
-    );
+    rig.check(&frame, Verdict::Pass, FIRST_THROUGH_PROXY);
     assert_client(&rig, CLIENT, PROXY_V6, 1);
     // Bracketed, with a port, and the IPv4-mapped form of an IPv4 client.
     for value in [
@@ -247,11 +234,7 @@ fn forwarded_for_in_every_form() {
         PROXY_V4,
         &format!("Forwarded: for={CLIENT};proto=https\r\n"),
     );
-    rig.check(
-        &frame,
-        Verdict::Pass,
-        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
-    );
+    rig.check(&frame, Verdict::Pass, FIRST_THROUGH_PROXY);
     for value in [
         format!("for=192.0.2.1, For=\"{CLIENT}:47011\";by={PROXY_V4}"),
         format!("proto=http;for={CLIENT}"),
@@ -336,7 +319,7 @@ fn the_client_header_after_fifty_others_and_a_kilobyte() {
     rig.check(
         &create_via(PROXY_V4, &headers),
         Verdict::Pass,
-        &[PassProtected, SourceNew, SourceNew, ProxiedRequest],
+        FIRST_THROUGH_PROXY,
     );
     assert_client(&rig, CLIENT, PROXY_V4, 1);
     // Past what the program reads (2 KB from the request line): unattributed.

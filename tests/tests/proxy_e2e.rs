@@ -456,6 +456,29 @@ struct Scenario<'a> {
     never: Vec<IpAddr>,
 }
 
+impl<'a> Scenario<'a> {
+    /// Client A floods and client B lists, both over IPv4 through the load balancer's
+    /// frontend, which reaches Glance from its backend address.
+    fn through_lb(
+        name: &'static str,
+        topo: &'a Topo,
+        glance: &'a RealGlance,
+        daemon: &'a Daemon,
+    ) -> Self {
+        Scenario {
+            name,
+            topo,
+            glance,
+            daemon,
+            attacker: topo.client_a.v4[0],
+            legit: topo.client_b.v4[0],
+            target: frontend,
+            proxy: Topo::LB_BACKEND_V4,
+            never: lb_addresses(),
+        }
+    }
+}
+
 /// A legitimate client (client B) lists every 200 ms while the attacker (client A) floods
 /// image creates, both over TLS through the same frontend. The attacker is banned by its own
 /// address within the deadline, then gets 429 (with Retry-After) through HAProxy while
@@ -544,17 +567,7 @@ fn forwardfor_flood_is_banned_by_client_address_and_haproxy_is_spared() {
         .start(&topo.lb);
     let _xdp_tx = deliver_xdp_tx_to_lb(&topo);
     let daemon = daemon_behind_lb(&topo);
-    flood_is_banned_behind_proxy(&Scenario {
-        name: "forwardfor",
-        topo: &topo,
-        glance: &glance,
-        daemon: &daemon,
-        attacker: topo.client_a.v4[0],
-        legit: topo.client_b.v4[0],
-        target: frontend,
-        proxy: Topo::LB_BACKEND_V4,
-        never: lb_addresses(),
-    });
+    flood_is_banned_behind_proxy(&Scenario::through_lb("forwardfor", &topo, &glance, &daemon));
     assert_no_half_open(&[("Glance", &topo.glance), ("HAProxy", &topo.lb)]);
     eprintln!("forwardfor: {:?} in all", started.elapsed());
 }
@@ -584,17 +597,7 @@ fn proxy_v2_flood_is_banned_by_client_address_and_haproxy_is_spared() {
         .start(&topo.lb);
     let _xdp_tx = deliver_xdp_tx_to_lb(&topo);
     let daemon = daemon_behind_lb(&topo);
-    flood_is_banned_behind_proxy(&Scenario {
-        name: "proxy v2",
-        topo: &topo,
-        glance: &glance,
-        daemon: &daemon,
-        attacker: topo.client_a.v4[0],
-        legit: topo.client_b.v4[0],
-        target: frontend,
-        proxy: Topo::LB_BACKEND_V4,
-        never: lb_addresses(),
-    });
+    flood_is_banned_behind_proxy(&Scenario::through_lb("proxy v2", &topo, &glance, &daemon));
     assert!(daemon.counter("proxy_header") > 0);
     assert_no_half_open(&[("Glance", &topo.glance), ("HAProxy", &topo.lb)]);
     eprintln!("proxy v2: {:?} in all", started.elapsed());
