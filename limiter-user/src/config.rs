@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cluster::ClusterSettings,
     duration_text, net_list,
     policy::{Metric, PolicyConfig, AGGREGATE_IPV4_PREFIXES, AGGREGATE_IPV6_PREFIXES},
     proxy::{self, ClientHeader, TrustedProxies},
@@ -116,6 +117,10 @@ pub struct Config {
     /// URL path prefixes Glance is served under besides the root (`/image`).
     pub glance_path_prefixes: Vec<String>,
     pub policy: PolicyConfig,
+    /// `[cluster]`: rules and counts shared with the other nodes through etcd; `None`: this
+    /// node decides alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Default for Config {
@@ -135,6 +140,7 @@ impl Default for Config {
             client_address_header: ClientHeader::default(),
             glance_path_prefixes: Vec::new(),
             policy: PolicyConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -335,6 +341,14 @@ impl Config {
                 .map(|p| Problem::new(p.key, p.message)),
         );
         check_policy(&self.policy, &mut problems);
+        if let Some(cluster) = &self.cluster {
+            problems.extend(
+                cluster
+                    .problems()
+                    .into_iter()
+                    .map(|(key, message)| Problem::new(format!("cluster.{key}"), message)),
+            );
+        }
         problems
     }
 }

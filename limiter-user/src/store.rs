@@ -76,6 +76,10 @@ pub struct StoredRule {
     /// `None`: until removed.
     #[serde(rename = "expires_at", with = "rfc3339_option")]
     pub expires: Option<SystemTime>,
+    /// With `[cluster]`: the node that made the rule (or last changed it). `None`: this node,
+    /// before or without a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What identifies a rule: at most one per prefix and action.
@@ -415,6 +419,36 @@ impl RuleStore {
         Ok(change)
     }
 
+    /// Stores `rules` exactly as given, replacing any rule with the same key whatever its
+    /// origin: for rules the cluster already merged (etcd's word on a key nobody changed
+    /// here). All or nothing, like [`RuleStore::upsert`].
+    pub fn put_exact(&mut self, rules: Vec<StoredRule>) -> Result<Change, StoreError> {
+        let count = rules.len();
+        let incoming: Vec<StoredRule> = rules.into_iter().map(StoredRule::normalized).collect();
+        for (index, rule) in incoming.iter().enumerate() {
+            check(rule).map_err(|problem| StoreError::InvalidRule {
+                index,
+                count,
+                prefix: rule.prefix,
+                action: rule.action,
+                problem,
+            })?;
+        }
+        let mut table = self.table();
+        let mut change = Change::default();
+        for rule in incoming {
+            match table.insert(rule.key(), rule.clone()) {
+                None => change.added.push(rule),
+                Some(old) if old == rule => change.unchanged.push(rule),
+                Some(_) => change.updated.push(rule),
+            }
+        }
+        if !change.is_noop() {
+            self.commit(table.into_values().collect())?;
+        }
+        Ok(change)
+    }
+
     /// Removes and returns the rules no longer in force at `now`. The kernel already ignores
     /// them (their deadlines passed); this keeps the store and listings tidy.
     pub fn expire(&mut self, now: SystemTime) -> Result<Vec<StoredRule>, StoreError> {
@@ -705,8 +739,32 @@ enum WriteFailure {
 /// the data, leaving an empty file), rename it over the old one (atomic on POSIX), fsync the
 /// directory (else the rename itself could be lost).
 fn write_atomically(dir: &Path, bytes: &[u8]) -> Result<(), WriteFailure> {
-    let tmp = dir.join(TMP_FILE);
-    let target = dir.join(RULES_FILE);
+    write_named_atomically(dir, RULES_FILE, TMP_FILE, bytes)
+}
+
+/// The same atomic replacement for another file of the state directory (`name`, through
+/// `name.tmp`); the error says which step failed.
+pub(crate) fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    write_named_atomically(dir, name, &format!("{name}.tmp"), bytes).map_err(
+        |failure| match failure {
+            WriteFailure::NotCommitted { step, path, source } => {
+                format!("{step} {}: {source}", path.display())
+            }
+            WriteFailure::NotDurable(source) => {
+                format!("written, but the directory could not be synced: {source}")
+            }
+        },
+    )
+}
+
+fn write_named_atomically(
+    dir: &Path,
+    name: &str,
+    tmp_name: &str,
+    bytes: &[u8],
+) -> Result<(), WriteFailure> {
+    let tmp = dir.join(tmp_name);
+    let target = dir.join(name);
     let committed = (|| {
         let failed = |step, path: &Path| {
             let path = path.to_path_buf();
@@ -857,6 +915,7 @@ mod tests {
             reason: format!("{origin:?} {action:?} {prefix}"),
             created: t0(),
             expires: expires.map(at),
+            node: None,
         }
     }
 

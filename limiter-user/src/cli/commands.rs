@@ -252,6 +252,7 @@ fn unexpected(op: &str, reply: &Reply) -> Failure {
         Reply::Rules(_) => "a rule list",
         Reply::Stats(_) => "statistics",
         Reply::Status(_) => "a status",
+        Reply::Cluster(_) => "a cluster status",
     };
     Failure::Operational(format!(
         "the daemon answered `{op}` with {shape}; the daemon and this client are probably \

@@ -452,6 +452,7 @@ mod tests {
             reason: "flood".into(),
             created: at(NOW - 60),
             expires: expires.map(at),
+            node: None,
         }
     }
 
@@ -713,6 +714,7 @@ PREFIX           VIA           ACTION  SCOPE            ORIGIN  CREATED         
                 ("pass_protected".to_string(), 12345),
             ]
             .into(),
+            cluster: None,
         };
         assert_eq!(
             super::status(&status),

@@ -113,6 +113,7 @@ fn reject_fields_of_unit_ops(
     let op = match request {
         Request::List => "list",
         Request::Status => "status",
+        Request::ClusterStatus => "cluster_status",
         _ => return Ok(()),
     };
     match object.keys().find(|key| *key != "version" && *key != "op") {
@@ -140,6 +141,7 @@ pub fn op_name(request: &Request) -> &'static str {
         Request::List => "list",
         Request::Stats { .. } => "stats",
         Request::Status => "status",
+        Request::ClusterStatus => "cluster_status",
     }
 }
 

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use super::proxies::{ProxyRates, ProxyTotals, ProxyView};
+pub use crate::cluster::status::{ClusterHealth, ClusterStatus};
 use crate::{rules::Scope, store::StoredRule};
 
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -65,6 +66,8 @@ pub enum Request {
         top: Option<usize>,
     },
     Status,
+    /// `limiter cluster status`.
+    ClusterStatus,
 }
 
 /// A response line: `{"version":1,"ok":true,"result":{...}}` or
@@ -129,6 +132,7 @@ pub enum Reply {
     Rules(RuleList),
     Stats(Stats),
     Status(Status),
+    Cluster(ClusterStatus),
 }
 
 /// The outcome of block/unblock/allow/unallow. Repeating a request lands in `unchanged` or
@@ -235,6 +239,9 @@ pub struct Status {
     pub rules: RuleCounts,
     /// Global kernel counters by name (packets by verdict and reason).
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// With `[cluster]`: this node's place in it, and whether etcd is reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterHealth>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -437,6 +444,7 @@ mod tests {
             reason: "flood".into(),
             created: std::time::SystemTime::UNIX_EPOCH,
             expires: None,
+            node: None,
         };
         let list = RuleList {
             rules: vec![rule],

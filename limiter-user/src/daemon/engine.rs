@@ -14,6 +14,7 @@ use limiter_common::Counter;
 use tracing::{info, warn};
 
 use crate::{
+    cluster::{self, summary, Cluster, ClusterError},
     config::{Config, Mode},
     control::protocol::{
         ErrorKind, InterfaceView, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList,
@@ -39,6 +40,10 @@ pub enum EngineError {
     Kernel(#[from] LoaderError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Journal(#[from] cluster::journal::JournalError),
 }
 
 /// What one poll did, for logs and status.
@@ -76,6 +81,8 @@ pub struct Engine {
     via: ViaTable,
     /// What each trusted proxy relayed, for `stats` and the metrics.
     proxy_loads: ProxyLoads,
+    /// `[cluster]`: rules and counts shared through etcd.
+    cluster: Option<Cluster>,
 }
 
 /// How often the host's own addresses are re-read (they change rarely; a new one is
@@ -86,6 +93,14 @@ impl Engine {
     /// Takes over a loaded (and attached) program and the opened store, and makes the
     /// kernel's rules the store's (plus the configured allowlist).
     pub fn new(limiter: Limiter, store: RuleStore, config: Config) -> Result<Self, EngineError> {
+        let cluster = match &config.cluster {
+            Some(settings) => Some(Cluster::start(
+                settings.clone(),
+                store.dir(),
+                config.poll_interval,
+            )?),
+            None => None,
+        };
         let mut engine = Engine {
             limiter,
             store,
@@ -103,6 +118,7 @@ impl Engine {
             unbans: Unbans::default(),
             via: ViaTable::default(),
             proxy_loads: ProxyLoads::default(),
+            cluster,
         };
         engine.limiter.set_protected_ports(&engine.config.ports)?;
         engine.configure_proxies()?;
@@ -161,6 +177,7 @@ impl Engine {
             self.via.retain(|addr| rates.last_counts(addr).is_some());
         }
 
+        let mut kernel_stale = self.apply_cluster_changes()?;
         let expired = self.store.expire(wall)?;
         for rule in &expired {
             if rule.action == Action::Block {
@@ -173,18 +190,26 @@ impl Engine {
                 "rule expired"
             );
         }
-        let mut kernel_stale = !expired.is_empty();
+        kernel_stale |= !expired.is_empty();
 
         self.would_ban.retain(|(_, until)| *until > now);
         // Only sources with new activity can newly cross a threshold; with none, the never-ban
         // set and the bans in force (both built from every rule) are not needed this poll.
-        let decisions = if active.is_empty() {
+        let cluster_rates = self.cluster_rates();
+        let decisions = if active.is_empty() && cluster_rates.is_empty() {
             Vec::new()
         } else {
-            let active_rates: Vec<(IpAddr, Rates)> = active
+            let mut active_rates: Vec<(IpAddr, Rates)> = active
                 .iter()
                 .filter_map(|(addr, _)| self.rates.rates(*addr).map(|r| (*addr, r)))
                 .collect();
+            if !cluster_rates.is_empty() {
+                // The cluster-wide figure replaces this node's for the sources it covers.
+                let covered: std::collections::HashSet<IpAddr> =
+                    cluster_rates.iter().map(|(addr, _)| *addr).collect();
+                active_rates.retain(|(addr, _)| !covered.contains(addr));
+                active_rates.extend(cluster_rates.iter().copied());
+            }
             let mut in_force = self.active_blocks(wall);
             in_force.extend(self.would_ban.iter().map(|(net, _)| *net));
             self.policy
@@ -200,6 +225,7 @@ impl Engine {
         if kernel_stale {
             self.sync_kernel()?;
         }
+        self.publish_summary(cluster_rates.len());
         self.last_poll = started.elapsed();
         let rows_read = rows.len();
         self.last_rows = rows_read;
@@ -248,10 +274,14 @@ impl Engine {
                     reason: d.reason.clone(),
                     created: wall,
                     expires: rule.expires,
+                    node: self.node_name(),
                 }
             })
             .collect();
+        let keys: Vec<_> = bans.iter().map(StoredRule::key).collect();
+        let generation = self.cluster_will_change(&keys)?;
         let change = self.store.upsert(bans)?;
+        self.cluster_changed(keys, generation);
         self.bans.add(
             Origin::Auto,
             (change.added.len() + change.updated.len()) as u64,
@@ -350,6 +380,15 @@ impl Engine {
             Request::List => Ok(Reply::Rules(self.list())),
             Request::Stats { top } => Ok(Reply::Stats(self.stats(top))),
             Request::Status => self.status().map(Reply::Status),
+            Request::ClusterStatus => match &self.cluster {
+                Some(cluster) => Ok(Reply::Cluster(cluster.status())),
+                None => Err((
+                    ErrorKind::BadInput,
+                    "this daemon runs alone: its configuration has no [cluster] section \
+                     (docs/OPERATIONS.md, \"Several Glance nodes\")"
+                        .to_string(),
+                )),
+            },
         };
         match outcome {
             Ok(reply) => ResponseLine::ok(reply),
@@ -395,9 +434,13 @@ impl Engine {
                 reason: reason.clone(),
                 created: wall,
                 expires,
+                node: self.node_name(),
             })
             .collect();
+        let keys: Vec<_> = batch.iter().map(StoredRule::key).collect();
+        let generation = self.cluster_will_change(&keys).map_err(journal_error)?;
         let change = self.store.upsert(batch).map_err(store_error)?;
+        self.cluster_changed(keys, generation);
         if action == Action::Block {
             self.bans.add(
                 Origin::Manual,
@@ -423,7 +466,10 @@ impl Engine {
         prefixes: Vec<IpNet>,
     ) -> Result<Reply, (ErrorKind, String)> {
         check_prefixes(&prefixes)?;
+        let keys: Vec<_> = prefixes.iter().map(|p| (p.trunc(), action)).collect();
+        let generation = self.cluster_will_change(&keys).map_err(journal_error)?;
         let change = self.store.remove(&prefixes, action).map_err(store_error)?;
+        self.cluster_changed(keys, generation);
         if action == Action::Block {
             for rule in &change.removed {
                 self.unbans.removed.add(rule.origin, 1);
@@ -693,8 +739,100 @@ impl Engine {
                 .iter()
                 .map(|(c, v): (Counter, u64)| (c.name().to_owned(), v))
                 .collect::<BTreeMap<_, _>>(),
+            cluster: self.cluster.as_ref().map(Cluster::health),
         })
     }
+}
+
+/// The cluster's side of the engine: what etcd sent, what this node publishes, and the
+/// journal marks around each local rule change.
+impl Engine {
+    /// Applies the rules other nodes changed (and a reconciliation after an outage), and
+    /// brings the kernel in step. Called every poll and between polls, so a rule made
+    /// elsewhere applies here within a fraction of a second.
+    pub fn apply_cluster(&mut self) -> Result<(), EngineError> {
+        if self.apply_cluster_changes()? {
+            self.sync_kernel()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the store changed.
+    fn apply_cluster_changes(&mut self) -> Result<bool, EngineError> {
+        match &mut self.cluster {
+            Some(cluster) => Ok(cluster.apply_incoming(&mut self.store)?),
+            None => Ok(false),
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    fn node_name(&self) -> Option<String> {
+        self.cluster.as_ref().map(|c| c.node().to_string())
+    }
+
+    fn cluster_will_change(
+        &mut self,
+        keys: &[crate::store::RuleKey],
+    ) -> Result<u64, cluster::journal::JournalError> {
+        match &mut self.cluster {
+            Some(cluster) => cluster.will_change(keys.iter().copied()),
+            None => Ok(0),
+        }
+    }
+
+    fn cluster_changed(&mut self, keys: Vec<crate::store::RuleKey>, generation: u64) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.changed(&self.store, keys, generation);
+        }
+    }
+
+    /// Cluster-wide rates of the sources the other Glance nodes listed (none alone, on an
+    /// edge node, or while etcd is unreachable).
+    fn cluster_rates(&self) -> Vec<(IpAddr, Rates)> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        if cluster.role() != cluster::Role::Glance {
+            return Vec::new();
+        }
+        let peers = cluster.peers();
+        summary::combine(
+            cluster.settings(),
+            |addr| self.rates.rates(addr),
+            peers.iter(),
+        )
+    }
+
+    fn publish_summary(&mut self, cluster_sources: usize) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let peers_seen = cluster
+            .peers()
+            .iter()
+            .filter(|p| p.role == cluster::Role::Glance)
+            .count();
+        let header = cluster.next_summary(self.rates.len() as u64);
+        let fraction = cluster.publish_fraction();
+        let built = summary::build(
+            cluster.settings(),
+            self.policy.config(),
+            header,
+            fraction,
+            self.rates.iter(),
+        );
+        cluster.publish(built, peers_seen, cluster_sources);
+    }
+}
+
+fn journal_error(error: cluster::journal::JournalError) -> (ErrorKind, String) {
+    (
+        ErrorKind::Operational,
+        format!("nothing changed: the cluster journal cannot be written: {error}"),
+    )
 }
 
 fn check_prefixes(prefixes: &[IpNet]) -> Result<(), (ErrorKind, String)> {

@@ -228,8 +228,16 @@ fn drive(engine: &mut Engine, inbox: &mpsc::Receiver<Envelope>, metrics: Option<
             }
             continue;
         }
-        // Wake at the next poll, for a request, or soon enough to notice a signal.
-        let wait = (next_poll - now).min(Duration::from_millis(200));
+        // Rules other nodes made apply between polls too.
+        if engine.cluster().is_some() {
+            if let Err(e) = engine.apply_cluster() {
+                error!(error = %e, "cannot apply the cluster's rules; retrying");
+            }
+        }
+        // Wake at the next poll, for a request, or soon enough to notice a signal (and, in
+        // a cluster, a rule from another node).
+        let wake = if engine.cluster().is_some() { 50 } else { 200 };
+        let wait = (next_poll - now).min(Duration::from_millis(wake));
         match inbox.recv_timeout(wait) {
             Ok(envelope) => {
                 let response = engine.handle(envelope.request);

@@ -283,6 +283,7 @@ mod tests {
             reason: "image creates over the threshold".into(),
             created: at(0),
             expires: expires.map(at),
+            node: None,
         }
     }
 

@@ -81,6 +81,7 @@ fn rule(
         reason: reason.into(),
         created: at(created),
         expires: ttl.map(|t| at(created + t)),
+        node: None,
     }
 }
 
@@ -114,6 +115,7 @@ fn status(step: u64, rules: &[StoredRule], tracked: usize) -> Status {
             allow: count(RuleAction::Allow, None),
         },
         counters,
+        cluster: None,
     }
 }
 

@@ -157,7 +157,9 @@ pub fn describe_request(request: &Request) -> String {
         Request::Unblock { prefixes } => ("unban", prefixes),
         Request::Allow { prefixes, .. } => ("allow", prefixes),
         Request::Unallow { prefixes } => ("unallow", prefixes),
-        Request::List | Request::Stats { .. } | Request::Status => return "refresh".into(),
+        Request::List | Request::Stats { .. } | Request::Status | Request::ClusterStatus => {
+            return "refresh".into()
+        }
     };
     let names: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
     format!("{verb} {}", names.join(", "))
@@ -170,7 +172,7 @@ pub fn first_prefix(request: &Request) -> Option<IpNet> {
         | Request::Unblock { prefixes }
         | Request::Allow { prefixes, .. }
         | Request::Unallow { prefixes } => prefixes.first().copied(),
-        Request::List | Request::Stats { .. } | Request::Status => None,
+        Request::List | Request::Stats { .. } | Request::Status | Request::ClusterStatus => None,
     }
 }
 

@@ -100,6 +100,7 @@ pub fn stored(prefix: &str, action: Action) -> StoredRule {
         reason: "flood".into(),
         created: at(NOW_SECS),
         expires: None,
+        node: None,
     }
 }
 
@@ -164,7 +165,14 @@ pub fn canned(request: &Request) -> ResponseLine {
                 allow: 1,
             },
             counters: [("drop_blocked".to_string(), 42)].into(),
+            cluster: None,
         }),
+        Request::ClusterStatus => {
+            return ResponseLine::error(
+                limiter_user::control::protocol::ErrorKind::BadInput,
+                "this daemon runs alone: its configuration has no [cluster] section",
+            )
+        }
     };
     ResponseLine::ok(reply)
 }
