@@ -164,9 +164,12 @@ pub struct Plan {
     pub push: Vec<StoredRule>,
     /// Keys etcd must drop: removed here while it could not be told.
     pub delete_there: Vec<RuleKey>,
+    /// Keys changed here that etcd already holds as they are here: nothing left to send.
+    pub settled: Vec<(RuleKey, bool)>,
 }
 
 impl Plan {
+    /// Whether anything changes on either side.
     pub fn is_empty(&self) -> bool {
         self.store_here.is_empty()
             && self.remove_here.is_empty()
@@ -208,10 +211,12 @@ pub fn reconcile(
         let there = remote.get(&key).copied();
         if state.dirty.contains_key(&key) {
             match (here, there) {
-                (Some(here), Some(there)) if same_rule(here, there) => {}
+                (Some(here), Some(there)) if same_rule(here, there) => {
+                    plan.settled.push((key, true))
+                }
                 (Some(here), _) => plan.push.push(here.clone()),
                 (None, Some(_)) => plan.delete_there.push(key),
-                (None, None) => {}
+                (None, None) => plan.settled.push((key, false)),
             }
             continue;
         }
@@ -339,6 +344,7 @@ mod tests {
         );
         assert_eq!(plan.push, [made]);
         assert_eq!(plan.delete_there, [lifted.key()]);
+        assert!(plan.settled.is_empty());
         assert!(plan.store_here.is_empty() && plan.remove_here.is_empty());
     }
 
@@ -360,6 +366,7 @@ mod tests {
         };
         let plan = reconcile(&[expired.clone()], &state(&[], &[&expired]), 7, &[], now());
         assert!(plan.is_empty(), "{plan:?}");
+        assert_eq!(plan.settled, [(expired.key(), false)]);
     }
 
     #[test]

@@ -340,8 +340,21 @@ impl Cluster {
             deleted_there = plan.delete_there.len(),
             "cluster rules reconciled"
         );
+        // Keys already dirty keep their mark: this push, acknowledged at the newest
+        // generation, settles them along with the ones marked now.
+        let fresh: Vec<RuleKey> = outgoing
+            .iter()
+            .filter(|key| !self.journal.is_dirty(key))
+            .copied()
+            .collect();
+        if !fresh.is_empty() {
+            self.journal.mark_dirty(fresh)?;
+        }
+        let generation = self.journal.state().generation;
+        if !plan.settled.is_empty() {
+            self.journal.acknowledge(plan.settled, generation)?;
+        }
         if !outgoing.is_empty() {
-            let generation = self.journal.mark_dirty(outgoing.iter().copied())?;
             self.changed(store, outgoing, generation);
         }
         Ok(changed)
