@@ -212,8 +212,11 @@ impl Engine {
             }
             let mut in_force = self.active_blocks(wall);
             in_force.extend(self.would_ban.iter().map(|(net, _)| *net));
-            self.policy
-                .evaluate(now, active_rates, &self.never_ban(wall), &in_force)
+            let mut decisions =
+                self.policy
+                    .evaluate(now, active_rates, &self.never_ban(wall), &in_force);
+            name_cluster_wide(&mut decisions, &cluster_rates);
+            decisions
         };
         if !decisions.is_empty() {
             kernel_stale |= self.carry_out(&decisions, wall)?;
@@ -825,6 +828,19 @@ impl Engine {
             self.rates.iter(),
         );
         cluster.publish(built, peers_seen, cluster_sources);
+    }
+}
+
+/// A ban decided on a rate summed over the nodes says so: no single node saw it.
+fn name_cluster_wide(decisions: &mut [Decision], cluster_rates: &[(IpAddr, Rates)]) {
+    for decision in decisions {
+        let host = decision.net.prefix_len() == decision.net.max_prefix_len();
+        let summed = cluster_rates
+            .binary_search_by_key(&decision.net.addr(), |(addr, _)| *addr)
+            .is_ok();
+        if host && summed {
+            decision.reason = format!("{} across the cluster's Glance nodes", decision.reason);
+        }
     }
 }
 
