@@ -6,6 +6,7 @@
 
 pub mod counters;
 pub mod daemon;
+pub mod etcd;
 pub mod flood;
 pub mod frames;
 pub mod glance;

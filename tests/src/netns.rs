@@ -10,8 +10,10 @@ use std::{
     thread,
 };
 
+mod lan;
 mod proxy;
 
+pub use lan::Lan;
 pub use proxy::{ProxyClient, ProxyTopology};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
