@@ -13,6 +13,7 @@ pub mod glance;
 pub mod haproxy;
 pub mod http;
 pub mod https;
+pub mod mariadb;
 pub mod metrics;
 pub mod napi;
 pub mod netns;
