@@ -10,9 +10,11 @@ use std::{
     thread,
 };
 
+mod cluster;
 mod lan;
 mod proxy;
 
+pub use cluster::{ClusterNode, ClusterTopology, GlanceNodes};
 pub use lan::Lan;
 pub use proxy::{ProxyClient, ProxyTopology};
 
