@@ -10,6 +10,10 @@
 //!
 //! Election timing is shortened for tests (100 ms heartbeats, 500 ms election timeout): a
 //! new leader within about a second of the old one's death, and leases as short as 1 s.
+//!
+//! With client TLS ([`EtcdCluster::start_tls_on`]) the client URLs are `https://`, and members
+//! accept only clients with a certificate from the cluster's CA ([`EtcdTls`]); peers still
+//! talk plain HTTP among themselves.
 
 use std::{
     fs,
@@ -21,6 +25,10 @@ use std::{
 };
 
 use crate::netns::{Lan, Netns};
+
+mod tls;
+
+pub use tls::EtcdTls;
 
 /// How long a cluster gets to elect a leader and answer health checks on every member.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -35,6 +43,7 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
     token: String,
+    tls: Option<EtcdTls>,
     /// The LAN of a standalone cluster (none when started on a caller's LAN). Dropped after
     /// the members' namespaces.
     _own_lan: Option<Lan>,
@@ -64,6 +73,16 @@ impl EtcdCluster {
     /// A cluster whose members join `lan` at [`MEMBER_V4`](Self::MEMBER_V4); returns once
     /// every member is healthy.
     pub fn start_on(lan: &Lan) -> Self {
+        Self::start_with(lan, false)
+    }
+
+    /// As [`start_on`](Self::start_on), with client TLS and client-certificate
+    /// authentication: see [`tls`](Self::tls) for the CA and a client's certificate.
+    pub fn start_tls_on(lan: &Lan) -> Self {
+        Self::start_with(lan, true)
+    }
+
+    fn start_with(lan: &Lan, tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("glance-limiter-etcd-")
             .tempdir()
@@ -87,11 +106,13 @@ impl EtcdCluster {
             .expect("a temporary directory has a name")
             .to_string_lossy()
             .into_owned();
+        let tls = tls.then(|| EtcdTls::generate(dir.path(), &Self::MEMBER_V4));
         // The guard exists before any process: a failed start still kills them.
         let mut cluster = EtcdCluster {
             members,
             dir,
             token,
+            tls,
             _own_lan: None,
         };
         for i in 0..cluster.members.len() {
@@ -101,7 +122,20 @@ impl EtcdCluster {
         cluster
     }
 
-    /// Every member's client URL, `http://198.51.100.21:2379` first.
+    /// The CA and certificates of a TLS cluster.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Every member's client URL, `http://198.51.100.21:2379` (or `https://`) first.
     pub fn client_endpoints(&self) -> Vec<String> {
         (0..self.members.len())
             .map(|i| self.client_endpoint(i))
@@ -109,7 +143,7 @@ impl EtcdCluster {
     }
 
     pub fn client_endpoint(&self, i: usize) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.members[i].addr)
+        format!("{}://{}:{CLIENT_PORT}", self.scheme(), self.members[i].addr)
     }
 
     /// Member `i`'s namespace.
@@ -306,16 +340,34 @@ impl EtcdCluster {
     }
 
     /// `etcdctl ARGS` run inside `ns` against `endpoints`, with short timeouts (1 s to
-    /// connect, 3 s per command; later flags in `args` override them): its stdout, or its
-    /// stderr as the error. Any namespace that reaches the members will do, e.g. a Glance
-    /// node's, to show that a daemon there can.
+    /// connect, 3 s per command; later flags in `args` override them) and, on a TLS cluster,
+    /// the CA and client certificate: its stdout, or its stderr as the error. Any namespace
+    /// that reaches the members will do, e.g. a Glance node's, to show that a daemon there
+    /// can.
     pub fn etcdctl(
         &self,
         ns: &Netns,
         endpoints: &[String],
         args: &[&str],
     ) -> Result<String, String> {
-        let out = self.etcdctl_output(ns, endpoints, args);
+        let tls = self
+            .tls
+            .as_ref()
+            .map(EtcdTls::etcdctl_args)
+            .unwrap_or_default();
+        self.etcdctl_with_tls(ns, endpoints, &tls, args)
+    }
+
+    /// As [`etcdctl`](Self::etcdctl) with `tls_flags` (`--cacert=…`, `--cert=…`, `--key=…`,
+    /// or none) instead of the cluster's: to check what the members refuse.
+    pub fn etcdctl_with_tls(
+        &self,
+        ns: &Netns,
+        endpoints: &[String],
+        tls_flags: &[String],
+        args: &[&str],
+    ) -> Result<String, String> {
+        let out = self.etcdctl_command(ns, endpoints, tls_flags, args);
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -333,11 +385,27 @@ impl EtcdCluster {
         endpoints: &[String],
         args: &[&str],
     ) -> std::process::Output {
+        let tls = self
+            .tls
+            .as_ref()
+            .map(EtcdTls::etcdctl_args)
+            .unwrap_or_default();
+        self.etcdctl_command(ns, endpoints, &tls, args)
+    }
+
+    fn etcdctl_command(
+        &self,
+        ns: &Netns,
+        endpoints: &[String],
+        tls_flags: &[String],
+        args: &[&str],
+    ) -> std::process::Output {
         Command::new("nsenter")
             .arg(format!("--net={}", ns.path().display()))
             .arg("etcdctl")
             .arg(format!("--endpoints={}", endpoints.join(",")))
             .args(["--dial-timeout=1s", "--command-timeout=3s"])
+            .args(tls_flags)
             .args(args)
             .env("ETCDCTL_API", "3")
             .stdin(Stdio::null())
@@ -365,7 +433,7 @@ impl EtcdCluster {
             .join(",");
         let member = &self.members[i];
         let (client, peer) = (
-            format!("http://{}:{CLIENT_PORT}", member.addr),
+            self.client_endpoint(i),
             format!("http://{}:{PEER_PORT}", member.addr),
         );
         let log = fs::OpenOptions::new()
@@ -373,9 +441,19 @@ impl EtcdCluster {
             .append(true)
             .open(self.log_path(i))
             .expect("etcd member's log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", member.ns.path().display()))
-            .arg("etcd")
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", member.ns.path().display()))
+            .arg("etcd");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg(format!("--name=m{i}"))
             .arg("--data-dir")
             .arg(self.data_dir(i))

@@ -187,3 +187,48 @@ fn glance_nodes_behind_haproxy_share_one_database() {
         assert_eq!(node.image_count(), 1);
     }
 }
+
+#[test]
+fn etcd_with_client_tls_accepts_only_clients_with_its_certificate() {
+    limiter_tests::require_kernel!();
+    let _serial = serial();
+    let topo = Topo::new(1);
+    let etcd = topo.start_etcd_tls();
+    let tls = etcd.tls().expect("a TLS cluster has certificates");
+    let endpoints = etcd.client_endpoints();
+    assert!(
+        endpoints.iter().all(|e| e.starts_with("https://")),
+        "{endpoints:?}"
+    );
+    assert_eq!(etcd.healthy_members(), vec![0, 1, 2]);
+    etcd.put_via(0, "kit/tls", "yes").expect("put over TLS");
+    assert_eq!(etcd.get_via(2, "kit/tls"), Ok(Some("yes".to_owned())));
+
+    // From a node: the cluster's client certificate is accepted; a client that trusts the
+    // CA but has no certificate, one that trusts nothing, and plain HTTP are refused.
+    let node = &topo.nodes[0].ns;
+    let get = [
+        "get",
+        "kit/tls",
+        "--print-value-only",
+        "--command-timeout=1s",
+    ];
+    assert_eq!(etcd.etcdctl(node, &endpoints, &get), Ok("yes\n".to_owned()));
+    let ca_only = [format!("--cacert={}", tls.ca.display())];
+    let refused = etcd.etcdctl_with_tls(node, &endpoints, &ca_only, &get);
+    assert!(refused.is_err(), "no client certificate: {refused:?}");
+    let refused = etcd.etcdctl_with_tls(node, &endpoints, &[], &get);
+    assert!(
+        refused.is_err(),
+        "untrusted server certificate: {refused:?}"
+    );
+    let plain: Vec<String> = endpoints
+        .iter()
+        .map(|e| e.replacen("https://", "http://", 1))
+        .collect();
+    let refused = etcd.etcdctl_with_tls(node, &plain, &[], &get);
+    assert!(refused.is_err(), "plain HTTP: {refused:?}");
+    for file in [&tls.ca, &tls.client_cert, &tls.client_key, &tls.server_cert] {
+        assert!(file.is_file(), "{}", file.display());
+    }
+}

@@ -143,6 +143,12 @@ impl ClusterTopology {
         EtcdCluster::start_on(&self.lan)
     }
 
+    /// As [`start_etcd`](Self::start_etcd), with client TLS and client-certificate
+    /// authentication ([`EtcdCluster::tls`]).
+    pub fn start_etcd_tls(&self) -> EtcdCluster {
+        EtcdCluster::start_tls_on(&self.lan)
+    }
+
     /// MariaDB in the database namespace, on [`DB_V4`](Self::DB_V4), with the `glance`
     /// database and user.
     pub fn start_mariadb(&self) -> MariaDb {
