@@ -14,6 +14,7 @@ use limiter_tests::{
     etcd::EtcdCluster,
     http::{connect_from, request},
     https::HttpsClient,
+    napi::{xdp_pass, XdpPass},
     netns::ClusterTopology as Topo,
 };
 
@@ -116,6 +117,25 @@ fn glance_nodes_behind_haproxy_share_one_database() {
     let db = topo.start_mariadb();
     let glance = topo.start_glance(&db, GLANCE_PORT);
     let lb = topo.haproxy(FRONTEND_PORT, GLANCE_PORT).start(&topo.lb);
+    // Where limiters attach (a node's LAN interface, the load balancer's public one) takes
+    // an XDP program, and traffic still flows through it (a pass-everything program standing
+    // in for the limiter, with the peers ready for its XDP_TX answers).
+    let _peers = topo.xdp_pass_peers();
+    let _attached: Vec<XdpPass> = topo
+        .nodes
+        .iter()
+        .map(|node| xdp_pass(&node.ns, Topo::LAN_IFACE))
+        .chain([xdp_pass(&topo.lb, Topo::LB_PUBLIC_IFACE)])
+        .collect();
+    for node in &topo.nodes {
+        assert_eq!(
+            node.ns.xdp_program_ids(Topo::LAN_IFACE).len(),
+            1,
+            "{}",
+            node.addr
+        );
+    }
+    assert_eq!(topo.lb.xdp_program_ids(Topo::LB_PUBLIC_IFACE).len(), 1);
 
     let src = Topo::LEGIT_V4[0];
     let frontend = SocketAddr::new(Topo::FRONTEND_V4.parse().unwrap(), FRONTEND_PORT).to_string();

@@ -26,12 +26,15 @@ use crate::{
     glance::{RealGlance, SharedBackend},
     haproxy::HaProxyConfig,
     mariadb::MariaDb,
+    napi::{xdp_pass, XdpPass},
 };
 
 /// One Glance node's namespace and its address on the LAN.
 pub struct ClusterNode {
     pub ns: Netns,
     pub addr: &'static str,
+    /// The LAN's end of the node's link (in `lan.ns()`).
+    pub lan_port: String,
 }
 
 pub struct ClusterTopology {
@@ -106,10 +109,10 @@ impl ClusterTopology {
             .enumerate()
             .map(|(i, addr)| {
                 let ns = Netns::new(&format!("n{}", i + 1));
-                lan.attach(&ns, Self::LAN_IFACE, &[&format!("{addr}/24")]);
+                let lan_port = lan.attach(&ns, Self::LAN_IFACE, &[&format!("{addr}/24")]);
                 // Replies to clients that bypass HAProxy go back through it.
                 ns.ip(&["route", "add", "default", "via", Self::LB_PRIVATE_V4]);
-                ClusterNode { ns, addr }
+                ClusterNode { ns, addr, lan_port }
             })
             .collect();
 
@@ -136,6 +139,20 @@ impl ClusterTopology {
             db,
             lan,
         }
+    }
+
+    /// An XDP program that passes everything on the far end of every link a limiter may
+    /// attach to (each node's LAN port, the client's end of the public link): a veth delivers
+    /// what a limiter sends back with XDP_TX only then (see `napi::xdp_pass`). Detached when
+    /// dropped.
+    pub fn xdp_pass_peers(&self) -> Vec<XdpPass> {
+        let mut peers: Vec<XdpPass> = self
+            .nodes
+            .iter()
+            .map(|node| xdp_pass(self.lan.ns(), &node.lan_port))
+            .collect();
+        peers.push(xdp_pass(&self.client, Self::CLIENT_IFACE));
+        peers
     }
 
     /// A three-member etcd on the LAN ([`EtcdCluster::MEMBER_V4`]), healthy.

@@ -32,7 +32,10 @@ impl Lan {
 
     /// Joins `member` to the LAN through its interface `iface` (created here) with the
     /// addresses `cidrs` (`"198.51.100.11/24"`, `"2001:db8:51::11/64"`), and brings it up.
-    pub fn attach(&self, member: &Netns, iface: &str, cidrs: &[&str]) {
+    /// Returns the bridge's port for it, inside [`ns`](Self::ns): the veth's other end,
+    /// which needs an XDP program (`napi::xdp_pass`) before a program on `iface` can answer
+    /// with XDP_TX.
+    pub fn attach(&self, member: &Netns, iface: &str, cidrs: &[&str]) -> String {
         let port = format!("port{}", self.ports.fetch_add(1, Ordering::Relaxed));
         veth_pair(&self.ns, &port, member, iface);
         self.ns.ip(&["link", "set", &port, "master", BRIDGE, "up"]);
@@ -40,6 +43,7 @@ impl Lan {
             member.add_addr(iface, cidr);
         }
         member.ip(&["link", "set", iface, "up"]);
+        port
     }
 
     /// The bridge's namespace (for `tcpdump` or counters while debugging).
