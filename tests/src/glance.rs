@@ -1,6 +1,10 @@
 //! The real OpenStack Glance API (32.0.0, SQLite, file store, no Keystone) running inside a
 //! test namespace, installed by `cargo xtask setup` under target/glance/venv. The process
 //! group is killed and the state directory removed on drop.
+//!
+//! Several nodes of one cloud share their state instead ([`SharedBackend`]): a MariaDB
+//! database (see `mariadb`), whose schema [`RealGlance::db_sync`] creates once, and one image
+//! store directory, as nodes share a database cluster and an NFS or Ceph store.
 
 use std::{
     collections::BTreeMap,
@@ -24,6 +28,19 @@ pub struct RealGlance {
     child: Child,
     dir: tempfile::TempDir,
     venv: PathBuf,
+    /// The node's namespace: a shared database is queried from there.
+    ns_path: PathBuf,
+    shared: Option<SharedBackend>,
+}
+
+/// What several Glance nodes share: the database and the file store's image directory.
+#[derive(Clone, Debug)]
+pub struct SharedBackend {
+    /// `[database] connection`, e.g. `mysql+pymysql://glance:PW@198.51.100.31:3306/glance`
+    /// (`MariaDb::glance_url`).
+    pub database_url: String,
+    /// The `fs1` store's `filesystem_store_datadir`, the same on every node.
+    pub image_dir: PathBuf,
 }
 
 impl RealGlance {
@@ -70,27 +87,78 @@ impl RealGlance {
         probe_src: &str,
         probe_dst: &str,
     ) -> Self {
+        Self::start_with(ns, bind_host, port, probe_ns, probe_src, probe_dst, None)
+    }
+
+    /// As [`start_bound`](Self::start_bound), but on a database and image store shared with
+    /// other nodes. The schema must exist already ([`db_sync`](Self::db_sync), once for all
+    /// nodes); `ns` must reach the database.
+    pub fn start_shared(
+        ns: &Netns,
+        bind_host: &str,
+        port: u16,
+        probe_ns: &Netns,
+        probe_src: &str,
+        probe_dst: &str,
+        shared: &SharedBackend,
+    ) -> Self {
+        Self::start_with(
+            ns,
+            bind_host,
+            port,
+            probe_ns,
+            probe_src,
+            probe_dst,
+            Some(shared.clone()),
+        )
+    }
+
+    /// Creates Glance's schema in the shared database `database_url` with `glance-manage
+    /// db_sync`, run inside `ns` (which must reach the database), from a configuration of
+    /// its own that is removed afterwards.
+    pub fn db_sync(ns: &Netns, database_url: &str) {
+        Self::assert_installed();
+        let dir = tempfile::Builder::new()
+            .prefix("glance-limiter-glance-sync-")
+            .tempdir()
+            .expect("db_sync's directory");
+        let shared = SharedBackend {
+            database_url: database_url.to_owned(),
+            image_dir: dir.path().join("data/images"),
+        };
+        write_config(dir.path(), &Self::venv(), "127.0.0.1", 9292, Some(&shared));
+        db_sync(Some(ns), &Self::venv(), dir.path());
+    }
+
+    fn assert_installed() {
         assert!(
             Self::installed(),
             "real Glance is not installed at {}; run `cargo xtask setup`",
             Self::venv().display()
         );
+    }
+
+    fn start_with(
+        ns: &Netns,
+        bind_host: &str,
+        port: u16,
+        probe_ns: &Netns,
+        probe_src: &str,
+        probe_dst: &str,
+        shared: Option<SharedBackend>,
+    ) -> Self {
+        Self::assert_installed();
         let venv = Self::venv();
         let dir = tempfile::Builder::new()
             .prefix("glance-limiter-glance-")
             .tempdir()
             .expect("state directory");
-        write_config(dir.path(), &venv, bind_host, port);
+        write_config(dir.path(), &venv, bind_host, port, shared.as_ref());
         let conf = dir.path().join("glance-api.conf");
-        let status = Command::new(venv.join("bin/glance-manage"))
-            .arg("--config-file")
-            .arg(&conf)
-            .arg("db_sync")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run glance-manage");
-        assert!(status.success(), "glance-manage db_sync failed");
+        if shared.is_none() {
+            // SQLite: a file of this node's own, reached from any namespace.
+            db_sync(None, &venv, dir.path());
+        }
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name()])
             .arg(venv.join("bin/glance-api"))
@@ -102,7 +170,13 @@ impl RealGlance {
             .process_group(0)
             .spawn()
             .expect("start glance-api");
-        let glance = RealGlance { child, dir, venv };
+        let glance = RealGlance {
+            child,
+            dir,
+            venv,
+            ns_path: ns.path(),
+            shared,
+        };
         let started = Instant::now();
         loop {
             let healthy = probe_ns.run(|| {
@@ -115,19 +189,17 @@ impl RealGlance {
             }
             assert!(
                 started.elapsed() < START_DEADLINE,
-                "glance-api did not become healthy within {START_DEADLINE:?}; see {}",
-                glance.dir.path().join("glance-api.log").display()
+                "glance-api did not become healthy within {START_DEADLINE:?}; its log:\n{}",
+                glance.log_text()
             );
             thread::sleep(Duration::from_millis(200));
         }
     }
 
-    /// Images in the database that are not deleted (a flood leaves them `queued`).
+    /// Images in the database that are not deleted (a flood leaves them `queued`); with a
+    /// shared database, every node's.
     pub fn image_count(&self) -> u64 {
-        let out = self.query(
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
-             print(c.execute('select count(*) from images where deleted=0').fetchone()[0])",
-        );
+        let out = self.query("print(rows('select count(*) from images where deleted=0')[0][0])");
         out.parse()
             .unwrap_or_else(|_| panic!("unexpected count: {out}"))
     }
@@ -135,20 +207,44 @@ impl RealGlance {
     /// Images not deleted, per image name (the demo names each client's images apart).
     pub fn image_counts_by_name(&self) -> BTreeMap<String, u64> {
         let out = self.query(
-            "import json,sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
-             rows=c.execute('select name, count(*) from images where deleted=0 group by name'); \
-             print(json.dumps({(name or ''): n for name, n in rows}))",
+            "import json; \
+             counts=rows('select name, count(*) from images where deleted=0 group by name'); \
+             print(json.dumps({(name or ''): n for name, n in counts}))",
         );
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("unexpected counts `{out}`: {e}"))
     }
 
-    /// Runs a Python snippet with the database's path as its argument; its stdout, or a
-    /// panic with its stderr.
+    /// Runs a Python snippet that may call `rows(SQL)` (a list of tuples) on this node's
+    /// database; its stdout, or a panic with its stderr. A shared database is queried from
+    /// the node's namespace.
     fn query(&self, script: &str) -> String {
-        let db = self.dir.path().join("glance.sqlite");
-        let out = Command::new(self.venv.join("bin/python"))
+        let (mut cmd, db, prelude) = match &self.shared {
+            None => (
+                Command::new(self.venv.join("bin/python")),
+                self.dir.path().join("glance.sqlite").display().to_string(),
+                "import sqlite3,sys\n\
+                 def rows(q): return sqlite3.connect(sys.argv[1]).execute(q).fetchall()\n",
+            ),
+            Some(shared) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", self.ns_path.display()))
+                    .arg(self.venv.join("bin/python"));
+                (
+                    cmd,
+                    shared.database_url.clone(),
+                    "import pymysql,sys,urllib.parse as p\n\
+                     u=p.urlsplit(sys.argv[1])\n\
+                     def rows(q):\n \
+                     c=pymysql.connect(host=u.hostname,port=u.port or 3306,user=u.username,\
+                     password=p.unquote(u.password),database=u.path[1:]).cursor()\n \
+                     c.execute(q)\n \
+                     return c.fetchall()\n",
+                )
+            }
+        };
+        let out = cmd
             .arg("-c")
-            .arg(script)
+            .arg(format!("{prelude}{script}"))
             .arg(&db)
             // A Ctrl-C meant for the caller (the demo cleans up on it) must not fail a query.
             .process_group(0)
@@ -156,8 +252,7 @@ impl RealGlance {
             .expect("query the Glance database");
         assert!(
             out.status.success(),
-            "querying {}: {}",
-            db.display(),
+            "querying {db}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -165,6 +260,23 @@ impl RealGlance {
 
     pub fn state_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Its log so far (`log_file`): one line per request it served, among others.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(self.dir.path().join("log/glance-api.log")).unwrap_or_default()
+    }
+
+    /// Its access-log lines for `METHOD PATH` answered with `status`: eventlet's lines, such
+    /// as `203.0.113.100,198.51.100.1 - - [date] "GET /v2/images HTTP/1.1" 200 832 0.03`
+    /// (the `X-Forwarded-For` value, then the peer that connected).
+    pub fn access_log(&self, method: &str, path: &str, status: u16) -> Vec<String> {
+        let needle = format!("\"{method} {path} HTTP/1.1\" {status} ");
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("eventlet.wsgi.server") && l.contains(&needle))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -185,7 +297,34 @@ impl Drop for RealGlance {
     }
 }
 
-fn write_config(dir: &Path, venv: &Path, bind: &str, port: u16) {
+/// `glance-manage db_sync` with the configuration in `dir`, inside `ns` if given; panics with
+/// its output on failure.
+fn db_sync(ns: Option<&Netns>, venv: &Path, dir: &Path) {
+    let manage = venv.join("bin/glance-manage");
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", ns.path().display()))
+                .arg(&manage);
+            cmd
+        }
+        None => Command::new(&manage),
+    };
+    let out = cmd
+        .arg("--config-file")
+        .arg(dir.join("glance-api.conf"))
+        .arg("db_sync")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run glance-manage");
+    assert!(
+        out.status.success(),
+        "glance-manage db_sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write_config(dir: &Path, venv: &Path, bind: &str, port: u16, shared: Option<&SharedBackend>) {
     for sub in [
         "log",
         "data/cache",
@@ -200,6 +339,13 @@ fn write_config(dir: &Path, venv: &Path, bind: &str, port: u16) {
     fs::copy(&paste, dir.join("glance-api-paste.ini"))
         .unwrap_or_else(|e| panic!("copy {}: {e}", paste.display()));
     let d = dir.display();
+    let (database, images) = match shared {
+        Some(s) => (s.database_url.clone(), s.image_dir.display().to_string()),
+        None => (
+            format!("sqlite:///{d}/glance.sqlite"),
+            format!("{d}/data/images"),
+        ),
+    };
     let conf = format!(
         "[DEFAULT]\n\
          bind_host = {bind}\n\
@@ -212,11 +358,11 @@ fn write_config(dir: &Path, venv: &Path, bind: &str, port: u16) {
          flavor =\n\
          config_file = {d}/glance-api-paste.ini\n\
          [database]\n\
-         connection = sqlite:///{d}/glance.sqlite\n\
+         connection = {database}\n\
          [glance_store]\n\
          default_backend = fs1\n\
          [fs1]\n\
-         filesystem_store_datadir = {d}/data/images/\n\
+         filesystem_store_datadir = {images}/\n\
          [os_glance_staging_store]\n\
          filesystem_store_datadir = {d}/data/staging/\n\
          [os_glance_tasks_store]\n\

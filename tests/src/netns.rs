@@ -10,8 +10,12 @@ use std::{
     thread,
 };
 
+mod cluster;
+mod lan;
 mod proxy;
 
+pub use cluster::{ClusterNode, ClusterTopology, GlanceNodes};
+pub use lan::Lan;
 pub use proxy::{ProxyClient, ProxyTopology};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);

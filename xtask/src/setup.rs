@@ -29,6 +29,16 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     // The kit's TLS client links the system OpenSSL (the `openssl` crate finds it with
     // pkg-config).
     ("pkg-config", "pkg-config"),
+    // The cluster test kit: a three-member etcd and its command-line client (`ETCDCTL_API=3`),
+    // the MariaDB that several Glance nodes share, and CPU load for the daemons' tests.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("mariadbd", "mariadb-server"),
+    ("mariadb-install-db", "mariadb-server"),
+    ("mariadb", "mariadb-client"),
+    ("stress-ng", "stress-ng"),
+    // The `etcd-client` crate compiles etcd's .proto files at build time.
+    ("protoc", "protobuf-compiler"),
 ];
 /// Shell checks that fail without a Debian package, and the package: the real Glance's
 /// virtualenv needs `ensurepip`, which Debian ships apart from Python; the test kit's TLS
@@ -37,8 +47,15 @@ const DEBIAN_CHECKS: &[(&str, &str)] = &[
     ("python3 -m ensurepip --version", "python3-venv"),
     ("pkg-config --exists openssl", "libssl-dev"),
 ];
-/// Files the tasks read, and the Debian package that provides each.
-const DEBIAN_FILES: &[(&str, &str)] = &[(crate::plots::FONT, "fonts-dejavu-core")];
+/// Files the tasks read, and the Debian package that provides each. `protoc` alone does not
+/// ship the well-known protos that etcd's .proto files import.
+const DEBIAN_FILES: &[(&str, &str)] = &[
+    (crate::plots::FONT, "fonts-dejavu-core"),
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+    ),
+];
 
 pub fn run() -> Result<()> {
     nightly_components()?;
@@ -153,7 +170,7 @@ fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
 }
 
 fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_TOOLS
+    let mut missing: Vec<&str> = DEBIAN_TOOLS
         .iter()
         .filter(|(tool, _)| {
             !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
@@ -172,6 +189,9 @@ fn debian_packages() -> Result<()> {
                 .map(|(_, package)| *package),
         )
         .collect();
+    // One package may provide several of the tools.
+    missing.sort_unstable();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
@@ -200,14 +220,19 @@ fn debian_packages() -> Result<()> {
 /// `pip freeze`; unpinned, oslo.policy 6 makes every POST fail with 500).
 const GLANCE_VERSION: &str = "32.0.0";
 const GLANCE_CONSTRAINTS: &str = "tests/glance/constraints.txt";
+/// Python packages the tests need in Glance's virtualenv besides Glance, each with the module
+/// that shows it is there; versions come from the constraints file. PyMySQL: Glance nodes
+/// sharing a MariaDB database (`mysql+pymysql://` URLs).
+const GLANCE_EXTRAS: &[(&str, &str)] = &[("pymysql", "PyMySQL")];
 
-/// The real Glance API in a virtualenv under target/glance (about 40 s the first time).
+/// The real Glance API in a virtualenv under target/glance (about 40 s the first time), and
+/// the extra packages (a few seconds when only they are missing).
 fn glance() -> Result<()> {
     let venv = cmd::workspace_root().join("target/glance/venv");
     let glance_api = venv.join("bin/glance-api");
     let marker = venv.join(format!(".installed-{GLANCE_VERSION}"));
     if glance_api.is_file() && marker.is_file() {
-        return Ok(());
+        return glance_extras(&venv);
     }
     let _ = fs::remove_dir_all(&venv);
     fs::create_dir_all(venv.parent().expect("venv has a parent"))?;
@@ -216,10 +241,32 @@ fn glance() -> Result<()> {
         Command::new(venv.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check", "-c"])
             .arg(cmd::workspace_root().join(GLANCE_CONSTRAINTS))
-            .arg(format!("glance=={GLANCE_VERSION}")),
+            .arg(format!("glance=={GLANCE_VERSION}"))
+            .args(GLANCE_EXTRAS.iter().map(|(_, package)| package)),
     )?;
     fs::write(&marker, "")?;
     Ok(())
+}
+
+/// Installs into an existing virtualenv the extras it lacks (one import check each).
+fn glance_extras(venv: &Path) -> Result<()> {
+    let python = venv.join("bin/python");
+    let missing: Vec<&str> = GLANCE_EXTRAS
+        .iter()
+        .filter(|(module, _)| {
+            !succeeds(Command::new(&python).args(["-c", &format!("import {module}")]))
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "-c"])
+            .arg(cmd::workspace_root().join(GLANCE_CONSTRAINTS))
+            .args(&missing),
+    )
 }
 
 /// bpffs at /sys/fs/bpf, where the daemon pins its maps and links.
