@@ -133,6 +133,8 @@ pub struct DaemonSetup {
     client_address_header: Option<String>,
     /// `glance_path_prefixes = [...]`, written only when not empty.
     glance_path_prefixes: Vec<String>,
+    /// `[cluster]` keys with their values as TOML text, written only when not empty.
+    cluster: Vec<(String, String)>,
 }
 
 impl DaemonSetup {
@@ -152,7 +154,29 @@ impl DaemonSetup {
             trusted_proxies: Vec::new(),
             client_address_header: None,
             glance_path_prefixes: Vec::new(),
+            cluster: Vec::new(),
         }
+    }
+
+    /// Shares rules and counts through etcd at `endpoints`, as node `node_name`, with the
+    /// `role` given (`"glance"` or `"edge"`).
+    pub fn cluster(mut self, endpoints: &[String], node_name: &str, role: &str) -> Self {
+        let quoted: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+        self.cluster = vec![
+            (
+                "etcd_endpoints".into(),
+                format!("[{}]", quoted.join(", ")),
+            ),
+            ("node_name".into(), format!("{node_name:?}")),
+            ("role".into(), format!("{role:?}")),
+        ];
+        self
+    }
+
+    /// One more `[cluster]` key (after [`DaemonSetup::cluster`]), its value as TOML text.
+    pub fn cluster_key(mut self, key: &str, value: &str) -> Self {
+        self.cluster.push((key.into(), value.into()));
+        self
     }
 
     /// One more interface to attach to (a name inside the daemon's namespace; `"lo"` too,
@@ -270,6 +294,12 @@ impl DaemonSetup {
         writeln!(text, "\n[policy]").unwrap();
         for (key, value) in &self.policy {
             writeln!(text, "{key} = {value}").unwrap();
+        }
+        if !self.cluster.is_empty() {
+            writeln!(text, "\n[cluster]").unwrap();
+            for (key, value) in &self.cluster {
+                writeln!(text, "{key} = {value}").unwrap();
+            }
         }
         text
     }
