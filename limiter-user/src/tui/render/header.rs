@@ -12,7 +12,7 @@ use super::super::{
     app::{App, Link},
     format,
 };
-use crate::cli::output::short_duration;
+use crate::text::short_duration;
 
 /// Width from which the totals are spelt out.
 const WIDE: u16 = 120;
@@ -63,7 +63,7 @@ fn totals(app: &App, wide: bool) -> Line<'static> {
             format!(
                 "daemon unreachable for {}, retrying: {}",
                 short_duration(away),
-                crate::cli::output::clean(error)
+                crate::text::clean(error)
             ),
             theme.alarm(),
         ));
