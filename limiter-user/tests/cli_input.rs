@@ -12,7 +12,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use common::{canned, standalone, FakeDaemon};
+use common::{canned, FakeDaemon};
 use limiter_user::{
     control::{
         access::{Access, SocketGroup},
@@ -517,6 +517,17 @@ fn behind_a_proxy_stats_and_list_name_it_in_tables_and_json() {
     );
     let list = limiter(&plain.socket, &["list", "--json"], "").stdout;
     assert!(!list.contains("via"), "{list}");
+}
+
+/// What a daemon without `[cluster]` answers `cluster_status` (as the engine does).
+pub fn standalone(request: &Request) -> ResponseLine {
+    match request {
+        Request::ClusterStatus => ResponseLine::error(
+            ErrorKind::BadInput,
+            "this daemon runs alone: its configuration has no [cluster] section",
+        ),
+        other => canned(other),
+    }
 }
 
 #[test]

@@ -176,17 +176,6 @@ pub fn canned(request: &Request) -> ResponseLine {
     ResponseLine::ok(reply)
 }
 
-/// What a daemon without `[cluster]` answers `cluster_status` (as the engine does).
-pub fn standalone(request: &Request) -> ResponseLine {
-    match request {
-        Request::ClusterStatus => ResponseLine::error(
-            limiter_user::control::protocol::ErrorKind::BadInput,
-            "this daemon runs alone: its configuration has no [cluster] section",
-        ),
-        other => canned(other),
-    }
-}
-
 /// Two Glance nodes, connected through one healthy etcd endpoint.
 pub fn cluster_status() -> ClusterStatus {
     let node = |name: &str, this_node| NodeView {
