@@ -24,4 +24,5 @@ pub mod proxy;
 pub mod rates;
 pub mod rules;
 pub mod store;
+pub mod text;
 pub mod tui;

@@ -220,6 +220,7 @@ fn good_input_sends_exactly_the_request() {
             Request::Stats { top: Some(5) },
         ),
         (vec!["status"], "", Request::Status),
+        (vec!["cluster", "status"], "", Request::ClusterStatus),
     ];
     for (args, stdin, _) in &cases {
         let ran = limiter(&daemon.socket, args, stdin);
@@ -369,6 +370,7 @@ fn json_output_is_the_protocols_result() {
             Request::Stats { top: Some(3) },
         ),
         (&["status", "--json"], Request::Status),
+        (&["cluster", "status", "--json"], Request::ClusterStatus),
         (
             &["unblock", "--json", "198.51.100.7"],
             Request::Unblock {
@@ -515,6 +517,101 @@ fn behind_a_proxy_stats_and_list_name_it_in_tables_and_json() {
     );
     let list = limiter(&plain.socket, &["list", "--json"], "").stdout;
     assert!(!list.contains("via"), "{list}");
+}
+
+/// What a daemon without `[cluster]` answers `cluster_status` (as the engine does).
+pub fn standalone(request: &Request) -> ResponseLine {
+    match request {
+        Request::ClusterStatus => ResponseLine::error(
+            ErrorKind::BadInput,
+            "this daemon runs alone: its configuration has no [cluster] section",
+        ),
+        other => canned(other),
+    }
+}
+
+#[test]
+fn cluster_status_shows_the_nodes_or_says_the_daemon_runs_alone() {
+    let daemon = FakeDaemon::start();
+    let ran = limiter(&daemon.socket, &["cluster", "status"], "");
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(daemon.requests(), [Request::ClusterStatus]);
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "node        glance-1 (glance)",
+            "state       connected",
+            "prefix      /glance-limiter/",
+            "etcd        http://198.51.100.10:2379  healthy, etcd 3.5.17, leader",
+        ],
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(
+        lines[lines.len() - 3..],
+        [
+            "NODE                  ROLE    PUBLISHED  LAG  SEQ  LISTED  TRACKED",
+            "glance-1 (this node)  glance  400ms ago  0ms   60       2        3",
+            "glance-2              glance  400ms ago  0ms   60       2        3",
+        ],
+        "{}",
+        ran.stdout
+    );
+
+    // Without [cluster], the daemon's bad_input: exit 2 with its message, as for any other.
+    let alone = FakeDaemon::with(standalone);
+    for args in [&["cluster", "status"][..], &["cluster", "status", "--json"]] {
+        let ran = limiter(&alone.socket, args, "");
+        assert_eq!(ran.code, 2, "{args:?}");
+        assert_eq!(
+            ran.stderr,
+            "error: this daemon runs alone: its configuration has no [cluster] section\n"
+        );
+        assert!(ran.stdout.is_empty());
+    }
+
+    // `status` carries the cluster's line, `list` the node of each rule.
+    let in_cluster = FakeDaemon::with(|request| match canned(request).result {
+        Some(Reply::Status(mut status)) => {
+            status.cluster = Some(limiter_user::cluster::status::ClusterHealth {
+                node: "glance-1".into(),
+                role: limiter_user::cluster::Role::Glance,
+                state: limiter_user::cluster::status::ClusterState::Degraded,
+                degraded_since: Some("2025-06-01T10:00:00Z".into()),
+                nodes_seen: 1,
+            });
+            ResponseLine::ok(Reply::Status(status))
+        }
+        Some(Reply::Rules(mut list)) => {
+            list.rules[0].node = Some("glance-2".into());
+            ResponseLine::ok(Reply::Rules(list))
+        }
+        _ => canned(request),
+    });
+    let status = limiter(&in_cluster.socket, &["status"], "").stdout;
+    assert!(
+        status.contains("\ncluster     glance-1 (glance), DEGRADED since 2025-06-01T10:00:00Z ("),
+        "{status}"
+    );
+    let list = limiter(&in_cluster.socket, &["list"], "").stdout;
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(
+        lines[0].starts_with("PREFIX           ACTION  SCOPE            ORIGIN  NODE      CREATED"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("198.51.100.7/32  block   protected ports  manual  glance-2  2025"),
+        "{list}"
+    );
+    assert!(
+        lines[2].starts_with("192.0.2.0/24     allow   protected ports  manual  -         2025"),
+        "{list}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&limiter(&in_cluster.socket, &["list", "--json"], "").stdout).unwrap();
+    assert_eq!(json["rules"][0]["node"], "glance-2");
+    assert!(json["rules"][1].get("node").is_none(), "{json}");
 }
 
 #[test]

@@ -68,6 +68,9 @@ pub enum Command {
     Stats(StatsArgs),
     /// Show the daemon's state: mode, interfaces, rules, counters.
     Status(JsonArgs),
+    /// The cluster this daemon shares rules and counts with through etcd (`[cluster]` in its
+    /// configuration).
+    Cluster(ClusterArgs),
     /// Check a configuration file and print the effective configuration.
     CheckConfig(CheckConfigArgs),
     /// Live screen for the engineer on call: sources, bans, rules, events; ban, unban and
@@ -178,6 +181,19 @@ pub struct JsonArgs {
     /// Print the daemon's answer as JSON (the shapes in docs/CLI.md).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// This node's state, etcd's endpoints, every node seen with its last publication and lag,
+    /// shared rules and pending changes.
+    Status(JsonArgs),
 }
 
 #[derive(Debug, Args)]
@@ -394,6 +410,30 @@ mod tests {
         for args in [
             &["limiter", "top", "--interval", "20s"][..],
             &["limiter", "top", "--max-sources", "0"],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(args).unwrap_err().exit_code(),
+                2,
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_status_is_a_client_command_with_json() {
+        let cli = Cli::try_parse_from(["limiter", "cluster", "status", "--json"]).unwrap();
+        assert!(cli.command.is_client(), "--socket and --timeout apply");
+        let Command::Cluster(ClusterArgs {
+            command: ClusterCommand::Status(args),
+        }) = cli.command
+        else {
+            panic!("{:?}", cli.command)
+        };
+        assert!(args.json);
+        for args in [
+            &["limiter", "cluster"][..],
+            &["limiter", "cluster", "members"],
+            &["limiter", "cluster", "status", "--top", "3"],
         ] {
             assert_eq!(
                 Cli::try_parse_from(args).unwrap_err().exit_code(),

@@ -15,10 +15,10 @@ use ipnet::IpNet;
 use super::{
     addresses,
     args::{
-        ttl_secs, BlockArgs, CheckConfigArgs, Cli, Command, DetachArgs, NewRuleArgs, RemoveArgs,
-        RunArgs, TopArgs,
+        ttl_secs, BlockArgs, CheckConfigArgs, Cli, ClusterArgs, ClusterCommand, Command,
+        DetachArgs, NewRuleArgs, RemoveArgs, RunArgs, TopArgs,
     },
-    output,
+    cluster, output,
 };
 use crate::{
     config::{self, Config, ConfigError, Overrides},
@@ -199,9 +199,17 @@ pub fn execute(
             other => return Err(unexpected("stats", &other)),
         },
         Command::Status(args) => match daemon.ask(Request::Status)? {
-            Reply::Status(status) if !args.json => output::status(&status),
+            Reply::Status(status) if !args.json => output::status(&status, now()),
             reply @ Reply::Status(_) => json_line(&reply),
             other => return Err(unexpected("status", &other)),
+        },
+        // A daemon without [cluster] answers bad_input, which exits 2 like any other.
+        Command::Cluster(ClusterArgs {
+            command: ClusterCommand::Status(args),
+        }) => match daemon.ask(Request::ClusterStatus)? {
+            Reply::Cluster(status) if !args.json => cluster::status(&status),
+            reply @ Reply::Cluster(_) => json_line(&reply),
+            other => return Err(unexpected("cluster status", &other)),
         },
         Command::CheckConfig(args) => check_config(args)?,
         Command::Top(args) => return top(args, daemon),

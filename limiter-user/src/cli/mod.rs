@@ -5,11 +5,13 @@
 //! - [`addresses`]: IPs and prefixes from arguments and stdin, every bad one reported;
 //! - [`output`]: tables and summaries for people, the protocol's JSON for programs;
 //! - [`proxies`]: the trusted proxies' table and the `VIA` cells of `stats` and `list`;
+//! - [`cluster`]: `cluster status`, this node, etcd and every node seen;
 //! - [`logging`]: the journal's fields under systemd, text on stderr otherwise;
 //! - [`commands`]: dispatch and exit codes (0 done, 1 operational failure, 2 bad input).
 
 pub mod addresses;
 pub mod args;
+pub mod cluster;
 pub mod commands;
 pub mod logging;
 pub mod output;

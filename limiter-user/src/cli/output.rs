@@ -8,11 +8,15 @@ use std::{
 };
 
 use super::proxies;
+pub use crate::text::{bytes, clean, short_duration};
 use crate::{
-    control::protocol::{Reply, RuleChange, RuleList, SourceState, SourceView, Stats, Status},
+    control::protocol::{
+        ClusterHealth, Reply, RuleChange, RuleList, SourceState, SourceView, Stats, Status,
+    },
     loader::DetachReport,
     rules::{Action, Scope},
     store::{Origin, StoredRule},
+    text::{node_and_role, nodes, ClusterPhrase},
 };
 
 /// A reply exactly as the protocol carries it in `result`, on one line.
@@ -93,22 +97,6 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-/// A duration as people read it at a glance: the largest unit and, above an hour, the next
-/// (`45s`, `29m`, `2h 5m`, `3d 4h`). Rounded down, so a 30-minute rule seen a moment after it
-/// was made shows `29m`.
-pub fn short_duration(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    let (days, hours, minutes) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60);
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{minutes}m"),
-        3600..86_400 if minutes == 0 => format!("{hours}h"),
-        3600..86_400 => format!("{hours}h {minutes}m"),
-        _ if hours == 0 => format!("{days}d"),
-        _ => format!("{days}d {hours}h"),
-    }
-}
-
 /// `in 29m`, `3m ago`, or `now`.
 pub fn relative(time: SystemTime, now: SystemTime) -> String {
     match time.duration_since(now) {
@@ -125,20 +113,6 @@ pub fn expiry(expires: Option<SystemTime>, now: SystemTime) -> String {
         Some(time) if time > now => format!("{} ({})", rfc3339(time), relative(time, now)),
         Some(time) => format!("{} (expired {})", rfc3339(time), relative(time, now)),
     }
-}
-
-/// Text from the daemon made safe for a terminal: control characters (newlines, escape
-/// sequences in a reason) are shown escaped instead of acting on the terminal.
-pub fn clean(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<char>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 fn or_dash(text: &str) -> String {
@@ -231,12 +205,14 @@ pub fn rule_change(change: &RuleChange, action: Action, now: SystemTime) -> Stri
 }
 
 /// `limiter list`. Behind trusted proxies, a `VIA` column names the proxy a blocked address
-/// last came through.
+/// last came through; in a cluster, a `NODE` column the node each rule came from (`-`: this
+/// node, before the cluster).
 pub fn rule_list(list: &RuleList, now: SystemTime) -> String {
     if list.rules.is_empty() {
         return "no rules\n".to_string();
     }
     let with_via = !list.via.is_empty();
+    let with_node = list.rules.iter().any(|rule| rule.node.is_some());
     let mut columns = vec![("PREFIX", Align::Left)];
     if with_via {
         columns.push(("VIA", Align::Left));
@@ -245,6 +221,11 @@ pub fn rule_list(list: &RuleList, now: SystemTime) -> String {
         ("ACTION", Align::Left),
         ("SCOPE", Align::Left),
         ("ORIGIN", Align::Left),
+    ]);
+    if with_node {
+        columns.push(("NODE", Align::Left));
+    }
+    columns.extend([
         ("CREATED", Align::Left),
         ("EXPIRES", Align::Left),
         ("REASON", Align::Left),
@@ -253,6 +234,9 @@ pub fn rule_list(list: &RuleList, now: SystemTime) -> String {
     for rule in &list.rules {
         let mut cells = rule_cells(rule, now);
         cells.insert(4, rfc3339(rule.created));
+        if with_node {
+            cells.insert(4, or_dash(rule.node.as_deref().unwrap_or_default()));
+        }
         if with_via {
             cells.insert(1, proxies::via_cell(list.via.get(&rule.prefix).copied()));
         }
@@ -272,22 +256,6 @@ fn state_name(state: SourceState) -> &'static str {
         SourceState::OverThreshold => "over threshold",
         SourceState::Banned => "banned",
         SourceState::Allowed => "allowed",
-    }
-}
-
-/// `1.5 MiB`, `512 B`.
-pub fn bytes(per_second: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = per_second;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{value:.0} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -357,8 +325,8 @@ fn source_table(stats: &Stats, now: SystemTime) -> String {
     table.render()
 }
 
-/// `limiter status`.
-pub fn status(status: &Status) -> String {
+/// `limiter status`; `now` for how long the cluster has been degraded.
+pub fn status(status: &Status, now: SystemTime) -> String {
     let interfaces: Vec<String> = status
         .interfaces
         .iter()
@@ -396,6 +364,9 @@ pub fn status(status: &Status) -> String {
     for (name, value) in fields {
         let _ = writeln!(out, "{name:<12}{value}");
     }
+    if let Some(health) = &status.cluster {
+        let _ = writeln!(out, "{:<12}{}", "cluster", cluster_health(health, now));
+    }
     if !status.counters.is_empty() {
         out.push_str("counters\n");
         let width = status.counters.keys().map(String::len).max().unwrap_or(0);
@@ -410,6 +381,22 @@ pub fn status(status: &Status) -> String {
         }
     }
     out
+}
+
+/// `glance-1 (glance), connected, 3 nodes`; degraded, since when and for how long (the node
+/// count then says nothing: the others are not heard from).
+fn cluster_health(health: &ClusterHealth, now: SystemTime) -> String {
+    let phrase = ClusterPhrase::of(health, now);
+    let state = phrase.text(str::to_string);
+    if phrase.is_degraded() {
+        format!("{}, {state}, etcd unreachable", node_and_role(health))
+    } else {
+        format!(
+            "{}, {state}, {}",
+            node_and_role(health),
+            nodes(health.nodes_seen)
+        )
+    }
 }
 
 /// `limiter detach`.
@@ -453,23 +440,6 @@ mod tests {
             created: at(NOW - 60),
             expires: expires.map(at),
             node: None,
-        }
-    }
-
-    #[test]
-    fn durations_read_at_a_glance() {
-        let cases = [
-            (0, "0s"),
-            (45, "45s"),
-            (60, "1m"),
-            (1799, "29m"),
-            (3600, "1h"),
-            (3660 + 59, "1h 1m"),
-            (86_400, "1d"),
-            (2 * 86_400 + 3 * 3600 + 59, "2d 3h"),
-        ];
-        for (secs, text) in cases {
-            assert_eq!(short_duration(Duration::from_secs(secs)), text, "{secs}");
         }
     }
 
@@ -541,12 +511,6 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
             rule_change(&RuleChange::default(), Action::Allow, at(NOW)),
             "no rules named; nothing changed\n"
         );
-    }
-
-    #[test]
-    fn reasons_cannot_drive_the_terminal() {
-        assert_eq!(clean("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
-        assert_eq!(clean("plain, ünïcode"), "plain, ünïcode");
     }
 
     #[test]
@@ -684,13 +648,6 @@ PREFIX           VIA           ACTION  SCOPE            ORIGIN  CREATED         
     }
 
     #[test]
-    fn byte_rates_use_binary_units() {
-        assert_eq!(bytes(512.0), "512 B");
-        assert_eq!(bytes(1536.0), "1.5 KiB");
-        assert_eq!(bytes(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
-    }
-
-    #[test]
     fn status_lists_the_daemons_state() {
         let status = Status {
             daemon_version: "0.1.0".into(),
@@ -717,7 +674,7 @@ PREFIX           VIA           ACTION  SCOPE            ORIGIN  CREATED         
             cluster: None,
         };
         assert_eq!(
-            super::status(&status),
+            super::status(&status, at(NOW)),
             "\
 daemon      0.1.0, up 2h 3m
 mode        enforce
@@ -729,6 +686,74 @@ rules       2 manual blocks, 5 automatic blocks, 3 allows
 counters
   drop_blocked        7
   pass_protected  12345
+"
+        );
+    }
+
+    #[test]
+    fn status_in_a_cluster_says_how_it_stands() {
+        use crate::cluster::{status::ClusterState, Role};
+        let health = |state, since: Option<&str>| ClusterHealth {
+            node: "glance-1".into(),
+            role: Role::Glance,
+            state,
+            degraded_since: since.map(str::to_string),
+            nodes_seen: 3,
+        };
+        let line = |cluster| {
+            let text = super::status(
+                &Status {
+                    cluster: Some(cluster),
+                    ..Status::default()
+                },
+                at(NOW),
+            );
+            let last = text.lines().last().unwrap().to_string();
+            assert!(!text.contains("counters"), "{text}");
+            last
+        };
+        assert_eq!(
+            line(health(ClusterState::Connected, None)),
+            "cluster     glance-1 (glance), connected, 3 nodes"
+        );
+        assert_eq!(
+            line(health(ClusterState::Connecting, None)),
+            "cluster     glance-1 (glance), connecting to etcd, 3 nodes"
+        );
+        // NOW is 2025-06-01T10:00:00Z.
+        assert_eq!(
+            line(health(ClusterState::Degraded, Some("2025-06-01T08:55:00Z"))),
+            "cluster     glance-1 (glance), DEGRADED since 2025-06-01T08:55:00Z (1h 5m), etcd \
+             unreachable"
+        );
+        let alone = super::status(&Status::default(), at(NOW));
+        assert!(!alone.contains("cluster"), "{alone}");
+    }
+
+    #[test]
+    fn rule_lists_in_a_cluster_name_the_node_of_each_rule() {
+        let from = |prefix, node: Option<&str>| StoredRule {
+            node: node.map(str::to_string),
+            ..rule(prefix, None)
+        };
+        let list = RuleList {
+            rules: vec![
+                from("198.51.100.7/32", Some("glance-2")),
+                from("203.0.113.0/24", None),
+            ],
+            via: [(
+                "198.51.100.7/32".parse().unwrap(),
+                "198.51.100.2".parse().unwrap(),
+            )]
+            .into(),
+        };
+        assert_eq!(
+            rule_list(&list, at(NOW)),
+            "\
+PREFIX           VIA           ACTION  SCOPE            ORIGIN  NODE      CREATED               EXPIRES  REASON
+198.51.100.7/32  198.51.100.2  block   protected ports  manual  glance-2  2025-06-01T09:59:00Z  never    flood
+203.0.113.0/24   -             block   protected ports  manual  -         2025-06-01T09:59:00Z  never    flood
+2 rules
 "
         );
     }

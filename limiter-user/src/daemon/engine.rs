@@ -701,6 +701,19 @@ impl Engine {
             store_writes: self.store.write_counts(),
             attachments: self.limiter.attachments().to_vec(),
             proxies: proxied::relayed_by_entry(&self.proxy_loads, &self.config.trusted_proxies),
+            cluster: self.cluster.as_ref().map(|cluster| {
+                let (writes, bytes_written) = cluster.writes();
+                crate::metrics::ClusterMetrics {
+                    degraded_since: cluster.degraded_since().map(|since| {
+                        since
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                    }),
+                    nodes: cluster.health().nodes_seen as u64,
+                    writes,
+                    bytes_written,
+                }
+            }),
         }
     }
 

@@ -72,6 +72,19 @@ pub struct ProxyRelayed {
     pub unattributed: u64,
 }
 
+/// The cluster as this node sees it (with `[cluster]` only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterMetrics {
+    /// Unix time (seconds) since when etcd cannot be reached; `None` when it can (or has not
+    /// been tried yet).
+    pub degraded_since: Option<u64>,
+    /// Nodes seen: this one and those whose summaries arrived.
+    pub nodes: u64,
+    /// Writes to etcd (puts, transactions, lease grants and keep-alives) since the start.
+    pub writes: u64,
+    pub bytes_written: u64,
+}
+
 /// The daemon's state after one poll.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -91,6 +104,8 @@ pub struct Snapshot {
     pub attachments: Vec<(String, AttachMode)>,
     /// One per `trusted_proxies` entry, in the configuration's order.
     pub proxies: Vec<ProxyRelayed>,
+    /// `None` without `[cluster]`: then no cluster family is exported.
+    pub cluster: Option<ClusterMetrics>,
 }
 
 /// Where a kernel counter goes.
@@ -359,6 +374,10 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
         )?;
     }
 
+    if let Some(cluster) = &s.cluster {
+        encode_cluster(cluster, encoder)?;
+    }
+
     let attached: Vec<_> = s
         .attachments
         .iter()
@@ -370,6 +389,40 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
         "1 for each interface the program is attached to, with its XDP mode (native or \
          generic).",
         &attached,
+    )
+}
+
+fn encode_cluster(cluster: &ClusterMetrics, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    gauge(
+        encoder,
+        "cluster_degraded",
+        "1 while etcd cannot be reached: rules stay, decisions use this node's counts, changes \
+         wait to be sent; 0 otherwise.",
+        u64::from(cluster.degraded_since.is_some()),
+    )?;
+    gauge(
+        encoder,
+        "cluster_degraded_since_seconds",
+        "Unix time since when the cluster is degraded; 0 when it is not.",
+        cluster.degraded_since.unwrap_or(0),
+    )?;
+    gauge(
+        encoder,
+        "cluster_nodes",
+        "Nodes seen: this one and those whose summaries arrived.",
+        cluster.nodes,
+    )?;
+    counter(
+        encoder,
+        "cluster_writes",
+        "Writes to etcd (puts, transactions, lease grants and keep-alives).",
+        cluster.writes,
+    )?;
+    counter(
+        encoder,
+        "cluster_bytes_written",
+        "Bytes of the writes to etcd.",
+        cluster.bytes_written,
     )
 }
 

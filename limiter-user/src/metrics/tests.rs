@@ -60,6 +60,17 @@ fn under_attack() -> Snapshot {
             ("bond0".into(), AttachMode::Generic),
         ],
         proxies: proxies(),
+        cluster: Some(degraded_cluster()),
+    }
+}
+
+/// etcd unreachable since 2026-12-04T08:00:00Z: this node alone, after 120 writes.
+fn degraded_cluster() -> ClusterMetrics {
+    ClusterMetrics {
+        degraded_since: Some(1_796_371_200),
+        nodes: 1,
+        writes: 120,
+        bytes_written: 48_000,
     }
 }
 
@@ -155,6 +166,14 @@ fn a_snapshot_becomes_the_documented_series() {
             "glance_limiter_proxy_unattributed_requests_total{proxy=\"2001:db8:10::/64\"}",
             0.0,
         ),
+        ("glance_limiter_cluster_degraded", 1.0),
+        (
+            "glance_limiter_cluster_degraded_since_seconds",
+            1_796_371_200.0,
+        ),
+        ("glance_limiter_cluster_nodes", 1.0),
+        ("glance_limiter_cluster_writes_total", 120.0),
+        ("glance_limiter_cluster_bytes_written_total", 48_000.0),
         ("glance_limiter_build_info{version=\"0.1.0\"}", 1.0),
         ("glance_limiter_poll_failures_total", 0.0),
         ("glance_limiter_poll_duration_seconds_count", 0.0),
@@ -347,4 +366,38 @@ fn proxies_are_series_per_configured_entry_and_absent_without_any() {
     let text = scrape(&metrics);
     assert!(!text.contains("proxy_relayed"), "{text}");
     assert!(!text.contains("proxy_unattributed"), "{text}");
+}
+
+#[test]
+fn cluster_families_only_with_a_cluster_and_zero_since_when_connected() {
+    let metrics = Metrics::new();
+    metrics.update(Snapshot {
+        cluster: Some(ClusterMetrics {
+            degraded_since: None,
+            nodes: 3,
+            ..degraded_cluster()
+        }),
+        ..under_attack()
+    });
+    let text = scrape(&metrics);
+    for (series, value) in [
+        ("glance_limiter_cluster_degraded", 0.0),
+        ("glance_limiter_cluster_degraded_since_seconds", 0.0),
+        ("glance_limiter_cluster_nodes", 3.0),
+        ("glance_limiter_cluster_writes_total", 120.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    let openmetrics = metrics.encode(Format::OpenMetrics).unwrap();
+    assert!(
+        openmetrics.contains("# TYPE glance_limiter_cluster_bytes_written counter\n"),
+        "{openmetrics}"
+    );
+
+    metrics.update(Snapshot {
+        cluster: None,
+        ..under_attack()
+    });
+    let text = scrape(&metrics);
+    assert!(!text.contains("glance_limiter_cluster_"), "{text}");
 }

@@ -218,7 +218,21 @@ impl App {
 
     /// Rows the table shows at the current size.
     pub fn table_rows(&self) -> usize {
-        super::render::layout::table_rows(self.screen.0, self.screen.1, self.proxy_items())
+        super::render::layout::table_rows(
+            self.screen.0,
+            self.screen.1,
+            self.header_lines(),
+            self.proxy_items(),
+        )
+    }
+
+    /// Lines of the header: a third for the cluster's state when the daemon has `[cluster]`.
+    pub fn header_lines(&self) -> u16 {
+        super::render::layout::header_lines(
+            self.data
+                .as_ref()
+                .is_some_and(|d| d.status.cluster.is_some()),
+        )
     }
 
     /// Lines the proxies panel would like: one per trusted proxy seen, one for the entries

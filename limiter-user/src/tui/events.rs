@@ -152,7 +152,7 @@ pub fn describe_rule(rule: &StoredRule, now: SystemTime) -> String {
         None => "until removed".to_string(),
         Some(end) => format!("for {}", format::time_left(end, now)),
     };
-    let reason = crate::cli::output::clean(&rule.reason);
+    let reason = crate::text::clean(&rule.reason);
     if reason.is_empty() {
         format!("{origin}, {length}")
     } else {

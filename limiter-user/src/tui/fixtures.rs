@@ -19,6 +19,10 @@ use super::{
 use ipnet::IpNet;
 
 use crate::{
+    cluster::{
+        status::{ClusterHealth, ClusterState},
+        Role,
+    },
     control::protocol::{
         InterfaceView, ProxyRates, ProxyTotals, ProxyView, RatesView, RuleCounts, SourceState,
         Status, Totals,
@@ -268,9 +272,21 @@ fn feed_with_proxies(
     rows: Vec<SourceRow>,
     rules: Vec<StoredRule>,
     tracked: usize,
-    (proxies, unseen_proxies): (Vec<ProxyView>, Vec<IpNet>),
+    proxies: (Vec<ProxyView>, Vec<IpNet>),
 ) {
-    let snapshot = Snapshot {
+    let snapshot = snapshot(step, rows, rules, tracked, proxies);
+    update(app, Action::Tick(at(step)));
+    update(app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));
+}
+
+fn snapshot(
+    step: u64,
+    rows: Vec<SourceRow>,
+    rules: Vec<StoredRule>,
+    tracked: usize,
+    (proxies, unseen_proxies): (Vec<ProxyView>, Vec<IpNet>),
+) -> Snapshot {
+    Snapshot {
         taken: at(step),
         elapsed: Duration::from_secs(step),
         status: status(step, &rules, tracked),
@@ -280,9 +296,7 @@ fn feed_with_proxies(
         rules,
         proxies,
         unseen_proxies,
-    };
-    update(app, Action::Tick(at(step)));
-    update(app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));
+    }
 }
 
 fn empty_app() -> App {
@@ -298,6 +312,43 @@ pub fn attack_app(width: u16, height: u16) -> App {
         let (rows, rules) = attack(step);
         let tracked = rows.len();
         feed(&mut app, step, rows, rules, tracked);
+    }
+    select(&mut app, "198.51.100.7");
+    app
+}
+
+/// This node in a cluster of three that can reach etcd.
+pub fn connected_cluster() -> ClusterHealth {
+    ClusterHealth {
+        node: "glance-1".into(),
+        role: Role::Glance,
+        state: ClusterState::Connected,
+        degraded_since: None,
+        nodes_seen: 3,
+    }
+}
+
+/// This node cut off from etcd since 2025-06-01T09:49:00Z (12m 30s before the clock stops).
+pub fn degraded_cluster() -> ClusterHealth {
+    ClusterHealth {
+        state: ClusterState::Degraded,
+        degraded_since: Some("2025-06-01T09:49:00Z".into()),
+        nodes_seen: 1,
+        ..connected_cluster()
+    }
+}
+
+/// [`attack_app`] on a node in a cluster whose daemon reports `cluster` in its status.
+pub fn attack_app_in_cluster(width: u16, height: u16, cluster: ClusterHealth) -> App {
+    let mut app = empty_app();
+    update(&mut app, Action::Resize(width, height));
+    for step in 0..=90 {
+        let (rows, rules) = attack(step);
+        let tracked = rows.len();
+        let mut snapshot = snapshot(step, rows, rules, tracked, (Vec::new(), Vec::new()));
+        snapshot.status.cluster = Some(cluster.clone());
+        update(&mut app, Action::Tick(at(step)));
+        update(&mut app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));
     }
     select(&mut app, "198.51.100.7");
     app

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::cli::output::short_duration;
+use crate::text::short_duration;
 
 /// A rate: `0`, `0.5`, `12.3`, `820`, `12.3k`, `4.1M`.
 pub fn rate(value: f64) -> String {

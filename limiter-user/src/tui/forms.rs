@@ -121,7 +121,7 @@ pub fn submit(app: &mut App) {
         typed => typed.to_string(),
     };
     let length = match ttl {
-        Some(ttl) => format!("for {}", crate::cli::output::short_duration(ttl)),
+        Some(ttl) => format!("for {}", crate::text::short_duration(ttl)),
         None => "until removed".to_string(),
     };
     let target = form.target;

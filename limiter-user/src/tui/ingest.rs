@@ -31,7 +31,7 @@ pub fn snapshot(app: &mut App, mut snapshot: Snapshot) {
             None,
             format!(
                 "the daemon answers again (unreachable for {})",
-                crate::cli::output::short_duration(now.duration_since(*since).unwrap_or_default())
+                crate::text::short_duration(now.duration_since(*since).unwrap_or_default())
             ),
         )),
         Link::Live => {}

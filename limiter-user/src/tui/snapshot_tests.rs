@@ -12,7 +12,10 @@ use ratatui::{
 
 use super::{
     app::{App, Link, Mode, Pane},
-    fixtures::{at, attack_app, attack_app_behind_proxies},
+    fixtures::{
+        at, attack_app, attack_app_behind_proxies, attack_app_in_cluster, connected_cluster,
+        degraded_cluster,
+    },
     render,
     theme::Theme,
     update::{update, Action},
@@ -58,6 +61,70 @@ fn whole_screen_200x50() {
 fn header() {
     let app = attack_app(80, 24);
     insta::assert_snapshot!(draw(80, 2, &app, render::header::render).backend());
+}
+
+#[test]
+fn header_in_a_cluster() {
+    let app = attack_app_in_cluster(80, 24, connected_cluster());
+    insta::assert_snapshot!(draw(80, 3, &app, render::header::render).backend());
+}
+
+#[test]
+fn header_in_a_degraded_cluster() {
+    let app = attack_app_in_cluster(80, 24, degraded_cluster());
+    insta::assert_snapshot!(
+        "header_in_a_degraded_cluster_compact",
+        draw(80, 3, &app, render::header::render).backend()
+    );
+    let app = attack_app_in_cluster(200, 50, degraded_cluster());
+    insta::assert_snapshot!(
+        "header_in_a_degraded_cluster_wide",
+        draw(200, 3, &app, render::header::render).backend()
+    );
+}
+
+#[test]
+fn whole_screen_80x24_in_a_degraded_cluster() {
+    insta::assert_snapshot!(screen(&attack_app_in_cluster(80, 24, degraded_cluster())).backend());
+}
+
+#[test]
+fn a_degraded_cluster_is_a_warning_in_both_themes() {
+    for theme in [Theme::COLOR, Theme::MONOCHROME] {
+        let mut app = attack_app_in_cluster(80, 24, degraded_cluster());
+        app.theme = theme;
+        let terminal = draw(80, 3, &app, render::header::render);
+        let buffer = terminal.backend().buffer();
+        let line: String = (0..80).map(|x| buffer[(x, 2)].symbol()).collect();
+        let column = line[..line.find("DEGRADED").expect("the state")]
+            .chars()
+            .count() as u16;
+        let (cell, warning) = (&buffer[(column, 2)], theme.warning());
+        assert_eq!(
+            cell.fg,
+            warning.fg.unwrap_or(ratatui::style::Color::Reset),
+            "{theme:?}: {line}"
+        );
+        assert!(
+            cell.modifier
+                .contains(warning.add_modifier | Modifier::BOLD),
+            "{theme:?}: {cell:?}"
+        );
+        // Connected, nothing stands out.
+        let app = attack_app_in_cluster(80, 24, connected_cluster());
+        let terminal = draw(80, 3, &app, render::header::render);
+        let buffer = terminal.backend().buffer();
+        assert!(
+            (0..80).all(|x| !buffer[(x, 2)].modifier.contains(Modifier::BOLD)),
+            "{theme:?}"
+        );
+    }
+}
+
+#[test]
+fn the_cluster_line_takes_a_row_from_the_table() {
+    let app = attack_app_in_cluster(80, 24, connected_cluster());
+    assert_eq!(app.table_rows(), attack_app(80, 24).table_rows() - 1);
 }
 
 #[test]

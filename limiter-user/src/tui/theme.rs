@@ -89,6 +89,14 @@ impl Theme {
         )
     }
 
+    /// Something works less well than it should: the cluster is degraded.
+    pub fn warning(self) -> Style {
+        self.pick(
+            Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+            Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
+        )
+    }
+
     pub fn good(self) -> Style {
         self.pick(Style::new().fg(Color::Green), Style::new())
     }
@@ -128,6 +136,7 @@ mod tests {
             theme.state(SourceState::Banned),
             theme.selected(),
             theme.alarm(),
+            theme.warning(),
             theme.over(),
             theme.dim(),
         ] {

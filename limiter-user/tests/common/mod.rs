@@ -8,6 +8,10 @@ use std::{
 };
 
 use limiter_user::{
+    cluster::{
+        status::{ClusterState, ClusterStatus, EndpointView, NodeView},
+        Role,
+    },
     control::{
         access::Access,
         protocol::{
@@ -167,12 +171,43 @@ pub fn canned(request: &Request) -> ResponseLine {
             counters: [("drop_blocked".to_string(), 42)].into(),
             cluster: None,
         }),
-        Request::ClusterStatus => {
-            return ResponseLine::error(
-                limiter_user::control::protocol::ErrorKind::BadInput,
-                "this daemon runs alone: its configuration has no [cluster] section",
-            )
-        }
+        Request::ClusterStatus => Reply::Cluster(cluster_status()),
     };
     ResponseLine::ok(reply)
+}
+
+/// Two Glance nodes, connected through one healthy etcd endpoint.
+pub fn cluster_status() -> ClusterStatus {
+    let node = |name: &str, this_node| NodeView {
+        name: name.into(),
+        role: Role::Glance,
+        this_node,
+        last_publication_ms_ago: Some(400),
+        lag_ms: Some(0),
+        seq: 60,
+        listed_sources: 2,
+        tracked_sources: 3,
+    };
+    ClusterStatus {
+        node: "glance-1".into(),
+        role: Role::Glance,
+        prefix: "/glance-limiter/".into(),
+        state: ClusterState::Connected,
+        degraded_since: None,
+        degraded_secs: None,
+        last_error: None,
+        etcd: vec![EndpointView {
+            endpoint: "http://198.51.100.10:2379".into(),
+            healthy: true,
+            version: Some("3.5.17".into()),
+            leader: true,
+            error: None,
+        }],
+        nodes: vec![node("glance-1", true), node("glance-2", false)],
+        shared_rules: 2,
+        pending_changes: 0,
+        cluster_sources: 1,
+        writes: 120,
+        bytes_written: 48_000,
+    }
 }

@@ -84,6 +84,11 @@ fn expected_files() -> Vec<(&'static str, String)> {
             "-rw-r--r--",
             format!("{}/limiter-block.1.gz", layout::MAN_DIR),
         ),
+        // A nested command has its own page too.
+        (
+            "-rw-r--r--",
+            format!("{}/limiter-cluster-status.1.gz", layout::MAN_DIR),
+        ),
         ("-rw-r--r--", format!("{}/copyright", layout::DOC_DIR)),
     ];
     files.extend(

@@ -97,7 +97,7 @@ fn summary(row: &SourceRow, app: &App, tall: bool) -> Vec<Line<'static>> {
             "totals: {} SYNs, {} packets, {}, {} creates, {} writes, {} reads (in the kernel table)",
             format::count(t.syns),
             format::count(t.packets),
-            crate::cli::output::bytes(t.bytes as f64),
+            crate::text::bytes(t.bytes as f64),
             format::count(t.image_create),
             format::count(t.other_write),
             format::count(t.read),

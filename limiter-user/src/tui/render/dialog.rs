@@ -78,7 +78,7 @@ pub fn form(frame: &mut Frame, area: Rect, app: &App, form: &RuleForm) {
 pub fn confirm(frame: &mut Frame, area: Rect, app: &App, pending: &Pending) {
     let theme = app.theme;
     let lines = vec![
-        Line::from(crate::cli::output::clean(&pending.question)),
+        Line::from(crate::text::clean(&pending.question)),
         Line::default(),
         Line::from(vec![
             Span::styled("y", theme.key()),

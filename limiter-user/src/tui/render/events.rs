@@ -39,10 +39,7 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, block: Block) {
             Line::from(vec![
                 Span::raw(format!("{} ", format::clock(event.at))),
                 Span::styled(event.kind.label(), style),
-                Span::raw(format!(
-                    "{subject} {}",
-                    crate::cli::output::clean(&event.detail)
-                )),
+                Span::raw(format!("{subject} {}", crate::text::clean(&event.detail))),
             ])
         })
         .collect();

@@ -14,7 +14,7 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App) {
     let theme = app.theme;
     let line = match (&app.mode, &app.flash) {
         (Mode::Normal, Some(flash)) => Line::from(Span::styled(
-            crate::cli::output::clean(&flash.text),
+            crate::text::clean(&flash.text),
             if flash.alarm {
                 theme.alarm()
             } else {

@@ -1,5 +1,7 @@
-//! The two header lines: which daemon (interfaces, mode, uptime, whether it answers), and
-//! the totals (packets to the protected ports and drops per second, sources, bans).
+//! The header lines: which daemon (interfaces, mode, uptime, whether it answers), the totals
+//! (packets to the protected ports and drops per second, sources, bans), and in a cluster a
+//! third line: this node, whether etcd is reachable (a warning, with since when, if not) and
+//! the nodes seen.
 
 use ratatui::{
     layout::Rect,
@@ -12,14 +14,55 @@ use super::super::{
     app::{App, Link},
     format,
 };
-use crate::cli::output::short_duration;
+use crate::{
+    cluster::status::ClusterHealth,
+    text::{self, short_duration, ClusterPhrase},
+};
 
 /// Width from which the totals are spelt out.
 const WIDE: u16 = 120;
 
 pub fn render(frame: &mut Frame, area: Rect, app: &App) {
-    let lines = vec![identity(app), totals(app, area.width >= WIDE)];
+    let wide = area.width >= WIDE;
+    let mut lines = vec![identity(app), totals(app, wide)];
+    if let Some(health) = app.data.as_ref().and_then(|d| d.status.cluster.as_ref()) {
+        lines.push(cluster(app, health, wide));
+    }
     frame.render_widget(Paragraph::new(lines), area);
+}
+
+/// `cluster glance-1 (glance) · connected · 3 nodes`, or since when it is degraded: the whole
+/// time wide, the time of day (as the clock above) in 80 columns.
+fn cluster(app: &App, health: &ClusterHealth, wide: bool) -> Line<'static> {
+    let phrase = ClusterPhrase::of(health, app.now);
+    let state = phrase.text(|since| {
+        if wide {
+            since.to_string()
+        } else {
+            humantime::parse_rfc3339_weak(since).map_or_else(
+                |_| since.to_string(),
+                |at| format!("{}Z", format::clock(at)),
+            )
+        }
+    });
+    let mut spans = vec![Span::raw(format!(
+        "cluster {} · ",
+        text::node_and_role(health)
+    ))];
+    if phrase.is_degraded() {
+        spans.push(Span::styled(state, app.theme.warning()));
+        spans.push(Span::raw(if wide {
+            " · etcd unreachable: rules stay, decisions use this node's counts"
+        } else {
+            " · etcd unreachable"
+        }));
+    } else {
+        spans.push(Span::raw(format!(
+            "{state} · {}",
+            text::nodes(health.nodes_seen)
+        )));
+    }
+    Line::from(spans)
 }
 
 fn identity(app: &App) -> Line<'static> {
@@ -63,7 +106,7 @@ fn totals(app: &App, wide: bool) -> Line<'static> {
             format!(
                 "daemon unreachable for {}, retrying: {}",
                 short_duration(away),
-                crate::cli::output::clean(error)
+                crate::text::clean(error)
             ),
             theme.alarm(),
         ));

@@ -6,7 +6,13 @@
 //! pane with tabs (detail, rules, events), a footer. Wide: the three bottom panes side by side.
 //! Behind trusted proxies, the proxies' lines go under the header: one in the compact layout,
 //! up to [`WIDE_PROXY_LINES`] in the wide one (none without proxies, so the screen of a daemon
-//! without them is unchanged).
+//! without them is unchanged). In a cluster the header has a third line (see
+//! [`header_lines`]).
+
+/// Lines of the header: identity and totals, and the cluster's state in a cluster.
+pub fn header_lines(cluster: bool) -> u16 {
+    2 + u16::from(cluster)
+}
 
 use ratatui::layout::{Constraint, Layout, Rect};
 
@@ -33,9 +39,10 @@ pub struct ScreenLayout {
     pub wide: bool,
 }
 
-/// `proxy_items`: the lines the proxies panel would like (one per proxy, one for the entries
-/// not seen); it gets at most one (compact) or [`WIDE_PROXY_LINES`] (wide).
-pub fn screen(area: Rect, proxy_items: usize) -> ScreenLayout {
+/// `header`: the header's lines ([`header_lines`]). `proxy_items`: the lines the proxies
+/// panel would like (one per proxy, one for the entries not seen); it gets at most one
+/// (compact) or [`WIDE_PROXY_LINES`] (wide).
+pub fn screen(area: Rect, header: u16, proxy_items: usize) -> ScreenLayout {
     let wide = area.width >= WIDE.0 && area.height >= WIDE.1;
     let proxy_lines =
         u16::try_from(proxy_items)
@@ -49,7 +56,7 @@ pub fn screen(area: Rect, proxy_items: usize) -> ScreenLayout {
         0
     };
     let [header, proxies, table, bottom, footer] = Layout::vertical([
-        Constraint::Length(2),
+        Constraint::Length(header),
         Constraint::Length(proxy_lines),
         Constraint::Min(0),
         Constraint::Length(bottom_height),
@@ -67,8 +74,8 @@ pub fn screen(area: Rect, proxy_items: usize) -> ScreenLayout {
 }
 
 /// Source rows the table shows at once on a screen of this size.
-pub fn table_rows(width: u16, height: u16, proxy_items: usize) -> usize {
-    let layout = screen(Rect::new(0, 0, width, height), proxy_items);
+pub fn table_rows(width: u16, height: u16, header: u16, proxy_items: usize) -> usize {
+    let layout = screen(Rect::new(0, 0, width, height), header, proxy_items);
     usize::from(layout.table.height.saturating_sub(TABLE_CHROME))
 }
 
@@ -88,43 +95,52 @@ mod tests {
 
     #[test]
     fn eighty_by_twenty_four_keeps_ten_rows_and_a_pane() {
-        let layout = screen(Rect::new(0, 0, 80, 24), 0);
+        let layout = screen(Rect::new(0, 0, 80, 24), 2, 0);
         assert!(!layout.wide);
         assert_eq!(layout.header.height, 2);
         assert_eq!(layout.proxies.height, 0);
         assert_eq!(layout.bottom.height, COMPACT_BOTTOM);
         assert_eq!(layout.footer.y, 23);
-        assert_eq!(table_rows(80, 24, 0), 10);
+        assert_eq!(table_rows(80, 24, 2, 0), 10);
     }
 
     #[test]
     fn proxies_take_a_line_compact_and_a_few_wide() {
-        let layout = screen(Rect::new(0, 0, 80, 24), 4);
+        let layout = screen(Rect::new(0, 0, 80, 24), 2, 4);
         assert_eq!((layout.proxies.y, layout.proxies.height), (2, 1));
-        assert_eq!(table_rows(80, 24, 4), 9);
-        let wide = screen(Rect::new(0, 0, 200, 50), 4);
+        assert_eq!(table_rows(80, 24, 2, 4), 9);
+        let wide = screen(Rect::new(0, 0, 200, 50), 2, 4);
         assert_eq!(wide.proxies.height, WIDE_PROXY_LINES);
-        assert_eq!(screen(Rect::new(0, 0, 200, 50), 2).proxies.height, 2);
+        assert_eq!(screen(Rect::new(0, 0, 200, 50), 2, 2).proxies.height, 2);
         assert_eq!(
-            table_rows(200, 50, 2) + 2,
-            table_rows(200, 50, 0),
+            table_rows(200, 50, 2, 2) + 2,
+            table_rows(200, 50, 2, 0),
             "the table gives up the lines"
         );
     }
 
     #[test]
+    fn a_cluster_takes_a_header_line_from_the_table() {
+        let layout = screen(Rect::new(0, 0, 80, 24), header_lines(true), 0);
+        assert_eq!(layout.header.height, 3);
+        assert_eq!(layout.table.y, 3);
+        assert_eq!(table_rows(80, 24, header_lines(true), 0), 9);
+        assert_eq!(header_lines(false), 2);
+    }
+
+    #[test]
     fn large_screens_split_the_bottom() {
-        let layout = screen(Rect::new(0, 0, 200, 50), 0);
+        let layout = screen(Rect::new(0, 0, 200, 50), 2, 0);
         assert!(layout.wide);
         assert!(layout.bottom.height >= 20);
-        assert!(table_rows(200, 50, 0) >= 20);
+        assert!(table_rows(200, 50, 2, 0) >= 20);
     }
 
     #[test]
     fn tiny_screens_keep_only_the_table() {
-        let layout = screen(Rect::new(0, 0, 60, 12), 0);
+        let layout = screen(Rect::new(0, 0, 60, 12), 2, 0);
         assert_eq!(layout.bottom.height, 0);
-        assert_eq!(table_rows(60, 12, 0), 7);
-        assert_eq!(table_rows(0, 0, 0), 0);
+        assert_eq!(table_rows(60, 12, 2, 0), 7);
+        assert_eq!(table_rows(0, 0, 2, 0), 0);
     }
 }

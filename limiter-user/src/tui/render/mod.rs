@@ -24,7 +24,7 @@ use super::app::{App, Mode, Pane};
 
 pub fn render(frame: &mut Frame, app: &App) {
     let area = frame.area();
-    let layout = layout::screen(area, app.proxy_items());
+    let layout = layout::screen(area, app.header_lines(), app.proxy_items());
     header::render(frame, layout.header, app);
     if layout.proxies.height > 0 {
         proxies::render(frame, layout.proxies, app);

@@ -104,6 +104,6 @@ fn cells(rule: &StoredRule, app: &App) -> [Cell<'static>; 5] {
         Cell::from(action),
         Cell::from(origin),
         Cell::from(left),
-        Cell::from(crate::cli::output::clean(&rule.reason)),
+        Cell::from(crate::text::clean(&rule.reason)),
     ]
 }
