@@ -57,6 +57,14 @@ pub fn nodes(count: usize) -> String {
     format!("{count} node{}", if count == 1 { "" } else { "s" })
 }
 
+/// `142 creates/min, 12.5 new conn/s cluster-wide`: the rates summed over every Glance node.
+pub fn cluster_rates(health: &ClusterHealth) -> String {
+    format!(
+        "{} creates/min, {:.1} new conn/s cluster-wide",
+        health.image_creates_per_minute, health.new_connections_per_second
+    )
+}
+
 /// `glance-1 (glance)`: a node and its role.
 pub fn node_and_role(health: &ClusterHealth) -> String {
     format!("{} ({})", clean(&health.node), health.role)
@@ -129,6 +137,8 @@ mod tests {
             state,
             degraded_since: since.map(str::to_string),
             nodes_seen: 3,
+            image_creates_per_minute: 0,
+            new_connections_per_second: 0.0,
         }
     }
 

@@ -580,6 +580,8 @@ fn cluster_status_shows_the_nodes_or_says_the_daemon_runs_alone() {
                 state: limiter_user::cluster::status::ClusterState::Degraded,
                 degraded_since: Some("2025-06-01T10:00:00Z".into()),
                 nodes_seen: 1,
+                image_creates_per_minute: 0,
+                new_connections_per_second: 0.0,
             });
             ResponseLine::ok(Reply::Status(status))
         }

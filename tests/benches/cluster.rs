@@ -124,8 +124,7 @@ fn propagation(ns: &Netns, endpoints: &[String]) -> Propagation {
     wait_connected(&mut nodes);
     let mut samples = Vec::new();
     for k in 0..PROPAGATIONS {
-        let prefix: ipnet::IpNet =
-            format!("2001:db8:b::{:x}/128", k + 1).parse().unwrap();
+        let prefix: ipnet::IpNet = format!("2001:db8:b::{:x}/128", k + 1).parse().unwrap();
         let rule = StoredRule {
             prefix,
             action: Action::Block,
@@ -140,7 +139,9 @@ fn propagation(ns: &Netns, endpoints: &[String]) -> Propagation {
         let first = &mut nodes[0];
         let generation = first.cluster.will_change([rule.key()]).unwrap();
         first.store.upsert(vec![rule.clone()]).unwrap();
-        first.cluster.changed(&first.store, [rule.key()], generation);
+        first
+            .cluster
+            .changed(&first.store, [rule.key()], generation);
         loop {
             for node in nodes.iter_mut() {
                 node.cluster.apply_incoming(&mut node.store).unwrap();
@@ -175,7 +176,16 @@ fn tracked(node: usize) -> Vec<(IpAddr, Rates)> {
             let segments = if attacker {
                 [0x2001, 0xdb8, 0xa, 0, 0, 0, 0, i as u16]
             } else {
-                [0x2001, 0xdb8, 0xc, node as u16, 0, 0, (i >> 16) as u16, i as u16]
+                [
+                    0x2001,
+                    0xdb8,
+                    0xc,
+                    node as u16,
+                    0,
+                    0,
+                    (i >> 16) as u16,
+                    i as u16,
+                ]
             };
             let creates = if attacker { 15 } else { 1 };
             (
@@ -196,36 +206,40 @@ fn load(ns: &Netns, endpoints: &[String], count: usize) -> Load {
     let policy = PolicyConfig::default();
     let sources: Vec<Vec<(IpAddr, Rates)>> = (0..count).map(tracked).collect();
     // Until everyone sees everyone, publishing as a daemon would.
-    let publish = |nodes: &mut [SimNode], cpu: &mut Duration, read: &mut usize, listed: &mut usize| {
-        for (i, node) in nodes.iter_mut().enumerate() {
-            let started = Instant::now();
-            let peers = node.cluster.peers();
-            let local = &sources[i];
-            let combined = summary::combine(node.cluster.settings(), |_| None, peers.iter());
-            let header = node.cluster.next_summary(SOURCES as u64);
-            let fraction = node.cluster.publish_fraction();
-            let built = summary::build(
-                node.cluster.settings(),
-                &policy,
-                header,
-                fraction,
-                local.iter().copied(),
-            );
-            *cpu += started.elapsed();
-            *read += peers
-                .iter()
-                .map(|p| serde_json::to_vec(p).unwrap().len())
-                .sum::<usize>();
-            *listed += built.sources.len();
-            node.cluster.publish(built, peers.len(), combined.len());
-            node.cluster.apply_incoming(&mut node.store).unwrap();
-        }
-    };
+    let publish =
+        |nodes: &mut [SimNode], cpu: &mut Duration, read: &mut usize, listed: &mut usize| {
+            for (i, node) in nodes.iter_mut().enumerate() {
+                let started = Instant::now();
+                let peers = node.cluster.peers();
+                let local = &sources[i];
+                let combined = summary::combine(node.cluster.settings(), |_| None, peers.iter());
+                let header = node.cluster.next_summary(SOURCES as u64);
+                let fraction = node.cluster.publish_fraction();
+                let built = summary::build(
+                    node.cluster.settings(),
+                    &policy,
+                    header,
+                    fraction,
+                    local.iter().copied(),
+                );
+                *cpu += started.elapsed();
+                *read += peers
+                    .iter()
+                    .map(|p| serde_json::to_vec(p).unwrap().len())
+                    .sum::<usize>();
+                *listed += built.sources.len();
+                node.cluster.publish(built, peers.len(), combined.len());
+                node.cluster.apply_incoming(&mut node.store).unwrap();
+            }
+        };
     let (mut cpu, mut read, mut listed) = (Duration::ZERO, 0, 0);
     let start = Instant::now();
     while nodes.iter().any(|n| n.cluster.peers().len() + 1 < count) {
         publish(&mut nodes, &mut cpu, &mut read, &mut listed);
-        assert!(start.elapsed() < Duration::from_secs(60), "every node sees every other");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "every node sees every other"
+        );
         std::thread::sleep(POLL);
     }
     let before: Vec<(u64, u64)> = nodes.iter().map(|n| n.cluster.writes()).collect();
@@ -278,7 +292,10 @@ fn main() {
         propagation.p99_ms,
         DAEMON_WAKE.as_millis()
     );
-    let load: Vec<Load> = [3, 10, 30].iter().map(|n| load(&ns, &endpoints, *n)).collect();
+    let load: Vec<Load> = [3, 10, 30]
+        .iter()
+        .map(|n| load(&ns, &endpoints, *n))
+        .collect();
     for l in &load {
         println!(
             "{:>2} nodes x {} sources: {:.2} writes/poll ({:.1}/s), {:.0} B/s written, {:.0} B read/poll, {:.0} us CPU/poll, {:.1} sources listed",

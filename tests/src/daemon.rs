@@ -163,10 +163,7 @@ impl DaemonSetup {
     pub fn cluster(mut self, endpoints: &[String], node_name: &str, role: &str) -> Self {
         let quoted: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
         self.cluster = vec![
-            (
-                "etcd_endpoints".into(),
-                format!("[{}]", quoted.join(", ")),
-            ),
+            ("etcd_endpoints".into(), format!("[{}]", quoted.join(", "))),
             ("node_name".into(), format!("{node_name:?}")),
             ("role".into(), format!("{role:?}")),
         ];

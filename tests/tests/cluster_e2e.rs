@@ -96,7 +96,10 @@ fn creates_through_lb(topo: &Topo, src: &str, count: usize) -> Vec<(Instant, Opt
         let mut client = HttpsClient::new(&src, &frontend).io_timeout(Duration::from_secs(5));
         (0..count)
             .map(|_| {
-                let status = client.request("POST", "/v2/images", CREATE).ok().map(|r| r.status);
+                let status = client
+                    .request("POST", "/v2/images", CREATE)
+                    .ok()
+                    .map(|r| r.status);
                 (Instant::now(), status)
             })
             .collect()
@@ -189,9 +192,11 @@ fn three_nodes_and_an_edge_share_their_defence_through_etcd() {
     assert!(reason.contains("across the cluster"), "{reason}");
 
     // 2. The edge drops the banned client before HAProxy; others still get through.
-    wait_for("the edge to drop the banned client", RULE_TRAVEL_TARGET * 3, || {
-        (!connects(&topo.client, attacker, Topo::FRONTEND_V4)).then_some(())
-    });
+    wait_for(
+        "the edge to drop the banned client",
+        RULE_TRAVEL_TARGET * 3,
+        || (!connects(&topo.client, attacker, Topo::FRONTEND_V4)).then_some(()),
+    );
     assert!(connects(&topo.client, Topo::LEGIT_V4[0], Topo::FRONTEND_V4));
     assert!(edge.block_rule(&attacker_rule).is_some());
 
@@ -208,9 +213,15 @@ fn three_nodes_and_an_edge_share_their_defence_through_etcd() {
     let travelled = start.elapsed();
     println!("a manual block travels node 1 -> node 3 in {travelled:?}");
     assert!(travelled <= RULE_TRAVEL_TARGET, "{travelled:?}");
-    assert_eq!(rule["node"], "glance-1", "the rule records its node: {rule}");
+    assert_eq!(
+        rule["node"], "glance-1",
+        "the rule records its node: {rule}"
+    );
     assert!(!connects(&topo.client, blocked, topo.nodes[2].addr));
-    assert!(nodes[2].list_raw().contains("glance-1"), "`list` shows the node");
+    assert!(
+        nodes[2].list_raw().contains("glance-1"),
+        "`list` shows the node"
+    );
     nodes[2].cli_ok(&["unblock", blocked]);
     let start = Instant::now();
     assert!(nodes[0].wait_for_no_rule(&blocked_rule, DEADLINE));
@@ -251,7 +262,9 @@ fn three_nodes_and_an_edge_share_their_defence_through_etcd() {
     let local = Topo::ATTACKER_V4[3];
     let direct = creates_direct(&topo, local, topo.nodes[0].addr, CREATES_PER_MINUTE + 2);
     assert!(
-        nodes[0].wait_for_rule(&host_prefix(local), DEADLINE).is_some(),
+        nodes[0]
+            .wait_for_rule(&host_prefix(local), DEADLINE)
+            .is_some(),
         "a local decision during the outage: {direct:?}"
     );
     // Made during the outage: an unblock on node 2, a block that ends before etcd is back.

@@ -392,9 +392,10 @@ fn cluster_health(health: &ClusterHealth, now: SystemTime) -> String {
         format!("{}, {state}, etcd unreachable", node_and_role(health))
     } else {
         format!(
-            "{}, {state}, {}",
+            "{}, {state}, {}; {}",
             node_and_role(health),
-            nodes(health.nodes_seen)
+            nodes(health.nodes_seen),
+            crate::text::cluster_rates(health)
         )
     }
 }
@@ -699,6 +700,8 @@ counters
             state,
             degraded_since: since.map(str::to_string),
             nodes_seen: 3,
+            image_creates_per_minute: 142,
+            new_connections_per_second: 12.5,
         };
         let line = |cluster| {
             let text = super::status(
@@ -714,11 +717,11 @@ counters
         };
         assert_eq!(
             line(health(ClusterState::Connected, None)),
-            "cluster     glance-1 (glance), connected, 3 nodes"
+            "cluster     glance-1 (glance), connected, 3 nodes; 142 creates/min, 12.5 new conn/s cluster-wide"
         );
         assert_eq!(
             line(health(ClusterState::Connecting, None)),
-            "cluster     glance-1 (glance), connecting to etcd, 3 nodes"
+            "cluster     glance-1 (glance), connecting to etcd, 3 nodes; 142 creates/min, 12.5 new conn/s cluster-wide"
         );
         // NOW is 2025-06-01T10:00:00Z.
         assert_eq!(

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     sync::{mpsc, Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use etcd_client::{
@@ -22,7 +22,7 @@ use super::{
     settings::ClusterSettings,
     status::EndpointView,
     summary::Summary,
-    FromEtcd, Peer, Shared, ToEtcd,
+    FromEtcd, Shared, ToEtcd,
 };
 use crate::store::{RuleKey, StoredRule};
 
@@ -221,9 +221,7 @@ async fn session(
             if let Some(summary) = parse_summary(keys, kv.key_str().unwrap_or_default(), kv.value())
             {
                 if summary.node != link.node {
-                    shared
-                        .peers
-                        .insert(summary.node.clone(), Peer::new(summary));
+                    shared.peer_arrived(summary);
                 }
             }
         }
@@ -310,7 +308,7 @@ async fn session(
                         }
                         if put {
                             if let Some(summary) = parse_summary(keys, key, kv.value()) {
-                                shared.peers.insert(node.to_string(), Peer::new(summary));
+                                shared.peer_arrived(summary);
                             }
                         } else {
                             shared.peers.remove(node);
@@ -457,14 +455,5 @@ async fn watch_health(
         }
         shared.lock().unwrap().endpoints = views;
         tokio::time::sleep(HEALTH_EVERY).await;
-    }
-}
-
-impl Peer {
-    fn new(summary: Summary) -> Peer {
-        Peer {
-            summary,
-            received: Instant::now(),
-        }
     }
 }

@@ -336,7 +336,7 @@ mod tests {
         let made = rule("203.0.113.1/32", "n1", Some(600));
         let lifted = rule("203.0.113.2/32", "n2", None);
         let plan = reconcile(
-            &[made.clone()],
+            std::slice::from_ref(&made),
             &state(&[&lifted], &[&made, &lifted]),
             7,
             std::slice::from_ref(&lifted),
@@ -351,9 +351,15 @@ mod tests {
     #[test]
     fn rules_etcd_never_knew_are_pushed_and_a_new_etcd_removes_nothing() {
         let old = rule("203.0.113.1/32", "n1", None);
-        let plan = reconcile(&[old.clone()], &state(&[], &[]), 7, &[], now());
-        assert_eq!(plan.push, [old.clone()]);
-        let plan = reconcile(&[old.clone()], &state(&[&old], &[]), 8, &[], now());
+        let plan = reconcile(std::slice::from_ref(&old), &state(&[], &[]), 7, &[], now());
+        assert_eq!(plan.push, std::slice::from_ref(&old));
+        let plan = reconcile(
+            std::slice::from_ref(&old),
+            &state(&[&old], &[]),
+            8,
+            &[],
+            now(),
+        );
         assert_eq!(plan.push, [old]);
         assert!(plan.remove_here.is_empty());
     }
@@ -364,7 +370,13 @@ mod tests {
             expires: Some(now() - Duration::from_secs(1)),
             ..rule("203.0.113.1/32", "n1", None)
         };
-        let plan = reconcile(&[expired.clone()], &state(&[], &[&expired]), 7, &[], now());
+        let plan = reconcile(
+            std::slice::from_ref(&expired),
+            &state(&[], &[&expired]),
+            7,
+            &[],
+            now(),
+        );
         assert!(plan.is_empty(), "{plan:?}");
         assert_eq!(plan.settled, [(expired.key(), false)]);
     }
@@ -378,7 +390,7 @@ mod tests {
             ..a.clone()
         };
         assert!(same_rule(&a, &b));
-        let plan = reconcile(&[a.clone()], &state(&[&a], &[]), 7, &[b], now());
+        let plan = reconcile(std::slice::from_ref(&a), &state(&[&a], &[]), 7, &[b], now());
         assert!(plan.is_empty(), "{plan:?}");
     }
 

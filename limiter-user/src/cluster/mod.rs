@@ -72,6 +72,8 @@ pub(crate) enum FromEtcd {
 pub(crate) struct Peer {
     pub summary: Summary,
     pub received: Instant,
+    /// How much later than its poll interval this summary came after the previous one.
+    pub lag: Duration,
 }
 
 /// What both threads see.
@@ -83,6 +85,7 @@ pub(crate) struct Shared {
     pub endpoints: Vec<EndpointView>,
     pub peers: BTreeMap<String, Peer>,
     own: Option<(Summary, Instant)>,
+    own_lag: Duration,
     writes: u64,
     bytes_written: u64,
 }
@@ -105,7 +108,30 @@ impl Shared {
         let was = self.state;
         self.state = Some(ClusterState::Connected);
         self.degraded_since = None;
+        self.last_error = None;
         was != Some(ClusterState::Connected)
+    }
+
+    /// A node's summary arrived.
+    fn peer_arrived(&mut self, summary: Summary) {
+        let now = Instant::now();
+        let interval = Duration::from_millis(summary.poll_interval_ms);
+        let lag = self
+            .peers
+            .get(&summary.node)
+            .map(|previous| {
+                now.duration_since(previous.received)
+                    .saturating_sub(interval)
+            })
+            .unwrap_or_default();
+        self.peers.insert(
+            summary.node.clone(),
+            Peer {
+                summary,
+                received: now,
+                lag,
+            },
+        );
     }
 
     fn count_write(&mut self, bytes: usize) {
@@ -114,7 +140,12 @@ impl Shared {
     }
 
     fn published(&mut self, summary: Summary) {
-        self.own = Some((summary, Instant::now()));
+        let now = Instant::now();
+        let interval = Duration::from_millis(summary.poll_interval_ms);
+        if let Some((_, previous)) = &self.own {
+            self.own_lag = now.duration_since(*previous).saturating_sub(interval);
+        }
+        self.own = Some((summary, now));
     }
 
     fn state(&self) -> ClusterState {
@@ -390,6 +421,7 @@ impl Cluster {
             poll_interval_ms: self.poll_interval.as_millis() as u64,
             tracked_sources,
             sources: Vec::new(),
+            totals: summary::Counts4::default(),
         }
     }
 
@@ -402,7 +434,25 @@ impl Cluster {
 
     pub fn health(&self) -> ClusterHealth {
         let shared = self.shared.lock().unwrap();
+        let mut totals = shared
+            .own
+            .as_ref()
+            .map(|(own, _)| own.totals)
+            .unwrap_or_default();
+        if shared.state() == ClusterState::Connected {
+            for peer in shared.peers.values() {
+                if peer.received.elapsed() <= stale_after(&peer.summary) {
+                    for (total, add) in totals.0.iter_mut().zip(peer.summary.totals.0) {
+                        *total += add;
+                    }
+                }
+            }
+        }
         ClusterHealth {
+            image_creates_per_minute: totals.get(crate::policy::Metric::ImageCreatesPerMinute),
+            new_connections_per_second: totals.get(crate::policy::Metric::NewConnectionsPerSecond)
+                as f64
+                / crate::rates::NEW_CONNECTION_WINDOW.as_secs_f64(),
             node: self.node.clone(),
             role: self.settings.role,
             state: shared.state(),
@@ -430,7 +480,7 @@ impl Cluster {
             role: self.settings.role,
             this_node: true,
             last_publication_ms_ago: own.map(|(_, at)| at.elapsed().as_millis() as u64),
-            lag_ms: own.map(|(s, at)| lag(s, *at)),
+            lag_ms: own.map(|_| shared.own_lag.as_millis() as u64),
             seq: self.seq,
             listed_sources: own.map_or(0, |(s, _)| s.sources.len()),
             tracked_sources: own.map_or(0, |(s, _)| s.tracked_sources),
@@ -440,7 +490,7 @@ impl Cluster {
             role: peer.summary.role,
             this_node: false,
             last_publication_ms_ago: Some(peer.received.elapsed().as_millis() as u64),
-            lag_ms: Some(lag(&peer.summary, peer.received)),
+            lag_ms: Some(peer.lag.as_millis() as u64),
             seq: peer.summary.seq,
             listed_sources: peer.summary.sources.len(),
             tracked_sources: peer.summary.tracked_sources,
@@ -486,11 +536,6 @@ impl Drop for Cluster {
 /// A summary older than three of its node's polls no longer counts.
 fn stale_after(summary: &Summary) -> Duration {
     Duration::from_millis(summary.poll_interval_ms.max(100) * 3)
-}
-
-/// How much later than its poll interval a publication is.
-fn lag(summary: &Summary, received: Instant) -> u64 {
-    (received.elapsed().as_millis() as u64).saturating_sub(summary.poll_interval_ms)
 }
 
 fn rfc3339(time: SystemTime) -> String {

@@ -82,7 +82,7 @@ pub struct NodeView {
 }
 
 /// The line `limiter status` carries about the cluster.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterHealth {
     pub node: String,
     pub role: Role,
@@ -90,4 +90,10 @@ pub struct ClusterHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded_since: Option<String>,
     pub nodes_seen: usize,
+    /// Image creates in the last minute, summed over every Glance node that publishes.
+    #[serde(default)]
+    pub image_creates_per_minute: u64,
+    /// New connections per second (10 s mean), summed likewise.
+    #[serde(default)]
+    pub new_connections_per_second: f64,
 }

@@ -46,6 +46,10 @@ pub struct Summary {
     pub tracked_sources: u64,
     /// `[address, [syns in 10 s, creates in 1 min, creates in 1 h, other writes in 1 min]]`.
     pub sources: Vec<(IpAddr, Counts4)>,
+    /// The same counts summed over every source the node tracks: the node's share of the
+    /// cluster-wide rates.
+    #[serde(default)]
+    pub totals: Counts4,
 }
 
 /// The share of a threshold at which a node publishes a source: half of an even share over
@@ -69,14 +73,18 @@ pub fn build(
         .filter_map(|m| Some((*m, threshold_count(*m, policy.threshold(*m)?))))
         .collect();
     let mut listed: Vec<(f64, IpAddr, Counts4)> = Vec::new();
-    if header.role == Role::Glance && !limits.is_empty() {
+    let mut totals = Counts4::default();
+    if header.role == Role::Glance {
         for (addr, rates) in rates {
             let counts = Counts4::of(&rates);
+            for (total, add) in totals.0.iter_mut().zip(counts.0) {
+                *total += add;
+            }
             let share = limits
                 .iter()
                 .map(|(m, limit)| counts.get(*m) as f64 / *limit as f64)
                 .fold(0.0, f64::max);
-            if share >= fraction {
+            if !limits.is_empty() && share >= fraction {
                 listed.push((share, addr, counts));
             }
         }
@@ -89,6 +97,7 @@ pub fn build(
     listed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     Summary {
         sources: listed.into_iter().map(|(_, a, c)| (a, c)).collect(),
+        totals,
         ..header
     }
 }
@@ -183,6 +192,7 @@ mod tests {
             poll_interval_ms: 1000,
             tracked_sources: 0,
             sources: Vec::new(),
+            totals: Counts4::default(),
         }
     }
 

@@ -325,6 +325,8 @@ pub fn connected_cluster() -> ClusterHealth {
         state: ClusterState::Connected,
         degraded_since: None,
         nodes_seen: 3,
+        image_creates_per_minute: 142,
+        new_connections_per_second: 12.5,
     }
 }
 
@@ -334,6 +336,8 @@ pub fn degraded_cluster() -> ClusterHealth {
         state: ClusterState::Degraded,
         degraded_since: Some("2025-06-01T09:49:00Z".into()),
         nodes_seen: 1,
+        image_creates_per_minute: 40,
+        new_connections_per_second: 3.0,
         ..connected_cluster()
     }
 }

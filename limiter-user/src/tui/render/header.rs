@@ -57,8 +57,13 @@ fn cluster(app: &App, health: &ClusterHealth, wide: bool) -> Line<'static> {
             " · etcd unreachable"
         }));
     } else {
+        let rates = if wide {
+            text::cluster_rates(health)
+        } else {
+            format!("{} creates/min", health.image_creates_per_minute)
+        };
         spans.push(Span::raw(format!(
-            "{state} · {}",
+            "{state} · {} · {rates}",
             text::nodes(health.nodes_seen)
         )));
     }
