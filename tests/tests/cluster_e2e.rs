@@ -54,6 +54,12 @@ fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>)
     }
 }
 
+/// A daemon log's last lines, for a failure's message.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
 fn node_name(i: usize) -> String {
     format!("glance-{}", i + 1)
 }
@@ -238,8 +244,11 @@ fn three_nodes_and_an_edge_share_their_defence_through_etcd() {
     for (i, node) in nodes.iter().enumerate() {
         assert!(
             node.wait_for_rule(&host_prefix(second), DEADLINE).is_some(),
-            "node {} with one etcd member down",
-            i + 1
+            "node {} with one etcd member down:\n--- node 2 ---\n{}\n--- node {} ---\n{}",
+            i + 1,
+            tail(&nodes[1].log()),
+            i + 1,
+            tail(&node.log())
         );
     }
     assert!(nodes.iter().all(|n| state(n) == "connected"));

@@ -84,11 +84,27 @@ async fn run(link: Link, mut inbox: UnboundedReceiver<ToEtcd>) {
         options.clone(),
         link.shared.clone(),
     ));
+    // One member at a time: a balanced channel over every endpoint kept sending requests to
+    // a dead member. A failed session moves on to the next member at once; only when every
+    // member failed in a row is the cluster unreachable.
+    let endpoints = &link.settings.etcd_endpoints;
+    let mut next = 0;
+    let mut failed_in_a_row = 0;
     loop {
-        let outcome = session(&link, &keys, &options, &mut inbox).await;
+        let endpoint = pick_endpoint(endpoints, &link.shared, next);
+        next = endpoints.iter().position(|e| *e == endpoint).unwrap_or(0) + 1;
+        let mut reached = false;
+        let outcome = session(&link, &keys, &options, &endpoint, &mut reached, &mut inbox).await;
         match outcome {
             Ok(()) => break,
             Err(e) => {
+                failed_in_a_row = if reached { 1 } else { failed_in_a_row + 1 };
+                if failed_in_a_row < endpoints.len() {
+                    info!(endpoint = %endpoint, error = %e, "etcd member failed; trying the next one");
+                    link.shared.lock().unwrap().last_error = Some(e);
+                    continue;
+                }
+                failed_in_a_row = 0;
                 let first = link.shared.lock().unwrap().failed(e.clone());
                 if first {
                     warn!(error = %e, "etcd unreachable: deciding on local thresholds, rules kept, changes queued");
@@ -151,13 +167,16 @@ async fn session(
     link: &Link,
     keys: &Keys,
     options: &ConnectOptions,
+    endpoint: &str,
+    reached: &mut bool,
     inbox: &mut UnboundedReceiver<ToEtcd>,
 ) -> Result<(), String> {
     let mut client = timed(
         "connecting",
-        Client::connect(&link.settings.etcd_endpoints, Some(options.clone())),
+        Client::connect([endpoint], Some(options.clone())),
     )
-    .await?;
+    .await
+    .map_err(|e| format!("{endpoint}: {e}"))?;
     let lease_ttl = (3 * link.poll_interval.as_secs() as i64).max(5);
     let node_lease = timed(
         "granting the node's lease",
@@ -244,10 +263,11 @@ async fn session(
         ),
     )
     .await?;
+    *reached = true;
     if link.shared.lock().unwrap().connected() {
         info!(
-            cluster_id,
-            revision, "etcd reached: rules reconciled, counts shared"
+            endpoint,
+            cluster_id, revision, "etcd reached: rules reconciled, counts shared"
         );
     }
 
@@ -381,6 +401,25 @@ async fn push(
         link.shared.lock().unwrap().count_write(size);
     }
     Ok(done)
+}
+
+/// From the `from`-th endpoint on, the first one the health checks do not call unhealthy (any,
+/// when all are).
+fn pick_endpoint(endpoints: &[String], shared: &Mutex<Shared>, from: usize) -> String {
+    let unhealthy: Vec<String> = shared
+        .lock()
+        .unwrap()
+        .endpoints
+        .iter()
+        .filter(|view| !view.healthy)
+        .map(|view| view.endpoint.clone())
+        .collect();
+    let n = endpoints.len();
+    (0..n)
+        .map(|i| &endpoints[(from + i) % n])
+        .find(|e| !unhealthy.contains(e))
+        .unwrap_or(&endpoints[from % n])
+        .clone()
 }
 
 fn parse_record(keys: &Keys, key: &str, value: &[u8]) -> Option<RuleRecord> {

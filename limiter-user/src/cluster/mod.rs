@@ -81,7 +81,7 @@ pub(crate) struct Peer {
 pub(crate) struct Shared {
     state: Option<ClusterState>,
     degraded_since: Option<SystemTime>,
-    last_error: Option<String>,
+    pub last_error: Option<String>,
     pub endpoints: Vec<EndpointView>,
     pub peers: BTreeMap<String, Peer>,
     own: Option<(Summary, Instant)>,
