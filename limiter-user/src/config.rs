@@ -793,6 +793,51 @@ mod tests {
         keys
     }
 
+    /// The example's `[cluster]` section (written `# key = value`), uncommented but for the
+    /// TLS files, which need https:// endpoints and files that exist.
+    #[test]
+    fn the_examples_cluster_section_parses() {
+        let section: String = EXAMPLE
+            .lines()
+            .skip_while(|line| *line != "# [cluster]")
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| !line.contains("_file"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(section.contains("etcd_endpoints"), "{section}");
+        let config = Config::from_toml_str(&section).unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.etcd_endpoints.len(), 3);
+        assert_eq!(
+            cluster.scope(Metric::NewConnectionsPerSecond),
+            crate::cluster::settings::Scope::Node
+        );
+        let doc = CONFIG_DOC;
+        for key in [
+            "etcd_endpoints",
+            "node_name",
+            "prefix",
+            "role",
+            "ca_file",
+            "summary_max_sources",
+            "threshold_scope",
+        ] {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/CONFIG.md explains `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_problems_name_their_key() {
+        let problems = problems_of("[cluster]\netcd_endpoints = []\nrole = \"edge\"\n");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "cluster.etcd_endpoints");
+        let error = Config::from_toml_str("[cluster]\nrole = \"proxy\"\n").unwrap_err();
+        assert!(error.to_string().contains("role"), "{error}");
+    }
+
     #[test]
     fn an_empty_file_is_the_defaults() {
         assert_eq!(Config::from_toml_str("").unwrap(), Config::default());

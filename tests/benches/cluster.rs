@@ -36,8 +36,8 @@ const SIM_ADDR: &str = "198.51.100.50/24";
 const PROPAGATIONS: usize = 200;
 const SOURCES: usize = 100_000;
 const ATTACKERS: usize = 20;
-const POLL: Duration = Duration::from_millis(250);
-const POLLS: usize = 12;
+const POLL: Duration = Duration::from_secs(1);
+const POLLS: usize = 10;
 const DAEMON_WAKE: Duration = Duration::from_millis(50);
 
 #[derive(Serialize)]

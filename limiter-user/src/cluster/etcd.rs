@@ -31,7 +31,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Between failed sessions.
 const RETRY: Duration = Duration::from_millis(500);
 /// How often each endpoint's health is asked, for `cluster status`.
-const HEALTH_EVERY: Duration = Duration::from_secs(3);
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// The shortest lease of a node's summary.
+const NODE_LEASE_MIN_SECS: i64 = 10;
 /// etcd's shortest lease.
 const MIN_LEASE_SECS: i64 = 2;
 /// etcd's limit is 128 operations per transaction.
@@ -156,7 +158,7 @@ async fn timed<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Ok(Err(e)) => Err(format!("{what}: {}", short_error(&e))),
         Err(_) => Err(format!("{what}: no answer within {REQUEST_TIMEOUT:?}")),
     }
 }
@@ -177,7 +179,9 @@ async fn session(
     )
     .await
     .map_err(|e| format!("{endpoint}: {e}"))?;
-    let lease_ttl = (3 * link.poll_interval.as_secs() as i64).max(5);
+    // A keep-alive every third of it: with a 1 s poll, a third of a write per poll, and a
+    // node that stops is gone from the others' view within 10 s.
+    let lease_ttl = (3 * link.poll_interval.as_secs() as i64).max(NODE_LEASE_MIN_SECS);
     let node_lease = timed(
         "granting the node's lease",
         client.lease_grant(lease_ttl, None),
@@ -264,6 +268,7 @@ async fn session(
     )
     .await?;
     *reached = true;
+    link.shared.lock().unwrap().reached(endpoint);
     if link.shared.lock().unwrap().connected() {
         info!(
             endpoint,
@@ -401,6 +406,29 @@ async fn push(
         link.shared.lock().unwrap().count_write(size);
     }
     Ok(done)
+}
+
+/// What went wrong, in a line: tonic's errors nest the cause deep in a debug dump.
+fn short_error(error: &etcd_client::Error) -> String {
+    let text = error.to_string();
+    for (needle, said) in [
+        (
+            "Connection refused",
+            "connection refused (is etcd running there?)",
+        ),
+        ("No route to host", "no route to host"),
+        ("Network is unreachable", "network unreachable"),
+        ("Timeout expired", "no answer in time"),
+        (
+            "certificate",
+            "TLS: certificate refused (check ca_file, cert_file, key_file)",
+        ),
+    ] {
+        if text.contains(needle) {
+            return said.to_string();
+        }
+    }
+    text.chars().take(160).collect()
 }
 
 /// From the `from`-th endpoint on, the first one the health checks do not call unhealthy (any,

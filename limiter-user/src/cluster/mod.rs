@@ -112,6 +112,14 @@ impl Shared {
         was != Some(ClusterState::Connected)
     }
 
+    /// A session works through `endpoint`: it is healthy, whatever the last check said.
+    fn reached(&mut self, endpoint: &str) {
+        for view in self.endpoints.iter_mut().filter(|v| v.endpoint == endpoint) {
+            view.healthy = true;
+            view.error = None;
+        }
+    }
+
     /// A node's summary arrived.
     fn peer_arrived(&mut self, summary: Summary) {
         let now = Instant::now();
