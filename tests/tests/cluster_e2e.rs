@@ -180,7 +180,7 @@ fn three_nodes_and_an_edge_share_their_defence_through_etcd() {
             i + 1
         );
         assert!(
-            banned_after <= CLUSTER_BAN_TARGET + Duration::from_secs(1),
+            banned_after <= CLUSTER_BAN_TARGET,
             "node {}: banned {banned_after:?} after the crossing",
             i + 1
         );
