@@ -310,3 +310,57 @@ fn three_nodes_and_an_edge_share_their_defence_through_etcd() {
     println!("{status}");
     drop(lb);
 }
+
+/// etcd with client TLS and `--client-cert-auth`, as real deployments run it: a node with the
+/// CA and a client certificate connects and shares a rule; a node without the certificate is
+/// refused, says so in `cluster status`, and keeps working alone (its own rules apply).
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    limiter_tests::require_kernel!();
+    let _serial = serial();
+    let topo = Topo::new(2);
+    let etcd = topo.start_etcd_tls();
+    let tls = etcd.tls().expect("a TLS cluster has certificates");
+    let endpoints = etcd.client_endpoints();
+    assert!(endpoints.iter().all(|e| e.starts_with("https://")));
+    let quoted = |path: &std::path::Path| format!("{:?}", path.display().to_string());
+    let trusted = DaemonSetup::new(&topo.nodes[0].ns, &[Topo::LAN_IFACE])
+        .cluster(&endpoints, "glance-1", "glance")
+        .cluster_key("ca_file", &quoted(&tls.ca))
+        .cluster_key("cert_file", &quoted(&tls.client_cert))
+        .cluster_key("key_file", &quoted(&tls.client_key))
+        .start();
+    let stranger = DaemonSetup::new(&topo.nodes[1].ns, &[Topo::LAN_IFACE])
+        .cluster(&endpoints, "glance-2", "glance")
+        .cluster_key("ca_file", &quoted(&tls.ca))
+        .start();
+    wait_for("the node with a certificate connected", DEADLINE, || {
+        (state(&trusted) == "connected").then_some(())
+    });
+    let refused = wait_for("the node without one degraded", DEADLINE, || {
+        let status = cluster_status(&stranger);
+        (status["state"] == "degraded").then_some(status)
+    });
+    assert!(
+        refused["last_error"].is_string(),
+        "the refusal is explained: {refused}"
+    );
+
+    let blocked = Topo::ATTACKER_V4[0];
+    trusted.cli_ok(&["block", blocked]);
+    stranger.cli_ok(&["block", Topo::ATTACKER_V4[1]]);
+    let key = format!("/glance-limiter/rules/block/{blocked}_32");
+    let stored = wait_for("the rule in etcd", DEADLINE, || etcd.get(&key).ok().flatten());
+    let record: Value = serde_json::from_str(&stored).expect("a rule record is JSON");
+    assert_eq!(record["node"], "glance-1");
+    assert!(
+        stranger.block_rule(&host_prefix(blocked)).is_none(),
+        "nothing reaches a node etcd refused"
+    );
+    assert!(
+        stranger
+            .block_rule(&host_prefix(Topo::ATTACKER_V4[1]))
+            .is_some(),
+        "a node etcd refused keeps its own rules"
+    );
+}
