@@ -11,11 +11,11 @@ use std::{
     io,
     sync::{Mutex, MutexGuard},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use limiter_tests::{
-    daemon::{Daemon, DaemonSetup},
+    daemon::{parse_time, Daemon, DaemonSetup},
     http::{connect_from, request, StandInServer, FLOOD_CONNECT_TIMEOUT},
     metrics::{self, Exposition},
     netns::AttackTopology,
@@ -203,6 +203,7 @@ fn a_recreated_interface_refuses_the_banned_attacker_again_within_a_second() {
         .expect("the legitimate link");
     assert_eq!(legit["state"], "attached", "{legit}");
 
+    let created_wall = SystemTime::now();
     fx.topo.recreate_attacker_link();
     let created = Instant::now();
     fx.topo.attacker_link_up();
@@ -223,7 +224,7 @@ fn a_recreated_interface_refuses_the_banned_attacker_again_within_a_second() {
         );
     };
     eprintln!(
-        "refused again {:.0} ms after `ip link set up` ({:.0} ms after the link was created); \
+        "refused again {:.0} ms after `ip link set up` ({:.0} ms after its addresses and routes were set); \
          earlier probes: {probes:?}",
         refused_after.as_secs_f64() * 1000.0,
         (refused_after + (up - created)).as_secs_f64() * 1000.0
@@ -236,7 +237,15 @@ fn a_recreated_interface_refuses_the_banned_attacker_again_within_a_second() {
 
     // The gap is on record.
     let back = fx.wait_for_state("attached");
-    eprintln!("status after the return: {back}");
+    let reattached = parse_time(back["reattached_at"].as_str().expect("reattached_at"));
+    eprintln!(
+        "status after the return: {back}; re-attached {:.0} ms after `ip link add`",
+        reattached
+            .duration_since(created_wall)
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0
+    );
     assert_eq!(back["reattachments"], 1, "{back}");
     assert!(back["reattached_at"].is_string(), "{back}");
     assert!(back["last_gap_ms"].as_u64().is_some(), "{back}");
