@@ -19,6 +19,7 @@ pub mod loader;
 pub mod metrics;
 pub mod net;
 pub mod net_list;
+pub mod netlink;
 pub mod policy;
 pub mod proxy;
 pub mod rates;

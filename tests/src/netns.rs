@@ -342,6 +342,47 @@ impl AttackTopology {
         }
     }
 
+    /// Deletes the attacker's link (`ip link del veth-attack` in the server namespace: both
+    /// ends of the pair go, with their addresses and routes), as an operator or a network
+    /// manager would.
+    pub fn delete_attacker_link(&self) {
+        self.server.ip(&["link", "del", self.attacker.server_iface]);
+    }
+
+    /// Re-creates the attacker's link deleted by [`AttackTopology::delete_attacker_link`]:
+    /// the same names and addresses, the attacker's end up and routed, the server's end
+    /// still down. [`AttackTopology::attacker_link_up`] brings it up.
+    pub fn recreate_attacker_link(&self) {
+        let (server_end, client) = (self.attacker.server_iface, &self.attacker);
+        veth_pair(&self.server, server_end, &client.ns, client.iface);
+        self.server
+            .add_addr(server_end, &format!("{}/64", Self::ATTACKER_SERVER_V6));
+        for a in Self::ATTACKER_V4 {
+            client.ns.add_addr(client.iface, &format!("{a}/24"));
+        }
+        for a in Self::ATTACKER_V6 {
+            client.ns.add_addr(client.iface, &format!("{a}/64"));
+        }
+        client.ns.ip(&["link", "set", client.iface, "up"]);
+        client.ns.ip(&[
+            "route",
+            "add",
+            &format!("{}/32", Self::SERVER_V4),
+            "dev",
+            client.iface,
+        ]);
+    }
+
+    /// Brings the server's end of the attacker's link up and routes the attacker network
+    /// over it again (a route needs its link up; one is also flushed when the link goes
+    /// down).
+    pub fn attacker_link_up(&self) {
+        let iface = self.attacker.server_iface;
+        self.server.ip(&["link", "set", iface, "up"]);
+        self.server
+            .ip(&["route", "replace", "198.51.100.0/24", "dev", iface]);
+    }
+
     /// The server-side interfaces, for `limiter run --iface A --iface B`.
     pub fn server_ifaces(&self) -> [&'static str; 2] {
         [self.attacker.server_iface, self.legit.server_iface]

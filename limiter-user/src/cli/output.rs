@@ -11,7 +11,8 @@ use super::proxies;
 pub use crate::text::{bytes, clean, short_duration};
 use crate::{
     control::protocol::{
-        ClusterHealth, Reply, RuleChange, RuleList, SourceState, SourceView, Stats, Status,
+        ClusterHealth, InterfaceView, Reply, RuleChange, RuleList, SourceState, SourceView, Stats,
+        Status,
     },
     loader::DetachReport,
     rules::{Action, Scope},
@@ -325,12 +326,62 @@ fn source_table(stats: &Stats, now: SystemTime) -> String {
     table.render()
 }
 
+/// One interface of `status`: `eth0 (native)`, `eth0 (native, DOWN)`, `eth0 (MISSING since
+/// T (12s), re-attaches when it returns)`, `eth0 (RENAMED to eth9 since T (3s), the program
+/// stays on eth9)`, `eth0 (FAILED since T (5s): error)`; after a re-attachment,
+/// `eth0 (native, re-attached at T after 3.2s without)`.
+fn interface(i: &InterfaceView, now: SystemTime) -> String {
+    let since = |text: &Option<String>| match text {
+        Some(at) => {
+            let ago = humantime::parse_rfc3339_weak(at)
+                .ok()
+                .map(|t| now.duration_since(t).unwrap_or_default());
+            match ago {
+                Some(ago) => format!(" since {} ({})", clean(at), short_duration(ago)),
+                None => format!(" since {}", clean(at)),
+            }
+        }
+        None => String::new(),
+    };
+    let mode = clean(&i.attach_mode);
+    let detail = match i.state.as_deref() {
+        None | Some("attached") => mode,
+        Some("down") => format!("{mode}, DOWN"),
+        Some("missing") => format!(
+            "MISSING{}, re-attaches when it returns",
+            since(&i.missing_since)
+        ),
+        Some("renamed") => {
+            let to = clean(i.renamed_to.as_deref().unwrap_or("?"));
+            format!(
+                "RENAMED to {to}{}, the program stays on {to}",
+                since(&i.missing_since)
+            )
+        }
+        Some("failed") => format!(
+            "FAILED{}: {}",
+            since(&i.missing_since),
+            clean(i.error.as_deref().unwrap_or("attach failed"))
+        ),
+        Some(other) => clean(other),
+    };
+    let back = match (&i.reattached_at, i.last_gap_ms) {
+        (Some(at), Some(gap)) if i.is_protected() => format!(
+            ", re-attached at {} after {:.1}s without",
+            clean(at),
+            gap as f64 / 1000.0
+        ),
+        _ => String::new(),
+    };
+    format!("{} ({detail}{back})", clean(&i.name))
+}
+
 /// `limiter status`; `now` for how long the cluster has been degraded.
 pub fn status(status: &Status, now: SystemTime) -> String {
     let interfaces: Vec<String> = status
         .interfaces
         .iter()
-        .map(|i| format!("{} ({})", clean(&i.name), clean(&i.attach_mode)))
+        .map(|i| interface(i, now))
         .collect();
     let ports: Vec<String> = status.ports.iter().map(u16::to_string).collect();
     let poll = humantime::format_duration(Duration::from_millis(status.poll_interval_ms));
@@ -422,7 +473,7 @@ pub fn detach(report: &DetachReport, pin_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{InterfaceView, RatesView, RuleCounts, Totals};
+    use crate::control::protocol::{RatesView, RuleCounts, Totals};
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
@@ -656,6 +707,7 @@ PREFIX           VIA           ACTION  SCOPE            ORIGIN  CREATED         
             interfaces: vec![InterfaceView {
                 name: "eth0".into(),
                 attach_mode: "native".into(),
+                ..Default::default()
             }],
             ports: vec![9292],
             uptime_secs: 7380,
@@ -688,6 +740,57 @@ counters
   drop_blocked        7
   pass_protected  12345
 "
+        );
+    }
+
+    #[test]
+    fn status_says_which_interface_is_missing_down_renamed_or_back() {
+        let view = |state: &str| InterfaceView {
+            name: "veth-attack".into(),
+            attach_mode: "native".into(),
+            state: Some(state.into()),
+            ..Default::default()
+        };
+        let now = at(NOW);
+        assert_eq!(interface(&view("attached"), now), "veth-attack (native)");
+        assert_eq!(interface(&view("down"), now), "veth-attack (native, DOWN)");
+        let missing = InterfaceView {
+            attach_mode: "none".into(),
+            missing_since: Some("2025-06-01T09:59:48Z".into()),
+            ..view("missing")
+        };
+        assert_eq!(
+            interface(&missing, now),
+            "veth-attack (MISSING since 2025-06-01T09:59:48Z (12s), re-attaches when it returns)"
+        );
+        let renamed = InterfaceView {
+            renamed_to: Some("veth-x".into()),
+            missing_since: Some("2025-06-01T09:59:57Z".into()),
+            ..view("renamed")
+        };
+        assert_eq!(
+            interface(&renamed, now),
+            "veth-attack (RENAMED to veth-x since 2025-06-01T09:59:57Z (3s), the program stays \
+             on veth-x)"
+        );
+        let failed = InterfaceView {
+            error: Some("busy".into()),
+            missing_since: Some("2025-06-01T09:59:55Z".into()),
+            ..view("failed")
+        };
+        assert_eq!(
+            interface(&failed, now),
+            "veth-attack (FAILED since 2025-06-01T09:59:55Z (5s): busy)"
+        );
+        let back = InterfaceView {
+            reattached_at: Some("2025-06-01T09:59:58.250Z".into()),
+            last_gap_ms: Some(3160),
+            reattachments: 1,
+            ..view("attached")
+        };
+        assert_eq!(
+            interface(&back, now),
+            "veth-attack (native, re-attached at 2025-06-01T09:59:58.250Z after 3.2s without)"
         );
     }
 

@@ -246,9 +246,48 @@ pub struct Status {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceView {
+    /// The configured name.
     pub name: String,
-    /// "native" or "generic".
+    /// "native" or "generic"; "none" while the program is on no device of this name (missing
+    /// or failed).
     pub attach_mode: String,
+    /// "attached", "down" (attached, the link administratively down), "missing" (no such
+    /// interface: the program re-attaches when it returns), "renamed" (the device went on
+    /// under `renamed_to`, with the program) or "failed" (attaching failed: `error`).
+    /// Absent from daemons that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The device the program is attached to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    /// Since when the configured name has been without the program (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed_to: Option<String>,
+    /// When the program was last attached again after the start (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reattached_at: Option<String>,
+    /// How long the name was without the program before that re-attachment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_gap_ms: Option<u64>,
+    /// Attachments after the start (re-created interfaces).
+    #[serde(default)]
+    pub reattachments: u64,
+    /// Why attaching fails, while it keeps failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl InterfaceView {
+    /// Whether the program is on a device of this name (true for daemons that predate
+    /// `state`: they listed only attachments).
+    pub fn is_protected(&self) -> bool {
+        matches!(
+            self.state.as_deref(),
+            None | Some("attached") | Some("down")
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

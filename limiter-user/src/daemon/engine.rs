@@ -17,10 +17,10 @@ use crate::{
     cluster::{self, summary, Cluster, ClusterError},
     config::{Config, Mode},
     control::protocol::{
-        ErrorKind, InterfaceView, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList,
-        SourceState, SourceView, Stats, Status, Totals,
+        ErrorKind, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList, SourceState,
+        SourceView, Stats, Status, Totals,
     },
-    loader::{Limiter, LoaderError},
+    loader::{AttachMode, Limiter, LoaderError},
     metrics::{ActiveRules, ByOrigin, Snapshot, Unbans},
     policy::{Decision, Metric, NeverBan, Policy, PrefixSet},
     proxy::load::ProxyLoads,
@@ -31,6 +31,7 @@ use crate::{
 
 use super::{
     host,
+    interfaces::{Interfaces, Tracked},
     proxied::{self, ViaTable},
 };
 
@@ -83,6 +84,8 @@ pub struct Engine {
     proxy_loads: ProxyLoads,
     /// `[cluster]`: rules and counts shared through etcd.
     cluster: Option<Cluster>,
+    /// The configured interfaces as they come and go.
+    interfaces: Interfaces,
 }
 
 /// How often the host's own addresses are re-read (they change rarely; a new one is
@@ -119,6 +122,7 @@ impl Engine {
             via: ViaTable::default(),
             proxy_loads: ProxyLoads::default(),
             cluster,
+            interfaces: Interfaces::new(Vec::new()),
         };
         engine.limiter.set_protected_ports(&engine.config.ports)?;
         engine.configure_proxies()?;
@@ -136,6 +140,29 @@ impl Engine {
 
     pub fn limiter_mut(&mut self) -> &mut Limiter {
         &mut self.limiter
+    }
+
+    /// Attaches to `iface` (or adopts its pinned attachment) and follows it from then on:
+    /// see [`Engine::follow_interfaces`].
+    pub fn attach(&mut self, iface: &str) -> Result<AttachMode, LoaderError> {
+        let mode = self.limiter.attach(iface)?;
+        let ifindex = crate::loader::if_index(iface)?;
+        self.interfaces
+            .add(Tracked::attached_at_start(iface, ifindex, mode, true));
+        Ok(mode)
+    }
+
+    /// Subscribes to link events, so [`Engine::follow_interfaces`] acts on them at once.
+    pub fn watch_interfaces(&mut self) {
+        self.interfaces.watch();
+    }
+
+    /// Follows the attached interfaces: after a link event, and every second regardless,
+    /// notices what disappeared, was renamed, went down or came back, and attaches again to
+    /// an interface that returned. Cheap when nothing happened; call it whenever the loop
+    /// wakes.
+    pub fn follow_interfaces(&mut self) {
+        self.interfaces.follow(&mut self.limiter);
     }
 
     /// One poll: read the table, update rates, expire rules, decide, install, sync.
@@ -699,7 +726,12 @@ impl Engine {
             bans: self.bans,
             unbans: self.unbans,
             store_writes: self.store.write_counts(),
-            attachments: self.limiter.attachments().to_vec(),
+            attachments: self
+                .interfaces
+                .tracked()
+                .iter()
+                .map(Tracked::metric)
+                .collect(),
             proxies: proxied::relayed_by_entry(&self.proxy_loads, &self.config.trusted_proxies),
             cluster: self.cluster.as_ref().map(|cluster| {
                 let (writes, bytes_written) = cluster.writes();
@@ -737,13 +769,10 @@ impl Engine {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
             mode: self.config.mode.as_str().to_owned(),
             interfaces: self
-                .limiter
-                .attachments()
+                .interfaces
+                .tracked()
                 .iter()
-                .map(|(name, mode)| InterfaceView {
-                    name: name.clone(),
-                    attach_mode: mode.as_str().to_owned(),
-                })
+                .map(Tracked::view)
                 .collect(),
             ports: self.config.ports.clone(),
             uptime_secs: self.started.elapsed().as_secs(),

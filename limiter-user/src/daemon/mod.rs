@@ -10,6 +10,7 @@ mod control_link;
 mod engine;
 mod host;
 mod in_process;
+pub mod interfaces;
 mod proxied;
 
 use std::{
@@ -111,7 +112,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     // program protects from its first packet.
     let mut engine = Engine::new(limiter, store, config.clone())?;
     for iface in &interfaces {
-        let mode = engine.limiter_mut().attach(iface)?;
+        let mode = engine.attach(iface)?;
         warn_if_answers_cannot_leave(&config, iface, mode);
     }
     warn_if_local_proxy_unseen(&config, &interfaces);
@@ -140,6 +141,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             request_stop as *const () as libc::sighandler_t,
         );
     }
+    engine.watch_interfaces();
     let (requests, inbox) = mpsc::channel::<Envelope>();
     let server = control_link::spawn(&config, requests.clone())?;
     let metrics_feed = metrics.as_ref().map(|(metrics, _)| metrics.clone());
@@ -203,6 +205,8 @@ fn drive(engine: &mut Engine, inbox: &mpsc::Receiver<Envelope>, metrics: Option<
     let interval = engine.poll_interval();
     let mut next_poll = Instant::now();
     while !STOP.load(Ordering::SeqCst) {
+        // First: an interface that came back gets the program before anything else.
+        engine.follow_interfaces();
         let now = Instant::now();
         if now >= next_poll {
             let ticked = engine.tick();

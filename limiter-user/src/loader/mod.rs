@@ -144,6 +144,8 @@ impl Default for LoadOptions {
 pub struct Limiter {
     ebpf: Ebpf,
     attachments: Vec<(String, AttachMode)>,
+    /// Without pins: the program's link for each interface, to release it by name.
+    links: std::collections::HashMap<String, XdpLinkId>,
     /// Set by [`Limiter::load_pinned`]: maps and attachments live under this bpffs directory.
     pin_dir: Option<PathBuf>,
     /// What the last successful [`Limiter::apply_rules`] wrote: the tries hold exactly this
@@ -182,6 +184,7 @@ impl Limiter {
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
+            links: Default::default(),
             pin_dir: None,
             applied: None,
         })
@@ -235,13 +238,67 @@ impl Limiter {
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode, LoaderError> {
         match self.pin_dir.clone() {
             Some(pin_dir) => self.attach_pinned(iface, &pin_dir),
-            None => Ok(self.attach_fresh(iface)?.0),
+            None => {
+                let ifindex = if_index(iface)?;
+                let (mode, link_id) = self.attach_fresh(iface, ifindex)?;
+                self.links.insert(iface.to_owned(), link_id);
+                Ok(mode)
+            }
         }
     }
 
-    fn attach_fresh(&mut self, iface: &str) -> Result<(AttachMode, XdpLinkId), LoaderError> {
+    /// Attaches to the device `ifindex`, known as `iface`, whatever was attached or pinned
+    /// for that name before (a device deleted and re-created under the same name, or one
+    /// that took the name of another): the old attachment is released first. Same mode
+    /// logic as [`Limiter::attach`]; with pins, the new link is pinned for `iface`.
+    pub fn attach_index(&mut self, iface: &str, ifindex: u32) -> Result<AttachMode, LoaderError> {
+        self.release(iface)?;
+        let (mode, link_id) = self.attach_fresh(iface, ifindex)?;
+        match self.pin_dir.clone() {
+            Some(pin_dir) => {
+                self.pin_link(iface, link_id, &pin_dir.join(format!("link-{iface}")))?
+            }
+            None => {
+                self.links.insert(iface.to_owned(), link_id);
+            }
+        }
+        Ok(mode)
+    }
+
+    /// Forgets the attachment of `iface`: its pin is removed (the link goes when nothing
+    /// holds it), or, without pins, the link is detached. For a device that is gone this only
+    /// clears what is stale; for one renamed away, the program leaves it. Nothing attached is
+    /// not an error.
+    pub fn release(&mut self, iface: &str) -> Result<(), LoaderError> {
+        self.attachments.retain(|(name, _)| name != iface);
+        if let Some(link_id) = self.links.remove(iface) {
+            let program = program_mut(&mut self.ebpf, PROGRAM_NAME)?;
+            // A link whose device is gone is already detached: closing it is all there is.
+            let _ = program.detach(link_id);
+        }
+        if let Some(pin_dir) = &self.pin_dir {
+            let pin = pin_dir.join(format!("link-{iface}"));
+            match std::fs::remove_file(&pin) {
+                Ok(()) => info!(iface, pin = %pin.display(), "removed the pinned attachment"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(LoaderError::Pin {
+                        path: pin,
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_fresh(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+    ) -> Result<(AttachMode, XdpLinkId), LoaderError> {
         let program = program_mut(&mut self.ebpf, PROGRAM_NAME)?;
-        let (mode, link_id) = match program.attach(iface, XdpMode::Driver) {
+        let (mode, link_id) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(link_id) => (AttachMode::Native, link_id),
             Err(native_error) => {
                 warn!(
@@ -251,7 +308,7 @@ impl Limiter {
                 );
                 let link_id =
                     program
-                        .attach(iface, XdpMode::Skb)
+                        .attach_to_if_index(ifindex, XdpMode::Skb)
                         .map_err(|source| LoaderError::Attach {
                             iface: iface.to_owned(),
                             source,
@@ -259,7 +316,7 @@ impl Limiter {
                 (AttachMode::Generic, link_id)
             }
         };
-        info!(iface, mode = mode.as_str(), "attached");
+        info!(iface, ifindex, mode = mode.as_str(), "attached");
         self.attachments.push((iface.to_owned(), mode));
         Ok((mode, link_id))
     }
@@ -432,6 +489,22 @@ fn fill_proxy_slots(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
         slots.set(slot as u32, fd, 0).map_err(map_error("write"))?;
     }
     Ok(())
+}
+
+/// The index of interface `iface` in the calling thread's network namespace.
+pub fn if_index(iface: &str) -> Result<u32, LoaderError> {
+    let unknown = || LoaderError::Attach {
+        iface: iface.to_owned(),
+        source: ProgramError::UnknownInterface {
+            name: iface.to_owned(),
+        },
+    };
+    let name = std::ffi::CString::new(iface).map_err(|_| unknown())?;
+    // SAFETY: a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(unknown()),
+        index => Ok(index),
+    }
 }
 
 fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, LoaderError> {

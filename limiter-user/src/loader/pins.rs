@@ -10,7 +10,7 @@ use aya::{
     maps::{MapData, MapType},
     programs::{
         links::{FdLink, PinnedLink},
-        xdp::XdpLink,
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use limiter_common::{
@@ -173,7 +173,20 @@ impl Limiter {
                 }
             }
         }
-        let (mode, link_id) = self.attach_fresh(iface)?;
+        let ifindex = super::if_index(iface)?;
+        let (mode, link_id) = self.attach_fresh(iface, ifindex)?;
+        self.pin_link(iface, link_id, &pin)?;
+        Ok(mode)
+    }
+
+    /// Takes the new link out of the program's hands and pins it at `pin`, so it outlives
+    /// this process.
+    pub(super) fn pin_link(
+        &mut self,
+        iface: &str,
+        link_id: XdpLinkId,
+        pin: &Path,
+    ) -> Result<(), LoaderError> {
         let program = program_mut(&mut self.ebpf, PROGRAM_NAME)?;
         let link = program
             .take_link(link_id)
@@ -182,15 +195,15 @@ impl Limiter {
                 source,
             })?;
         let fd_link = FdLink::try_from(link).map_err(|e| LoaderError::Pin {
-            path: pin.clone(),
+            path: pin.to_owned(),
             detail: format!("the kernel gave a netlink attachment, which cannot be pinned: {e}"),
         })?;
-        fd_link.pin(&pin).map_err(|e| LoaderError::Pin {
-            path: pin.clone(),
+        fd_link.pin(pin).map_err(|e| LoaderError::Pin {
+            path: pin.to_owned(),
             detail: e.to_string(),
         })?;
         info!(iface, pin = %pin.display(), "pinned the attachment");
-        Ok(mode)
+        Ok(())
     }
 
     fn adopt(&mut self, iface: &str, pin: &Path) -> Result<AttachMode, LoaderError> {

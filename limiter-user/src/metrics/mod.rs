@@ -20,7 +20,9 @@ use prometheus_client::{
 };
 
 use self::snapshot::Latest;
-pub use self::snapshot::{ActiveRules, ByOrigin, ClusterMetrics, ProxyRelayed, Snapshot, Unbans};
+pub use self::snapshot::{
+    ActiveRules, ByOrigin, ClusterMetrics, InterfaceMetric, ProxyRelayed, Snapshot, Unbans,
+};
 
 /// Every metric's name begins with this and `_`.
 pub const PREFIX: &str = "glance_limiter";

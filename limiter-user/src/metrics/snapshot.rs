@@ -72,6 +72,18 @@ pub struct ProxyRelayed {
     pub unattributed: u64,
 }
 
+/// One configured interface: whether the program is on a device of that name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceMetric {
+    pub name: String,
+    /// The mode of the current attachment, else of the last one (so the series stays the
+    /// same while the interface is missing, at 0).
+    pub mode: AttachMode,
+    pub attached: bool,
+    /// Attachments after the start (the interface came back).
+    pub reattachments: u64,
+}
+
 /// The cluster as this node sees it (with `[cluster]` only).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClusterMetrics {
@@ -101,7 +113,8 @@ pub struct Snapshot {
     pub bans: ByOrigin,
     pub unbans: Unbans,
     pub store_writes: WriteCounts,
-    pub attachments: Vec<(String, AttachMode)>,
+    /// Every configured interface, attached or not.
+    pub attachments: Vec<InterfaceMetric>,
     /// One per `trusted_proxies` entry, in the configuration's order.
     pub proxies: Vec<ProxyRelayed>,
     /// `None` without `[cluster]`: then no cluster family is exported.
@@ -381,14 +394,29 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
     let attached: Vec<_> = s
         .attachments
         .iter()
-        .map(|(iface, mode)| ([("interface", iface.as_str()), ("mode", mode.as_str())], 1))
+        .map(|i| {
+            let labels = [("interface", i.name.as_str()), ("mode", i.mode.as_str())];
+            (labels, u64::from(i.attached))
+        })
         .collect();
     gauges(
         encoder,
         "interface_attached",
-        "1 for each interface the program is attached to, with its XDP mode (native or \
-         generic).",
+        "1 for each configured interface the program is attached to, 0 while it is missing, \
+         renamed or failing, with its XDP mode (native or generic; the last one while 0).",
         &attached,
+    )?;
+    let reattachments: Vec<_> = s
+        .attachments
+        .iter()
+        .map(|i| ([("interface", i.name.as_str())], i.reattachments))
+        .collect();
+    counters(
+        encoder,
+        "interface_reattachments",
+        "Attachments after the start, per configured interface: each time it came back \
+         (re-created, or a new device under its name).",
+        &reattachments,
     )
 }
 

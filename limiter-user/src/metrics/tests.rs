@@ -56,8 +56,24 @@ fn under_attack() -> Snapshot {
             failures: 1,
         },
         attachments: vec![
-            ("veth-attack".into(), AttachMode::Native),
-            ("bond0".into(), AttachMode::Generic),
+            InterfaceMetric {
+                name: "veth-attack".into(),
+                mode: AttachMode::Native,
+                attached: true,
+                reattachments: 2,
+            },
+            InterfaceMetric {
+                name: "bond0".into(),
+                mode: AttachMode::Generic,
+                attached: true,
+                reattachments: 0,
+            },
+            InterfaceMetric {
+                name: "eth9".into(),
+                mode: AttachMode::Native,
+                attached: false,
+                reattachments: 0,
+            },
         ],
         proxies: proxies(),
         cluster: Some(degraded_cluster()),
@@ -149,6 +165,14 @@ fn a_snapshot_becomes_the_documented_series() {
         (
             "glance_limiter_interface_attached{interface=\"bond0\",mode=\"generic\"}",
             1.0,
+        ),
+        (
+            "glance_limiter_interface_attached{interface=\"eth9\",mode=\"native\"}",
+            0.0,
+        ),
+        (
+            "glance_limiter_interface_reattachments_total{interface=\"veth-attack\"}",
+            2.0,
         ),
         (
             "glance_limiter_proxy_relayed_requests_total{proxy=\"198.51.100.2\"}",

@@ -107,6 +107,7 @@ fn status(step: u64, rules: &[StoredRule], tracked: usize) -> Status {
         interfaces: vec![InterfaceView {
             name: "eth0".into(),
             attach_mode: "native".into(),
+            ..Default::default()
         }],
         ports: vec![9292],
         uptime_secs: 7200 + step,

@@ -122,6 +122,45 @@ fn a_degraded_cluster_is_a_warning_in_both_themes() {
 }
 
 #[test]
+fn a_missing_interface_stands_out_in_the_header() {
+    use crate::control::protocol::InterfaceView;
+    for theme in [Theme::COLOR, Theme::MONOCHROME] {
+        let mut app = attack_app(80, 24);
+        app.theme = theme;
+        app.data.as_mut().expect("fixture data").status.interfaces = vec![
+            InterfaceView {
+                name: "eth0".into(),
+                attach_mode: "native".into(),
+                state: Some("attached".into()),
+                ..Default::default()
+            },
+            InterfaceView {
+                name: "eth1".into(),
+                attach_mode: "none".into(),
+                state: Some("missing".into()),
+                missing_since: Some("2025-06-01T10:01:00Z".into()),
+                ..Default::default()
+            },
+        ];
+        let terminal = draw(80, 2, &app, render::header::render);
+        let buffer = terminal.backend().buffer();
+        let line: String = (0..80).map(|x| buffer[(x, 0)].symbol()).collect();
+        assert!(
+            line.starts_with("glance-limiter · eth0 (native), eth1 MISSING · port 9292"),
+            "{line}"
+        );
+        let column = line[..line.find("eth1").unwrap()].chars().count() as u16;
+        let (cell, alarm) = (&buffer[(column, 0)], theme.alarm());
+        assert_eq!(
+            cell.fg,
+            alarm.fg.unwrap_or(ratatui::style::Color::Reset),
+            "{theme:?}"
+        );
+        assert!(cell.modifier.contains(alarm.add_modifier), "{theme:?}");
+    }
+}
+
+#[test]
 fn the_cluster_line_takes_a_row_from_the_table() {
     let app = attack_app_in_cluster(80, 24, connected_cluster());
     assert_eq!(app.table_rows(), attack_app(80, 24).table_rows() - 1);

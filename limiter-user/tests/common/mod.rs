@@ -157,6 +157,7 @@ pub fn canned(request: &Request) -> ResponseLine {
             interfaces: vec![InterfaceView {
                 name: "eth0".into(),
                 attach_mode: "native".into(),
+                ..Default::default()
             }],
             ports: vec![9292],
             uptime_secs: 60,

@@ -1,4 +1,5 @@
-//! The header lines: which daemon (interfaces, mode, uptime, whether it answers), the totals
+//! The header lines: which daemon (interfaces, with those the program is not on in the alarm
+//! style, mode, uptime, whether it answers), the totals
 //! (packets to the protected ports and drops per second, sources, bans), and in a cluster a
 //! third line: this node, whether etcd is reachable (a warning, with since when, if not) and
 //! the nodes seen.
@@ -16,6 +17,7 @@ use super::super::{
 };
 use crate::{
     cluster::status::ClusterHealth,
+    control::protocol::InterfaceView,
     text::{self, short_duration, ClusterPhrase},
 };
 
@@ -78,17 +80,15 @@ fn identity(app: &App) -> Line<'static> {
         return Line::from(spans);
     };
     let status = &data.status;
-    let interfaces: Vec<String> = status
-        .interfaces
-        .iter()
-        .map(|i| format!("{} ({})", i.name, i.attach_mode))
-        .collect();
+    spans.push(Span::raw(" · "));
+    for (n, i) in status.interfaces.iter().enumerate() {
+        if n > 0 {
+            spans.push(Span::raw(", "));
+        }
+        spans.push(interface(app, i));
+    }
     let ports: Vec<String> = status.ports.iter().map(u16::to_string).collect();
-    spans.push(Span::raw(format!(
-        " · {} · port {} · ",
-        interfaces.join(", "),
-        ports.join(",")
-    )));
+    spans.push(Span::raw(format!(" · port {} · ", ports.join(","))));
     let mode_style = if status.mode == "monitor" {
         theme.state(crate::control::protocol::SourceState::OverThreshold)
     } else {
@@ -101,6 +101,28 @@ fn identity(app: &App) -> Line<'static> {
         format::clock(app.now)
     )));
     Line::from(spans)
+}
+
+/// `eth0 (native)`; an interface the program is not on stands out: `eth0 MISSING`,
+/// `eth0 RENAMED→eth9`, `eth0 FAILED`; one that is down is marked, less loudly.
+fn interface(app: &App, i: &InterfaceView) -> Span<'static> {
+    let name = text::clean(&i.name);
+    match i.state.as_deref() {
+        Some("missing") => Span::styled(format!("{name} MISSING"), app.theme.alarm()),
+        Some("renamed") => Span::styled(
+            format!(
+                "{name} RENAMED→{}",
+                text::clean(i.renamed_to.as_deref().unwrap_or("?"))
+            ),
+            app.theme.alarm(),
+        ),
+        Some("failed") => Span::styled(format!("{name} FAILED"), app.theme.alarm()),
+        Some("down") => Span::styled(
+            format!("{name} ({}, down)", i.attach_mode),
+            app.theme.warning(),
+        ),
+        _ => Span::raw(format!("{name} ({})", i.attach_mode)),
+    }
 }
 
 fn totals(app: &App, wide: bool) -> Line<'static> {
