@@ -8,6 +8,7 @@ mod demo;
 mod dist;
 mod plots;
 mod setup;
+mod soak;
 mod test;
 
 use anyhow::Result;
@@ -46,6 +47,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The CI run (`bash .ci/run`, CI=true) several times in a row on a fresh clone of HEAD,
+    /// with every CPU kept busy by stress-ng (needs root; about 20 minutes a run here).
+    Soak {
+        /// Runs that must pass in a row.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// stress-ng CPU workers [default: one per CPU]; 0 runs without a hog.
+        #[arg(long)]
+        hog_workers: Option<usize>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -63,6 +74,10 @@ fn main() -> Result<()> {
         Task::Dist { profile } => {
             setup::run()?;
             dist::package(profile).map(drop)
+        }
+        Task::Soak { runs, hog_workers } => {
+            setup::run()?;
+            soak::run(soak::SoakOptions { runs, hog_workers })
         }
         Task::Demo { args } => {
             demo::check_root()?;
