@@ -347,17 +347,7 @@ impl RuleStore {
     /// the module docs for which fields win). All or nothing: one invalid rule rejects the
     /// batch and nothing changes. A batch that changes nothing is not written.
     pub fn upsert(&mut self, rules: Vec<StoredRule>) -> Result<Change, StoreError> {
-        let count = rules.len();
-        let incoming: Vec<StoredRule> = rules.into_iter().map(StoredRule::normalized).collect();
-        for (index, rule) in incoming.iter().enumerate() {
-            check(rule).map_err(|problem| StoreError::InvalidRule {
-                index,
-                count,
-                prefix: rule.prefix,
-                action: rule.action,
-                problem,
-            })?;
-        }
+        let incoming = validated(rules)?;
 
         let mut table = self.table();
         let mut before: Vec<(RuleKey, Option<StoredRule>)> = Vec::new();
@@ -423,17 +413,7 @@ impl RuleStore {
     /// origin: for rules the cluster already merged (etcd's word on a key nobody changed
     /// here). All or nothing, like [`RuleStore::upsert`].
     pub fn put_exact(&mut self, rules: Vec<StoredRule>) -> Result<Change, StoreError> {
-        let count = rules.len();
-        let incoming: Vec<StoredRule> = rules.into_iter().map(StoredRule::normalized).collect();
-        for (index, rule) in incoming.iter().enumerate() {
-            check(rule).map_err(|problem| StoreError::InvalidRule {
-                index,
-                count,
-                prefix: rule.prefix,
-                action: rule.action,
-                problem,
-            })?;
-        }
+        let incoming = validated(rules)?;
         let mut table = self.table();
         let mut change = Change::default();
         for rule in incoming {
@@ -552,6 +532,22 @@ fn check_time(field: &'static str, time: SystemTime) -> Result<(), RuleProblem> 
 }
 
 /// `incoming` applied to `existing`, a rule with the same key (precedence: module docs).
+/// `rules` in the store's canonical form, or the first invalid one's problem.
+fn validated(rules: Vec<StoredRule>) -> Result<Vec<StoredRule>, StoreError> {
+    let count = rules.len();
+    let incoming: Vec<StoredRule> = rules.into_iter().map(StoredRule::normalized).collect();
+    for (index, rule) in incoming.iter().enumerate() {
+        check(rule).map_err(|problem| StoreError::InvalidRule {
+            index,
+            count,
+            prefix: rule.prefix,
+            action: rule.action,
+            problem,
+        })?;
+    }
+    Ok(incoming)
+}
+
 fn merge(existing: &StoredRule, incoming: StoredRule) -> StoredRule {
     let created = existing.created.min(incoming.created);
     match (existing.origin, incoming.origin) {

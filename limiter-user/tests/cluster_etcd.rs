@@ -217,6 +217,16 @@ fn until(nodes: &mut [&mut Node], what: &str, mut done: impl FnMut(&[&mut Node])
     });
 }
 
+/// Nodes `glance-1` and `glance-2`, in `dirs`, once both reached etcd.
+fn two_connected_nodes(etcd: &Etcd, dirs: &[tempfile::TempDir; 2]) -> (Node, Node) {
+    let mut a = Node::start(etcd, "glance-1", dirs[0].path());
+    let mut b = Node::start(etcd, "glance-2", dirs[1].path());
+    until(&mut [&mut a, &mut b], "both connected", |n| {
+        n.iter().all(|n| n.state() == ClusterState::Connected)
+    });
+    (a, b)
+}
+
 #[test]
 fn rules_travel_both_ways_and_expire_everywhere() {
     if !etcd_installed() {
@@ -224,11 +234,7 @@ fn rules_travel_both_ways_and_expire_everywhere() {
     }
     let etcd = Etcd::start();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut a = Node::start(&etcd, "glance-1", dirs[0].path());
-    let mut b = Node::start(&etcd, "glance-2", dirs[1].path());
-    until(&mut [&mut a, &mut b], "both connected", |n| {
-        n.iter().all(|n| n.state() == ClusterState::Connected)
-    });
+    let (mut a, mut b) = two_connected_nodes(&etcd, &dirs);
 
     a.block("203.0.113.9/32", None);
     until(&mut [&mut a, &mut b], "the block on node 2", |n| {
@@ -318,11 +324,7 @@ fn summaries_reach_the_other_nodes_and_leave_with_them() {
     }
     let etcd = Etcd::start();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut a = Node::start(&etcd, "glance-1", dirs[0].path());
-    let mut b = Node::start(&etcd, "glance-2", dirs[1].path());
-    until(&mut [&mut a, &mut b], "both connected", |n| {
-        n.iter().all(|n| n.state() == ClusterState::Connected)
-    });
+    let (mut a, mut b) = two_connected_nodes(&etcd, &dirs);
     let mut summary = a.cluster().next_summary(7);
     summary.sources.push((
         "203.0.113.9".parse().unwrap(),

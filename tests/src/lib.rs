@@ -27,3 +27,4 @@ pub mod reference;
 pub mod rig;
 pub mod summary;
 pub mod tmux;
+pub mod wait;

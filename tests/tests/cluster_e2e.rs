@@ -11,7 +11,6 @@
 use std::{
     net::SocketAddr,
     sync::{Mutex, MutexGuard},
-    thread,
     time::{Duration, Instant},
 };
 
@@ -20,6 +19,7 @@ use limiter_tests::{
     http::connect_from,
     https::HttpsClient,
     netns::{ClusterTopology as Topo, Netns},
+    wait::wait_for,
 };
 use serde_json::Value;
 
@@ -41,17 +41,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(started.elapsed() < deadline, "{what} within {deadline:?}");
-        thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// A daemon log's last lines, for a failure's message.

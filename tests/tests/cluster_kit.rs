@@ -6,8 +6,7 @@
 use std::{
     net::SocketAddr,
     sync::{Mutex, MutexGuard},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use limiter_tests::{
@@ -16,6 +15,7 @@ use limiter_tests::{
     https::HttpsClient,
     napi::{xdp_pass, XdpPass},
     netns::ClusterTopology as Topo,
+    wait::wait_for,
 };
 
 const FRONTEND_PORT: u16 = 9292;
@@ -32,18 +32,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Retries `f` until it returns `Some`, panicking with `what` after `deadline`.
-fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(started.elapsed() < deadline, "{what} within {deadline:?}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
