@@ -296,9 +296,18 @@ fn daemon_cases(sources: usize, cases: &mut Vec<Case>) {
             "stats top 10000, no bans",
             Request::Stats {
                 top: Some(DEFAULT_FETCH),
+                sort: None,
+                filter: None,
             },
         ),
-        ("stats all, no bans", Request::Stats { top: None }),
+        (
+            "stats all, no bans",
+            Request::Stats {
+                top: None,
+                sort: None,
+                filter: None,
+            },
+        ),
     ] {
         let (handled, _, bytes) = time_request(&mut engine, &request, rounds);
         let (median, max) = summary(handled);
@@ -313,9 +322,18 @@ fn daemon_cases(sources: usize, cases: &mut Vec<Case>) {
             "stats top 10000",
             Request::Stats {
                 top: Some(DEFAULT_FETCH),
+                sort: None,
+                filter: None,
             },
         ),
-        ("stats all", Request::Stats { top: None }),
+        (
+            "stats all",
+            Request::Stats {
+                top: None,
+                sort: None,
+                filter: None,
+            },
+        ),
         ("list (1,000 rules)", Request::List),
     ];
     // One refresh's worth, request by request, then the default refresh summed per round.
@@ -407,6 +425,8 @@ fn daemon_cases(sources: usize, cases: &mut Vec<Case>) {
         ban(&mut engine, sources, 10 * BANS);
         let request = Request::Stats {
             top: Some(DEFAULT_FETCH),
+            sort: None,
+            filter: None,
         };
         let (handled, _, bytes) = time_request(&mut engine, &request, 3);
         let (median, max) = summary(handled);
@@ -445,7 +465,14 @@ fn daemon_cases(sources: usize, cases: &mut Vec<Case>) {
 /// How many sources `stats` reports banned.
 fn banned_sources(engine: &mut Engine) -> usize {
     use limiter_user::control::protocol::{Reply, SourceState};
-    match engine.handle(Request::Stats { top: None }).result {
+    match engine
+        .handle(Request::Stats {
+            top: None,
+            sort: None,
+            filter: None,
+        })
+        .result
+    {
         Some(Reply::Stats(stats)) => stats
             .sources
             .iter()

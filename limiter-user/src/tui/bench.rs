@@ -82,6 +82,7 @@ pub fn ingest_with_sources(sources: usize, refreshes: u32) -> Timing {
                 status: Default::default(),
                 tracked_sources: sources,
                 truncated: false,
+                matched: None,
                 rows,
                 rules,
                 proxies: Vec::new(),
