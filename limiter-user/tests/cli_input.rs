@@ -213,11 +213,23 @@ fn good_input_sends_exactly_the_request() {
             },
         ),
         (vec!["list"], "", Request::List),
-        (vec!["stats"], "", Request::Stats { top: Some(20) }),
+        (
+            vec!["stats"],
+            "",
+            Request::Stats {
+                top: Some(20),
+                sort: None,
+                filter: None,
+            },
+        ),
         (
             vec!["stats", "--top", "5", "--json"],
             "",
-            Request::Stats { top: Some(5) },
+            Request::Stats {
+                top: Some(5),
+                sort: None,
+                filter: None,
+            },
         ),
         (vec!["status"], "", Request::Status),
         (vec!["cluster", "status"], "", Request::ClusterStatus),
@@ -367,7 +379,11 @@ fn json_output_is_the_protocols_result() {
         (&["list", "--json"][..], Request::List),
         (
             &["stats", "--json", "--top", "3"],
-            Request::Stats { top: Some(3) },
+            Request::Stats {
+                top: Some(3),
+                sort: None,
+                filter: None,
+            },
         ),
         (&["status", "--json"], Request::Status),
         (&["cluster", "status", "--json"], Request::ClusterStatus),

@@ -59,8 +59,16 @@ fn every_request() -> Vec<Request> {
             prefixes: vec!["192.0.2.0/24".parse().unwrap()],
         },
         Request::List,
-        Request::Stats { top: Some(5) },
-        Request::Stats { top: None },
+        Request::Stats {
+            top: Some(5),
+            sort: None,
+            filter: None,
+        },
+        Request::Stats {
+            top: None,
+            sort: None,
+            filter: None,
+        },
         Request::Status,
     ]
 }
@@ -237,7 +245,11 @@ fn pipelined_requests_are_answered_in_order_and_blank_lines_skipped() {
     for expected in [
         Request::Status,
         Request::List,
-        Request::Stats { top: Some(1) },
+        Request::Stats {
+            top: Some(1),
+            sort: None,
+            filter: None,
+        },
     ] {
         assert_eq!(raw.response(), canned(&expected));
     }

@@ -202,7 +202,14 @@ fn stats_list_and_metrics_show_clients_by_their_proxy_and_the_proxy_apart() {
     std::thread::sleep(Duration::from_millis(20));
     engine.tick().unwrap();
 
-    let stats = match engine.handle(Request::Stats { top: None }).result {
+    let stats = match engine
+        .handle(Request::Stats {
+            top: None,
+            sort: None,
+            filter: None,
+        })
+        .result
+    {
         Some(Reply::Stats(stats)) => stats,
         other => panic!("stats answered {other:?}"),
     };

@@ -193,6 +193,8 @@ pub fn execute(
         },
         Command::Stats(args) => match daemon.ask(Request::Stats {
             top: Some(args.top),
+            sort: None,
+            filter: None,
         })? {
             Reply::Stats(stats) if !args.json => output::stats(&stats, now()),
             reply @ Reply::Stats(_) => json_line(&reply),

@@ -640,6 +640,7 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
                 },
             }],
             unseen_proxies: vec!["198.51.100.3/32".parse().unwrap()],
+            matched: None,
         };
         assert_eq!(
             super::stats(&stats, at(NOW)),

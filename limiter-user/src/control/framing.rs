@@ -171,7 +171,11 @@ mod tests {
     fn requests_decode() {
         assert_eq!(
             decode_request(br#"{"version":1,"op":"stats","top":5}"#),
-            Ok(Request::Stats { top: Some(5) })
+            Ok(Request::Stats {
+                top: Some(5),
+                sort: None,
+                filter: None
+            })
         );
         assert_eq!(
             decode_request(br#"{"op":"list","version":1}"#),

@@ -6,4 +6,5 @@ pub mod client;
 pub mod framing;
 pub mod protocol;
 mod proxies;
+pub mod query;
 pub mod server;

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use super::proxies::{ProxyRates, ProxyTotals, ProxyView};
+pub use super::query::{SortKey, SourceOrder};
 pub use crate::cluster::status::{ClusterHealth, ClusterStatus};
 use crate::{rules::Scope, store::StoredRule};
 
@@ -61,9 +62,20 @@ pub enum Request {
         prefixes: Vec<IpNet>,
     },
     List,
+    /// Every tracked source, busiest first; only the first `top` with it. A screen names
+    /// its `sort` and `filter` (as `limiter top` does): the daemon then selects the first
+    /// `top` of the sources that match, in that order, and counts the matches by state
+    /// (`matched`). Both absent by default and sent only when set, so clients from before
+    /// them still parse and daemons from before them answer every request without them (and
+    /// refuse one with them as an unknown field).
     Stats {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         top: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sort: Option<SourceOrder>,
+        /// An address filter as the screen's `/` takes it: a CIDR prefix or a text prefix.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
     },
     Status,
     /// `limiter cluster status`.
@@ -173,6 +185,34 @@ pub struct Stats {
     /// `trusted_proxies` entries no trusted proxy has been seen from (in the kernel table).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unseen_proxies: Vec<IpNet>,
+    /// For a request with `sort` or `filter`: the sources that match the filter (proxies
+    /// apart), by state, however many of them `sources` lists. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<StateCounts>,
+}
+
+/// Sources by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    pub ok: usize,
+    pub over_threshold: usize,
+    pub banned: usize,
+    pub allowed: usize,
+}
+
+impl StateCounts {
+    pub fn add(&mut self, state: SourceState) {
+        *match state {
+            SourceState::Ok => &mut self.ok,
+            SourceState::OverThreshold => &mut self.over_threshold,
+            SourceState::Banned => &mut self.banned,
+            SourceState::Allowed => &mut self.allowed,
+        } += 1;
+    }
+
+    pub fn total(&self) -> usize {
+        self.ok + self.over_threshold + self.banned + self.allowed
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -360,6 +400,99 @@ mod tests {
     }
 
     #[test]
+    fn stats_sort_and_filter_are_optional_and_sent_only_when_set() {
+        let old_client: RequestLine =
+            serde_json::from_str(r#"{"version":1,"op":"stats","top":5}"#).unwrap();
+        assert_eq!(
+            old_client.request,
+            Request::Stats {
+                top: Some(5),
+                sort: None,
+                filter: None
+            }
+        );
+        let plain = RequestLine {
+            version: PROTOCOL_VERSION,
+            request: Request::Stats {
+                top: None,
+                sort: None,
+                filter: None,
+            },
+        };
+        // What `limiter stats` sends, byte for byte as before the fields.
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"version":1,"op":"stats"}"#
+        );
+        let screen = RequestLine {
+            version: PROTOCOL_VERSION,
+            request: Request::Stats {
+                top: Some(120),
+                sort: Some(SourceOrder {
+                    by: SortKey::Bytes,
+                    descending: true,
+                    pin_important: false,
+                }),
+                filter: Some("198.51.100.0/24".into()),
+            },
+        };
+        let text = serde_json::to_string(&screen).unwrap();
+        assert_eq!(
+            text,
+            r#"{"version":1,"op":"stats","top":120,"sort":{"by":"bytes","descending":true,"pin_important":false},"filter":"198.51.100.0/24"}"#
+        );
+        assert_eq!(serde_json::from_str::<RequestLine>(&text).unwrap(), screen);
+    }
+
+    #[test]
+    fn a_daemon_from_before_sort_refuses_it_by_name() {
+        // The request as a daemon without the fields reads it.
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+        #[allow(dead_code)]
+        enum OldRequest {
+            Stats {
+                #[serde(default)]
+                top: Option<usize>,
+            },
+        }
+        let screen = Request::Stats {
+            top: Some(120),
+            sort: Some(SourceOrder::default()),
+            filter: None,
+        };
+        let error = serde_json::from_value::<OldRequest>(serde_json::to_value(&screen).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `sort`"), "{error}");
+        let plain = Request::Stats {
+            top: Some(120),
+            sort: None,
+            filter: None,
+        };
+        assert!(
+            serde_json::from_value::<OldRequest>(serde_json::to_value(&plain).unwrap()).is_ok()
+        );
+    }
+
+    #[test]
+    fn matched_counts_are_absent_unless_asked_and_old_clients_ignore_them() {
+        let mut stats = stats_with_a_proxy();
+        assert!(!serde_json::to_string(&stats).unwrap().contains("matched"));
+        let mut counts = StateCounts::default();
+        counts.add(SourceState::OverThreshold);
+        counts.add(SourceState::Ok);
+        stats.matched = Some(counts);
+        let text = serde_json::to_string(&Reply::Stats(stats.clone())).unwrap();
+        assert!(
+            text.ends_with(r#""matched":{"ok":1,"over_threshold":1,"banned":0,"allowed":0}}"#),
+            "{text}"
+        );
+        assert_eq!(reply(&text), Reply::Stats(stats));
+        assert_eq!(counts.total(), 2);
+    }
+
+    #[test]
     fn unknown_fields_and_ops_are_rejected() {
         assert!(serde_json::from_str::<RequestLine>(r#"{"version":1,"op":"explode"}"#).is_err());
         assert!(serde_json::from_str::<RequestLine>(
@@ -404,6 +537,7 @@ mod tests {
                 },
             }],
             unseen_proxies: vec!["2001:db8:10::/64".parse().unwrap()],
+            matched: None,
         }
     }
 

@@ -16,9 +16,12 @@ use tracing::{info, warn};
 use crate::{
     cluster::{self, summary, Cluster, ClusterError},
     config::{Config, Mode},
-    control::protocol::{
-        ErrorKind, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList, SourceState,
-        SourceView, Stats, Status, Totals,
+    control::{
+        protocol::{
+            ErrorKind, RatesView, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList,
+            SortKey, SourceOrder, SourceState, SourceView, Stats, Status, Totals,
+        },
+        query::{self, AddressFilter},
     },
     loader::{AttachMode, Limiter, LoaderError},
     metrics::{ActiveRules, ByOrigin, Snapshot, Unbans},
@@ -408,7 +411,9 @@ impl Engine {
             Request::Unblock { prefixes } => self.remove_rules(Action::Block, prefixes),
             Request::Unallow { prefixes } => self.remove_rules(Action::Allow, prefixes),
             Request::List => Ok(Reply::Rules(self.list())),
-            Request::Stats { top } => Ok(Reply::Stats(self.stats(top))),
+            Request::Stats { top, sort, filter } => {
+                Ok(Reply::Stats(self.stats(top, sort, filter.as_deref())))
+            }
             Request::Status => self.status().map(Reply::Status),
             Request::ClusterStatus => match &self.cluster {
                 Some(cluster) => Ok(Reply::Cluster(cluster.status())),
@@ -560,7 +565,11 @@ impl Engine {
         }
     }
 
-    fn stats(&self, top: Option<usize>) -> Stats {
+    /// `stats`: without `sort` and `filter`, every source busiest first (the first `top`);
+    /// with either, the first `top` of those matching `filter` in `sort` order (the busiest
+    /// first without one), and the matches counted by state. The state of every matching
+    /// source is then needed before selecting, since the screen pins by it.
+    fn stats(&self, top: Option<usize>, sort: Option<SourceOrder>, filter: Option<&str>) -> Stats {
         let wall = SystemTime::now();
         let never_ban = self.never_ban(wall);
         // Bans of single addresses (almost all of them) by address, the few wider prefixes
@@ -592,76 +601,104 @@ impl Engine {
                 .then(b.packets_per_second.total_cmp(&a.packets_per_second))
                 .then(a_addr.cmp(b_addr))
         };
+        // A source's state, and the end of its ban (`None`: until removed, or not banned).
+        let state_of = |address: IpAddr, rates: &Rates| -> (SourceState, Option<SystemTime>) {
+            let covering: Vec<&StoredRule> = host_blocks
+                .get(&address)
+                .into_iter()
+                .flatten()
+                .chain(net_blocks.iter().filter(|r| r.prefix.contains(&address)))
+                .copied()
+                .collect();
+            if never_ban.contains(address) {
+                return (SourceState::Allowed, None);
+            }
+            if !covering.is_empty() {
+                let until = if covering.iter().any(|r| r.expires.is_none()) {
+                    None
+                } else {
+                    covering.iter().filter_map(|r| r.expires).max()
+                };
+                return (SourceState::Banned, until);
+            }
+            let over = self.would_ban.iter().any(|(net, _)| net.contains(&address))
+                || Metric::ALL.iter().any(|m| {
+                    self.policy
+                        .config()
+                        .threshold(*m)
+                        .is_some_and(|t| m.reached(rates, t))
+                });
+            if over {
+                (SourceState::OverThreshold, None)
+            } else {
+                (SourceState::Ok, None)
+            }
+        };
+        let view_of = |address: IpAddr, rates: RatesView, state, until: Option<SystemTime>| {
+            let totals = self
+                .rates
+                .last_counts(address)
+                .map(|counts| totals(&counts))
+                .unwrap_or_default();
+            SourceView {
+                address,
+                state,
+                rates,
+                totals,
+                banned_until: if state == SourceState::Banned {
+                    until.map(rfc3339)
+                } else {
+                    None
+                },
+                via: self.via.get(address),
+            }
+        };
         // Trusted proxies are listed apart, with what they relayed: never among the offenders.
         let trusted = &self.config.trusted_proxies;
         let is_proxy = |addr: IpAddr| trusted.contains(addr) || self.proxy_loads.contains(addr);
-        let mut sources: Vec<(IpAddr, Rates)> = if trusted.is_empty() && self.proxy_loads.is_empty()
-        {
-            self.rates.iter().collect()
-        } else {
-            self.rates
-                .iter()
-                .filter(|(addr, _)| !is_proxy(*addr))
-                .collect()
-        };
-        // Only the busiest `top` are sorted: a partial selection first, so a screen asking for
-        // 10,000 of 100,000 sources every second does not sort them all on the engine thread.
-        if let Some(top) = top.filter(|top| *top < sources.len()) {
-            if top == 0 {
-                sources.clear();
+        let no_proxies = trusted.is_empty() && self.proxy_loads.is_empty();
+        let (views, matched) = if sort.is_none() && filter.is_none() {
+            let mut sources: Vec<(IpAddr, Rates)> = if no_proxies {
+                self.rates.iter().collect()
             } else {
-                sources.select_nth_unstable_by(top - 1, busiest_first);
-                sources.truncate(top);
-            }
-        }
-        sources.sort_by(busiest_first);
-        let views = sources
-            .into_iter()
-            .map(|(address, rates)| {
-                let covering: Vec<&StoredRule> = host_blocks
-                    .get(&address)
-                    .into_iter()
-                    .flatten()
-                    .chain(net_blocks.iter().filter(|r| r.prefix.contains(&address)))
-                    .copied()
-                    .collect();
-                let would_ban = self.would_ban.iter().any(|(net, _)| net.contains(&address));
-                let over = would_ban
-                    || Metric::ALL.iter().any(|m| {
-                        self.policy
-                            .config()
-                            .threshold(*m)
-                            .is_some_and(|t| m.reached(&rates, t))
-                    });
-                let (state, banned_until) = if never_ban.contains(address) {
-                    (SourceState::Allowed, None)
-                } else if !covering.is_empty() {
-                    let until = if covering.iter().any(|r| r.expires.is_none()) {
-                        None
-                    } else {
-                        covering.iter().filter_map(|r| r.expires).max()
-                    };
-                    (SourceState::Banned, until.map(rfc3339))
-                } else if over {
-                    (SourceState::OverThreshold, None)
-                } else {
-                    (SourceState::Ok, None)
-                };
-                let totals = self
-                    .rates
-                    .last_counts(address)
-                    .map(|counts| totals(&counts))
-                    .unwrap_or_default();
-                SourceView {
-                    address,
-                    state,
-                    rates: rates_view(&rates),
-                    totals,
-                    banned_until,
-                    via: self.via.get(address),
-                }
-            })
-            .collect();
+                self.rates
+                    .iter()
+                    .filter(|(addr, _)| !is_proxy(*addr))
+                    .collect()
+            };
+            // Only the busiest `top` are sorted: a partial selection first, so a client asking
+            // for 10,000 of 100,000 sources does not sort them all on the engine thread.
+            query::select_first(&mut sources, top, busiest_first);
+            let views = sources
+                .into_iter()
+                .map(|(address, rates)| {
+                    let (state, until) = state_of(address, &rates);
+                    view_of(address, rates_view(&rates), state, until)
+                })
+                .collect();
+            (views, None)
+        } else {
+            let filter = AddressFilter::parse(filter.unwrap_or_default());
+            let order = sort.unwrap_or(SourceOrder {
+                by: SortKey::ImageCreates,
+                descending: true,
+                pin_important: false,
+            });
+            let candidates = self
+                .rates
+                .iter()
+                .filter(|(addr, _)| no_proxies || !is_proxy(*addr));
+            let (first, counts) =
+                query::select_sources(candidates, &filter, order, top, |address, rates| {
+                    let (state, until) = state_of(address, rates);
+                    (rates_view(rates), state, until)
+                });
+            let views = first
+                .into_iter()
+                .map(|r| view_of(r.address, r.rates, r.state, r.banned_until))
+                .collect();
+            (views, Some(counts))
+        };
         let (proxies, unseen_proxies) = proxied::proxy_section(
             &self.proxy_loads,
             trusted,
@@ -676,6 +713,7 @@ impl Engine {
             sources: views,
             proxies,
             unseen_proxies,
+            matched,
         }
     }
 

@@ -17,6 +17,11 @@ use super::{
 };
 use crate::{control::protocol::Request, rules::Action, store::StoredRule};
 
+/// The screen asks for sources in steps of this many: every row down to the bottom of the
+/// table, and at least this many more, so scrolling a page seldom changes the request (each
+/// change is asked at once).
+pub const FETCH_STEP: usize = 100;
+
 /// Whether the daemon answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Link {
@@ -247,6 +252,27 @@ impl App {
     pub fn visible(&self) -> std::ops::Range<usize> {
         let end = (self.offset + self.table_rows()).min(self.order.len());
         self.offset.min(end)..end
+    }
+
+    /// What to ask the daemon for: the rows down to the bottom of the table and a margin,
+    /// in the table's order, through its filter.
+    pub fn wanted(&self) -> super::snapshot::ScreenQuery {
+        let bottom = self.offset + self.table_rows();
+        super::snapshot::ScreenQuery {
+            rows: (bottom / FETCH_STEP + 2) * FETCH_STEP,
+            order: self.sort.order(),
+            filter: self.filter_input.trim().to_string(),
+        }
+    }
+
+    /// How many sources pass the filter: the daemon's count when it answered for this
+    /// filter, else the rows at hand that do.
+    pub fn shown(&self) -> usize {
+        self.data
+            .as_ref()
+            .and_then(|d| d.matched.as_ref())
+            .filter(|m| m.filter == self.filter_input.trim())
+            .map_or(self.order.len(), |m| m.count.max(self.order.len()))
     }
 
     /// Rules of `action` in force that cover `address`, longest prefix first.

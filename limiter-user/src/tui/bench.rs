@@ -6,7 +6,9 @@
 //!   `TestBackend`), the whole per-frame cost of the UI thread;
 //! - [`ingest_with_sources`]: apply one refresh (order, events, histories), once a second;
 //! - [`decode_stats`]: decode a `stats` answer of N sources from its JSON line, which the
-//!   refresh thread does once a second (off the UI thread).
+//!   refresh thread does once a second (off the UI thread);
+//! - [`client_refresh`]: one whole refresh as `limiter top` makes it against a daemon (fetch,
+//!   snapshot, apply), in wall time and in the CPU time of `limiter top`'s side.
 
 use std::time::{Duration, Instant};
 
@@ -82,6 +84,7 @@ pub fn ingest_with_sources(sources: usize, refreshes: u32) -> Timing {
                 status: Default::default(),
                 tracked_sources: sources,
                 truncated: false,
+                matched: None,
                 rows,
                 rules,
                 proxies: Vec::new(),
@@ -154,6 +157,49 @@ pub fn decode_stats_typed(sources: usize, iterations: u32) -> Timing {
             std::hint::black_box(super::snapshot::rows_from_stats(stats));
         }
     })
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now);
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// One refresh as `limiter top` makes it over `transport`, `rounds` times: the three
+/// requests with the screen's `query` (`None`: as before queries, the busiest
+/// `max_sources`), the snapshot, and applying it to an 80×24 screen. Wall time, and the CPU
+/// time of this thread: all of the client's work (encoding, decoding, applying), none of the
+/// daemon's when it answers on other threads.
+pub fn client_refresh(
+    transport: &mut impl super::transport::Transport,
+    max_sources: Option<usize>,
+    query: Option<&super::snapshot::ScreenQuery>,
+    rounds: u32,
+) -> Result<(Timing, Timing), String> {
+    let mut app = fixtures::crowded_app(0, 80, 24);
+    let started = Instant::now();
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        let (t, c) = (Instant::now(), thread_cpu());
+        let parts = super::poller::fetch(transport, max_sources, query)?;
+        let snapshot =
+            parts.into_snapshot(std::time::SystemTime::now(), started.elapsed(), max_sources);
+        update(&mut app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));
+        wall.push(t.elapsed());
+        cpu.push(thread_cpu().saturating_sub(c));
+    }
+    let timing = |times: Vec<Duration>| Timing {
+        mean: times.iter().sum::<Duration>() / times.len() as u32,
+        max: times.iter().copied().max().unwrap_or_default(),
+    };
+    Ok((timing(wall), timing(cpu)))
 }
 
 #[cfg(test)]

@@ -77,7 +77,14 @@ pub fn run<B: Backend>(
     dispatch(app, Action::Resize(size.width, size.height), sink);
     let mut dirty = true;
     let mut shown_second = None;
+    let mut wanted = None;
     loop {
+        // Asked again only when it changes (a new sort or filter, a scroll past the margin).
+        let now_wanted = app.wanted();
+        if wanted.as_ref() != Some(&now_wanted) {
+            source.want(&now_wanted);
+            wanted = Some(now_wanted);
+        }
         for feed in source.drain() {
             dispatch(app, Action::Feed(feed), sink);
             dirty = true;

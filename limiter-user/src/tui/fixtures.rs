@@ -293,6 +293,7 @@ fn snapshot(
         status: status(step, &rules, tracked),
         tracked_sources: tracked,
         truncated: tracked - proxies.len() > rows.len(),
+        matched: None,
         rows,
         rules,
         proxies,

@@ -116,7 +116,8 @@ pub fn connect<T: Transport>(
     let (feed, incoming) = mpsc::channel();
     let poller = poller::spawn(make(Purpose::Refresh), refresh, feed.clone());
     let sink = WorkerSink::spawn(make(Purpose::Actions), feed);
-    (ChannelSource::new(incoming), sink, poller)
+    let source = ChannelSource::new(incoming).with_queries(poller.asker());
+    (source, sink, poller)
 }
 
 /// Takes the terminal, runs the interface until `q`, and gives the terminal back (also on

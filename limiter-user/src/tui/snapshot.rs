@@ -12,7 +12,9 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    control::protocol::{ProxyView, RatesView, SourceState, SourceView, Stats, Status, Totals},
+    control::protocol::{
+        ProxyView, RatesView, SourceOrder, SourceState, SourceView, Stats, Status, Totals,
+    },
     store::StoredRule,
 };
 
@@ -34,6 +36,35 @@ pub enum Feed {
     },
 }
 
+/// What the screen asks the daemon for at each refresh: the first `rows` sources in its
+/// order that pass its filter. The daemon selects them; the screen orders and filters what it
+/// receives the same way (so typing a filter acts at once, before the next answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScreenQuery {
+    pub rows: usize,
+    pub order: SourceOrder,
+    /// As typed after `/` (trimmed); empty for every source.
+    pub filter: String,
+}
+
+impl Default for ScreenQuery {
+    /// What a screen asks before it has said anything: the default order, no filter.
+    fn default() -> Self {
+        ScreenQuery {
+            rows: 2 * super::app::FETCH_STEP,
+            order: SourceOrder::default(),
+            filter: String::new(),
+        }
+    }
+}
+
+/// How many sources passed the filter at the daemon, for the filter it was asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Matched {
+    pub filter: String,
+    pub count: usize,
+}
+
 /// The daemon's state at one refresh.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
@@ -49,6 +80,9 @@ pub struct Snapshot {
     pub rows: Vec<SourceRow>,
     /// Whether `rows` is the daemon's top N rather than every tracked source.
     pub truncated: bool,
+    /// With an answer to a [`ScreenQuery`]: the sources that pass its filter, however many
+    /// of them `rows` holds (a daemon from before queries sends every row asked instead).
+    pub matched: Option<Matched>,
     pub rules: Vec<StoredRule>,
     /// The trusted proxies the daemon has seen, with their load (few: not per source).
     pub proxies: Vec<ProxyView>,

@@ -3,14 +3,18 @@
 //! control socket ([`super::transport::SocketTransport`] on background threads); the daemon can
 //! implement [`super::transport::Transport`] in-process and reuse everything else.
 
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 
-use super::snapshot::{ActionId, Feed};
+use super::snapshot::{ActionId, Feed, ScreenQuery};
 use crate::control::protocol::Request;
 
 pub trait SnapshotSource {
     /// What arrived since the last call, oldest first. Never blocks.
     fn drain(&mut self) -> Vec<Feed>;
+
+    /// What the screen wants from now on (called when it changes): a source that fetches
+    /// refreshes at once with it. Never blocks.
+    fn want(&mut self, _query: &ScreenQuery) {}
 }
 
 pub trait ActionSink {
@@ -24,6 +28,8 @@ pub struct ChannelSource {
     feed: Receiver<Feed>,
     /// Set once every sender is gone, so the UI can say so instead of waiting forever.
     closed: bool,
+    /// To the refresh thread: what the screen wants.
+    queries: Option<Sender<ScreenQuery>>,
 }
 
 impl ChannelSource {
@@ -31,11 +37,25 @@ impl ChannelSource {
         ChannelSource {
             feed,
             closed: false,
+            queries: None,
         }
+    }
+
+    /// Passes what the screen wants to the refresh thread (see [`super::poller::Poller`]).
+    pub fn with_queries(mut self, queries: Sender<ScreenQuery>) -> ChannelSource {
+        self.queries = Some(queries);
+        self
     }
 }
 
 impl SnapshotSource for ChannelSource {
+    fn want(&mut self, query: &ScreenQuery) {
+        if let Some(queries) = &self.queries {
+            // A stopped refresh thread is reported by `drain`.
+            let _ = queries.send(query.clone());
+        }
+    }
+
     fn drain(&mut self) -> Vec<Feed> {
         let mut out = Vec::new();
         loop {

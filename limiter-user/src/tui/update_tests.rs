@@ -10,17 +10,17 @@ use ratatui::{
 };
 
 use super::{
-    app::{App, Link, Mode, SentAction},
+    app::{App, Link, Mode, SentAction, FETCH_STEP},
     event_loop::{self, Input},
     events::EventKind,
     fixtures::{at, attack_app, select},
     keys::action_for,
-    snapshot::{ActionId, Feed},
+    snapshot::{ActionId, Feed, Matched, ScreenQuery},
     source::{ActionSink, SnapshotSource},
     update::{dispatch, update, Action},
 };
 use crate::{
-    control::protocol::{Request, RuleChange},
+    control::protocol::{Request, RuleChange, SortKey},
     rules::Scope,
 };
 
@@ -406,4 +406,106 @@ fn the_event_loop_quits_when_stopped_from_outside() {
     .unwrap();
     assert!(app.should_quit);
     assert!(sink.sent.is_empty(), "{:?}", sink.sent);
+}
+
+/// A source that remembers what the screen wanted.
+#[derive(Default)]
+struct WantingSource(Vec<ScreenQuery>);
+
+impl SnapshotSource for WantingSource {
+    fn drain(&mut self) -> Vec<Feed> {
+        Vec::new()
+    }
+
+    fn want(&mut self, query: &ScreenQuery) {
+        self.0.push(query.clone());
+    }
+}
+
+#[test]
+fn the_screen_asks_for_its_rows_its_order_and_its_filter_when_they_change() {
+    let mut app = attack_app(80, 24);
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    let mut source = WantingSource::default();
+    let mut input = ScriptedInput(
+        [
+            KeyCode::Char('s'),
+            KeyCode::Char('r'),
+            KeyCode::Char('/'),
+            KeyCode::Char('1'),
+            KeyCode::Char('9'),
+            KeyCode::Enter,
+            KeyCode::Char('p'),
+            KeyCode::Char('q'),
+        ]
+        .into_iter()
+        .map(|code| Event::Key(key(code)))
+        .collect(),
+    );
+    let mut clock = || at(10);
+    event_loop::run(
+        &mut terminal,
+        &mut app,
+        &mut source,
+        &mut RecordingSink::default(),
+        &mut input,
+        &mut clock,
+    )
+    .unwrap();
+    let asked: Vec<(SortKey, bool, bool, &str)> = source
+        .0
+        .iter()
+        .map(|q| {
+            assert_eq!(q.rows, 200, "the table's rows and a margin");
+            (
+                q.order.by,
+                q.order.descending,
+                q.order.pin_important,
+                q.filter.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            (SortKey::ImageCreates, true, true, ""),
+            (SortKey::OtherWrites, true, true, ""),
+            (SortKey::OtherWrites, false, true, ""),
+            (SortKey::OtherWrites, false, true, "1"),
+            (SortKey::OtherWrites, false, true, "19"),
+            (SortKey::OtherWrites, false, false, "19"),
+        ],
+        "once per change, not per frame"
+    );
+}
+
+#[test]
+fn scrolling_past_the_margin_asks_for_more_rows() {
+    let mut app = super::fixtures::crowded_app(1000, 80, 24);
+    let first = app.wanted();
+    assert_eq!(first.rows, 2 * FETCH_STEP);
+    assert_eq!(first.order, app.sort.order());
+    update(&mut app, Action::PageDown);
+    assert_eq!(app.wanted(), first, "a page down stays within the margin");
+    while app.offset + app.table_rows() < FETCH_STEP {
+        update(&mut app, Action::PageDown);
+    }
+    assert_eq!(app.wanted().rows, 3 * FETCH_STEP);
+}
+
+#[test]
+fn the_title_counts_what_the_daemon_matched_for_the_filter_typed() {
+    let mut app = attack_app(80, 24);
+    let local = app.order.len();
+    assert_eq!(app.shown(), local);
+    if let Some(data) = &mut app.data {
+        data.matched = Some(Matched {
+            filter: String::new(),
+            count: 4_000,
+        });
+    }
+    assert_eq!(app.shown(), 4_000);
+    // Typed since: the rows at hand count until the daemon answers for it.
+    update(&mut app, Action::FilterChar('2'));
+    assert_eq!(app.shown(), app.order.len());
 }

@@ -2,12 +2,11 @@
 //! top, filter by address prefix. Computed when the data, the sort or the filter changes, never
 //! per frame, and kept as indices into the snapshot's rows so 100k sources are not copied.
 
-use std::{cmp::Ordering, fmt::Write as _, net::IpAddr};
-
-use ipnet::IpNet;
+use std::cmp::Ordering;
 
 use super::{history::Metric, snapshot::SourceRow};
-use crate::control::protocol::SourceState;
+use crate::control::query::{self, SortFields, SortKey, SourceOrder};
+pub use crate::control::query::{importance, AddressFilter};
 
 /// A column of the sources table, in screen order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +74,20 @@ impl Column {
         }
     }
 
+    /// The key the daemon sorts by for this column.
+    pub const fn key(self) -> SortKey {
+        match self {
+            Column::Address => SortKey::Address,
+            Column::NewConnections => SortKey::NewConnections,
+            Column::ImageCreates => SortKey::ImageCreates,
+            Column::OtherWrites => SortKey::OtherWrites,
+            Column::Reads => SortKey::Reads,
+            Column::Packets => SortKey::Packets,
+            Column::Bytes => SortKey::Bytes,
+            Column::State => SortKey::State,
+        }
+    }
+
     /// The order a column is first sorted in: numbers busiest first, addresses ascending.
     pub const fn default_descending(self) -> bool {
         !matches!(self, Column::Address)
@@ -103,63 +116,23 @@ pub struct Sort {
     pub pin_important: bool,
 }
 
+impl Sort {
+    /// The same order as the daemon takes it in a `stats` request.
+    pub const fn order(self) -> SourceOrder {
+        SourceOrder {
+            by: self.column.key(),
+            descending: self.descending,
+            pin_important: self.pin_important,
+        }
+    }
+}
+
 impl Default for Sort {
     fn default() -> Self {
         Sort {
             column: Column::ImageCreates,
             descending: true,
             pin_important: true,
-        }
-    }
-}
-
-/// 0 sorts first. Over threshold (not handled yet) before banned (handled).
-pub fn importance(state: SourceState) -> u8 {
-    match state {
-        SourceState::OverThreshold => 0,
-        SourceState::Banned => 1,
-        SourceState::Ok | SourceState::Allowed => 2,
-    }
-}
-
-/// The address filter: a CIDR prefix (`198.51.100.0/24`) matches the addresses it contains;
-/// anything else matches addresses whose text starts with it (`198.51.`, `2001:db8:`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum AddressFilter {
-    #[default]
-    All,
-    Net(IpNet),
-    Text(String),
-}
-
-impl AddressFilter {
-    pub fn parse(text: &str) -> AddressFilter {
-        let text = text.trim();
-        if text.is_empty() {
-            return AddressFilter::All;
-        }
-        if text.contains('/') {
-            if let Ok(net) = text.parse::<IpNet>() {
-                return AddressFilter::Net(net.trunc());
-            }
-        }
-        AddressFilter::Text(text.to_ascii_lowercase())
-    }
-
-    pub fn is_all(&self) -> bool {
-        matches!(self, AddressFilter::All)
-    }
-
-    /// `scratch` is reused across calls so filtering 100k rows formats without allocating.
-    fn matches(&self, address: IpAddr, scratch: &mut String) -> bool {
-        match self {
-            AddressFilter::All => true,
-            AddressFilter::Net(net) => net.contains(&address),
-            AddressFilter::Text(prefix) => {
-                scratch.clear();
-                let _ = write!(scratch, "{address}");
-                scratch.starts_with(prefix.as_str())
-            }
         }
     }
 }
@@ -176,27 +149,16 @@ pub fn order(rows: &[SourceRow], sort: Sort, filter: &AddressFilter) -> Vec<u32>
 }
 
 fn compare(a: &SourceRow, b: &SourceRow, sort: Sort) -> Ordering {
-    let pinned = if sort.pin_important {
-        importance(a.state).cmp(&importance(b.state))
-    } else {
-        Ordering::Equal
-    };
-    let by_column = match sort.column {
-        Column::Address => a.address.cmp(&b.address),
-        Column::State => importance(a.state)
-            .cmp(&importance(b.state))
-            .reverse()
-            .then_with(|| a.banned_until.cmp(&b.banned_until)),
-        column => value(a, column).total_cmp(&value(b, column)),
-    };
-    let by_column = if sort.descending {
-        by_column.reverse()
-    } else {
-        by_column
-    };
-    pinned
-        .then(by_column)
-        .then_with(|| a.address.cmp(&b.address))
+    query::compare(&fields(a), &fields(b), sort.order())
+}
+
+fn fields(row: &SourceRow) -> SortFields<'_> {
+    SortFields {
+        address: row.address,
+        state: row.state,
+        banned_until: row.banned_until,
+        rates: &row.rates,
+    }
 }
 
 /// The figure a numeric column shows.
@@ -207,7 +169,7 @@ pub fn value(row: &SourceRow, column: Column) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{RatesView, Totals};
+    use crate::control::protocol::{RatesView, SourceState, Totals};
 
     fn row(address: &str, state: SourceState, creates: u64, bytes: f64) -> SourceRow {
         SourceRow {
@@ -298,6 +260,24 @@ mod tests {
             AddressFilter::parse("203.0.113.9/24"),
             AddressFilter::Net("203.0.113.0/24".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn every_column_sorts_by_its_own_figure_at_the_daemon() {
+        let rates = RatesView {
+            new_connections_per_second: 1.0,
+            image_creates_per_minute: 2,
+            other_writes_per_minute: 3,
+            reads_per_second: 4.0,
+            packets_per_second: 5.0,
+            bytes_per_second: 6.0,
+            ..RatesView::default()
+        };
+        for column in Column::ALL {
+            let local = column.metric().map_or(0.0, |m| m.of(&rates));
+            assert_eq!(column.key().value(&rates), local, "{column:?}");
+        }
+        assert_eq!(Sort::default().order(), SourceOrder::default());
     }
 
     #[test]

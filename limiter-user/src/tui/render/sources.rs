@@ -114,7 +114,7 @@ fn title_line(app: &App) -> Line<'static> {
         };
         spans.push(Span::raw(format!(
             " {fetched}{proxies} · {} shown",
-            app.order.len()
+            app.shown()
         )));
     }
     let arrow = if app.sort.descending { "▼" } else { "▲" };
