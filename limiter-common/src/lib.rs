@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod client_addr;
+pub mod http_class;
 
 /// The XDP entry point in the BPF object.
 pub const PROGRAM_NAME: &str = "glance_limiter";

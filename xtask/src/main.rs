@@ -1,11 +1,12 @@
 //! Project tasks cargo cannot do alone: toolchain set-up, privileged test runs, benchmarks,
-//! the Debian package.
+//! the Debian package, fuzzing.
 //! Run as `cargo xtask <task>` (alias in .cargo/config.toml).
 
 mod bench;
 mod cmd;
 mod demo;
 mod dist;
+mod fuzz;
 mod plots;
 mod setup;
 mod soak;
@@ -57,6 +58,17 @@ enum Task {
         #[arg(long)]
         hog_workers: Option<usize>,
     },
+    /// Set up the toolchain, then run each cargo-fuzz target in fuzz/ for `--duration` (one after the other,
+    /// one job each; cargo-fuzz is installed on first use). Fails if a target crashes;
+    /// figures in target/fuzz/summary.md (docs/FUZZING.md).
+    Fuzz {
+        /// How long each target runs: 90s, 10m, 1h.
+        #[arg(long, default_value = "10m", value_parser = fuzz::parse_duration)]
+        duration: std::time::Duration,
+        /// Run only this target (config, control, addresses, rule_store, http_class).
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -78,6 +90,11 @@ fn main() -> Result<()> {
         Task::Soak { runs, hog_workers } => {
             setup::run()?;
             soak::run(soak::SoakOptions { runs, hog_workers })
+        }
+        Task::Fuzz { duration, target } => {
+            // Only the toolchain: the fuzz targets need no root, Glance or Debian packages.
+            setup::toolchain()?;
+            fuzz::run(duration, target.as_deref())
         }
         Task::Demo { args } => {
             demo::check_root()?;

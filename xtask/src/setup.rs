@@ -58,13 +58,19 @@ const DEBIAN_FILES: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<()> {
-    nightly_components()?;
-    bpf_linker()?;
+    toolchain()?;
     debian_packages()?;
     bpffs()?;
     glance()?;
     eprintln!("xtask: setup complete");
     Ok(())
+}
+
+/// What building the project needs, and no more: the nightly's components and bpf-linker
+/// (limiter-user's build script compiles the XDP program). `cargo xtask fuzz` needs only this.
+pub fn toolchain() -> Result<()> {
+    nightly_components()?;
+    bpf_linker()
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
