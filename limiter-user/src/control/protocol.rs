@@ -449,7 +449,6 @@ mod tests {
         // The request as a daemon without the fields reads it.
         #[derive(Debug, Deserialize)]
         #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-        #[allow(dead_code)]
         enum OldRequest {
             Stats {
                 #[serde(default)]
@@ -470,9 +469,9 @@ mod tests {
             sort: None,
             filter: None,
         };
-        assert!(
-            serde_json::from_value::<OldRequest>(serde_json::to_value(&plain).unwrap()).is_ok()
-        );
+        let OldRequest::Stats { top } =
+            serde_json::from_value::<OldRequest>(serde_json::to_value(&plain).unwrap()).unwrap();
+        assert_eq!(top, Some(120), "an old daemon reads a plain request whole");
     }
 
     #[test]
