@@ -333,6 +333,14 @@ impl RuleStore {
         &self.rules
     }
 
+    /// The rule with this key, expired or not.
+    pub fn get(&self, key: RuleKey) -> Option<&StoredRule> {
+        self.rules
+            .binary_search_by_key(&key, StoredRule::key)
+            .ok()
+            .map(|i| &self.rules[i])
+    }
+
     /// The rules in force at `now`.
     pub fn active(&self, now: SystemTime) -> impl Iterator<Item = &StoredRule> + '_ {
         self.rules.iter().filter(move |rule| rule.is_active(now))

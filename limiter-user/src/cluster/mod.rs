@@ -262,13 +262,11 @@ impl Cluster {
         generation: u64,
     ) {
         let now = SystemTime::now();
-        let table: BTreeMap<RuleKey, &StoredRule> =
-            store.rules().iter().map(|r| (r.key(), r)).collect();
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
         for key in keys {
-            match table
-                .get(&key)
+            match store
+                .get(key)
                 .and_then(|rule| RuleRecord::of(rule, &self.node, now))
             {
                 Some(record) => puts.push(record),
@@ -302,10 +300,7 @@ impl Cluster {
                     }
                     observed = true;
                     self.journal.observe(key, true);
-                    let same = store
-                        .rules()
-                        .iter()
-                        .any(|r| r.key() == key && journal::same_rule(r, &rule));
+                    let same = store.get(key).is_some_and(|r| journal::same_rule(r, &rule));
                     if !same {
                         info!(rule = %rule.prefix, action = ?rule.action, node = ?rule.node, "rule from the cluster");
                         changed |= !store.put_exact(vec![rule])?.is_noop();

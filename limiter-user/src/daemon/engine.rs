@@ -14,7 +14,11 @@ use limiter_common::Counter;
 use tracing::{info, warn};
 
 use crate::{
-    cluster::{self, summary, Cluster, ClusterError},
+    cluster::{
+        self,
+        summary::{self, Summary},
+        Cluster, ClusterError,
+    },
     config::{Config, Mode},
     control::{
         protocol::{
@@ -225,7 +229,13 @@ impl Engine {
         self.would_ban.retain(|(_, until)| *until > now);
         // Only sources with new activity can newly cross a threshold; with none, the never-ban
         // set and the bans in force (both built from every rule) are not needed this poll.
-        let cluster_rates = self.cluster_rates();
+        // The other nodes' latest summaries, read once for both uses this poll.
+        let peers = self
+            .cluster
+            .as_ref()
+            .map(Cluster::peers)
+            .unwrap_or_default();
+        let cluster_rates = self.cluster_rates(&peers);
         let decisions = if active.is_empty() && cluster_rates.is_empty() {
             Vec::new()
         } else {
@@ -258,7 +268,7 @@ impl Engine {
         if kernel_stale {
             self.sync_kernel()?;
         }
-        self.publish_summary(cluster_rates.len());
+        self.publish_summary(&peers, cluster_rates.len());
         self.last_poll = started.elapsed();
         let rows_read = rows.len();
         self.last_rows = rows_read;
@@ -874,14 +884,13 @@ impl Engine {
 
     /// Cluster-wide rates of the sources the other Glance nodes listed (none alone, on an
     /// edge node, or while etcd is unreachable).
-    fn cluster_rates(&self) -> Vec<(IpAddr, Rates)> {
+    fn cluster_rates(&self, peers: &[Summary]) -> Vec<(IpAddr, Rates)> {
         let Some(cluster) = &self.cluster else {
             return Vec::new();
         };
         if cluster.role() != cluster::Role::Glance {
             return Vec::new();
         }
-        let peers = cluster.peers();
         summary::combine(
             cluster.settings(),
             |addr| self.rates.rates(addr),
@@ -889,12 +898,11 @@ impl Engine {
         )
     }
 
-    fn publish_summary(&mut self, cluster_sources: usize) {
+    fn publish_summary(&mut self, peers: &[Summary], cluster_sources: usize) {
         let Some(cluster) = &mut self.cluster else {
             return;
         };
-        let peers_seen = cluster
-            .peers()
+        let peers_seen = peers
             .iter()
             .filter(|p| p.role == cluster::Role::Glance)
             .count();
