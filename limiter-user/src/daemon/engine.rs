@@ -11,17 +11,17 @@ use std::{
 
 use ipnet::IpNet;
 use limiter_common::Counter;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cluster::{self, summary, Cluster, ClusterError},
     config::{Config, Mode},
     control::protocol::{
         ErrorKind, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList, SourceState,
-        SourceView, Stats, Status, Totals,
+        SourceView, Stats, Status, StoreErrorView, Totals,
     },
     loader::{AttachMode, Limiter, LoaderError},
-    metrics::{ActiveRules, ByOrigin, Snapshot, Unbans},
+    metrics::{ActiveRules, ByOrigin, Snapshot, StoreTrouble, Unbans},
     policy::{Decision, Metric, NeverBan, Policy, PrefixSet},
     proxy::load::ProxyLoads,
     rates::{Counts, RateTracker, Rates},
@@ -204,8 +204,13 @@ impl Engine {
             self.via.retain(|addr| rates.last_counts(addr).is_some());
         }
 
+        // A degraded store writes what waits in memory, or finds out writes work again.
+        if let Some(Err(e)) = self.store.flush() {
+            debug!(error = %e, "rules still not saved; retrying at the next poll");
+        }
         let mut kernel_stale = self.apply_cluster_changes()?;
-        let expired = self.store.expire(wall)?;
+        // A failed write leaves the expiry unsaved (the store says so and retries).
+        let (expired, _unsaved) = self.store.expire(wall);
         for rule in &expired {
             if rule.action == Action::Block {
                 self.unbans.expired.add(rule.origin, 1);
@@ -310,7 +315,16 @@ impl Engine {
             .collect();
         let keys: Vec<_> = bans.iter().map(StoredRule::key).collect();
         let generation = self.cluster_will_change(&keys)?;
-        let change = self.store.upsert(bans)?;
+        // Bans the disk cannot take are enforced all the same: they wait in memory, the
+        // store is degraded (status, metrics, log) and the next polls write them.
+        let (change, unsaved) = self.store.upsert_or_defer(bans)?;
+        if let Some(e) = unsaved {
+            warn!(
+                error = %e,
+                bans = change.added.len() + change.updated.len(),
+                "bans enforced but not saved yet; written as soon as the rules file can be"
+            );
+        }
         self.cluster_changed(keys, generation);
         self.bans.add(
             Origin::Auto,
@@ -726,6 +740,13 @@ impl Engine {
             bans: self.bans,
             unbans: self.unbans,
             store_writes: self.store.write_counts(),
+            store_trouble: self.store.trouble().map(|trouble| StoreTrouble {
+                since: trouble
+                    .since
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                unsaved: trouble.unsaved,
+            }),
             attachments: self
                 .interfaces
                 .tracked()
@@ -785,6 +806,12 @@ impl Engine {
                 .map(|(c, v): (Counter, u64)| (c.name().to_owned(), v))
                 .collect::<BTreeMap<_, _>>(),
             cluster: self.cluster.as_ref().map(Cluster::health),
+            store_error: self.store.trouble().map(|trouble| StoreErrorView {
+                since: rfc3339(trouble.since),
+                failures: trouble.failures,
+                error: trouble.error.clone(),
+                unsaved: trouble.unsaved,
+            }),
         })
     }
 }
