@@ -26,4 +26,5 @@ pub mod recorder;
 pub mod reference;
 pub mod rig;
 pub mod summary;
+pub mod tmpfs;
 pub mod tmux;

@@ -171,6 +171,7 @@ pub fn canned(request: &Request) -> ResponseLine {
             },
             counters: [("drop_blocked".to_string(), 42)].into(),
             cluster: None,
+            store_error: None,
         }),
         Request::ClusterStatus => Reply::Cluster(cluster_status()),
     };
