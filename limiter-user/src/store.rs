@@ -10,6 +10,20 @@
 //! empty would silently drop every rule. One process at a time owns a state directory (an
 //! exclusive lock on `rules.lock`): two writers would each overwrite the other's rules.
 //!
+//! # Faults
+//! - **A rules file that does not parse at start** (truncated, garbage) is renamed to
+//!   `rules.json.corrupt-<RFC 3339 time>` and [`RuleStore::open`] fails saying where it is. The
+//!   rules it held are in that file; the kernel's pinned rules are not touched by the store. So
+//!   that a restart does not then start empty (and clear the kernel's rules), a state
+//!   directory with a kept-aside copy and no `rules.json` also refuses to open until the
+//!   operator restores `rules.json` or removes the copy.
+//! - **A write that fails while running** (full disk, read-only or unwritable directory)
+//!   leaves the old file intact (the atomic write above). An operator's change is refused and
+//!   nothing changes ([`RuleStore::upsert`]); an automatic change is kept in memory, marked
+//!   unsaved ([`RuleStore::upsert_or_defer`], [`RuleStore::expire`]), so the kernel can enforce
+//!   it. Either way the store is *degraded* ([`RuleStore::trouble`]) until a write succeeds;
+//!   [`RuleStore::flush`] retries (the daemon calls it every poll), writing what is pending.
+//!
 //! # Identity and precedence
 //! A rule is identified by its prefix (host bits cleared) and action: there is at most one
 //! block and one allow rule per prefix. [`RuleStore::upsert`] of an existing rule merges:
@@ -35,7 +49,7 @@ use std::{
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::rules::{self, Action, KernelRule, RuleError, Scope};
 
@@ -204,6 +218,28 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     #[error(
+        "the rules file {path} was not valid ({source}) and has been moved aside to {aside}, \
+         where the rules it held are kept; glance-limiter will not start without them. The \
+         kernel's pinned program and rules were not touched and keep applying (expiring on \
+         time). Repair the copy (JSON: {{\"version\":1,\"rules\":[...]}}) or restore a backup, \
+         put it back as {path}, and start again; or, to deliberately drop every stored rule, \
+         remove {aside} and start again"
+    )]
+    CorruptMovedAside {
+        path: PathBuf,
+        aside: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{dir}/{RULES_FILE} is missing but {aside} is there: a previous start found the rules \
+         file corrupt and kept it aside. Starting now would start with no rules and clear the \
+         kernel's: repair that copy (or restore a backup) and put it back as {dir}/{RULES_FILE}, \
+         or remove {aside} (and any other {RULES_FILE}.corrupt-* there) to deliberately start \
+         with no rules, and start again"
+    )]
+    OnlyCorruptCopy { dir: PathBuf, aside: PathBuf },
+    #[error(
         "the rules file {path} has format version {found}, but this glance-limiter reads only \
          version {FORMAT_VERSION}; it was written by another release: run that release, or \
          convert the file, and start again"
@@ -274,6 +310,20 @@ pub struct WriteCounts {
     pub failures: u64,
 }
 
+/// Why the store is degraded: its last write failed. Cleared by the next write that succeeds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteTrouble {
+    /// When the first of the failed writes in a row happened.
+    pub since: SystemTime,
+    /// Failed writes in a row.
+    pub failures: u64,
+    /// The latest failure, as [`StoreError`] says it.
+    pub error: String,
+    /// Whether the rules in memory (and in the kernel) differ from the file, or their
+    /// rename may not be durable: [`RuleStore::flush`] has something to save.
+    pub unsaved: bool,
+}
+
 /// The rules, loaded from and persisted to one state directory, which it holds locked.
 #[derive(Debug)]
 pub struct RuleStore {
@@ -281,6 +331,8 @@ pub struct RuleStore {
     /// Sorted by [`StoredRule::key`], one rule per key.
     rules: Vec<StoredRule>,
     writes: WriteCounts,
+    /// `Some` while writes fail.
+    trouble: Option<WriteTrouble>,
     /// Holds the directory's lock until the store is dropped (the kernel releases it if the
     /// process dies).
     _lock: File,
@@ -298,17 +350,30 @@ impl RuleStore {
         let mut store = RuleStore {
             rules: Vec::new(),
             writes: WriteCounts::default(),
+            trouble: None,
             dir,
             _lock: lock,
         };
-        match load(&store.dir)? {
+        let loaded = match load(&store.dir) {
+            Err(StoreError::Corrupt { path, source }) => {
+                return Err(move_aside(&store.dir, path, source, SystemTime::now()))
+            }
+            other => other?,
+        };
+        match loaded {
             Some(rules) => {
                 info!(file = %store.file().display(), rules = rules.len(), "rules loaded");
                 store.rules = rules;
             }
             None => {
+                if let Some(aside) = corrupt_copies(&store.dir).pop() {
+                    return Err(StoreError::OnlyCorruptCopy {
+                        dir: store.dir.clone(),
+                        aside,
+                    });
+                }
                 info!(file = %store.file().display(), "no rules file yet; starting with no rules");
-                store.commit(Vec::new())?;
+                store.commit(Vec::new(), Failure::Undo)?;
             }
         }
         Ok(store)
@@ -326,6 +391,19 @@ impl RuleStore {
     /// How many times the rules file was written, and how many of those failed.
     pub fn write_counts(&self) -> WriteCounts {
         self.writes
+    }
+
+    /// `Some` while the store is degraded: its last write failed.
+    pub fn trouble(&self) -> Option<&WriteTrouble> {
+        self.trouble.as_ref()
+    }
+
+    /// While degraded, writes the rules again (those pending, or the same ones to find out
+    /// whether writes work again); a no-op otherwise. `Some(Ok(()))`: the store recovered.
+    pub fn flush(&mut self) -> Option<Result<(), StoreError>> {
+        self.trouble.as_ref()?;
+        let rules = self.rules.clone();
+        Some(self.commit(rules, Failure::Keep))
     }
 
     /// Every stored rule, expired or not, sorted by prefix then action.
@@ -355,6 +433,32 @@ impl RuleStore {
     /// the module docs for which fields win). All or nothing: one invalid rule rejects the
     /// batch and nothing changes. A batch that changes nothing is not written.
     pub fn upsert(&mut self, rules: Vec<StoredRule>) -> Result<Change, StoreError> {
+        let (change, table) = self.plan_upsert(rules)?;
+        if !change.is_noop() {
+            self.commit(table, Failure::Undo)?;
+        }
+        Ok(change)
+    }
+
+    /// [`RuleStore::upsert`] for changes the kernel must enforce even when they cannot be
+    /// saved (automatic bans): if the write fails, the change stays in memory, marked unsaved,
+    /// and is returned with the write's error; [`RuleStore::flush`] saves it later. An invalid
+    /// rule still rejects the batch (`Err`).
+    pub fn upsert_or_defer(
+        &mut self,
+        rules: Vec<StoredRule>,
+    ) -> Result<(Change, Option<StoreError>), StoreError> {
+        let (change, table) = self.plan_upsert(rules)?;
+        let failed = if change.is_noop() {
+            None
+        } else {
+            self.commit(table, Failure::Keep).err()
+        };
+        Ok((change, failed))
+    }
+
+    /// What `rules` would change, and the whole table after it; nothing is applied.
+    fn plan_upsert(&self, rules: Vec<StoredRule>) -> Result<(Change, Vec<StoredRule>), StoreError> {
         let incoming = validated(rules)?;
 
         let mut table = self.table();
@@ -389,15 +493,37 @@ impl RuleStore {
                 Some(_) => change.updated.push(now),
             }
         }
-        if !change.is_noop() {
-            self.commit(table.into_values().collect())?;
-        }
-        Ok(change)
+        Ok((change, table.into_values().collect()))
     }
 
     /// Removes the `action` rule of each prefix (host bits cleared). Naming a rule that does not
     /// exist is not an error; it is reported in [`Change::absent`].
     pub fn remove(&mut self, prefixes: &[IpNet], action: Action) -> Result<Change, StoreError> {
+        let (change, table) = self.plan_remove(prefixes, action);
+        if !change.is_noop() {
+            self.commit(table, Failure::Undo)?;
+        }
+        Ok(change)
+    }
+
+    /// [`RuleStore::remove`] for removals made elsewhere and held durably there (the
+    /// cluster's): if the write fails, the removal stays in memory, marked unsaved, and is
+    /// returned with the write's error; [`RuleStore::flush`] saves it later.
+    pub fn remove_or_defer(
+        &mut self,
+        prefixes: &[IpNet],
+        action: Action,
+    ) -> (Change, Option<StoreError>) {
+        let (change, table) = self.plan_remove(prefixes, action);
+        let failed = if change.is_noop() {
+            None
+        } else {
+            self.commit(table, Failure::Keep).err()
+        };
+        (change, failed)
+    }
+
+    fn plan_remove(&self, prefixes: &[IpNet], action: Action) -> (Change, Vec<StoredRule>) {
         let mut table = self.table();
         let mut change = Change::default();
         let mut seen = BTreeSet::new();
@@ -411,16 +537,18 @@ impl RuleStore {
                 None => change.absent.push(key),
             }
         }
-        if !change.is_noop() {
-            self.commit(table.into_values().collect())?;
-        }
-        Ok(change)
+        (change, table.into_values().collect())
     }
 
     /// Stores `rules` exactly as given, replacing any rule with the same key whatever its
     /// origin: for rules the cluster already merged (etcd's word on a key nobody changed
-    /// here). All or nothing, like [`RuleStore::upsert`].
-    pub fn put_exact(&mut self, rules: Vec<StoredRule>) -> Result<Change, StoreError> {
+    /// here). An invalid rule rejects the batch (`Err`); a failed write does not: etcd holds
+    /// these rules durably, so they apply at once, wait in memory marked unsaved, and the
+    /// write's error comes back with the change.
+    pub fn put_exact(
+        &mut self,
+        rules: Vec<StoredRule>,
+    ) -> Result<(Change, Option<StoreError>), StoreError> {
         let incoming = validated(rules)?;
         let mut table = self.table();
         let mut change = Change::default();
@@ -431,24 +559,31 @@ impl RuleStore {
                 Some(_) => change.updated.push(rule),
             }
         }
-        if !change.is_noop() {
-            self.commit(table.into_values().collect())?;
-        }
-        Ok(change)
+        let failed = if change.is_noop() {
+            None
+        } else {
+            self.commit(table.into_values().collect(), Failure::Keep)
+                .err()
+        };
+        Ok((change, failed))
     }
 
     /// Removes and returns the rules no longer in force at `now`. The kernel already ignores
-    /// them (their deadlines passed); this keeps the store and listings tidy.
-    pub fn expire(&mut self, now: SystemTime) -> Result<Vec<StoredRule>, StoreError> {
+    /// them (their deadlines passed); this keeps the store and listings tidy. If the write
+    /// fails they are removed all the same, the removal left unsaved (harmless: the file's
+    /// copies are past their time too), and the error is returned with them.
+    pub fn expire(&mut self, now: SystemTime) -> (Vec<StoredRule>, Option<StoreError>) {
         let (kept, expired): (Vec<StoredRule>, Vec<StoredRule>) = self
             .rules
             .iter()
             .cloned()
             .partition(|rule| rule.is_active(now));
-        if !expired.is_empty() {
-            self.commit(kept)?;
-        }
-        Ok(expired)
+        let failed = if expired.is_empty() {
+            None
+        } else {
+            self.commit(kept, Failure::Keep).err()
+        };
+        (expired, failed)
     }
 
     fn table(&self) -> BTreeMap<RuleKey, StoredRule> {
@@ -459,39 +594,94 @@ impl RuleStore {
     }
 
     /// Persists `rules` (sorted by key) and makes them the store's. On an error before the
-    /// rename, neither the file nor the store changes; once the rename happened, the store
-    /// follows the file.
-    fn commit(&mut self, rules: Vec<StoredRule>) -> Result<(), StoreError> {
+    /// rename the file does not change, and neither does the store with [`Failure::Undo`];
+    /// once the rename happened, the store follows the file. Any failure makes the store
+    /// degraded, a success ends that.
+    fn commit(&mut self, rules: Vec<StoredRule>, on_failure: Failure) -> Result<(), StoreError> {
         self.writes.attempts += 1;
-        let committed = self.try_commit(rules);
-        if committed.is_err() {
-            self.writes.failures += 1;
-        }
-        committed
-    }
-
-    fn try_commit(&mut self, rules: Vec<StoredRule>) -> Result<(), StoreError> {
-        let bytes = encode(&rules).map_err(|source| StoreError::Encode { source })?;
-        match write_atomically(&self.dir, &bytes) {
+        let bytes = match encode(&rules) {
+            Ok(bytes) => bytes,
+            Err(source) => {
+                self.writes.failures += 1;
+                return Err(StoreError::Encode { source });
+            }
+        };
+        let (error, unsaved) = match write_atomically(&self.dir, &bytes) {
             Ok(()) => {
                 self.rules = rules;
-                Ok(())
+                if let Some(trouble) = self.trouble.take() {
+                    info!(
+                        file = %self.file().display(),
+                        failed_writes = trouble.failures,
+                        since = %humantime::format_rfc3339_seconds(trouble.since),
+                        "the rules file can be written again; every rule is saved"
+                    );
+                }
+                return Ok(());
             }
-            Err(WriteFailure::NotCommitted { step, path, source }) => Err(StoreError::Write {
-                step,
-                path,
-                dir: self.dir.clone(),
-                source,
-            }),
-            Err(WriteFailure::NotDurable(source)) => {
-                self.rules = rules;
-                Err(StoreError::NotDurable {
+            Err(WriteFailure::NotCommitted { step, path, source }) => {
+                let error = StoreError::Write {
+                    step,
+                    path,
                     dir: self.dir.clone(),
                     source,
-                })
+                };
+                let kept = on_failure == Failure::Keep && rules != self.rules;
+                if kept {
+                    self.rules = rules;
+                }
+                (error, kept)
+            }
+            Err(WriteFailure::NotDurable(source)) => {
+                self.rules = rules;
+                let error = StoreError::NotDurable {
+                    dir: self.dir.clone(),
+                    source,
+                };
+                (error, true)
+            }
+        };
+        self.writes.failures += 1;
+        self.degrade(&error, unsaved);
+        Err(error)
+    }
+
+    /// Records a failed write: the first of a run is logged as an error, the rest at debug
+    /// level (the daemon retries every poll).
+    fn degrade(&mut self, error: &StoreError, unsaved: bool) {
+        match &mut self.trouble {
+            Some(trouble) => {
+                trouble.failures += 1;
+                trouble.error = error.to_string();
+                trouble.unsaved |= unsaved;
+                debug!(error = %error, failures = trouble.failures, "rules file still cannot be written");
+            }
+            None => {
+                error!(
+                    error = %error,
+                    unsaved,
+                    "the rules file cannot be written; the rule store is degraded: the kernel \
+                     keeps enforcing, automatic changes wait in memory and are written as soon \
+                     as a write succeeds (retried every poll)"
+                );
+                self.trouble = Some(WriteTrouble {
+                    since: SystemTime::now(),
+                    failures: 1,
+                    error: error.to_string(),
+                    unsaved,
+                });
             }
         }
     }
+}
+
+/// What [`RuleStore::commit`] does with the store when the write fails before its rename.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Leave the store as it was: the caller reports the failure and nothing changed.
+    Undo,
+    /// Take the new rules all the same, marked unsaved.
+    Keep,
 }
 
 /// Reads the committed rules of `state_dir` without locking it: for a reader (say, the CLI's
@@ -707,6 +897,66 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         }),
         Err(TryLockError::Error(source)) => Err(lock_failed(source)),
     }
+}
+
+/// The prefix of the names a rules file that did not parse is kept under.
+const CORRUPT_PREFIX: &str = "rules.json.corrupt-";
+
+/// Renames the unparseable rules file `path` to `rules.json.corrupt-<time>` (never over
+/// another copy) and returns the error that says where it went. If the rename fails, the file
+/// stays where it was and the error says so (and that it is corrupt).
+fn move_aside(dir: &Path, path: PathBuf, source: serde_json::Error, now: SystemTime) -> StoreError {
+    let stamp = humantime::format_rfc3339_seconds(now).to_string();
+    let free = (0..100)
+        .map(|n| match n {
+            0 => dir.join(format!("{CORRUPT_PREFIX}{stamp}")),
+            n => dir.join(format!("{CORRUPT_PREFIX}{stamp}.{n}")),
+        })
+        .find(|candidate| !candidate.exists());
+    let moved = free
+        .ok_or_else(|| io::Error::other("no free name"))
+        .and_then(|aside| {
+            fs::rename(&path, &aside)?;
+            sync_dir(dir)?;
+            Ok(aside)
+        });
+    match moved {
+        Ok(aside) => {
+            error!(
+                file = %path.display(),
+                kept_as = %aside.display(),
+                error = %source,
+                "the rules file is corrupt; moved it aside, not starting (the kernel's rules keep applying)"
+            );
+            StoreError::CorruptMovedAside {
+                path,
+                aside,
+                source,
+            }
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot move the corrupt rules file aside");
+            StoreError::Corrupt { path, source }
+        }
+    }
+}
+
+/// The kept-aside copies of corrupt rules files in `dir`, oldest first.
+fn corrupt_copies(dir: &Path) -> Vec<PathBuf> {
+    let mut copies: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(CORRUPT_PREFIX))
+        })
+        .map(|entry| entry.path())
+        .collect();
+    copies.sort();
+    copies
 }
 
 /// A `rules.json.tmp` on open is a write interrupted before its rename: it was never the
@@ -1342,9 +1592,10 @@ mod tests {
             ]
         );
 
-        let expired = store.expire(at(60)).unwrap();
+        let (expired, failed) = store.expire(at(60));
         assert_eq!(expired, [auto_block("198.51.100.1/32", Some(60))]);
-        assert!(store.expire(at(60)).unwrap().is_empty());
+        assert!(failed.is_none());
+        assert!(store.expire(at(60)).0.is_empty());
         assert_eq!(store.rules().len(), 2);
         drop(store);
         let reopened = RuleStore::open(dir.path()).unwrap();
@@ -1455,7 +1706,7 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_file_is_an_error_naming_it_and_is_left_untouched() {
+    fn a_corrupt_file_is_moved_aside_with_an_error_naming_both_and_nothing_is_lost() {
         let cases: [(&str, &[u8]); 6] = [
             ("empty", b""),
             (
@@ -1481,17 +1732,179 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(RULES_FILE);
             fs::write(&path, content).unwrap();
+            // A reader (the CLI's `list`) only reports it.
+            assert!(matches!(
+                read_rules(dir.path()),
+                Err(StoreError::Corrupt { .. })
+            ));
+            assert_eq!(fs::read(&path).unwrap(), content, "{what}: reader moved it");
+
             let err = RuleStore::open(dir.path()).unwrap_err();
-            assert!(
-                matches!(err, StoreError::Corrupt { .. }),
-                "{what}: expected Corrupt, got {err:?}"
-            );
+            let StoreError::CorruptMovedAside { aside, .. } = &err else {
+                panic!("{what}: expected CorruptMovedAside, got {err:?}");
+            };
             let message = err.to_string();
             assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(message.contains(&aside.display().to_string()), "{message}");
             assert!(message.contains("will not start"), "{message}");
-            assert_eq!(fs::read(&path).unwrap(), content, "{what}: file changed");
-            assert!(read_rules(dir.path()).is_err());
+            assert!(message.contains("keep applying"), "{message}");
+            assert!(!path.exists(), "{what}: still in place");
+            assert_eq!(fs::read(aside).unwrap(), content, "{what}: copy differs");
+            let name = aside.file_name().unwrap().to_str().unwrap();
+            assert!(name.starts_with("rules.json.corrupt-"), "{name}");
+            humantime::parse_rfc3339(&name["rules.json.corrupt-".len()..]).unwrap();
+
+            // A restart must not start empty (that would clear the kernel's rules).
+            let again = RuleStore::open(dir.path()).unwrap_err();
+            assert!(
+                matches!(&again, StoreError::OnlyCorruptCopy { aside: a, .. } if a == aside),
+                "{again:?}"
+            );
+            assert!(again.to_string().contains("remove"), "{again}");
+            assert!(!path.exists(), "{what}: an empty file was written");
+
+            // Restoring the file is one way out; removing the copy the other.
+            fs::write(&path, b"{\"version\":1,\"rules\":[]}").unwrap();
+            drop(RuleStore::open(dir.path()).unwrap());
+            fs::remove_file(&path).unwrap();
+            fs::remove_file(aside).unwrap();
+            assert!(RuleStore::open(dir.path()).unwrap().rules().is_empty());
         }
+    }
+
+    #[test]
+    fn a_second_corrupt_file_in_the_same_second_does_not_overwrite_the_first_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = || serde_json::from_slice::<FileVersion>(b"x").err().unwrap();
+        let mut copies = Vec::new();
+        for content in [b"first".as_slice(), b"second"] {
+            let path = dir.path().join(RULES_FILE);
+            fs::write(&path, content).unwrap();
+            match move_aside(dir.path(), path, error(), t0()) {
+                StoreError::CorruptMovedAside { aside, .. } => copies.push(aside),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_ne!(copies[0], copies[1]);
+        assert_eq!(fs::read(&copies[0]).unwrap(), b"first");
+        assert_eq!(fs::read(&copies[1]).unwrap(), b"second");
+        assert_eq!(corrupt_copies(dir.path()), copies);
+    }
+
+    #[test]
+    fn an_automatic_change_that_cannot_be_saved_stays_in_memory_until_a_flush_saves_it() {
+        for step in [Step::Create, Step::Write, Step::Sync, Step::Rename] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = RuleStore::open(dir.path()).unwrap();
+            store.upsert(vec![block("198.51.100.0/24", None)]).unwrap();
+            let bytes = file_bytes(dir.path());
+            assert_eq!(store.trouble(), None);
+            assert!(store.flush().is_none(), "nothing to flush");
+
+            let (change, failed) = with_failure(step, || {
+                store
+                    .upsert_or_defer(vec![auto_block("203.0.113.7/32", Some(600))])
+                    .unwrap()
+            });
+            assert!(
+                matches!(failed, Some(StoreError::Write { .. })),
+                "{failed:?}"
+            );
+            assert_eq!(change.added.len(), 1, "{step:?}");
+            // In memory (so in the kernel), not in the file, which is intact.
+            assert_eq!(store.rules().len(), 2);
+            assert_eq!(file_bytes(dir.path()), bytes, "{step:?}");
+            let trouble = store.trouble().unwrap().clone();
+            assert!(trouble.unsaved && trouble.failures == 1, "{trouble:?}");
+
+            // An operator's change while degraded is refused and changes nothing; the
+            // pending ban stays pending.
+            with_failure(step, || {
+                store
+                    .upsert(vec![block("2001:db8::/48", None)])
+                    .unwrap_err()
+            });
+            assert_eq!(store.rules().len(), 2);
+            // Expiry also waits in memory.
+            let (expired, failed) = with_failure(step, || store.expire(at(600)));
+            assert_eq!(expired, [auto_block("203.0.113.7/32", Some(600))]);
+            assert!(failed.is_some());
+            // Retries that fail keep counting, since the first failure.
+            let retried = with_failure(step, || store.flush()).unwrap();
+            assert!(retried.is_err());
+            let still = store.trouble().unwrap();
+            assert_eq!((still.since, still.failures), (trouble.since, 4));
+            assert_eq!(file_bytes(dir.path()), bytes, "{step:?}");
+
+            // Space is back: the next flush writes what is in memory.
+            store
+                .upsert_or_defer(vec![auto_block("203.0.113.8/32", Some(900))])
+                .unwrap();
+            assert_eq!(store.trouble(), None);
+            assert!(store.flush().is_none());
+            assert_eq!(read_rules(dir.path()).unwrap(), store.rules());
+            assert_eq!(store.rules().len(), 2);
+        }
+    }
+
+    #[test]
+    fn the_clusters_rules_apply_while_the_disk_refuses_them_and_are_saved_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RuleStore::open(dir.path()).unwrap();
+        let bytes = file_bytes(dir.path());
+        let (change, failed) = with_failure(Step::Write, || {
+            store
+                .put_exact(vec![auto_block("203.0.113.7/32", Some(600))])
+                .unwrap()
+        });
+        assert_eq!(change.added.len(), 1);
+        assert!(
+            matches!(failed, Some(StoreError::Write { .. })),
+            "{failed:?}"
+        );
+        assert_eq!(store.rules().len(), 1, "applied in memory");
+        let (removed, failed) = with_failure(Step::Write, || {
+            store.remove_or_defer(&[net("203.0.113.7/32")], Action::Block)
+        });
+        assert_eq!(removed.removed.len(), 1);
+        assert!(failed.is_some());
+        assert!(store.rules().is_empty(), "removed in memory");
+        assert_eq!(file_bytes(dir.path()), bytes, "the file is intact");
+        assert!(store.trouble().unwrap().unsaved);
+        assert!(matches!(store.flush(), Some(Ok(()))));
+        assert_eq!(read_rules(dir.path()).unwrap(), store.rules());
+    }
+
+    #[test]
+    fn a_refused_operator_change_degrades_the_store_until_a_flush_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RuleStore::open(dir.path()).unwrap();
+        with_failure(Step::Write, || {
+            store.upsert(vec![block("198.51.100.0/24", None)])
+        })
+        .unwrap_err();
+        let trouble = store.trouble().unwrap();
+        assert!(!trouble.unsaved, "nothing changed, nothing is pending");
+        assert!(trouble.error.contains("nothing was changed"), "{trouble:?}");
+        assert!(store.rules().is_empty());
+        // The retry rewrites the same rules to learn that writes work again.
+        assert!(matches!(store.flush(), Some(Ok(()))));
+        assert_eq!(store.trouble(), None);
+    }
+
+    #[test]
+    fn an_unsynced_directory_keeps_the_store_degraded_until_a_sync_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RuleStore::open(dir.path()).unwrap();
+        let (_, failed) = with_failure(Step::SyncDir, || {
+            store
+                .upsert_or_defer(vec![auto_block("198.51.100.1/32", Some(60))])
+                .unwrap()
+        });
+        assert!(matches!(failed, Some(StoreError::NotDurable { .. })));
+        assert!(store.trouble().unwrap().unsaved);
+        assert!(matches!(store.flush(), Some(Ok(()))));
+        assert_eq!(store.trouble(), None);
     }
 
     #[test]

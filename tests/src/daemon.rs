@@ -135,6 +135,8 @@ pub struct DaemonSetup {
     glance_path_prefixes: Vec<String>,
     /// `[cluster]` keys with their values as TOML text, written only when not empty.
     cluster: Vec<(String, String)>,
+    /// `state_dir`: the daemon's temporary directory's `state` unless set.
+    state_dir: Option<PathBuf>,
 }
 
 impl DaemonSetup {
@@ -155,7 +157,15 @@ impl DaemonSetup {
             client_address_header: None,
             glance_path_prefixes: Vec::new(),
             cluster: Vec::new(),
+            state_dir: None,
         }
+    }
+
+    /// `state_dir = "..."`: a directory the caller owns (a small tmpfs, say), instead of one
+    /// in the daemon's temporary directory.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
     }
 
     /// Shares rules and counts through etcd at `endpoints`, as node `node_name`, with the
@@ -253,7 +263,7 @@ impl DaemonSetup {
         writeln!(
             text,
             "state_dir = {}",
-            quoted(&dir.join("state").display().to_string())
+            quoted(&self.state_dir_in(dir).display().to_string())
         )
         .unwrap();
         writeln!(
@@ -301,6 +311,10 @@ impl DaemonSetup {
         text
     }
 
+    fn state_dir_in(&self, dir: &Path) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| dir.join("state"))
+    }
+
     /// Starts the daemon and waits until it answers on its socket.
     pub fn start(self) -> Daemon {
         let dir = tempfile::Builder::new()
@@ -314,12 +328,13 @@ impl DaemonSetup {
             std::process::id(),
             NEXT_PIN_DIR.fetch_add(1, Ordering::Relaxed)
         ));
+        let state_dir = self.state_dir_in(dir.path());
         let mut daemon = Daemon {
             binary: limiter_binary(),
             setup: self,
             config,
             socket: dir.path().join("limiter.sock"),
-            state_dir: dir.path().join("state"),
+            state_dir,
             pin_dir,
             child: None,
             starts: 0,
@@ -400,27 +415,8 @@ impl Daemon {
             .append(true)
             .open(&log_path)
             .expect("create the daemon's log");
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", self.setup.netns.display()))
-            .arg(&self.binary)
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir);
-        for iface in &self.setup.ifaces {
-            command.args(["--iface", iface]);
-        }
-        if let Some(mode) = &self.setup.mode_flag {
-            command.args(["--mode", mode]);
-        }
-        let child = command
-            .env("LIMITER_LOG", "info")
-            // The daemon colours its log even into a file; plain text is easier to search.
-            .env("NO_COLOR", "1")
-            .env_remove("LIMITER_SOCKET")
-            .stdin(Stdio::null())
+        let child = self
+            .run_command()
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
@@ -651,6 +647,68 @@ impl Daemon {
         let mut child = self.child.take().expect("the daemon is not running");
         child.kill().expect("SIGKILL the daemon");
         child.wait().expect("reap the daemon");
+    }
+
+    /// Starts the daemon again, expecting it to refuse to start: waits (up to the start
+    /// deadline) for it to exit, and returns whether it failed and what that start logged.
+    /// Panics if it answers its socket instead.
+    pub fn restart_expecting_failure(&mut self) -> (std::process::ExitStatus, String) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.starts += 1;
+        let log_path = self.log_path(self.starts);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("create the daemon's log");
+        let mut child = self
+            .run_command()
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start nsenter limiter run");
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the daemon") {
+                return (status, fs::read_to_string(&log_path).unwrap_or_default());
+            }
+            if Instant::now() >= deadline || self.cli(&["status", "--json"]).status.success() {
+                self.child = Some(child);
+                panic!(
+                    "the daemon was expected to refuse to start but runs:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(WAIT_STEP);
+        }
+    }
+
+    /// `nsenter --net=... limiter run ...` for this daemon, output not yet directed.
+    fn run_command(&self) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.setup.netns.display()))
+            .arg(&self.binary)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir);
+        for iface in &self.setup.ifaces {
+            command.args(["--iface", iface]);
+        }
+        if let Some(mode) = &self.setup.mode_flag {
+            command.args(["--mode", mode]);
+        }
+        command
+            .env("LIMITER_LOG", "info")
+            // The daemon colours its log even into a file; plain text is easier to search.
+            .env("NO_COLOR", "1")
+            .env_remove("LIMITER_SOCKET")
+            .stdin(Stdio::null());
+        command
     }
 
     /// Starts the daemon again with the same configuration, state, socket and pins.

@@ -26,5 +26,6 @@ pub mod recorder;
 pub mod reference;
 pub mod rig;
 pub mod summary;
+pub mod tmpfs;
 pub mod tmux;
 pub mod wait;

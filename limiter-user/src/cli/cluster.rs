@@ -42,6 +42,12 @@ pub fn status(status: &ClusterStatus) -> String {
             plural(status.pending_changes)
         ),
     );
+    if let Some(error) = &status.journal_error {
+        field(
+            "journal",
+            format!("NOT SAVED, retried every poll: {}", clean(error)),
+        );
+    }
     field(
         "rates",
         match status.role {
@@ -230,6 +236,7 @@ mod tests {
             ],
             shared_rules: 42,
             pending_changes: 0,
+            journal_error: None,
             cluster_sources: 17,
             writes: 1234,
             bytes_written: 1_572_864,
@@ -274,6 +281,7 @@ glance-3              glance   4.2s ago  3.2s  1203      12     3456
             node: "edge-1".into(),
             role: Role::Edge,
             pending_changes: 1,
+            journal_error: None,
             cluster_sources: 0,
             writes: 1,
             bytes_written: 300,

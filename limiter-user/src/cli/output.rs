@@ -12,7 +12,7 @@ pub use crate::text::{bytes, clean, short_duration};
 use crate::{
     control::protocol::{
         ClusterHealth, InterfaceView, Reply, RuleChange, RuleList, SourceState, SourceView, Stats,
-        Status,
+        Status, StoreErrorView,
     },
     loader::DetachReport,
     rules::{Action, Scope},
@@ -418,6 +418,9 @@ pub fn status(status: &Status, now: SystemTime) -> String {
     if let Some(health) = &status.cluster {
         let _ = writeln!(out, "{:<12}{}", "cluster", cluster_health(health, now));
     }
+    if let Some(trouble) = &status.store_error {
+        let _ = writeln!(out, "{:<12}{}", "store", store_error(trouble, now));
+    }
     if !status.counters.is_empty() {
         out.push_str("counters\n");
         let width = status.counters.keys().map(String::len).max().unwrap_or(0);
@@ -432,6 +435,29 @@ pub fn status(status: &Status, now: SystemTime) -> String {
         }
     }
     out
+}
+
+/// `CANNOT WRITE since … (3 failed writes; bans waiting to be saved): <error>`.
+fn store_error(trouble: &StoreErrorView, now: SystemTime) -> String {
+    let since = match humantime::parse_rfc3339(&trouble.since) {
+        Ok(since) => format!(
+            "{} ({} ago)",
+            clean(&trouble.since),
+            short_duration(now.duration_since(since).unwrap_or_default())
+        ),
+        Err(_) => clean(&trouble.since),
+    };
+    let pending = if trouble.unsaved {
+        "rules in force wait in memory to be saved"
+    } else {
+        "every rule in force is saved"
+    };
+    format!(
+        "CANNOT WRITE the rules file since {since}, {} failed writes; {pending}; the kernel \
+         keeps enforcing: {}",
+        trouble.failures,
+        clean(&trouble.error)
+    )
 }
 
 /// `glance-1 (glance), connected, 3 nodes`; degraded, since when and for how long (the node
@@ -726,6 +752,7 @@ PREFIX           VIA           ACTION  SCOPE            ORIGIN  CREATED         
             ]
             .into(),
             cluster: None,
+            store_error: None,
         };
         assert_eq!(
             super::status(&status, at(NOW)),
@@ -741,6 +768,30 @@ counters
   drop_blocked        7
   pass_protected  12345
 "
+        );
+    }
+
+    #[test]
+    fn status_says_when_the_rules_file_cannot_be_written() {
+        let text = super::status(
+            &Status {
+                store_error: Some(StoreErrorView {
+                    since: "2025-06-01T09:58:00Z".into(),
+                    failures: 120,
+                    error:
+                        "cannot save the rules (writing rules.json.tmp: No space left on device)"
+                            .into(),
+                    unsaved: true,
+                }),
+                ..Status::default()
+            },
+            at(NOW),
+        );
+        assert_eq!(
+            text.lines().last().unwrap(),
+            "store       CANNOT WRITE the rules file since 2025-06-01T09:58:00Z (2m ago), 120 failed \
+             writes; rules in force wait in memory to be saved; the kernel keeps enforcing: \
+             cannot save the rules (writing rules.json.tmp: No space left on device)"
         );
     }
 

@@ -21,6 +21,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
 use crate::store::{self, RuleKey, StoredRule};
 
@@ -59,6 +60,9 @@ pub enum JournalError {
 pub struct Journal {
     dir: PathBuf,
     state: JournalState,
+    /// The last save failed (full disk, read-only directory): the state in memory is newer
+    /// than the file, and [`Journal::flush`] tries again.
+    unsaved: Option<String>,
 }
 
 impl Journal {
@@ -74,6 +78,7 @@ impl Journal {
         Ok(Journal {
             dir: state_dir.to_path_buf(),
             state,
+            unsaved: None,
         })
     }
 
@@ -85,27 +90,44 @@ impl Journal {
         self.state.dirty.contains_key(key)
     }
 
-    /// Marks `keys` changed here, durably, and returns their generation.
+    /// Marks `keys` changed here, durably, and returns their generation. If the mark cannot
+    /// be saved nothing is marked: for changes that are refused when they cannot be kept.
     pub fn mark_dirty(
         &mut self,
         keys: impl IntoIterator<Item = RuleKey>,
     ) -> Result<u64, JournalError> {
+        let before = self.state.clone();
+        let (generation, failed) = self.mark_dirty_or_defer(keys);
+        match failed {
+            None => Ok(generation),
+            Some(error) => {
+                self.state = before;
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Journal::mark_dirty`] for changes that happen whatever the disk does (automatic bans):
+    /// the mark holds in memory if it cannot be saved, and the save's error comes back.
+    pub fn mark_dirty_or_defer(
+        &mut self,
+        keys: impl IntoIterator<Item = RuleKey>,
+    ) -> (u64, Option<JournalError>) {
         self.state.generation += 1;
         let generation = self.state.generation;
         for key in keys {
             self.state.dirty.insert(key, generation);
         }
-        self.save()?;
-        Ok(generation)
+        (generation, self.save().err())
     }
 
     /// etcd took this node's word for `keys` (as of `generation`): they are known there as
-    /// present (`present`) or absent.
+    /// present (`present`) or absent. Kept in memory if it cannot be saved.
     pub fn acknowledge(
         &mut self,
         keys: impl IntoIterator<Item = (RuleKey, bool)>,
         generation: u64,
-    ) -> Result<(), JournalError> {
+    ) -> Option<JournalError> {
         for (key, present) in keys {
             if self.state.dirty.get(&key).is_some_and(|g| *g <= generation) {
                 self.state.dirty.remove(&key);
@@ -116,7 +138,7 @@ impl Journal {
                 self.state.known.remove(&key);
             }
         }
-        self.save()
+        self.save().err()
     }
 
     /// A change seen in etcd (a watch event): known from now on, present or not. Saved with
@@ -129,27 +151,52 @@ impl Journal {
         }
     }
 
-    /// After a full reconciliation: etcd's keys and cluster.
+    /// After a full reconciliation: etcd's keys and cluster. Kept in memory if it cannot be
+    /// saved.
     pub fn reset_known(
         &mut self,
         cluster_id: u64,
         known: BTreeSet<RuleKey>,
-    ) -> Result<(), JournalError> {
+    ) -> Option<JournalError> {
         self.state.cluster_id = Some(cluster_id);
         self.state.known = known;
-        self.save()
+        self.save().err()
     }
 
-    pub fn save(&self) -> Result<(), JournalError> {
+    /// The last save's error while the file is older than the state in memory.
+    pub fn unsaved(&self) -> Option<&str> {
+        self.unsaved.as_deref()
+    }
+
+    /// Saves again after a failed save; a no-op otherwise.
+    pub fn flush(&mut self) -> Option<Result<(), JournalError>> {
+        self.unsaved.as_ref()?;
+        Some(self.save())
+    }
+
+    /// Writes the state. A failure is remembered (and logged once per run of failures) so
+    /// that [`Journal::flush`] retries; what it loses in a crash before then is at worst a
+    /// change pushed again or a rule reconciled etcd's way.
+    pub fn save(&mut self) -> Result<(), JournalError> {
         let path = self.dir.join(JOURNAL_FILE);
         let mut bytes = serde_json::to_vec_pretty(&self.state).expect("journal state encodes");
         bytes.push(b'\n');
-        store::write_file_atomically(&self.dir, JOURNAL_FILE, &bytes).map_err(|message| {
-            JournalError::Write {
-                path: path.clone(),
-                message,
+        match store::write_file_atomically(&self.dir, JOURNAL_FILE, &bytes) {
+            Ok(()) => {
+                if self.unsaved.take().is_some() {
+                    info!(file = %path.display(), "the cluster journal can be written again");
+                }
+                Ok(())
             }
-        })
+            Err(message) => {
+                let error = JournalError::Write { path, message };
+                if self.unsaved.is_none() {
+                    warn!(error = %error, "the cluster journal cannot be written; it is kept in memory and written again every poll");
+                }
+                self.unsaved = Some(error.to_string());
+                Err(error)
+            }
+        }
     }
 }
 
@@ -401,15 +448,44 @@ mod tests {
         let mut journal = Journal::open(dir.path()).unwrap();
         let first = journal.mark_dirty([key]).unwrap();
         let second = journal.mark_dirty([key]).unwrap();
-        journal.acknowledge([(key, true)], first).unwrap();
+        assert!(journal.acknowledge([(key, true)], first).is_none());
         assert!(journal.is_dirty(&key), "a newer change is still unsent");
         let reopened = Journal::open(dir.path()).unwrap();
         assert!(reopened.is_dirty(&key));
         assert!(reopened.state().known.contains(&key));
         let mut reopened = reopened;
-        reopened.acknowledge([(key, false)], second).unwrap();
+        assert!(reopened.acknowledge([(key, false)], second).is_none());
         let again = Journal::open(dir.path()).unwrap();
         assert!(!again.is_dirty(&key));
         assert!(!again.state().known.contains(&key));
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_saved_refuses_strict_marks_and_keeps_deferred_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let key = rule("203.0.113.1/32", "n1", None).key();
+        let mut journal = Journal::open(&state_dir).unwrap();
+        // Root ignores permissions; a directory that is gone fails every write.
+        std::fs::remove_dir(&state_dir).unwrap();
+
+        assert!(journal.mark_dirty([key]).is_err());
+        assert!(
+            !journal.is_dirty(&key),
+            "a refused mark leaves nothing marked"
+        );
+        assert!(journal.unsaved().is_some());
+
+        let (generation, failed) = journal.mark_dirty_or_defer([key]);
+        assert!(failed.is_some());
+        assert!(journal.is_dirty(&key), "a deferred mark holds in memory");
+
+        std::fs::create_dir(&state_dir).unwrap();
+        assert!(matches!(journal.flush(), Some(Ok(()))));
+        assert!(journal.unsaved().is_none());
+        assert!(journal.flush().is_none(), "nothing left to save");
+        let reopened = Journal::open(&state_dir).unwrap();
+        assert_eq!(reopened.state().dirty.get(&key), Some(&generation));
     }
 }

@@ -254,6 +254,17 @@ impl Cluster {
         self.journal.mark_dirty(keys)
     }
 
+    /// [`Cluster::will_change`] for changes made whatever the disk does (automatic bans): the
+    /// mark holds in memory if it cannot be saved, and is saved with the next poll's flush.
+    pub fn will_change_or_defer(&mut self, keys: impl IntoIterator<Item = RuleKey>) -> u64 {
+        self.journal.mark_dirty_or_defer(keys).0
+    }
+
+    /// Retries a journal save that failed; called every poll.
+    pub fn flush_journal(&mut self) {
+        let _ = self.journal.flush();
+    }
+
     /// After the change is stored: sends the keys' stored state (present or not) to etcd.
     pub fn changed(
         &mut self,
@@ -303,7 +314,7 @@ impl Cluster {
                     let same = store.get(key).is_some_and(|r| journal::same_rule(r, &rule));
                     if !same {
                         info!(rule = %rule.prefix, action = ?rule.action, node = ?rule.node, "rule from the cluster");
-                        changed |= !store.put_exact(vec![rule])?.is_noop();
+                        changed |= !store.put_exact(vec![rule])?.0.is_noop();
                     }
                 }
                 FromEtcd::RuleDeleted(key) => {
@@ -312,20 +323,20 @@ impl Cluster {
                     }
                     observed = true;
                     self.journal.observe(key, false);
-                    let removed = store.remove(&[key.0], key.1)?;
+                    let (removed, _unsaved) = store.remove_or_defer(&[key.0], key.1);
                     if !removed.is_noop() {
                         info!(rule = %key.0, action = ?key.1, "rule removed by the cluster");
                         changed = true;
                     }
                 }
                 FromEtcd::Pushed { keys, generation } => {
-                    self.journal.acknowledge(keys, generation)?;
+                    let _unsaved = self.journal.acknowledge(keys, generation);
                     observed = false;
                 }
             }
         }
         if observed {
-            self.journal.save()?;
+            let _ = self.journal.save();
         }
         Ok(changed)
     }
@@ -346,7 +357,7 @@ impl Cluster {
         );
         let mut changed = false;
         if !plan.store_here.is_empty() {
-            changed |= !store.put_exact(plan.store_here.clone())?.is_noop();
+            changed |= !store.put_exact(plan.store_here.clone())?.0.is_noop();
         }
         for action in [Action::Block, Action::Allow] {
             let prefixes: Vec<IpNet> = plan
@@ -356,11 +367,12 @@ impl Cluster {
                 .map(|(net, _)| *net)
                 .collect();
             if !prefixes.is_empty() {
-                changed |= !store.remove(&prefixes, action)?.is_noop();
+                changed |= !store.remove_or_defer(&prefixes, action).0.is_noop();
             }
         }
-        self.journal
-            .reset_known(cluster_id, remote.iter().map(StoredRule::key).collect())?;
+        let _unsaved = self
+            .journal
+            .reset_known(cluster_id, remote.iter().map(StoredRule::key).collect());
         let outgoing: Vec<RuleKey> = plan
             .push
             .iter()
@@ -382,11 +394,11 @@ impl Cluster {
             .copied()
             .collect();
         if !fresh.is_empty() {
-            self.journal.mark_dirty(fresh)?;
+            self.journal.mark_dirty_or_defer(fresh);
         }
         let generation = self.journal.state().generation;
         if !plan.settled.is_empty() {
-            self.journal.acknowledge(plan.settled, generation)?;
+            let _unsaved = self.journal.acknowledge(plan.settled, generation);
         }
         if !outgoing.is_empty() {
             self.changed(store, outgoing, generation);
@@ -513,6 +525,7 @@ impl Cluster {
             nodes,
             shared_rules: self.journal.state().known.len(),
             pending_changes: self.journal.state().dirty.len(),
+            journal_error: self.journal.unsaved().map(str::to_string),
             cluster_sources: self.cluster_sources,
             writes: shared.writes,
             bytes_written: shared.bytes_written,

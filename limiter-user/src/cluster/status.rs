@@ -45,6 +45,9 @@ pub struct ClusterStatus {
     pub shared_rules: usize,
     /// Local changes etcd has not taken yet.
     pub pending_changes: usize,
+    /// Why `cluster.json` could not be written (its state waits in memory, retried every poll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_error: Option<String>,
     /// Sources whose cluster-wide rates were computed at the last poll.
     pub cluster_sources: usize,
     /// Writes (puts, transactions, lease grants and keep-alives) and bytes sent since start.

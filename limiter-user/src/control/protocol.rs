@@ -282,6 +282,25 @@ pub struct Status {
     /// With `[cluster]`: this node's place in it, and whether etcd is reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterHealth>,
+    /// Present while the rules file cannot be written (full disk, read-only state directory):
+    /// the kernel keeps enforcing, and the daemon retries every poll. Absent when every rule
+    /// is saved (and from daemons that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<StoreErrorView>,
+}
+
+/// Why the rule store is degraded (`limiter status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreErrorView {
+    /// When the first of the failed writes in a row happened (RFC 3339).
+    pub since: String,
+    /// Failed writes in a row (one per poll while degraded, plus refused requests).
+    pub failures: u64,
+    /// The latest failure.
+    pub error: String,
+    /// Rules in memory and in the kernel that the file does not have yet (automatic bans,
+    /// expiries): written as soon as a write succeeds, lost if the daemon stops first.
+    pub unsaved: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

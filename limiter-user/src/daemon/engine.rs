@@ -11,7 +11,7 @@ use std::{
 
 use ipnet::IpNet;
 use limiter_common::Counter;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cluster::{
@@ -23,12 +23,12 @@ use crate::{
     control::{
         protocol::{
             ErrorKind, RatesView, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList,
-            SortKey, SourceOrder, SourceState, SourceView, Stats, Status, Totals,
+            SortKey, SourceOrder, SourceState, SourceView, Stats, Status, StoreErrorView, Totals,
         },
         query::{self, AddressFilter},
     },
     loader::{AttachMode, Limiter, LoaderError},
-    metrics::{ActiveRules, ByOrigin, Snapshot, Unbans},
+    metrics::{ActiveRules, ByOrigin, Snapshot, StoreTrouble, Unbans},
     policy::{Decision, Metric, NeverBan, Policy, PrefixSet},
     proxy::load::ProxyLoads,
     rates::{Counts, RateTracker, Rates},
@@ -211,8 +211,16 @@ impl Engine {
             self.via.retain(|addr| rates.last_counts(addr).is_some());
         }
 
+        // A degraded store writes what waits in memory, or finds out writes work again.
+        if let Some(Err(e)) = self.store.flush() {
+            debug!(error = %e, "rules still not saved; retrying at the next poll");
+        }
+        if let Some(cluster) = &mut self.cluster {
+            cluster.flush_journal();
+        }
         let mut kernel_stale = self.apply_cluster_changes()?;
-        let expired = self.store.expire(wall)?;
+        // A failed write leaves the expiry unsaved (the store says so and retries).
+        let (expired, _unsaved) = self.store.expire(wall);
         for rule in &expired {
             if rule.action == Action::Block {
                 self.unbans.expired.add(rule.origin, 1);
@@ -322,8 +330,21 @@ impl Engine {
             })
             .collect();
         let keys: Vec<_> = bans.iter().map(StoredRule::key).collect();
-        let generation = self.cluster_will_change(&keys)?;
-        let change = self.store.upsert(bans)?;
+        // Bans the disk cannot take are enforced all the same: they (and their journal marks)
+        // wait in memory, the store is degraded (status, metrics, log) and the next polls
+        // write them.
+        let generation = match &mut self.cluster {
+            Some(cluster) => cluster.will_change_or_defer(keys.iter().copied()),
+            None => 0,
+        };
+        let (change, unsaved) = self.store.upsert_or_defer(bans)?;
+        if let Some(e) = unsaved {
+            warn!(
+                error = %e,
+                bans = change.added.len() + change.updated.len(),
+                "bans enforced but not saved yet; written as soon as the rules file can be"
+            );
+        }
         self.cluster_changed(keys, generation);
         self.bans.add(
             Origin::Auto,
@@ -774,6 +795,13 @@ impl Engine {
             bans: self.bans,
             unbans: self.unbans,
             store_writes: self.store.write_counts(),
+            store_trouble: self.store.trouble().map(|trouble| StoreTrouble {
+                since: trouble
+                    .since
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                unsaved: trouble.unsaved,
+            }),
             attachments: self
                 .interfaces
                 .tracked()
@@ -833,6 +861,12 @@ impl Engine {
                 .map(|(c, v): (Counter, u64)| (c.name().to_owned(), v))
                 .collect::<BTreeMap<_, _>>(),
             cluster: self.cluster.as_ref().map(Cluster::health),
+            store_error: self.store.trouble().map(|trouble| StoreErrorView {
+                since: rfc3339(trouble.since),
+                failures: trouble.failures,
+                error: trouble.error.clone(),
+                unsaved: trouble.unsaved,
+            }),
         })
     }
 }

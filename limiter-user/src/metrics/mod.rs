@@ -21,7 +21,8 @@ use prometheus_client::{
 
 use self::snapshot::Latest;
 pub use self::snapshot::{
-    ActiveRules, ByOrigin, ClusterMetrics, InterfaceMetric, ProxyRelayed, Snapshot, Unbans,
+    ActiveRules, ByOrigin, ClusterMetrics, InterfaceMetric, ProxyRelayed, Snapshot, StoreTrouble,
+    Unbans,
 };
 
 /// Every metric's name begins with this and `_`.

@@ -97,6 +97,15 @@ pub struct ClusterMetrics {
     pub bytes_written: u64,
 }
 
+/// A degraded rule store: its last write failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreTrouble {
+    /// Unix time of the first failed write in a row.
+    pub since: u64,
+    /// Rules in memory and in the kernel wait to be written.
+    pub unsaved: bool,
+}
+
 /// The daemon's state after one poll.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -113,6 +122,8 @@ pub struct Snapshot {
     pub bans: ByOrigin,
     pub unbans: Unbans,
     pub store_writes: WriteCounts,
+    /// `Some` while the rules file cannot be written.
+    pub store_trouble: Option<StoreTrouble>,
     /// Every configured interface, attached or not.
     pub attachments: Vec<InterfaceMetric>,
     /// One per `trusted_proxies` entry, in the configuration's order.
@@ -358,6 +369,26 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
         "rule_store_write_failures",
         "Writes of the rules file that failed (rules not saved, or maybe not durable).",
         s.store_writes.failures,
+    )?;
+    gauge(
+        encoder,
+        "rule_store_degraded",
+        "1 while the rules file cannot be written (full disk, read-only state directory): the \
+         kernel keeps enforcing, the daemon retries every poll; 0 once a write succeeds.",
+        u64::from(s.store_trouble.is_some()),
+    )?;
+    gauge(
+        encoder,
+        "rule_store_degraded_since_seconds",
+        "Unix time of the first failed write while the rule store is degraded; 0 when it is not.",
+        s.store_trouble.map_or(0, |t| t.since),
+    )?;
+    gauge(
+        encoder,
+        "rule_store_unsaved",
+        "1 while rules in force (automatic bans, expiries) are only in memory and the kernel, \
+         waiting for the rules file to be writable; a restart then would lose them.",
+        u64::from(s.store_trouble.is_some_and(|t| t.unsaved)),
     )?;
 
     if !s.proxies.is_empty() {

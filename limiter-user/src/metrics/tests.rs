@@ -55,6 +55,10 @@ fn under_attack() -> Snapshot {
             attempts: 9,
             failures: 1,
         },
+        store_trouble: Some(StoreTrouble {
+            since: 1_796_371_100,
+            unsaved: true,
+        }),
         attachments: vec![
             InterfaceMetric {
                 name: "veth-attack".into(),
@@ -158,6 +162,12 @@ fn a_snapshot_becomes_the_documented_series() {
         ),
         ("glance_limiter_rule_store_writes_total", 9.0),
         ("glance_limiter_rule_store_write_failures_total", 1.0),
+        ("glance_limiter_rule_store_degraded", 1.0),
+        (
+            "glance_limiter_rule_store_degraded_since_seconds",
+            1_796_371_100.0,
+        ),
+        ("glance_limiter_rule_store_unsaved", 1.0),
         (
             "glance_limiter_interface_attached{interface=\"veth-attack\",mode=\"native\"}",
             1.0,

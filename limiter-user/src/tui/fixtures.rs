@@ -121,6 +121,7 @@ fn status(step: u64, rules: &[StoredRule], tracked: usize) -> Status {
         },
         counters,
         cluster: None,
+        store_error: None,
     }
 }
 

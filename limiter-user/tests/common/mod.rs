@@ -171,6 +171,7 @@ pub fn canned(request: &Request) -> ResponseLine {
             },
             counters: [("drop_blocked".to_string(), 42)].into(),
             cluster: None,
+            store_error: None,
         }),
         Request::ClusterStatus => Reply::Cluster(cluster_status()),
     };
@@ -207,6 +208,7 @@ pub fn cluster_status() -> ClusterStatus {
         nodes: vec![node("glance-1", true), node("glance-2", false)],
         shared_rules: 2,
         pending_changes: 0,
+        journal_error: None,
         cluster_sources: 1,
         writes: 120,
         bytes_written: 48_000,
