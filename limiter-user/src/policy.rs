@@ -423,14 +423,17 @@ impl Policy {
         let now_ms = millis(now);
         self.forget_offences_before(now_ms.saturating_sub(millis(self.config.offence_memory)));
 
+        // Thresholds first: they are arithmetic on the rates, while the set lookups hash the
+        // address once per prefix length, and few of a million sources reach a threshold.
         let mut offenders: Vec<Offender> = rates
             .into_iter()
-            .map(|(addr, rates)| (addr.to_canonical(), rates))
-            .filter(|(addr, _)| !never_ban.contains(*addr) && !current_bans.covers_addr(*addr))
             .filter_map(|(addr, rates)| {
-                self.worst_violation(&rates)
-                    .map(|violation| Offender { addr, violation })
+                self.worst_violation(&rates).map(|violation| Offender {
+                    addr: addr.to_canonical(),
+                    violation,
+                })
             })
+            .filter(|o| !never_ban.contains(o.addr) && !current_bans.covers_addr(o.addr))
             .collect();
         offenders.sort_by_key(|offender| offender.addr);
         offenders.dedup_by_key(|offender| offender.addr);
@@ -472,6 +475,12 @@ impl Policy {
     /// Hosts and prefixes with offences remembered.
     pub fn history_len(&self) -> usize {
         self.hosts.len() + self.prefixes.len()
+    }
+
+    /// Whether `rates` reach one of the thresholds: a source that does not can be left out
+    /// of [`Policy::evaluate`] (it would decide nothing about it).
+    pub fn reaches_a_threshold(&self, rates: &Rates) -> bool {
+        self.worst_violation(rates).is_some()
     }
 
     fn worst_violation(&self, rates: &Rates) -> Option<Violation> {

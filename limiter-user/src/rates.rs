@@ -48,16 +48,27 @@
 //! enough to be evicted.
 //!
 //! # Memory
-//! Each tracked source takes [`SOURCE_ENTRY_BYTES`] (504) bytes of table entry: 56 for the
-//! last counters, 48 for bookkeeping, 376 for the four rings (`u32` buckets), 24 for the key.
-//! The hash table adds one control byte per slot and, right after it grows, up to as many empty
-//! slots as full ones. A source is forgotten once it is missing from the latest poll and has
-//! been idle longer than the longest window (one hour); a source still listed by the kernel is
-//! kept, because forgetting it would make its lifetime totals look new when it is next seen.
-//! Beyond `max_sources`, sources missing from the latest poll are forgotten, longest idle
-//! first, so the table stays within `max(max_sources, sources in the latest poll)` rows.
+//! A million tracked sources must fit in a few hundred megabytes (issue 12: ≤ 250 bytes a
+//! source, the poll's peak included). Each source is one [`SOURCE_SLOT_BYTES`] (160) byte slot
+//! in a dense vector: its address (16), the last counters (48), bookkeeping (48) and the 10 s
+//! connection ring (40), plus a pointer to its write rings. The three write rings (a minute of
+//! creates and of other writes, an hour of creates: 336 bytes) are allocated only for a source
+//! that has written, and freed once they are empty again, so a SYN flood from a million spoofed
+//! addresses costs no write rings at all. An index maps each address to its slot (20 bytes an
+//! entry, at most twice as many entries as sources right after it grows). The slots grow by
+//! doubling, but only the pages in use are resident.
+//!
+//! A source is forgotten once it is missing from the latest poll and has been idle longer than
+//! the longest window (one hour); a source still listed by the kernel is kept, because
+//! forgetting it would make its lifetime totals look new when it is next seen. Beyond
+//! `max_sources`, sources missing from the latest poll are forgotten, longest idle first, so the
+//! tracker stays within `max(max_sources, sources in the latest poll)` sources.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
 
 use limiter_common::SourceStats;
 
@@ -68,8 +79,12 @@ pub const MINUTE_WINDOW: Duration = Duration::from_secs(60);
 /// The window of the per-hour counts; also how long an idle, departed source is remembered.
 pub const HOUR_WINDOW: Duration = Duration::from_secs(3600);
 
-/// Bytes of one tracked source in the tracker's table (key and value, no table overhead).
-pub const SOURCE_ENTRY_BYTES: usize = std::mem::size_of::<(IpAddr, SourceWindow)>();
+/// Bytes of one tracked source's slot (its index entry and write rings not included).
+pub const SOURCE_SLOT_BYTES: usize = std::mem::size_of::<SourceWindow>();
+/// Bytes of one source's write rings, allocated only while it has writes in a window.
+pub const WRITE_RINGS_BYTES: usize = std::mem::size_of::<WriteRings>();
+/// Bytes of one index entry (address → slot), before the hash table's slack.
+pub const INDEX_ENTRY_BYTES: usize = std::mem::size_of::<(AddrKey, u32)>();
 
 /// One source's cumulative counters as read from the kernel table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -138,6 +153,46 @@ impl Counts {
     }
 }
 
+/// The cumulative counters a slot keeps from one poll to the next ([`Counts`] without the
+/// per-poll flag).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Totals([u64; 6]);
+
+impl From<Counts> for Totals {
+    fn from(counts: Counts) -> Self {
+        Totals(counts.fields())
+    }
+}
+
+impl From<Totals> for Counts {
+    fn from(Totals([syns, image_create, other_write, read, packets, bytes]): Totals) -> Self {
+        Counts {
+            syns,
+            image_create,
+            other_write,
+            read,
+            packets,
+            bytes,
+            row_predates_last_poll: false,
+        }
+    }
+}
+
+/// An address as the index keys it: IPv4 as its IPv4-mapped IPv6 form, so that one key type
+/// (16 bytes, alignment 1) serves both families.
+type AddrKey = [u8; 16];
+
+fn addr_key(addr: IpAddr) -> AddrKey {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn key_addr(key: AddrKey) -> IpAddr {
+    Ipv6Addr::from(key).to_canonical()
+}
+
 /// One source's activity as of the tracker's latest poll.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Rates {
@@ -183,7 +238,10 @@ pub struct ObserveSummary {
 /// Sliding-window counts for every source the kernel reports.
 #[derive(Clone, Debug)]
 pub struct RateTracker {
-    sources: HashMap<IpAddr, SourceWindow>,
+    /// Every tracked source, densely: removal moves the last slot into the hole.
+    slots: Vec<SourceWindow>,
+    /// Address → position in `slots`.
+    index: HashMap<AddrKey, u32>,
     max_sources: usize,
     /// Time of the latest poll, in milliseconds on the caller's clock.
     now_ms: u64,
@@ -202,7 +260,8 @@ impl RateTracker {
     /// kernel table are ever forgotten early.
     pub fn new(max_sources: usize) -> Self {
         RateTracker {
-            sources: HashMap::new(),
+            slots: Vec::new(),
+            index: HashMap::new(),
             max_sources,
             now_ms: 0,
             polls: 0,
@@ -219,40 +278,69 @@ impl RateTracker {
         now: Duration,
         sources: impl IntoIterator<Item = (IpAddr, Counts)>,
     ) -> ObserveSummary {
+        let mut poll = self.begin_poll(now);
+        for (addr, counts) in sources {
+            let _ = self.observe_source(&mut poll, addr, counts);
+        }
+        self.end_poll(poll)
+    }
+
+    /// [`RateTracker::observe`] in steps, for a caller that reads the sources a chunk at a
+    /// time and does not hold them all: `begin_poll`, then [`RateTracker::observe_source`] for
+    /// each, then [`RateTracker::end_poll`]. Until `end_poll`, the figures of sources not yet
+    /// observed in this poll are those of the previous one.
+    pub fn begin_poll(&mut self, now: Duration) -> Poll {
         let now_ms = millis(now).max(self.now_ms);
         let is_baseline = !std::mem::replace(&mut self.baseline_taken, true);
         self.previous_poll_ms = self.now_ms;
         self.now_ms = now_ms;
         self.polls = self.polls.wrapping_add(1);
-        let poll = self.polls;
-        let previous_poll_ms = self.previous_poll_ms;
+        Poll {
+            is_baseline,
+            summary: ObserveSummary::default(),
+        }
+    }
 
-        let mut summary = ObserveSummary::default();
-        for (addr, counts) in sources {
-            let addr = addr.to_canonical();
-            match self.sources.get_mut(&addr) {
-                Some(window) => {
-                    let increase = match counts.increase_since(&window.last) {
-                        Some(increase) => increase,
-                        None => {
-                            summary.resets += 1;
-                            counts
-                        }
-                    };
-                    let since_ms = window.listed_at_ms;
-                    window.record(increase, since_ms, now_ms, poll);
-                    window.last = counts;
-                }
-                None => {
-                    summary.new_sources += 1;
-                    let mut window = SourceWindow::new(counts, now_ms, poll);
-                    if !is_baseline && !counts.row_predates_last_poll {
-                        window.record(counts, previous_poll_ms, now_ms, poll);
+    /// One source's cumulative counters in the poll `poll` began; returns its figures as of
+    /// this poll (while its slot is at hand: a caller that needs them saves a lookup).
+    pub fn observe_source(&mut self, poll: &mut Poll, addr: IpAddr, counts: Counts) -> Rates {
+        let (now_ms, poll_number) = (self.now_ms, self.polls);
+        let key = addr_key(addr);
+        match self.index.get(&key) {
+            Some(&slot) => {
+                let window = &mut self.slots[slot as usize];
+                let last = Counts::from(window.last);
+                let increase = match counts.increase_since(&last) {
+                    Some(increase) => increase,
+                    None => {
+                        poll.summary.resets += 1;
+                        counts
                     }
-                    self.sources.insert(addr, window);
+                };
+                let since_ms = window.listed_at_ms;
+                window.record(increase, since_ms, now_ms, poll_number);
+                window.last = Totals::from(counts);
+                window.rates(now_ms, poll_number)
+            }
+            None => {
+                poll.summary.new_sources += 1;
+                let mut window = SourceWindow::new(key, counts, now_ms, poll_number);
+                if !poll.is_baseline && !counts.row_predates_last_poll {
+                    window.record(counts, self.previous_poll_ms, now_ms, poll_number);
                 }
+                let rates = window.rates(now_ms, poll_number);
+                let slot = u32::try_from(self.slots.len())
+                    .expect("fewer than 2^32 sources: the kernel table holds at most 2^24");
+                self.slots.push(window);
+                self.index.insert(key, slot);
+                rates
             }
         }
+    }
+
+    /// Ends the poll: forgets what has been idle too long or is over capacity.
+    pub fn end_poll(&mut self, poll: Poll) -> ObserveSummary {
+        let mut summary = poll.summary;
         summary.forgotten_idle = self.forget_idle();
         summary.forgotten_over_capacity = self.forget_over_capacity();
         summary
@@ -260,32 +348,34 @@ impl RateTracker {
 
     /// The source's figures as of the latest poll, if it is tracked.
     pub fn rates(&self, addr: IpAddr) -> Option<Rates> {
-        self.sources
-            .get(&addr.to_canonical())
+        self.window(addr)
             .map(|window| window.rates(self.now_ms, self.polls))
+    }
+
+    fn window(&self, addr: IpAddr) -> Option<&SourceWindow> {
+        let slot = *self.index.get(&addr_key(addr))?;
+        Some(&self.slots[slot as usize])
     }
 
     /// The source's cumulative counters as of the last poll that saw them change (or first
     /// listed it): lifetime totals for display, without keeping a copy of the kernel table.
     pub fn last_counts(&self, addr: IpAddr) -> Option<Counts> {
-        self.sources
-            .get(&addr.to_canonical())
-            .map(|window| window.last)
+        self.window(addr).map(|window| window.last.into())
     }
 
     /// Every tracked source with its figures, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (IpAddr, Rates)> + '_ {
-        self.sources
+        self.slots
             .iter()
-            .map(|(addr, window)| (*addr, window.rates(self.now_ms, self.polls)))
+            .map(|window| (key_addr(window.key), window.rates(self.now_ms, self.polls)))
     }
 
     pub fn len(&self) -> usize {
-        self.sources.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
+        self.slots.is_empty()
     }
 
     /// The time of the latest poll.
@@ -294,41 +384,80 @@ impl RateTracker {
     }
 
     fn forget_idle(&mut self) -> usize {
-        let before = self.sources.len();
         let (now_ms, poll) = (self.now_ms, self.polls);
-        self.sources
-            .retain(|_, window| window.listed_in_poll == poll || !window.idle_for_an_hour(now_ms));
-        before - self.sources.len()
+        self.forget(|window| window.listed_in_poll != poll && window.idle_for_an_hour(now_ms))
     }
 
     /// Beyond `max_sources`, forgets departed sources, longest idle first, down to 7/8 of the
     /// bound so that the sort is not repeated every poll under churn.
     fn forget_over_capacity(&mut self) -> usize {
-        if self.sources.len() <= self.max_sources {
+        if self.slots.len() <= self.max_sources {
             return 0;
         }
         let poll = self.polls;
-        let mut departed: Vec<(u32, IpAddr)> = self
-            .sources
+        let mut departed: Vec<u32> = self
+            .slots
             .iter()
-            .filter(|(_, window)| window.listed_in_poll != poll)
-            .map(|(addr, window)| (window.last_active_sec, *addr))
+            .filter(|window| window.listed_in_poll != poll)
+            .map(|window| window.last_active_sec)
             .collect();
-        departed.sort_unstable();
         let target = self.max_sources - self.max_sources / 8;
-        let excess = self.sources.len().saturating_sub(target);
-        for (_, addr) in departed.iter().take(excess) {
-            self.sources.remove(addr);
+        let excess = self.slots.len().saturating_sub(target).min(departed.len());
+        if excess == 0 {
+            return 0;
         }
-        excess.min(departed.len())
+        // The idle time at which `excess` departed sources go: all idle longer, and as many
+        // idle exactly that long as are still needed.
+        let (_, &mut cutoff, _) = departed.select_nth_unstable(excess - 1);
+        let mut at_cutoff = excess - departed.iter().filter(|&&sec| sec < cutoff).count();
+        self.forget(|window| {
+            if window.listed_in_poll == poll || window.last_active_sec > cutoff {
+                return false;
+            }
+            if window.last_active_sec < cutoff {
+                return true;
+            }
+            let take = at_cutoff > 0;
+            at_cutoff = at_cutoff.saturating_sub(1);
+            take
+        })
     }
+
+    /// Removes the sources `forgotten` picks (in one pass, keeping the slots dense) and returns
+    /// how many.
+    fn forget(&mut self, mut forgotten: impl FnMut(&SourceWindow) -> bool) -> usize {
+        let before = self.slots.len();
+        let mut kept = 0usize;
+        for position in 0..before {
+            if forgotten(&self.slots[position]) {
+                self.index.remove(&self.slots[position].key);
+                continue;
+            }
+            if kept != position {
+                self.slots.swap(kept, position);
+                let moved = self.slots[kept].key;
+                *self.index.get_mut(&moved).expect("every slot is indexed") = kept as u32;
+            }
+            kept += 1;
+        }
+        self.slots.truncate(kept);
+        before - kept
+    }
+}
+
+/// A poll in progress: see [`RateTracker::begin_poll`].
+#[derive(Debug)]
+pub struct Poll {
+    is_baseline: bool,
+    summary: ObserveSummary,
 }
 
 /// One source's history. Kept small: the tracker may hold a million of these.
 #[derive(Clone, Debug)]
 struct SourceWindow {
+    key: AddrKey,
     /// Cumulative counters at the last poll that listed the source.
-    last: Counts,
+    last: Totals,
     /// When the source was last listed.
     listed_at_ms: u64,
     /// When the rings were last advanced: the last poll with an increase. Idle polls leave
@@ -340,9 +469,30 @@ struct SourceWindow {
     /// When a counter last went up, in whole seconds.
     last_active_sec: u32,
     syns: Ring<10, 1>,
+    /// `None` while every write ring is empty (most sources never write).
+    writes: Option<Box<WriteRings>>,
+}
+
+/// A source's write windows, allocated on its first write.
+#[derive(Clone, Debug, Default)]
+struct WriteRings {
     image_creates_minute: Ring<12, 5>,
     other_writes_minute: Ring<12, 5>,
     image_creates_hour: Ring<60, 60>,
+}
+
+impl WriteRings {
+    fn advance(&mut self, from_ms: u64, to_ms: u64) {
+        self.image_creates_minute.advance(from_ms, to_ms);
+        self.other_writes_minute.advance(from_ms, to_ms);
+        self.image_creates_hour.advance(from_ms, to_ms);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.image_creates_minute.is_empty()
+            && self.other_writes_minute.is_empty()
+            && self.image_creates_hour.is_empty()
+    }
 }
 
 /// The display-only figures of the last interval.
@@ -356,18 +506,17 @@ struct IntervalIncrease {
 }
 
 impl SourceWindow {
-    fn new(counts: Counts, now_ms: u64, poll: u32) -> Self {
+    fn new(key: AddrKey, counts: Counts, now_ms: u64, poll: u32) -> Self {
         SourceWindow {
-            last: counts,
+            key,
+            last: Totals::from(counts),
             listed_at_ms: now_ms,
             rings_at_ms: now_ms,
             last_interval: IntervalIncrease::default(),
             listed_in_poll: poll,
             last_active_sec: seconds(now_ms),
             syns: Ring::default(),
-            image_creates_minute: Ring::default(),
-            other_writes_minute: Ring::default(),
-            image_creates_hour: Ring::default(),
+            writes: None,
         }
     }
 
@@ -377,17 +526,26 @@ impl SourceWindow {
         if windowed != 0 {
             let advanced_from = self.rings_at_ms;
             self.syns.advance(advanced_from, now_ms);
-            self.image_creates_minute.advance(advanced_from, now_ms);
-            self.other_writes_minute.advance(advanced_from, now_ms);
-            self.image_creates_hour.advance(advanced_from, now_ms);
-
             self.syns.spread(increase.syns, since_ms, now_ms);
-            self.image_creates_minute
-                .spread(increase.image_create, since_ms, now_ms);
-            self.other_writes_minute
-                .spread(increase.other_write, since_ms, now_ms);
-            self.image_creates_hour
-                .spread(increase.image_create, since_ms, now_ms);
+            let wrote = increase.image_create | increase.other_write != 0;
+            if wrote && self.writes.is_none() {
+                self.writes = Some(Box::default());
+            }
+            if let Some(writes) = &mut self.writes {
+                writes.advance(advanced_from, now_ms);
+                writes
+                    .image_creates_minute
+                    .spread(increase.image_create, since_ms, now_ms);
+                writes
+                    .other_writes_minute
+                    .spread(increase.other_write, since_ms, now_ms);
+                writes
+                    .image_creates_hour
+                    .spread(increase.image_create, since_ms, now_ms);
+                if writes.is_empty() {
+                    self.writes = None;
+                }
+            }
             self.rings_at_ms = now_ms;
         }
 
@@ -420,12 +578,19 @@ impl SourceWindow {
             }
         };
         let advanced_to = self.rings_at_ms;
+        let write_sum = |sum: fn(&WriteRings, u64, u64) -> u64| {
+            self.writes
+                .as_deref()
+                .map_or(0, |writes| sum(writes, advanced_to, now_ms))
+        };
         Rates {
             new_connections_in_window: self.syns.sum(advanced_to, now_ms),
             new_connections_per_second_last_interval: per_second(self.last_interval.syns.into()),
-            image_creates_last_minute: self.image_creates_minute.sum(advanced_to, now_ms),
-            image_creates_last_hour: self.image_creates_hour.sum(advanced_to, now_ms),
-            other_writes_last_minute: self.other_writes_minute.sum(advanced_to, now_ms),
+            image_creates_last_minute: write_sum(|w, from, to| {
+                w.image_creates_minute.sum(from, to)
+            }),
+            image_creates_last_hour: write_sum(|w, from, to| w.image_creates_hour.sum(from, to)),
+            other_writes_last_minute: write_sum(|w, from, to| w.other_writes_minute.sum(from, to)),
             reads_per_second: per_second(self.last_interval.reads.into()),
             packets_per_second: per_second(self.last_interval.packets.into()),
             bytes_per_second: per_second(self.last_interval.bytes),
@@ -498,6 +663,10 @@ impl<const BUCKETS: usize, const BUCKET_SECS: u64> Ring<BUCKETS, BUCKET_SECS> {
                 self.add(bucket, share_until(end) - share_until(start));
             }
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counts.iter().all(|&count| count == 0)
     }
 
     fn add(&mut self, bucket: u64, amount: u64) {
@@ -574,12 +743,65 @@ mod tests {
 
     #[test]
     fn a_source_fits_the_memory_budget_for_a_million_sources() {
-        assert_eq!(std::mem::size_of::<SourceWindow>(), 480);
-        assert_eq!(SOURCE_ENTRY_BYTES, 504);
-        // At most 512 bytes a source, so a million tracked sources take under 512 MB of
-        // entries (plus the hash table's slack, see the module docs).
-        const { assert!(SOURCE_ENTRY_BYTES <= 512) };
-        const { assert!(SOURCE_ENTRY_BYTES * 1_000_000 <= 512_000_000) };
+        assert_eq!(SOURCE_SLOT_BYTES, 160);
+        assert_eq!(INDEX_ENTRY_BYTES, 20);
+        assert_eq!(WRITE_RINGS_BYTES, 336);
+        // The budget is 250 bytes a source: the slot, plus an index entry and its control
+        // byte in a table at most half full.
+        const { assert!(SOURCE_SLOT_BYTES + 2 * (INDEX_ENTRY_BYTES + 1) <= 250) };
+    }
+
+    #[test]
+    fn write_rings_exist_only_while_a_window_holds_writes() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(1), []);
+        tracker.observe(secs(2), [(A, syns(50)), (B, creates(3))]);
+        let writes = |addr| tracker.window(addr).unwrap().writes.is_some();
+        assert!(!writes(A), "SYNs alone need no write rings");
+        assert!(writes(B));
+        // An hour and more later, a SYN advances the rings: the creates have left every
+        // window, and the rings go.
+        let b_later = Counts {
+            syns: 1,
+            ..creates(3)
+        };
+        tracker.observe(secs(3700), [(B, b_later)]);
+        assert!(tracker.window(B).unwrap().writes.is_none());
+        assert_eq!(tracker.rates(B).unwrap().image_creates_last_hour, 0);
+    }
+
+    #[test]
+    fn forgetting_keeps_every_other_source_findable() {
+        let mut tracker = RateTracker::new(4);
+        tracker.observe(secs(1), []);
+        let addr = |i: u8| IpAddr::V4(Ipv4Addr::new(203, 0, 113, i));
+        // Ten sources, each active at its own second, then gone from the table.
+        let mut forgotten = 0;
+        for i in 0..10u8 {
+            let summary =
+                tracker.observe(secs(2 + u64::from(i)), [(addr(i), syns(u64::from(i) + 1))]);
+            forgotten += summary.forgotten_over_capacity;
+        }
+        // Over capacity (4): the longest idle go first, down to 7/8 of the bound.
+        forgotten += tracker
+            .observe(secs(20), [(addr(9), syns(10))])
+            .forgotten_over_capacity;
+        assert_eq!(forgotten + tracker.len(), 10);
+        assert!(tracker.len() <= 4, "{}", tracker.len());
+        for i in 0..10u8 {
+            let tracked = tracker.rates(addr(i)).is_some();
+            let expected = tracker.iter().any(|(a, _)| a == addr(i));
+            assert_eq!(tracked, expected, "{i}");
+        }
+        assert!(
+            tracker.rates(addr(9)).is_some(),
+            "the source still listed stays"
+        );
+        assert!(
+            tracker.rates(addr(8)).is_some(),
+            "the most recently active departed stays"
+        );
+        assert!(tracker.rates(addr(0)).is_none(), "the longest idle goes");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::{
     loader::{AttachMode, Limiter, LoaderError},
     metrics::{ActiveRules, ByOrigin, Snapshot, StoreTrouble, Unbans},
     policy::{Decision, Metric, NeverBan, Policy, PrefixSet},
-    proxy::load::ProxyLoads,
+    proxy::load::{ProxyLoads, ProxyRow},
     rates::{Counts, RateTracker, Rates},
     rules::{self, Action, KernelRule, Scope},
     store::{Change, Origin, RuleStore, StoreError, StoredRule},
@@ -183,29 +183,41 @@ impl Engine {
         }
 
         let poll_jiffies = self.limiter.clock()?.jiffies;
-        let rows = self.limiter.sources_batched()?;
         let previous = self.previous_poll_jiffies.replace(poll_jiffies);
-        // One pass over the table (a million rows is some 140 MB to walk): the rows active
-        // since the previous poll go to the rate tracker and the via table, the proxies' rows
-        // to their loads.
-        let mut active: Vec<(IpAddr, Counts)> = Vec::new();
-        let mut proxy_rows = Vec::new();
-        for row in &rows {
-            if proxied::is_proxy_row(row) {
-                proxy_rows.push(proxied::proxy_row(row, previous));
+        // One pass over the table, a chunk at a time as the kernel hands it over (a million
+        // rows are some 140 MB, never held at once): the rows active since the previous poll
+        // go to the rate tracker and the via table, the proxies' rows to their loads.
+        // Only the sources whose rates reach a threshold are kept for the policy, which
+        // decides nothing about the others: a first poll of a million active sources holds no
+        // million of anything beyond the tracker.
+        let mut poll = self.rates.begin_poll(now);
+        let mut reaching: Vec<(IpAddr, Rates)> = Vec::new();
+        let mut proxy_rows: HashMap<IpAddr, ProxyRow> = HashMap::new();
+        let mut rows_read = 0usize;
+        let (rates, via, policy) = (&mut self.rates, &mut self.via, &self.policy);
+        self.limiter.for_each_source(|row| {
+            rows_read += 1;
+            // A row read twice (where two parts of the read meet) is the later reading.
+            if proxied::is_proxy_row(&row) {
+                proxy_rows.insert(row.addr, proxied::proxy_row(&row, previous));
             }
             if previous.is_some_and(|p| row.stats.last_seen < p) {
-                continue;
+                return;
             }
-            self.via.observe(row);
+            via.observe(&row);
             let counts = Counts {
                 row_predates_last_poll: previous.is_some_and(|p| row.stats.first_seen < p),
                 ..Counts::from(&row.stats)
             };
-            active.push((row.addr, counts));
-        }
-        self.proxy_loads.observe(now, proxy_rows);
-        let observed = self.rates.observe(now, active.iter().copied());
+            let figures = rates.observe_source(&mut poll, row.addr, counts);
+            if policy.reaches_a_threshold(&figures) {
+                reaching.push((row.addr, figures));
+            }
+        })?;
+        // A source read twice: its later figures (the policy takes the first of an address).
+        reaching.reverse();
+        self.proxy_loads.observe(now, proxy_rows.into_values());
+        let observed = self.rates.end_poll(poll);
         if observed.forgotten_idle + observed.forgotten_over_capacity > 0 && !self.via.is_empty() {
             let rates = &self.rates;
             self.via.retain(|addr| rates.last_counts(addr).is_some());
@@ -244,20 +256,18 @@ impl Engine {
             .map(Cluster::peers)
             .unwrap_or_default();
         let cluster_rates = self.cluster_rates(&peers);
-        let decisions = if active.is_empty() && cluster_rates.is_empty() {
+        let decisions = if reaching.is_empty() && cluster_rates.is_empty() {
             Vec::new()
         } else {
-            let mut active_rates: Vec<(IpAddr, Rates)> = active
+            // The cluster-wide figure replaces this node's for the sources it covers (it is
+            // never lower: it adds the other nodes' counts to this node's).
+            let covered: std::collections::HashSet<IpAddr> =
+                cluster_rates.iter().map(|(addr, _)| *addr).collect();
+            let active_rates = reaching
                 .iter()
-                .filter_map(|(addr, _)| self.rates.rates(*addr).map(|r| (*addr, r)))
-                .collect();
-            if !cluster_rates.is_empty() {
-                // The cluster-wide figure replaces this node's for the sources it covers.
-                let covered: std::collections::HashSet<IpAddr> =
-                    cluster_rates.iter().map(|(addr, _)| *addr).collect();
-                active_rates.retain(|(addr, _)| !covered.contains(addr));
-                active_rates.extend(cluster_rates.iter().copied());
-            }
+                .filter(|(addr, _)| covered.is_empty() || !covered.contains(addr))
+                .copied()
+                .chain(cluster_rates.iter().copied());
             let mut in_force = self.active_blocks(wall);
             in_force.extend(self.would_ban.iter().map(|(net, _)| *net));
             let mut decisions =
@@ -278,7 +288,6 @@ impl Engine {
         }
         self.publish_summary(&peers, cluster_rates.len());
         self.last_poll = started.elapsed();
-        let rows_read = rows.len();
         self.last_rows = rows_read;
         Ok(TickReport {
             rows: rows_read,

@@ -78,6 +78,53 @@ pub fn lookup_all<K: Pod + Send, V: Pod + Send, T>(
     chunk: u32,
     convert: impl Fn(K, V) -> T,
 ) -> Result<Vec<T>, BatchError> {
+    let (call, max_entries) = checked::<K, V>(map, name)?;
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    read_all(
+        &call,
+        chunk,
+        max_entries,
+        parallel_parts(max_entries, cpus),
+        &PARALLEL_OFF,
+        convert,
+    )
+    .map_err(|source| BatchError::Lookup { map: name, source })
+}
+
+/// Every `(key, value)` of the hash or LRU hash map `map`, handed to `each` a syscall's worth
+/// at a time on the calling thread while the next ones are read: memory stays at a few chunks
+/// whatever the table's size. The price of not holding the whole table: where two parts of a
+/// parallel read meet, and when a parallel read fails and the map is read again by one thread,
+/// an entry can be handed over twice (with values read at two instants), so `each` must
+/// tolerate that (keep the later, say). Types as [`lookup_all`].
+pub fn lookup_each<K: Pod + Send, V: Pod + Send>(
+    map: &MapData,
+    name: &'static str,
+    chunk: u32,
+    each: impl FnMut(&[K], &[V]),
+) -> Result<(), BatchError> {
+    let (call, max_entries) = checked::<K, V>(map, name)?;
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    stream_all(
+        &call,
+        chunk,
+        max_entries,
+        parallel_parts(max_entries, cpus),
+        &PARALLEL_OFF,
+        each,
+    )
+    .map_err(|source| BatchError::Lookup { map: name, source })
+}
+
+/// One switch for the process: a kernel that refuses start tokens refuses them every time.
+static PARALLEL_OFF: AtomicBool = AtomicBool::new(false);
+
+/// The batch syscall on `map` and its `max_entries`, once the map is a hash map whose key and
+/// value sizes are exactly `K`'s and `V`'s.
+fn checked<'map, K: Pod, V: Pod>(
+    map: &'map MapData,
+    name: &'static str,
+) -> Result<(Syscall<'map>, u32), BatchError> {
     let info = map
         .info()
         .map_err(|source| BatchError::Info { map: name, source })?;
@@ -106,19 +153,7 @@ pub fn lookup_all<K: Pod + Send, V: Pod + Send, T>(
     let call = Syscall {
         fd: map.fd().as_fd(),
     };
-    let max_entries = info.max_entries();
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    // One switch for the process: a kernel that refuses start tokens refuses them every time.
-    static PARALLEL_OFF: AtomicBool = AtomicBool::new(false);
-    read_all(
-        &call,
-        chunk,
-        max_entries,
-        parallel_parts(max_entries, cpus),
-        &PARALLEL_OFF,
-        convert,
-    )
-    .map_err(|source| BatchError::Lookup { map: name, source })
+    Ok((call, info.max_entries()))
 }
 
 /// The `batch` member of the kernel's `union bpf_attr`, used by the `BPF_MAP_*_BATCH`
@@ -251,7 +286,7 @@ fn read_all<K: Pod + Send, V: Pod + Send, T>(
             }
         }
     }
-    let part = read_part::<K, V>(call, chunk, max_entries, None, None)?;
+    let part = read_part::<K, V>(call, chunk, max_entries, None, None, None)?;
     Ok(part
         .keys
         .into_iter()
@@ -268,7 +303,7 @@ fn read_batches<K: Pod, V: Pod>(
     chunk: u32,
     max_entries: u32,
 ) -> io::Result<(Vec<K>, Vec<V>)> {
-    let part = read_part(call, chunk, max_entries, None, None)?;
+    let part = read_part(call, chunk, max_entries, None, None, None)?;
     Ok((part.keys, part.values))
 }
 
@@ -300,12 +335,16 @@ impl<K, V> Part<K, V> {
 /// Reads from bucket `start` (from the beginning if `None`) until the kernel says the map is
 /// done or, with `stop`, until the resume token reaches bucket `stop`. Tokens are interpreted
 /// as bucket indexes only with a `stop`; without one this is the plain whole-map read.
+///
+/// With a `sink`, each call's entries go to it as they arrive instead of accumulating in the
+/// part (whose `calls` and `settled` then mean nothing).
 fn read_part<K: Pod, V: Pod>(
     call: &impl BatchCall,
     chunk: u32,
     max_entries: u32,
     start: Option<u32>,
     stop: Option<(u64, &AtomicBool)>,
+    mut sink: Option<&mut dyn FnMut(Vec<K>, Vec<V>)>,
 ) -> io::Result<Part<K, V>> {
     let mut part = Part {
         keys: Vec::new(),
@@ -391,6 +430,11 @@ fn read_part<K: Pod, V: Pod>(
             keys.set_len(before + written as usize);
             values.set_len(before + written as usize);
         }
+        if let Some(sink) = sink.as_mut() {
+            if written > 0 {
+                sink(std::mem::take(keys), std::mem::take(values));
+            }
+        }
         part.calls.push((from, keys.len()));
         let Some((stop, _)) = stop else {
             if finished {
@@ -449,16 +493,7 @@ fn read_parallel<K: Pod + Send, V: Pod + Send>(
     max_entries: u32,
     parts: usize,
 ) -> io::Result<Vec<Part<K, V>>> {
-    let buckets = u64::from(max_entries.max(1)).next_power_of_two();
-    let bounds: Vec<u64> = (0..=parts as u64)
-        .map(|k| {
-            if k == parts as u64 {
-                u64::MAX
-            } else {
-                k * buckets / parts as u64
-            }
-        })
-        .collect();
+    let bounds = part_bounds(max_entries, parts);
     let abandon = AtomicBool::new(false);
     let read = |k: usize| {
         let start = (k > 0).then(|| bounds[k] as u32);
@@ -468,6 +503,7 @@ fn read_parallel<K: Pod + Send, V: Pod + Send>(
             max_entries,
             start,
             Some((bounds[k + 1], &abandon)),
+            None,
         );
         if result.is_err() {
             abandon.store(true, Ordering::Relaxed);
@@ -484,7 +520,12 @@ fn read_parallel<K: Pod + Send, V: Pod + Send>(
         });
         std::iter::once(first).chain(others).collect()
     });
-    // Report the failure that stopped the others, not one of the parts it stopped.
+    first_failure(results)
+}
+
+/// The parts' results, or the failure that stopped the others (not one of the parts it
+/// stopped).
+fn first_failure<T>(results: Vec<io::Result<T>>) -> io::Result<Vec<T>> {
     let stopped = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
     let mut parts = Vec::with_capacity(results.len());
     let mut failure: Option<io::Error> = None;
@@ -501,6 +542,96 @@ fn read_parallel<K: Pod + Send, V: Pod + Send>(
         Some(e) => Err(e),
         None => Ok(parts),
     }
+}
+
+/// Part k's first bucket for `parts` parts of a table of `max_entries` (and `u64::MAX` after
+/// the last part): the kernel's bucket count is `roundup_pow_of_two(max_entries)`.
+fn part_bounds(max_entries: u32, parts: usize) -> Vec<u64> {
+    let buckets = u64::from(max_entries.max(1)).next_power_of_two();
+    (0..=parts as u64)
+        .map(|k| {
+            if k == parts as u64 {
+                u64::MAX
+            } else {
+                k * buckets / parts as u64
+            }
+        })
+        .collect()
+}
+
+/// [`read_all`] handing each chunk to `each` as it arrives (see [`lookup_each`]). The parts'
+/// threads send their chunks to this thread through a short queue, so a slow `each` slows the
+/// reads instead of piling chunks up.
+fn stream_all<K: Pod + Send, V: Pod + Send>(
+    call: &(impl BatchCall + Sync),
+    chunk: u32,
+    max_entries: u32,
+    parts: usize,
+    parallel_off: &AtomicBool,
+    mut each: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
+    if parts > 1 && !parallel_off.load(Ordering::Relaxed) {
+        let bounds = part_bounds(max_entries, parts);
+        let abandon = AtomicBool::new(false);
+        let (bounds, abandon) = (&bounds, &abandon);
+        let (chunks, received) = std::sync::mpsc::sync_channel::<(Vec<K>, Vec<V>)>(parts * 2);
+        let results: Vec<io::Result<()>> = thread::scope(|scope| {
+            let threads: Vec<_> = (0..parts)
+                .map(|k| {
+                    let chunks = chunks.clone();
+                    scope.spawn(move || {
+                        let mut send = |keys: Vec<K>, values: Vec<V>| {
+                            // The receiver lives until every part is joined.
+                            let _ = chunks.send((keys, values));
+                        };
+                        let start = (k > 0).then(|| bounds[k] as u32);
+                        let result = read_part::<K, V>(
+                            call,
+                            chunk,
+                            max_entries,
+                            start,
+                            Some((bounds[k + 1], abandon)),
+                            Some(&mut send),
+                        );
+                        if result.is_err() {
+                            abandon.store(true, Ordering::Relaxed);
+                        }
+                        result.map(drop)
+                    })
+                })
+                .collect();
+            drop(chunks);
+            for (keys, values) in received {
+                each(&keys, &values);
+            }
+            threads
+                .into_iter()
+                .map(|thread| {
+                    thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        match first_failure(results) {
+            Ok(_) => return Ok(()),
+            Err(error) => {
+                let unsupported = error.raw_os_error() == Some(libc::EINVAL)
+                    || error.kind() == io::ErrorKind::InvalidData;
+                if unsupported {
+                    parallel_off.store(true, Ordering::Relaxed);
+                }
+                warn!(
+                    %error,
+                    parts,
+                    disabled = unsupported,
+                    "parallel batch read failed; reading the map with one thread instead"
+                );
+            }
+        }
+    }
+    let mut each_chunk = |keys: Vec<K>, values: Vec<V>| each(&keys, &values);
+    read_part::<K, V>(call, chunk, max_entries, None, None, Some(&mut each_chunk)).map(drop)
 }
 
 /// The parts' entries in bucket order, each once, converted.
@@ -751,7 +882,7 @@ mod tests {
     /// One part alone: from `start` to `stop`, as a thread of a parallel read runs it.
     fn read_one_part(fake: &FakeHtab, chunk: u32, start: Option<u32>, stop: u64) -> Part<u32, u64> {
         let abandon = AtomicBool::new(false);
-        read_part(fake, chunk, 1 << 20, start, Some((stop, &abandon))).unwrap()
+        read_part(fake, chunk, 1 << 20, start, Some((stop, &abandon)), None).unwrap()
     }
 
     /// Bucket sizes with runs of empty buckets, single rows and the odd crowded bucket.
@@ -789,6 +920,74 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every `(key, value)` a streamed read handed over, in arrival order.
+    fn streamed(fake: &FakeHtab, chunk: u32, buckets: u32, parts: usize) -> Vec<(u32, u64)> {
+        let off = AtomicBool::new(false);
+        let mut rows = Vec::new();
+        stream_all::<u32, u64>(fake, chunk, buckets, parts, &off, |keys, values| {
+            assert_eq!(keys.len(), values.len());
+            assert!(!keys.is_empty(), "no empty chunks");
+            rows.extend(keys.iter().copied().zip(values.iter().copied()));
+        })
+        .unwrap();
+        rows
+    }
+
+    #[test]
+    fn a_streamed_read_hands_over_every_entry_and_repeats_only_where_parts_meet() {
+        let fake = FakeHtab::new(&uneven_sizes(256));
+        let expected = fake.entries();
+        for parts in 1..=4 {
+            for chunk in (1..=12).chain([64, 1000, 4096]) {
+                let mut rows = streamed(&fake, chunk, 256, parts);
+                let handed = rows.len();
+                rows.sort_unstable();
+                rows.dedup();
+                assert_eq!(rows, expected, "{parts} parts, chunk {chunk}");
+                // A repeat comes from a call that crossed into the next part: at most a
+                // grown chunk's worth per boundary.
+                let repeats = handed - rows.len();
+                assert!(
+                    repeats <= (parts - 1) * 64.max(chunk as usize),
+                    "{parts} parts, chunk {chunk}: {repeats} repeats"
+                );
+                if parts == 1 {
+                    assert_eq!(repeats, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_read_on_a_kernel_refusing_start_tokens_is_whole_all_the_same() {
+        let mut fake = FakeHtab::new(&uneven_sizes(64));
+        fake.opaque_tokens = true;
+        let off = AtomicBool::new(false);
+        let mut rows = Vec::new();
+        stream_all::<u32, u64>(&fake, 4, 64, 2, &off, |keys, values| {
+            rows.extend(keys.iter().copied().zip(values.iter().copied()));
+        })
+        .unwrap();
+        rows.sort_unstable();
+        rows.dedup();
+        assert_eq!(rows, fake.entries());
+        assert!(off.load(Ordering::Relaxed), "later reads use one thread");
+    }
+
+    #[test]
+    fn a_streamed_read_reports_an_error_that_is_not_about_tokens() {
+        let fake = FakeHtab::new(&uneven_sizes(64));
+        *fake.fail_with.lock().unwrap() = Some(libc::EFAULT);
+        let off = AtomicBool::new(false);
+        // The parallel read fails, the one-thread read after it succeeds.
+        let mut rows = Vec::new();
+        stream_all::<u32, u64>(&fake, 4, 64, 1, &off, |keys, values| {
+            rows.extend(keys.iter().copied().zip(values.iter().copied()));
+        })
+        .unwrap_err();
+        assert!(!off.load(Ordering::Relaxed));
     }
 
     #[test]

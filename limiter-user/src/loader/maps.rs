@@ -244,6 +244,30 @@ pub(super) fn read_sources_batched(
     )?)
 }
 
+/// [`read_sources_batched`] without holding the table: each row goes to `each` as its chunk
+/// leaves the kernel. A row can come twice in one read (see [`batch::lookup_each`]).
+pub(super) fn for_each_source_batched(
+    ebpf: &Ebpf,
+    chunk: u32,
+    mut each: impl FnMut(SourceEntry),
+) -> Result<(), LoaderError> {
+    let table: HashMap<&MapData, SourceAddr, SourceStats> =
+        HashMap::try_from(map_ref(ebpf, SOURCES_MAP)?).map_err(map_err(SOURCES_MAP, "open"))?;
+    Ok(batch::lookup_each(
+        table.map(),
+        SOURCES_MAP,
+        chunk,
+        |keys: &[SourceAddr], values: &[SourceStats]| {
+            for (key, stats) in keys.iter().zip(values) {
+                each(SourceEntry {
+                    addr: net::key_to_addr(key.octets()),
+                    stats: *stats,
+                });
+            }
+        },
+    )?)
+}
+
 pub(super) fn read_counters(ebpf: &Ebpf) -> Result<Counters, LoaderError> {
     let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map_ref(ebpf, COUNTERS_MAP)?)
         .map_err(map_err(COUNTERS_MAP, "open"))?;

@@ -391,6 +391,13 @@ impl Limiter {
         maps::read_sources_batched(&self.ebpf, chunk)
     }
 
+    /// Every row of the source table, handed to `each` a chunk at a time as the batch reads
+    /// return, so that a poll of a million rows never holds them all. A row can come twice
+    /// in one read (where the parallel parts meet): `each` keeps the later.
+    pub fn for_each_source(&self, each: impl FnMut(SourceEntry)) -> Result<(), LoaderError> {
+        maps::for_each_source_batched(&self.ebpf, DEFAULT_BATCH_CHUNK, each)
+    }
+
     /// Global counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, LoaderError> {
         maps::read_counters(&self.ebpf)
