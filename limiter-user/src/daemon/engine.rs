@@ -288,6 +288,10 @@ impl Engine {
         }
         self.publish_summary(&peers, cluster_rates.len());
         self.last_poll = started.elapsed();
+        // Where the parallel parts of a large table's read meet, a row can come twice: up to
+        // a chunk per part, a few hundredths of the table. A table never holds more than its
+        // capacity, so that is as far as the count can be trusted.
+        let rows_read = rows_read.min(self.config.source_capacity as usize);
         self.last_rows = rows_read;
         Ok(TickReport {
             rows: rows_read,
