@@ -406,19 +406,22 @@ fn ban_expires_and_a_second_offence_is_banned_twice_as_long() {
         early_by < Duration::from_millis(50),
         "access returned {early_by:?} before the ban's end"
     );
-    // Probes are 0.4 s apart (a dropped one waits 0.3 s, then 0.1 s of pause).
+    // Probes are 0.4 s apart (a dropped one waits 0.3 s, then 0.1 s of pause), so access
+    // returns well within a second of the end; the bound is half the ban, which a busy machine
+    // cannot reach by slowness and a ban running on for another term (the bug this guards
+    // against) exceeds.
     let late_by = back_at.duration_since(expires_at).unwrap_or_default();
     eprintln!(
         "first ban of 10 s: access returned {late_by:?} after its end (early by {early_by:?})"
     );
     assert!(
-        late_by < Duration::from_secs(1),
+        late_by < Duration::from_secs(5),
         "access returned {late_by:?} late"
     );
     assert!(
         fx.daemon
-            .wait_for_no_rule(&host_prefix(ATTACKER), 2 * POLL + POLL / 2),
-        "the expired rule leaves the store at the next poll"
+            .wait_for_no_rule(&host_prefix(ATTACKER), 10 * POLL),
+        "the expired rule leaves the store at a poll after its end"
     );
     assert!(
         fx.daemon.log().contains("rule expired"),
