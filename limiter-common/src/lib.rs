@@ -99,46 +99,76 @@ impl SourceAddr {
 /// (incremented atomically in place by the XDP program), and its rule verdict cached from the
 /// tries, so a known source costs one hash lookup. Times are kernel jiffies (see
 /// `limiter_user::clock`).
+///
+/// One cache line (64 bytes; the table's element adds the kernel's header and the key), so a
+/// million rows are 128 MB of kernel memory, not 192. To fit: the request and SYN counters
+/// are `u32` and wrap (a reader takes differences modulo 2^32, and no source sends 2^31 of
+/// one kind between two polls); the verdict is cached as one deadline and a kind; what only a
+/// trusted proxy's traffic needs (the proxy that carried a client's requests, the requests a
+/// proxy relayed) lives in maps of its own ([`CLIENT_VIA_MAP`], [`PROXY_RELAYS_MAP`]).
+/// [`SOURCE_ROW_V1_BYTES`] is the size of the layout before this one, which a running older
+/// version's pinned table has; userspace migrates it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceStats {
-    /// TCP segments with SYN set and ACK clear: new connection attempts.
-    pub syns: u64,
     pub packets: u64,
     /// Ethernet frame bytes as XDP sees them (no FCS).
     pub bytes: u64,
-    /// `POST /v1/images` or `POST /v2/images` (optionally with `/`, query string).
-    pub image_create: u64,
-    /// Any other POST, and PUT, PATCH, DELETE.
-    pub other_write: u64,
-    /// GET, HEAD, OPTIONS.
-    pub read: u64,
     pub first_seen: u64,
     pub last_seen: u64,
-    /// [`Config::rules_generation`] when the two deadlines below were read from the tries.
-    /// A different current generation means the rules changed: read them again.
-    pub rules_generation: u64,
-    /// Until when a block rule covers this source on the protected ports (0: none).
-    pub blocked_until: u64,
-    /// Until when an allow rule exempts this source from blocks (0: none).
-    pub allowed_until: u64,
-    /// `SOURCE_*` flags read with the rule verdict (same generation): whether this source is
-    /// a trusted proxy.
-    pub flags: u64,
-    /// The trusted proxy that carried this source's latest proxied request (all zero: it has
-    /// only come directly).
-    pub via: SourceAddr,
-    /// On a trusted proxy's row: requests it carried that were attributed to their client.
-    pub proxied: u64,
-    /// On a trusted proxy's row: requests it carried whose client could not be read (no
-    /// header, past what the program reads, split across segments). Never counted as the
-    /// proxy's own.
-    pub unattributed: u64,
+    /// Until when the cached verdict ([`SOURCE_VERDICT_MASK`] of `flags`) holds, under
+    /// `rules_generation`; then the tries are read again.
+    pub verdict_until: u64,
+    /// TCP segments with SYN set and ACK clear: new connection attempts (wraps).
+    pub syns: u32,
+    /// `POST /v1/images` or `POST /v2/images` (optionally with `/`, query string) (wraps).
+    pub image_create: u32,
+    /// Any other POST, and PUT, PATCH, DELETE (wraps).
+    pub other_write: u32,
+    /// GET, HEAD, OPTIONS (wraps).
+    pub read: u32,
+    /// The low 32 bits of [`Config::rules_generation`] when the verdict was read from the
+    /// tries. A different current generation means the rules changed: read them again.
+    pub rules_generation: u32,
+    /// `SOURCE_*` flags read with the verdict (same generation).
+    pub flags: u32,
 }
 
 /// [`SourceStats::flags`]: the source is a trusted proxy; its requests belong to the clients
 /// it names.
-pub const SOURCE_TRUSTED_PROXY: u64 = 1;
+pub const SOURCE_TRUSTED_PROXY: u32 = 1;
+/// [`SourceStats::flags`]: the cached verdict's kind (until `verdict_until`).
+pub const SOURCE_VERDICT_MASK: u32 = 0b110;
+/// Passed: no block rule in force (the allow trie only matters against a block).
+pub const SOURCE_VERDICT_PASS: u32 = 0;
+/// Passed: a block rule is in force but an allow rule exempts the source.
+pub const SOURCE_VERDICT_ALLOWED: u32 = 0b010;
+/// Dropped: a block rule is in force and nothing exempts the source.
+pub const SOURCE_VERDICT_BLOCKED: u32 = 0b100;
+
+/// Bytes of a row of the layout before [`SourceStats`] (sixteen `u64`s: every counter `u64`,
+/// both deadlines, and the proxy fields in the row).
+pub const SOURCE_ROW_V1_BYTES: u32 = 128;
+
+/// The trusted proxy that carried a client's latest proxied request (LRU hash, client
+/// [`SourceAddr`] → proxy [`SourceAddr`]; as large as the per-source table). A client that
+/// only came directly has no entry.
+pub const CLIENT_VIA_MAP: &str = "CLIENT_VIA";
+/// What each trusted proxy relayed (LRU hash, proxy [`SourceAddr`] → [`ProxyRelays`]).
+pub const PROXY_RELAYS_MAP: &str = "PROXY_RELAYS";
+/// Trusted proxies whose relays are counted at once.
+pub const PROXY_RELAYS_CAPACITY: u32 = 4096;
+
+/// What one trusted proxy relayed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProxyRelays {
+    /// Requests it carried that were attributed to their client.
+    pub proxied: u64,
+    /// Requests it carried whose client could not be read (no header, past what the program
+    /// reads, split across segments). Never counted as the proxy's own.
+    pub unattributed: u64,
+}
 
 /// Value of a block-rule trie entry.
 ///
@@ -413,6 +443,7 @@ mod user {
     unsafe impl aya::Pod for FloodTxConfig {}
     unsafe impl aya::Pod for TrustedProxy {}
     unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ProxyRelays {}
     unsafe impl aya::Pod for ConnState {}
     unsafe impl aya::Pod for PathPrefix {}
     unsafe impl aya::Pod for RejectTemplate {}
@@ -428,7 +459,8 @@ mod tests {
         assert_eq!(size_of::<SourceAddr>(), 16);
         let octets: [u8; 16] = core::array::from_fn(|i| i as u8);
         assert_eq!(SourceAddr::from_octets(octets).octets(), octets);
-        assert_eq!(size_of::<SourceStats>(), 16 * 8);
+        assert_eq!(size_of::<SourceStats>(), 64, "one cache line");
+        assert_eq!(size_of::<ProxyRelays>(), 16);
         assert_eq!(size_of::<ConnKey>(), 40);
         assert_eq!(size_of::<ConnState>(), 24);
         assert_eq!(size_of::<PathPrefix>(), 24);

@@ -21,7 +21,10 @@ mod proxy_protocol;
 mod reject;
 mod rules;
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::{
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    mem::MaybeUninit,
+};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
@@ -32,7 +35,8 @@ use aya_ebpf::{
 };
 use limiter_common::{
     Config, Counter, SourceAddr, SourceStats, CONFIG_ANY_PORT_RULES, CONFIG_TRUSTED_PROXIES,
-    DEFAULT_SOURCE_CAPACITY, PORT_BITMAP_WORDS, SOURCE_TRUSTED_PROXY,
+    DEFAULT_SOURCE_CAPACITY, NEVER, PORT_BITMAP_WORDS, SOURCE_TRUSTED_PROXY,
+    SOURCE_VERDICT_ALLOWED, SOURCE_VERDICT_BLOCKED, SOURCE_VERDICT_MASK, SOURCE_VERDICT_PASS,
 };
 
 use crate::{
@@ -123,7 +127,7 @@ pub fn glance_limiter_client(ctx: XdpContext) -> u32 {
     action
 }
 
-type ProxyStage = fn(&XdpContext, &proxy::Packet, *mut SourceStats) -> Option<(u32, Counter)>;
+type ProxyStage = fn(&XdpContext, &proxy::Packet) -> Option<(u32, Counter)>;
 
 /// Reads the segment again (a tail-called program starts afresh) and runs `stage` on it.
 #[inline(always)]
@@ -145,7 +149,7 @@ fn process_proxied(ctx: &XdpContext, stage: ProxyStage) -> Result<(u32, Counter)
         return Ok((xdp_action::XDP_PASS, Counter::PassProtected));
     };
     // SAFETY: a live map value (see `Source::read`).
-    let verdict = unsafe { cached_verdict(row, &net.src, generation, config_flags) };
+    let verdict = unsafe { cached_verdict(row, &net.src, generation, config_flags, now) };
     let counter = verdict.pass_counter(now).unwrap_or(Counter::PassProtected);
     let packet = proxy::Packet {
         net: &net,
@@ -156,7 +160,7 @@ fn process_proxied(ctx: &XdpContext, stage: ProxyStage) -> Result<(u32, Counter)
         config_flags,
         path_prefixes,
     };
-    Ok(stage(ctx, &packet, row).unwrap_or((xdp_action::XDP_PASS, counter)))
+    Ok(stage(ctx, &packet).unwrap_or((xdp_action::XDP_PASS, counter)))
 }
 
 /// Writes the kernel's jiffies into the first 8 bytes of the frame. Userspace runs it through
@@ -203,7 +207,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
     }
     let frame_bytes = packet::frame_len(ctx) as u64;
-    let mut source = Source::read(&net.src, generation, config_flags);
+    let mut source = Source::read(&net.src, generation, config_flags, now);
     source.syn = tcp.syn;
     let Some(counter) = source.verdict.pass_counter(now) else {
         // A new blocked source is not inserted: a spoofed flood from a blocked prefix must
@@ -214,7 +218,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // The proxy's own row counts its packets; the requests it carries are its clients'.
         if source
-            .count(&net.src, generation, None, frame_bytes, now, &ZERO)
+            .count(&net.src, generation, None, frame_bytes, now)
             .is_some()
         {
             // Returns only if it failed (no proxy program loaded): the segment then passes as
@@ -228,12 +232,9 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     } else {
         None
     };
-    source.count(&net.src, generation, class, frame_bytes, now, &ZERO);
+    source.count(&net.src, generation, class, frame_bytes, now);
     Ok((xdp_action::XDP_PASS, counter))
 }
-
-/// No address: `via` of a source that came directly.
-const ZERO: SourceAddr = SourceAddr { words: [0, 0] };
 
 /// A source's row (if it has one) and its verdict, read once per packet.
 pub struct Source {
@@ -247,13 +248,13 @@ impl Source {
     /// The row of `src` with its cached verdict, or, for a source not in the table, the
     /// verdict from the tries.
     #[inline(always)]
-    pub fn read(src: &SourceAddr, generation: u64, config_flags: u32) -> Source {
+    pub fn read(src: &SourceAddr, generation: u64, config_flags: u32, now: u64) -> Source {
         match SOURCES.get_ptr_mut(src) {
             // SAFETY: a live map value; concurrent writers only touch it atomically or with
             // idempotent stores of the same cached verdict.
             Some(row) => Source {
                 row: Some(row),
-                verdict: unsafe { cached_verdict(row, src, generation, config_flags) },
+                verdict: unsafe { cached_verdict(row, src, generation, config_flags, now) },
                 syn: false,
             },
             None => Source {
@@ -265,7 +266,7 @@ impl Source {
     }
 
     /// Counts one packet (of `class`, if it carries a request) for `src`, adding its row if
-    /// it has none; `via` is the trusted proxy that carried it (zero: none). Returns the row.
+    /// it has none. Returns the row.
     #[inline(always)]
     pub fn count(
         &self,
@@ -274,10 +275,9 @@ impl Source {
         class: Option<RequestClass>,
         frame_bytes: u64,
         now: u64,
-        via: &SourceAddr,
     ) -> Option<*mut SourceStats> {
         if let Some(row) = self.row {
-            add_in_place(row, self.syn, class, frame_bytes, now, via);
+            add_in_place(row, self.syn, class, frame_bytes, now);
             return Some(row);
         }
         insert_source(
@@ -288,7 +288,6 @@ impl Source {
             class,
             frame_bytes,
             now,
-            via,
         )
     }
 }
@@ -343,30 +342,64 @@ impl Verdict {
     }
 }
 
-/// The verdict cached in a row, re-read from the tries if the rules changed since.
+/// The verdict cached in a row, re-read from the tries if the rules changed since or the
+/// cached verdict's time is up.
 #[inline(always)]
 unsafe fn cached_verdict(
     stats: *mut SourceStats,
     src: &SourceAddr,
     generation: u64,
     config_flags: u32,
+    now: u64,
 ) -> Verdict {
-    if (*stats).rules_generation == generation {
-        return Verdict {
-            blocked_until: (*stats).blocked_until,
-            allowed_until: (*stats).allowed_until,
-            flags: (*stats).flags,
-        };
+    if (*stats).rules_generation == generation as u32 && now < (*stats).verdict_until {
+        return Verdict::cached((*stats).flags, (*stats).verdict_until);
     }
     let verdict = read_verdict(src, config_flags);
+    let (flags, until) = verdict.to_cache(now);
     // Volatile, so the generation is stored last and a reader that sees it also sees the
-    // deadlines (x86 keeps store order; on weaker CPUs a racing reader may use the old
+    // deadline (x86 keeps store order; on weaker CPUs a racing reader may use the old
     // verdict for one packet). BPF has no fences.
-    (&raw mut (*stats).blocked_until).write_volatile(verdict.blocked_until);
-    (&raw mut (*stats).allowed_until).write_volatile(verdict.allowed_until);
-    (&raw mut (*stats).flags).write_volatile(verdict.flags);
-    (&raw mut (*stats).rules_generation).write_volatile(generation);
+    (&raw mut (*stats).verdict_until).write_volatile(until);
+    (&raw mut (*stats).flags).write_volatile(flags);
+    (&raw mut (*stats).rules_generation).write_volatile(generation as u32);
     verdict
+}
+
+impl Verdict {
+    /// What a row keeps of this verdict at `now`: the flags with its kind, and until when
+    /// that kind holds. A block's end turns a drop into a pass, an allow's end a pass into
+    /// a drop (if the block lasts); past those, the tries are read again.
+    #[inline(always)]
+    fn to_cache(self, now: u64) -> (u32, u64) {
+        let (kind, until) = if now >= self.blocked_until {
+            (SOURCE_VERDICT_PASS, NEVER)
+        } else if now < self.allowed_until {
+            (
+                SOURCE_VERDICT_ALLOWED,
+                self.allowed_until.min(self.blocked_until),
+            )
+        } else {
+            (SOURCE_VERDICT_BLOCKED, self.blocked_until)
+        };
+        ((self.flags & !SOURCE_VERDICT_MASK) | kind, until)
+    }
+
+    /// The verdict a row's cache stands for while `until` is ahead: the same pass counter
+    /// (and, for a block, the same end) as the verdict it was made from.
+    #[inline(always)]
+    fn cached(flags: u32, until: u64) -> Verdict {
+        let (blocked_until, allowed_until) = match flags & SOURCE_VERDICT_MASK {
+            SOURCE_VERDICT_ALLOWED => (until, until),
+            SOURCE_VERDICT_BLOCKED => (until, 0),
+            _ => (0, 0),
+        };
+        Verdict {
+            blocked_until,
+            allowed_until,
+            flags: flags & !SOURCE_VERDICT_MASK,
+        }
+    }
 }
 
 /// Traffic whose source is known but whose destination port cannot be read. It may be bound
@@ -412,7 +445,6 @@ pub fn count(counter: Counter) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn insert_source(
     src: &SourceAddr,
@@ -422,27 +454,34 @@ fn insert_source(
     class: Option<RequestClass>,
     frame_bytes: u64,
     now: u64,
-    via: &SourceAddr,
 ) -> Option<*mut SourceStats> {
-    let mut fresh = SourceStats {
-        syns: syn as u64,
-        packets: 1,
-        bytes: frame_bytes,
-        first_seen: now,
-        last_seen: now,
-        rules_generation: generation,
-        blocked_until: verdict.blocked_until,
-        allowed_until: verdict.allowed_until,
-        flags: verdict.flags,
-        via: *via,
-        ..SourceStats::default()
-    };
+    let (flags, verdict_until) = verdict.to_cache(now);
+    let (mut image_create, mut other_write, mut read) = (0, 0, 0);
     match class {
-        Some(RequestClass::ImageCreate) => fresh.image_create = 1,
-        Some(RequestClass::OtherWrite) => fresh.other_write = 1,
-        Some(RequestClass::Read) => fresh.read = 1,
+        Some(RequestClass::ImageCreate) => image_create = 1,
+        Some(RequestClass::OtherWrite) => other_write = 1,
+        Some(RequestClass::Read) => read = 1,
         None => {}
     }
+    let mut slot = MaybeUninit::<SourceStats>::uninit();
+    let fresh = slot.as_mut_ptr();
+    // SAFETY: every field of the stack slot is written before it is read. The `u32` fields
+    // are stored one by one with volatile stores: LLVM would merge neighbours into 8-byte
+    // stores at 4-byte offsets, and the verifier rejects misaligned stack access.
+    let fresh = unsafe {
+        (&raw mut (*fresh).packets).write(1);
+        (&raw mut (*fresh).bytes).write(frame_bytes);
+        (&raw mut (*fresh).first_seen).write(now);
+        (&raw mut (*fresh).last_seen).write(now);
+        (&raw mut (*fresh).verdict_until).write(verdict_until);
+        (&raw mut (*fresh).syns).write_volatile(syn as u32);
+        (&raw mut (*fresh).image_create).write_volatile(image_create);
+        (&raw mut (*fresh).other_write).write_volatile(other_write);
+        (&raw mut (*fresh).read).write_volatile(read);
+        (&raw mut (*fresh).rules_generation).write_volatile(generation as u32);
+        (&raw mut (*fresh).flags).write_volatile(flags);
+        slot.assume_init_ref()
+    };
     // NOEXIST: an LRU update of an existing key would allocate a new node and lose the
     // counts another CPU added meanwhile.
     if SOURCES.insert(src, fresh, BPF_NOEXIST as u64).is_ok() {
@@ -451,7 +490,7 @@ fn insert_source(
     }
     if let Some(stats) = SOURCES.get_ptr_mut(src) {
         // Another CPU inserted this source between our lookup and insert.
-        add_in_place(stats, syn, class, frame_bytes, now, via);
+        add_in_place(stats, syn, class, frame_bytes, now);
         return Some(stats);
     }
     count(Counter::SourceInsertFailed);
@@ -468,6 +507,15 @@ pub unsafe fn add(field: *mut u64, n: u64) {
     atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n);
 }
 
+/// [`add`] for a `u32` counter (it wraps, as its readers expect).
+///
+/// # Safety
+/// `field` points at a u32 of a live map value, 4-byte aligned.
+#[inline(always)]
+unsafe fn add32(field: *mut u32) {
+    atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, 1);
+}
+
 #[inline(always)]
 fn add_in_place(
     stats: *mut SourceStats,
@@ -475,25 +523,21 @@ fn add_in_place(
     class: Option<RequestClass>,
     frame_bytes: u64,
     now: u64,
-    via: &SourceAddr,
 ) {
-    // SAFETY: `stats` points at a live map value; the fields are u64 and 8-byte aligned.
+    // SAFETY: `stats` points at a live map value; every field is naturally aligned.
     unsafe {
         add(&raw mut (*stats).packets, 1);
         add(&raw mut (*stats).bytes, frame_bytes);
         if syn {
-            add(&raw mut (*stats).syns, 1);
+            add32(&raw mut (*stats).syns);
         }
         match class {
-            Some(RequestClass::ImageCreate) => add(&raw mut (*stats).image_create, 1),
-            Some(RequestClass::OtherWrite) => add(&raw mut (*stats).other_write, 1),
-            Some(RequestClass::Read) => add(&raw mut (*stats).read, 1),
+            Some(RequestClass::ImageCreate) => add32(&raw mut (*stats).image_create),
+            Some(RequestClass::OtherWrite) => add32(&raw mut (*stats).other_write),
+            Some(RequestClass::Read) => add32(&raw mut (*stats).read),
             None => {}
         }
         (*stats).last_seen = now;
-        if via.words != ZERO.words {
-            (*stats).via = *via;
-        }
     }
 }
 

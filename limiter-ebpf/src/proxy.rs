@@ -4,20 +4,21 @@
 //!
 //! Only sources cached as trusted proxies in their row come here, so other sources pay
 //! nothing for this. The proxy's own row counts its packets, bytes and connections as for
-//! any source, plus the requests it carried (`proxied`) and those whose client could not be
-//! read (`unattributed`); its request classes stay zero, so nothing it relays is ever counted
-//! as its own.
+//! any source; its request classes stay zero, so nothing it relays is ever counted as its
+//! own. What it relayed is counted in [`PROXY_RELAYS`] (the requests it carried, and those
+//! whose client could not be read), and the proxy that carried a client's latest request in
+//! [`CLIENT_VIA`]: maps of their own, so that every other source's row stays one cache line.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_NOEXIST},
     macros::map,
     maps::{LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use limiter_common::{
-    client_addr::HeaderKind, ConnKey, ConnState, Counter, SourceAddr, SourceStats,
+    client_addr::HeaderKind, ConnKey, ConnState, Counter, ProxyRelays, SourceAddr,
     CONFIG_FORWARDED_HEADER, CONN_PROXY_CLIENT, CONN_PROXY_NO_CLIENT, CONN_REJECTED,
-    PROXY_CONN_CAPACITY, SOURCE_TRUSTED_PROXY,
+    DEFAULT_SOURCE_CAPACITY, PROXY_CONN_CAPACITY, PROXY_RELAYS_CAPACITY, SOURCE_TRUSTED_PROXY,
 };
 
 use crate::{
@@ -37,6 +38,17 @@ use crate::{
 #[map]
 static PROXY_CONNS: LruHashMap<ConnKey, ConnState> =
     LruHashMap::with_max_entries(PROXY_CONN_CAPACITY, 0);
+
+/// Client → the trusted proxy that carried its latest request; userspace sizes it as the
+/// per-source table.
+#[map]
+static CLIENT_VIA: LruHashMap<SourceAddr, SourceAddr> =
+    LruHashMap::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
+
+/// Trusted proxy → what it relayed.
+#[map]
+static PROXY_RELAYS: LruHashMap<SourceAddr, ProxyRelays> =
+    LruHashMap::with_max_entries(PROXY_RELAYS_CAPACITY, 0);
 
 /// Shortest request worth classifying (see `http::classify`).
 const MIN_REQUEST_LEN: usize = 16;
@@ -64,11 +76,14 @@ pub fn forget_layout(net: &Network, tcp: &Tcp) -> Option<(Network, Tcp)> {
         src: net.src,
         l3_offset: window.forget(net.l3_offset),
         is_ipv6: window.forget(net.is_ipv6 as usize) != 0,
-        protocol: net.protocol,
+        // The byte-sized fields go through the window too: as constants (TCP, not a
+        // fragment), LLVM merges their stores into one 2- or 4-byte store at an odd stack
+        // offset, which the verifier rejects (misaligned stack access).
+        protocol: window.forget(net.protocol as usize) as u8,
         l4_offset: window.forget(net.l4_offset),
         l3_end: window.forget(net.l3_end),
-        later_fragment: false,
-        first_fragment: false,
+        later_fragment: window.forget(0) != 0,
+        first_fragment: window.forget(0) != 0,
         transport_hidden: None,
     };
     let tcp = Tcp {
@@ -81,16 +96,12 @@ pub fn forget_layout(net: &Network, tcp: &Tcp) -> Option<(Network, Tcp)> {
     Some((net, tcp))
 }
 
-/// A segment from a trusted proxy to a protected port, whose own row (`proxy_row`, already
-/// counted) is given. Returns the verdict and its counter, or `None` to pass the segment as
-/// any other from the proxy. (The proxy's pass counter stays with the caller: one verifier
-/// state fewer to carry through the path below.)
+/// A segment from a trusted proxy to a protected port (its own row already counted it).
+/// Returns the verdict and its counter, or `None` to pass the segment as any other from the
+/// proxy. (The proxy's pass counter stays with the caller: one verifier state fewer to carry
+/// through the path below.)
 #[inline(always)]
-pub fn handle(
-    ctx: &XdpContext,
-    packet: &Packet,
-    proxy_row: *mut SourceStats,
-) -> Option<(u32, Counter)> {
+pub fn handle(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter)> {
     let passed = None;
     let Some(key) = conn_key(ctx, packet.net) else {
         return passed;
@@ -117,7 +128,7 @@ pub fn handle(
         // The connection ends with this segment (a rejection below records it again).
         let _ = PROXY_CONNS.remove(key);
     }
-    request(ctx, packet, proxy_row, &key, state)
+    request(ctx, packet, &key, state)
 }
 
 /// The request (if any) in the segment's payload.
@@ -125,7 +136,6 @@ pub fn handle(
 fn request(
     ctx: &XdpContext,
     packet: &Packet,
-    proxy_row: *mut SourceStats,
     key: &ConnKey,
     state: Option<ConnState>,
 ) -> Option<(u32, Counter)> {
@@ -189,7 +199,7 @@ fn request(
         }
     };
     let Some(client) = client else {
-        return unattributed(proxy_row, passed);
+        return unattributed(&packet.net.src, passed);
     };
     // The rest (the client's verdict, its row, the rejection) runs in a program of its own,
     // `glance_limiter_client`: checked once, from a clean state, within its own budget.
@@ -205,7 +215,7 @@ fn request(
     }
     crate::hand_over(ctx, crate::CLIENT_SLOT);
     // Only if the hand-over failed: the request stays unattributed rather than the proxy's.
-    unattributed(proxy_row, passed)
+    unattributed(&packet.net.src, passed)
 }
 
 /// A proxied request whose client is known, handed from `glance_limiter_proxy` to
@@ -224,11 +234,7 @@ static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 /// The second half of a proxied request with a known client: its verdict, its row, and the
 /// rejection if it is banned. `packet.net.src` is the proxy.
 #[inline(always)]
-pub fn client_request(
-    ctx: &XdpContext,
-    packet: &Packet,
-    proxy_row: *mut SourceStats,
-) -> Option<(u32, Counter)> {
+pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter)> {
     let passed = None;
     let pending = PENDING.get(0)?;
     let client = pending.client;
@@ -238,16 +244,15 @@ pub fn client_request(
         _ => RequestClass::Read,
     };
     let key = conn_key(ctx, packet.net)?;
-    let source = Source::read(&client, packet.generation, packet.config_flags);
+    let source = Source::read(&client, packet.generation, packet.config_flags, packet.now);
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // A proxy naming another trusted proxy names no client.
-        return unattributed(proxy_row, passed);
+        return unattributed(&packet.net.src, passed);
     }
     if source.verdict.pass_counter(packet.now).is_none() {
         return refuse(ctx, packet, &key, &source.verdict);
     }
-    // SAFETY: a live map value (see `add`).
-    unsafe { add(&raw mut (*proxy_row).proxied, 1) };
+    count_relay(&packet.net.src, Relay::Proxied);
     crate::count(Counter::ProxiedRequest);
     source.count(
         &client,
@@ -255,20 +260,71 @@ pub fn client_request(
         Some(class),
         packet.frame_bytes,
         packet.now,
-        &packet.net.src,
     );
+    remember_via(&client, &packet.net.src);
     passed
 }
 
 #[inline(always)]
-fn unattributed(
-    proxy_row: *mut SourceStats,
-    passed: Option<(u32, Counter)>,
-) -> Option<(u32, Counter)> {
-    // SAFETY: a live map value (see `add`).
-    unsafe { add(&raw mut (*proxy_row).unattributed, 1) };
+fn unattributed(proxy: &SourceAddr, passed: Option<(u32, Counter)>) -> Option<(u32, Counter)> {
+    count_relay(proxy, Relay::Unattributed);
     crate::count(Counter::UnattributedRequest);
     passed
+}
+
+#[derive(Clone, Copy)]
+enum Relay {
+    Proxied,
+    Unattributed,
+}
+
+/// Counts one relayed request for `proxy`, adding its entry if it has none.
+#[inline(always)]
+fn count_relay(proxy: &SourceAddr, relay: Relay) {
+    let add_to = |row: *mut ProxyRelays| {
+        // SAFETY: a live map value, its fields u64 and 8-byte aligned.
+        unsafe {
+            match relay {
+                Relay::Proxied => add(&raw mut (*row).proxied, 1),
+                Relay::Unattributed => add(&raw mut (*row).unattributed, 1),
+            }
+        }
+    };
+    if let Some(row) = PROXY_RELAYS.get_ptr_mut(proxy) {
+        add_to(row);
+        return;
+    }
+    let fresh = match relay {
+        Relay::Proxied => ProxyRelays {
+            proxied: 1,
+            unattributed: 0,
+        },
+        Relay::Unattributed => ProxyRelays {
+            proxied: 0,
+            unattributed: 1,
+        },
+    };
+    // NOEXIST, as for source rows: another CPU may have added it since the lookup.
+    if PROXY_RELAYS
+        .insert(proxy, fresh, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        if let Some(row) = PROXY_RELAYS.get_ptr_mut(proxy) {
+            add_to(row);
+        }
+    }
+}
+
+/// Records `proxy` as the one that carried `client`'s latest request; a write only when it
+/// changed (a client usually stays behind one proxy).
+#[inline(always)]
+fn remember_via(client: &SourceAddr, proxy: &SourceAddr) {
+    // SAFETY: copied out at once.
+    let known = unsafe { CLIENT_VIA.get(client) }.copied();
+    if known.is_some_and(|via| via.words == proxy.words) {
+        return;
+    }
+    let _ = CLIENT_VIA.insert(client, proxy, 0);
 }
 
 /// Answers a banned client's request in Glance's place and remembers to reset Glance's side

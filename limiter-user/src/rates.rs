@@ -104,10 +104,10 @@ pub struct Counts {
 impl From<&SourceStats> for Counts {
     fn from(stats: &SourceStats) -> Self {
         Counts {
-            syns: stats.syns,
-            image_create: stats.image_create,
-            other_write: stats.other_write,
-            read: stats.read,
+            syns: stats.syns.into(),
+            image_create: stats.image_create.into(),
+            other_write: stats.other_write.into(),
+            read: stats.read.into(),
             packets: stats.packets,
             bytes: stats.bytes,
             row_predates_last_poll: false,
@@ -127,23 +127,24 @@ impl Counts {
         ]
     }
 
-    /// The increase since `earlier`, or `None` if any counter went down (the row was reset).
+    /// The increase since `earlier`, or `None` if the row was reset (evicted and re-created).
+    ///
+    /// The kernel keeps SYNs and requests in 32 bits that wrap (`SourceStats`), so their
+    /// increase is taken modulo 2^32; one beyond 2^31 is a counter that went down, since no
+    /// source sends two billion of one kind between two polls. Packets and bytes are 64 bits
+    /// and never wrap: one that went down is a reset.
     fn increase_since(&self, earlier: &Counts) -> Option<Counts> {
-        let went_down = self
-            .fields()
-            .iter()
-            .zip(earlier.fields())
-            .any(|(now, before)| *now < before);
-        if went_down {
-            return None;
-        }
+        let wrapping = |now: u64, before: u64| {
+            let increase = (now as u32).wrapping_sub(before as u32);
+            (increase <= u32::MAX / 2).then_some(u64::from(increase))
+        };
         Some(Counts {
-            syns: self.syns - earlier.syns,
-            image_create: self.image_create - earlier.image_create,
-            other_write: self.other_write - earlier.other_write,
-            read: self.read - earlier.read,
-            packets: self.packets - earlier.packets,
-            bytes: self.bytes - earlier.bytes,
+            syns: wrapping(self.syns, earlier.syns)?,
+            image_create: wrapping(self.image_create, earlier.image_create)?,
+            other_write: wrapping(self.other_write, earlier.other_write)?,
+            read: wrapping(self.read, earlier.read)?,
+            packets: self.packets.checked_sub(earlier.packets)?,
+            bytes: self.bytes.checked_sub(earlier.bytes)?,
             row_predates_last_poll: false,
         })
     }
@@ -749,6 +750,32 @@ mod tests {
         // The budget is 250 bytes a source: the slot, plus an index entry and its control
         // byte in a table at most half full.
         const { assert!(SOURCE_SLOT_BYTES + 2 * (INDEX_ENTRY_BYTES + 1) <= 250) };
+    }
+
+    #[test]
+    fn the_kernels_32_bit_counters_wrap_without_a_reset() {
+        let mut tracker = RateTracker::new(1000);
+        let near_the_top = Counts {
+            syns: u64::from(u32::MAX) - 5,
+            image_create: u64::from(u32::MAX),
+            packets: 1 << 40,
+            ..Counts::default()
+        };
+        tracker.observe(secs(1), [(A, near_the_top)]);
+        let wrapped = Counts {
+            syns: 10,
+            image_create: 3,
+            packets: (1 << 40) + 20,
+            ..Counts::default()
+        };
+        let summary = tracker.observe(secs(2), [(A, wrapped)]);
+        assert_eq!(summary.resets, 0);
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(rates.new_connections_in_window, 16);
+        assert_eq!(rates.image_creates_last_minute, 4);
+        // Going down is a reset: the new values are the increase.
+        let summary = tracker.observe(secs(3), [(A, syns(2))]);
+        assert_eq!(summary.resets, 1);
     }
 
     #[test]

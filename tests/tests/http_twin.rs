@@ -134,7 +134,9 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn class_counts(row: Option<SourceStats>) -> [u64; 3] {
-    row.map_or([0; 3], |s| [s.image_create, s.other_write, s.read])
+    row.map_or([0; 3], |s| {
+        [s.image_create, s.other_write, s.read].map(u64::from)
+    })
 }
 
 fn row(limiter: &Limiter, source: IpAddr) -> Option<SourceStats> {

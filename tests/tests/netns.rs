@@ -293,7 +293,11 @@ fn counts_each_syn_to_the_protected_port_and_ignores_other_ports() {
 
     let open = fix.connect_many(CLIENT_A, CONNECTIONS);
     let row = fix.row(CLIENT_A);
-    assert_eq!(row.syns, CONNECTIONS as u64, "SYNs counted: {row:?}");
+    assert_eq!(
+        u64::from(row.syns),
+        CONNECTIONS as u64,
+        "SYNs counted: {row:?}"
+    );
     assert!(row.packets >= CONNECTIONS as u64, "{row:?}");
     assert_eq!(
         (row.image_create, row.other_write, row.read),
@@ -353,9 +357,9 @@ fn counts_every_request_on_one_keep_alive_connection() {
 
     let row = fix.row(CLIENT_A);
     assert_eq!(row.syns, 1, "one connection: {row:?}");
-    assert_eq!(row.image_create, CREATES, "{row:?}");
-    assert_eq!(row.read, READS, "{row:?}");
-    assert_eq!(row.other_write, OTHER_WRITES, "{row:?}");
+    assert_eq!(u64::from(row.image_create), CREATES, "{row:?}");
+    assert_eq!(u64::from(row.read), READS, "{row:?}");
+    assert_eq!(u64::from(row.other_write), OTHER_WRITES, "{row:?}");
     // Every request is its own segment, and the SYN comes on top.
     let requests = CREATES + READS + OTHER_WRITES;
     assert!(row.packets > requests, "{row:?}");
@@ -374,7 +378,7 @@ fn counts_ipv6_sources_under_their_ipv6_address() {
     }
 
     let row = fix.row(CLIENT_V6);
-    assert_eq!(row.syns, CONNECTIONS as u64, "{row:?}");
+    assert_eq!(u64::from(row.syns), CONNECTIONS as u64, "{row:?}");
     assert_eq!(row.image_create, 7, "{row:?}");
     assert_eq!((row.read, row.other_write), (0, 0), "{row:?}");
     // At least Ethernet + IPv6 + TCP headers per frame.

@@ -13,7 +13,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use limiter_common::{Counter, SourceStats};
+use limiter_common::{
+    Counter, SourceStats, NEVER, SOURCE_VERDICT_ALLOWED, SOURCE_VERDICT_BLOCKED,
+    SOURCE_VERDICT_MASK, SOURCE_VERDICT_PASS,
+};
 use limiter_tests::frames::{
     ethernet_header, Ext, Packet, ACK, ETHERTYPE_ARP, FIN, PSH, SYN, TPID_8021AD, TPID_8021Q, UDP,
 };
@@ -126,12 +129,12 @@ struct Record {
 impl From<&SourceStats> for Record {
     fn from(s: &SourceStats) -> Self {
         Record {
-            syns: s.syns,
+            syns: s.syns.into(),
             packets: s.packets,
             bytes: s.bytes,
-            image_create: s.image_create,
-            other_write: s.other_write,
-            read: s.read,
+            image_create: s.image_create.into(),
+            other_write: s.other_write.into(),
+            read: s.read.into(),
             first_seen: s.first_seen,
             last_seen: s.last_seen,
         }
@@ -226,7 +229,7 @@ impl Harness {
                 .is_some_and(|b| b.rules_generation != stats.rules_generation);
             if refreshed {
                 assert_eq!(
-                    stats.rules_generation,
+                    u64::from(stats.rules_generation),
                     self.generation,
                     "{src}; {}",
                     context()
@@ -270,7 +273,8 @@ impl Harness {
             row_after.last_seen
         );
         assert_eq!(
-            table_after[&src].rules_generation, self.generation,
+            u64::from(table_after[&src].rules_generation),
+            self.generation,
             "a counted row caches the verdict of the current rules"
         );
     }
@@ -483,9 +487,13 @@ fn an_ipv4_syn_to_the_protected_port_adds_a_source_row() {
     let row = h.row("198.51.100.7").expect("row");
     assert_eq!((row.syns, row.packets, row.bytes), (1, 1, 60));
     assert_eq!(
-        (row.blocked_until, row.allowed_until),
-        (0, 0),
-        "no rule covers it"
+        (
+            row.flags & SOURCE_VERDICT_MASK,
+            row.verdict_until,
+            row.rules_generation
+        ),
+        (SOURCE_VERDICT_PASS, NEVER, 0),
+        "no rule covers it: passed until the rules change"
     );
     assert_eq!(h.table().len(), 1);
 }
@@ -1627,7 +1635,12 @@ fn an_allow_rule_beats_a_block() {
         h.passes(&Packet::syn(src, 22).build(), PassOtherPort);
         h.passes(&Packet::syn(src, GLANCE).protocol(UDP).build(), PassNotTcp);
         let row = h.row(src).expect("row");
-        assert!(row.blocked_until != 0 && row.allowed_until != 0, "{row:?}");
+        assert_eq!(
+            row.flags & SOURCE_VERDICT_MASK,
+            SOURCE_VERDICT_ALLOWED,
+            "{row:?}"
+        );
+        assert_eq!(row.verdict_until, NEVER, "neither rule ends: {row:?}");
     }
     // The rest of the blocked prefix is still blocked.
     h.drops(&Packet::syn("198.51.100.8", GLANCE).build(), DropBlocked);
@@ -1952,4 +1965,46 @@ fn repeated_drops_of_one_source_follow_rule_changes_and_expiry() {
     h.drops(&frame_b, DropBlocked);
     std::thread::sleep(Duration::from_millis(1300));
     h.check(&frame_b, &[PassProtected], Row::counts(b).syn());
+}
+
+/// A row caches its verdict until the rules change or the verdict's own end: an allow that
+/// ends while the block it exempted from goes on turns the cached pass into a drop, with no
+/// rules change in between.
+#[test]
+fn a_cached_allow_ending_under_a_lasting_block_becomes_a_drop() {
+    limiter_tests::require_kernel!();
+    let mut h = Harness::new();
+    let src = "198.51.100.9";
+    let frame = Packet::syn(src, GLANCE).build();
+    let (behind, now) = clock_ten_seconds_behind(&h);
+    h.apply_with_clock(
+        &[
+            block(&format!("{src}/32")),
+            expiring(allow(&format!("{src}/32")), now + Duration::from_secs(11)),
+        ],
+        &behind,
+    );
+    h.check(&frame, &[PassAllowed, SourceNew], Row::counts(src).syn());
+    // The second from the row's cache.
+    h.check(&frame, &[PassAllowed], Row::counts(src).syn());
+    let row = h.row(src).expect("row");
+    assert_eq!(
+        row.flags & SOURCE_VERDICT_MASK,
+        SOURCE_VERDICT_ALLOWED,
+        "{row:?}"
+    );
+    assert_ne!(
+        row.verdict_until, NEVER,
+        "cached until the allow ends: {row:?}"
+    );
+    // The deadline is at least a second ahead; waiting longer only makes it surer.
+    std::thread::sleep(Duration::from_millis(1300));
+    h.drops(&frame, DropBlocked);
+    let row = h.row(src).expect("row");
+    assert_eq!(
+        row.flags & SOURCE_VERDICT_MASK,
+        SOURCE_VERDICT_BLOCKED,
+        "{row:?}"
+    );
+    assert_eq!(row.verdict_until, NEVER, "the block has no end: {row:?}");
 }

@@ -194,17 +194,28 @@ impl Engine {
         let mut reaching: Vec<(IpAddr, Rates)> = Vec::new();
         let mut proxy_rows: HashMap<IpAddr, ProxyRow> = HashMap::new();
         let mut rows_read = 0usize;
-        let (rates, via, policy) = (&mut self.rates, &mut self.via, &self.policy);
+        // What the proxies relayed, and which proxy carried each client: tables of their
+        // own in the kernel, read only where proxies are trusted.
+        let proxying = !self.config.trusted_proxies.is_empty();
+        let relays = if proxying {
+            self.limiter.proxy_relays()?
+        } else {
+            HashMap::new()
+        };
+        if proxying {
+            self.via.replace(self.limiter.client_via()?);
+        }
+        let (rates, policy) = (&mut self.rates, &self.policy);
         self.limiter.for_each_source(|row| {
             rows_read += 1;
             // A row read twice (where two parts of the read meet) is the later reading.
             if proxied::is_proxy_row(&row) {
-                proxy_rows.insert(row.addr, proxied::proxy_row(&row, previous));
+                let relayed = relays.get(&row.addr);
+                proxy_rows.insert(row.addr, proxied::proxy_row(&row, relayed, previous));
             }
             if previous.is_some_and(|p| row.stats.last_seen < p) {
                 return;
             }
-            via.observe(&row);
             let counts = Counts {
                 row_predates_last_poll: previous.is_some_and(|p| row.stats.first_seen < p),
                 ..Counts::from(&row.stats)
@@ -217,11 +228,7 @@ impl Engine {
         // A source read twice: its later figures (the policy takes the first of an address).
         reaching.reverse();
         self.proxy_loads.observe(now, proxy_rows.into_values());
-        let observed = self.rates.end_poll(poll);
-        if observed.forgotten_idle + observed.forgotten_over_capacity > 0 && !self.via.is_empty() {
-            let rates = &self.rates;
-            self.via.retain(|addr| rates.last_counts(addr).is_some());
-        }
+        self.rates.end_poll(poll);
 
         // A degraded store writes what waits in memory, or finds out writes work again.
         if let Some(Err(e)) = self.store.flush() {

@@ -6,13 +6,12 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use ipnet::IpNet;
-use limiter_common::{SourceAddr, SOURCE_TRUSTED_PROXY};
+use limiter_common::{ProxyRelays, SOURCE_TRUSTED_PROXY};
 
 use crate::{
     control::protocol::{ProxyRates, ProxyTotals, ProxyView},
     loader::SourceEntry,
     metrics::ProxyRelayed,
-    net::key_to_addr,
     proxy::{
         load::{ProxyLoads, ProxyRow, RelayCounts},
         TrustedProxies,
@@ -25,49 +24,38 @@ pub fn is_proxy_row(row: &SourceEntry) -> bool {
     row.stats.flags & SOURCE_TRUSTED_PROXY != 0
 }
 
-/// A proxy's row for [`ProxyLoads`]; `previous_poll`: the kernel time of the previous poll.
-pub fn proxy_row(row: &SourceEntry, previous_poll: Option<u64>) -> ProxyRow {
+/// A proxy's row for [`ProxyLoads`], with what it relayed (`None`: nothing yet, so the
+/// history starts at zero with the row); `previous_poll`: the kernel time of the previous poll.
+pub fn proxy_row(
+    row: &SourceEntry,
+    relays: Option<&ProxyRelays>,
+    previous_poll: Option<u64>,
+) -> ProxyRow {
+    let relays = relays.copied().unwrap_or_default();
     ProxyRow {
         addr: row.addr,
         counts: RelayCounts {
-            proxied: row.stats.proxied,
-            unattributed: row.stats.unattributed,
+            proxied: relays.proxied,
+            unattributed: relays.unattributed,
         },
         row_predates_last_poll: previous_poll.is_some_and(|p| row.stats.first_seen < p),
     }
 }
 
-/// The proxy that carried the row's latest proxied request, if any.
-pub fn via(row: &SourceEntry) -> Option<IpAddr> {
-    (row.stats.via != SourceAddr::default()).then(|| key_to_addr(row.stats.via.octets()))
-}
-
-/// The trusted proxy each source's latest proxied request came through, for the sources the
-/// rate tracker follows. Only proxied sources take an entry.
+/// The trusted proxy each source's latest proxied request came through, as the kernel's
+/// `CLIENT_VIA` table had it at the latest poll. Only proxied sources take an entry.
 #[derive(Clone, Debug, Default)]
 pub struct ViaTable {
     via: HashMap<IpAddr, IpAddr>,
 }
 
 impl ViaTable {
-    /// Takes a row that changed since the last poll. A row without a proxy drops its entry:
-    /// it was evicted and came back directly.
-    pub fn observe(&mut self, row: &SourceEntry) {
-        match via(row) {
-            Some(proxy) => {
-                self.via.insert(row.addr.to_canonical(), proxy);
-            }
-            None => {
-                if !self.via.is_empty() {
-                    self.via.remove(&row.addr.to_canonical());
-                }
-            }
-        }
-    }
-
-    /// Forgets the sources `keep` says no: called when the rate tracker forgot some.
-    pub fn retain(&mut self, keep: impl Fn(IpAddr) -> bool) {
-        self.via.retain(|addr, _| keep(*addr));
+    /// Takes the kernel's table as read this poll.
+    pub fn replace(&mut self, via: HashMap<IpAddr, IpAddr>) {
+        self.via = via
+            .into_iter()
+            .map(|(client, proxy)| (client.to_canonical(), proxy.to_canonical()))
+            .collect();
     }
 
     pub fn get(&self, addr: IpAddr) -> Option<IpAddr> {
@@ -149,26 +137,10 @@ pub fn relayed_by_entry(loads: &ProxyLoads, trusted: &TrustedProxies) -> Vec<Pro
 mod tests {
     use std::time::Duration;
 
-    use limiter_common::SourceStats;
-
     use super::*;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
-    }
-
-    fn row(addr: &str, via: Option<&str>) -> SourceEntry {
-        let via = via.map_or(SourceAddr::default(), |proxy| {
-            let (_, key) = crate::net::net_to_key(IpNet::from(ip(proxy)));
-            SourceAddr::from_octets(key)
-        });
-        SourceEntry {
-            addr: ip(addr),
-            stats: SourceStats {
-                via,
-                ..SourceStats::default()
-            },
-        }
     }
 
     fn trusted(entries: &[&str]) -> TrustedProxies {
@@ -179,24 +151,38 @@ mod tests {
     }
 
     #[test]
-    fn via_follows_the_latest_row_and_is_dropped_with_the_source() {
+    fn via_is_the_kernels_table_by_canonical_address() {
         let mut table = ViaTable::default();
-        for row in [
-            row("203.0.113.9", Some("198.51.100.2")),
-            row("2001:db8:1::7", Some("2001:db8:51::2")),
-            row("203.0.113.10", None),
-        ] {
-            table.observe(&row);
-        }
+        assert!(table.is_empty());
+        table.replace(HashMap::from([
+            (ip("::ffff:203.0.113.9"), ip("198.51.100.2")),
+            (ip("2001:db8:1::7"), ip("2001:db8:51::2")),
+        ]));
         assert_eq!(table.get(ip("203.0.113.9")), Some(ip("198.51.100.2")));
         assert_eq!(table.get(ip("2001:db8:1::7")), Some(ip("2001:db8:51::2")));
         assert_eq!(table.get(ip("203.0.113.10")), None);
-        assert_eq!(table.via.len(), 2);
-        // Evicted and back, directly this time.
-        table.observe(&row("203.0.113.9", None));
-        assert_eq!(table.get(ip("203.0.113.9")), None);
-        table.retain(|addr| addr != ip("2001:db8:1::7"));
+        table.replace(HashMap::new());
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_proxy_that_relayed_nothing_yet_starts_at_zero() {
+        let entry = SourceEntry {
+            addr: ip("198.51.100.2"),
+            stats: limiter_common::SourceStats {
+                first_seen: 5,
+                ..Default::default()
+            },
+        };
+        let row = proxy_row(&entry, None, Some(10));
+        assert_eq!((row.counts.proxied, row.counts.unattributed), (0, 0));
+        assert!(row.row_predates_last_poll);
+        let relays = ProxyRelays {
+            proxied: 7,
+            unattributed: 2,
+        };
+        let row = proxy_row(&entry, Some(&relays), None);
+        assert_eq!((row.counts.proxied, row.counts.unattributed), (7, 2));
     }
 
     #[test]

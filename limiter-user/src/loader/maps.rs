@@ -1,7 +1,7 @@
 //! Typed access to the program's maps. The only place that knows map names and value layouts.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     net::IpAddr,
 };
 
@@ -13,8 +13,9 @@ use aya::{
     Ebpf, Pod,
 };
 use limiter_common::{
-    AllowRule, BlockRule, Config, Counter, SourceAddr, SourceStats, ALLOW_MAP, BLOCK_MAP,
-    CONFIG_ANY_PORT_RULES, CONFIG_MAP, COUNTERS_MAP, PORTS_MAP, PORT_BITMAP_WORDS, SOURCES_MAP,
+    AllowRule, BlockRule, Config, Counter, ProxyRelays, SourceAddr, SourceStats, ALLOW_MAP,
+    BLOCK_MAP, CLIENT_VIA_MAP, CONFIG_ANY_PORT_RULES, CONFIG_MAP, COUNTERS_MAP, PORTS_MAP,
+    PORT_BITMAP_WORDS, PROXY_RELAYS_MAP, SOURCES_MAP,
 };
 
 use super::{batch, LoaderError};
@@ -266,6 +267,49 @@ pub(super) fn for_each_source_batched(
             }
         },
     )?)
+}
+
+/// Client → the trusted proxy that carried its latest request.
+pub(super) fn read_client_via(ebpf: &Ebpf) -> Result<StdHashMap<IpAddr, IpAddr>, LoaderError> {
+    let table: HashMap<&MapData, SourceAddr, SourceAddr> =
+        HashMap::try_from(map_ref(ebpf, CLIENT_VIA_MAP)?)
+            .map_err(map_err(CLIENT_VIA_MAP, "open"))?;
+    let mut via = StdHashMap::new();
+    batch::lookup_each(
+        table.map(),
+        CLIENT_VIA_MAP,
+        batch::DEFAULT_BATCH_CHUNK,
+        |clients: &[SourceAddr], proxies: &[SourceAddr]| {
+            for (client, proxy) in clients.iter().zip(proxies) {
+                via.insert(
+                    net::key_to_addr(client.octets()),
+                    net::key_to_addr(proxy.octets()),
+                );
+            }
+        },
+    )?;
+    Ok(via)
+}
+
+/// Trusted proxy → what it relayed.
+pub(super) fn read_proxy_relays(
+    ebpf: &Ebpf,
+) -> Result<StdHashMap<IpAddr, ProxyRelays>, LoaderError> {
+    let table: HashMap<&MapData, SourceAddr, ProxyRelays> =
+        HashMap::try_from(map_ref(ebpf, PROXY_RELAYS_MAP)?)
+            .map_err(map_err(PROXY_RELAYS_MAP, "open"))?;
+    let mut relays = StdHashMap::new();
+    batch::lookup_each(
+        table.map(),
+        PROXY_RELAYS_MAP,
+        batch::DEFAULT_BATCH_CHUNK,
+        |proxies: &[SourceAddr], counts: &[ProxyRelays]| {
+            for (proxy, counts) in proxies.iter().zip(counts) {
+                relays.insert(net::key_to_addr(proxy.octets()), *counts);
+            }
+        },
+    )?;
+    Ok(relays)
 }
 
 pub(super) fn read_counters(ebpf: &Ebpf) -> Result<Counters, LoaderError> {

@@ -14,6 +14,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use std::{
+    collections::HashMap,
+    net::IpAddr,
     path::PathBuf,
     sync::OnceLock,
     thread,
@@ -21,8 +23,8 @@ use std::{
 };
 
 use limiter_common::{
-    CLIENT_PROGRAM_NAME, CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME,
-    PROXY_PROGRAMS_MAP, PROXY_PROGRAM_NAME, SOURCES_MAP,
+    ProxyRelays, CLIENT_PROGRAM_NAME, CLIENT_VIA_MAP, CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY,
+    PROGRAM_NAME, PROXY_PROGRAMS_MAP, PROXY_PROGRAM_NAME, SOURCES_MAP,
 };
 use tracing::{info, warn};
 
@@ -166,6 +168,8 @@ impl Limiter {
     ) -> Result<Self, LoaderError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(SOURCES_MAP, options.source_capacity);
+        // As many clients as the table has sources can have come through a proxy.
+        loader.map_max_entries(CLIENT_VIA_MAP, options.source_capacity);
         configure(&mut loader);
         let mut ebpf = loader
             .load(ebpf_objects::LIMITER)
@@ -396,6 +400,16 @@ impl Limiter {
     /// in one read (where the parallel parts meet): `each` keeps the later.
     pub fn for_each_source(&self, each: impl FnMut(SourceEntry)) -> Result<(), LoaderError> {
         maps::for_each_source_batched(&self.ebpf, DEFAULT_BATCH_CHUNK, each)
+    }
+
+    /// Each client that came through a trusted proxy → the proxy of its latest request.
+    pub fn client_via(&self) -> Result<HashMap<IpAddr, IpAddr>, LoaderError> {
+        maps::read_client_via(&self.ebpf)
+    }
+
+    /// Each trusted proxy → the requests it relayed (attributed, and not).
+    pub fn proxy_relays(&self) -> Result<HashMap<IpAddr, ProxyRelays>, LoaderError> {
+        maps::read_proxy_relays(&self.ebpf)
     }
 
     /// Global counters, summed over CPUs.

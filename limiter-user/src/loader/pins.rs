@@ -14,10 +14,11 @@ use aya::{
     },
 };
 use limiter_common::{
-    AllowRule, BlockRule, Config, ConnKey, ConnState, Counter, PathPrefix, RejectTemplate,
-    SourceStats, TrustedProxy, ALLOW_MAP, BLOCK_MAP, CONFIG_MAP, COUNTERS_MAP, MAX_PATH_PREFIXES,
-    PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS, PROGRAM_NAME, PROXY_CONNS_MAP,
-    PROXY_CONN_CAPACITY, REJECT_MAP, RULE_CAPACITY, SOURCES_MAP, TRUSTED_PROXIES_MAP,
+    AllowRule, BlockRule, Config, ConnKey, ConnState, Counter, PathPrefix, ProxyRelays,
+    RejectTemplate, SourceAddr, SourceStats, TrustedProxy, ALLOW_MAP, BLOCK_MAP, CLIENT_VIA_MAP,
+    CONFIG_MAP, COUNTERS_MAP, MAX_PATH_PREFIXES, PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS,
+    PROGRAM_NAME, PROXY_CONNS_MAP, PROXY_CONN_CAPACITY, PROXY_RELAYS_CAPACITY, PROXY_RELAYS_MAP,
+    REJECT_MAP, RULE_CAPACITY, SOURCES_MAP, TRUSTED_PROXIES_MAP,
 };
 use tracing::{info, warn};
 
@@ -30,8 +31,10 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/glance-limiter";
 /// nor what is known of proxies' backend connections. (`LAST_DROP`, the program's per-CPU
 /// one-entry cache of its last drop, and `TEXT_WINDOW`, its scratch space, are not: the first
 /// is checked against the rules generation on every use, the second rewritten before use.)
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 12] = [
     SOURCES_MAP,
+    CLIENT_VIA_MAP,
+    PROXY_RELAYS_MAP,
     BLOCK_MAP,
     ALLOW_MAP,
     PORTS_MAP,
@@ -62,7 +65,7 @@ struct Expected {
     max_entries: u32,
 }
 
-fn expected_maps(options: &LoadOptions) -> [Expected; 10] {
+fn expected_maps(options: &LoadOptions) -> [Expected; 12] {
     let size = |n: usize| n as u32;
     [
         Expected {
@@ -71,6 +74,20 @@ fn expected_maps(options: &LoadOptions) -> [Expected; 10] {
             key_size: 16,
             value_size: size(size_of::<SourceStats>()),
             max_entries: options.source_capacity,
+        },
+        Expected {
+            name: CLIENT_VIA_MAP,
+            map_type: MapType::LruHash,
+            key_size: 16,
+            value_size: size(size_of::<SourceAddr>()),
+            max_entries: options.source_capacity,
+        },
+        Expected {
+            name: PROXY_RELAYS_MAP,
+            map_type: MapType::LruHash,
+            key_size: 16,
+            value_size: size(size_of::<ProxyRelays>()),
+            max_entries: PROXY_RELAYS_CAPACITY,
         },
         Expected {
             name: BLOCK_MAP,
