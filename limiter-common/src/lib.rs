@@ -146,9 +146,31 @@ pub const SOURCE_VERDICT_ALLOWED: u32 = 0b010;
 /// Dropped: a block rule is in force and nothing exempts the source.
 pub const SOURCE_VERDICT_BLOCKED: u32 = 0b100;
 
-/// Bytes of a row of the layout before [`SourceStats`] (sixteen `u64`s: every counter `u64`,
-/// both deadlines, and the proxy fields in the row).
+/// Bytes of a row of the layout before [`SourceStats`]: [`SourceRowV1`].
 pub const SOURCE_ROW_V1_BYTES: u32 = 128;
+
+/// The per-source row of versions before [`SourceStats`] (two cache lines): every counter
+/// `u64`, both rule deadlines, and the proxy fields in the row. Kept so that an upgrade can
+/// read a running older version's pinned table and carry its rows over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceRowV1 {
+    pub syns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub image_create: u64,
+    pub other_write: u64,
+    pub read: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub rules_generation: u64,
+    pub blocked_until: u64,
+    pub allowed_until: u64,
+    pub flags: u64,
+    pub via: SourceAddr,
+    pub proxied: u64,
+    pub unattributed: u64,
+}
 
 /// The trusted proxy that carried a client's latest proxied request (LRU hash, client
 /// [`SourceAddr`] → proxy [`SourceAddr`]; as large as the per-source table). A client that
@@ -437,6 +459,7 @@ mod user {
     // SAFETY: all of these are repr(C), Copy, and have no padding bytes.
     unsafe impl aya::Pod for SourceAddr {}
     unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for SourceRowV1 {}
     unsafe impl aya::Pod for BlockRule {}
     unsafe impl aya::Pod for AllowRule {}
     unsafe impl aya::Pod for Config {}
@@ -461,6 +484,7 @@ mod tests {
         assert_eq!(SourceAddr::from_octets(octets).octets(), octets);
         assert_eq!(size_of::<SourceStats>(), 64, "one cache line");
         assert_eq!(size_of::<ProxyRelays>(), 16);
+        assert_eq!(size_of::<SourceRowV1>() as u32, SOURCE_ROW_V1_BYTES);
         assert_eq!(size_of::<ConnKey>(), 40);
         assert_eq!(size_of::<ConnState>(), 24);
         assert_eq!(size_of::<PathPrefix>(), 24);

@@ -9,3 +9,7 @@ pub static BASELINE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 /// The flood benchmark's sender (`flood_tx`): redirects live test-run frames into a veth.
 /// Test and benchmark tooling; the daemon never loads it.
 pub static FLOOD_TX: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flood_tx"));
+
+/// A stand-in for a running older version (`legacy_v1`: the previous per-source row layout),
+/// for the upgrade test. Test tooling; the daemon never loads it.
+pub static LEGACY_V1: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/legacy_v1"));

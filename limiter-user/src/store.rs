@@ -1980,8 +1980,10 @@ mod tests {
         RuleStore::open(dir.path()).unwrap();
     }
 
+    /// Behaviour only (one write for the batch, none for a repeat); the time of a 10,000-rule
+    /// batch is measured end to end by the `e2e` bench (`limiter block -`), and printed here.
     #[test]
-    fn ten_thousand_rules_in_one_batch_take_well_under_a_second() {
+    fn ten_thousand_rules_in_one_batch_are_one_write() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = RuleStore::open(dir.path()).unwrap();
         let batch: Vec<StoredRule> = (0..10_000)
@@ -1991,28 +1993,23 @@ mod tests {
             })
             .collect();
 
+        let writes = store.write_counts().attempts;
         let started = Instant::now();
         let change = store.upsert(batch.clone()).unwrap();
-        let elapsed = started.elapsed();
         println!(
-            "upsert of 10,000 new rules (one write, {} bytes): {elapsed:?}",
-            file_bytes(dir.path()).len()
-        );
-        assert_eq!(change.added.len(), 10_000);
-
-        let started = Instant::now();
-        let change = store.upsert(batch).unwrap();
-        println!(
-            "upsert of the same 10,000 rules (no-op): {:?}",
+            "upsert of 10,000 new rules (one write, {} bytes): {:?}",
+            file_bytes(dir.path()).len(),
             started.elapsed()
         );
-        assert!(change.is_noop());
+        assert_eq!(change.added.len(), 10_000);
+        assert_eq!(store.write_counts().attempts, writes + 1, "one write");
 
-        let started = Instant::now();
+        let change = store.upsert(batch).unwrap();
+        assert!(change.is_noop());
+        assert_eq!(store.write_counts().attempts, writes + 1, "a no-op writes nothing");
+
         drop(store);
         let store = RuleStore::open(dir.path()).unwrap();
-        println!("reopen with 10,000 rules: {:?}", started.elapsed());
         assert_eq!(store.rules().len(), 10_000);
-        assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
     }
 }

@@ -3,6 +3,7 @@
 
 mod batch;
 mod maps;
+mod migrate;
 mod pins;
 mod proxy;
 
@@ -29,6 +30,7 @@ use limiter_common::{
 use tracing::{info, warn};
 
 pub use self::batch::{BatchError, DEFAULT_BATCH_CHUNK, PARALLEL_BATCH_MIN_ENTRIES};
+pub use self::migrate::upgraded;
 pub use self::{
     maps::{Counters, SourceEntry},
     pins::{detach_pinned, pinned_interfaces, DetachReport, DEFAULT_PIN_DIR, PINNED_MAPS},

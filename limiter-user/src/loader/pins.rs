@@ -22,7 +22,7 @@ use limiter_common::{
 };
 use tracing::{info, warn};
 
-use super::{program_mut, AttachMode, Limiter, LoadOptions, LoaderError};
+use super::{migrate, program_mut, AttachMode, Limiter, LoadOptions, LoaderError};
 
 /// Where the daemon pins by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/glance-limiter";
@@ -158,16 +158,25 @@ fn expected_maps(options: &LoadOptions) -> [Expected; 12] {
 impl Limiter {
     /// Loads the program with every map pinned under `pin_dir`, reusing maps already pinned
     /// there. [`Limiter::attach`] then adopts pinned links instead of attaching twice.
+    ///
+    /// A per-source table pinned by an older version (the previous row layout) or with
+    /// another capacity is carried over into a fresh one ([`super::migrate`]); the pinned
+    /// links then take this program at [`Limiter::attach`], without a gap.
     pub fn load_pinned(options: &LoadOptions, pin_dir: &Path) -> Result<Self, LoaderError> {
         prepare_pin_dir(pin_dir)?;
+        let migrations = migrate::plan(pin_dir, options);
+        let migrated = |name: &str| migrations.iter().any(|m| m.name == name);
         for expected in expected_maps(options) {
-            check_pinned_map(pin_dir, &expected)?;
+            if !migrated(expected.name) {
+                check_pinned_map(pin_dir, &expected)?;
+            }
         }
         let mut limiter = Self::load_with(options, |loader| {
-            for name in PINNED_MAPS {
+            for name in PINNED_MAPS.into_iter().filter(|name| !migrated(name)) {
                 loader.map_pin_path(name, pin_dir.join(name));
             }
         })?;
+        migrate::carry_over(&mut limiter.ebpf, migrations)?;
         limiter.pin_dir = Some(pin_dir.to_owned());
         Ok(limiter)
     }

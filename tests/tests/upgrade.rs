@@ -1,0 +1,230 @@
+//! An upgrade from a running older version: its per-source table pinned in the previous row
+//! layout (two cache lines a row), its program dropping a banned source through the pinned
+//! block trie. This version loads, carries the old rows over into its one-cache-line table,
+//! replaces the pin, and swaps its program into the pinned link: the banned source is never
+//! let through and the others are never refused while that happens, and the old counts are
+//! in the new table.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    thread,
+    time::Duration,
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData},
+    programs::{links::FdLink, Xdp, XdpMode},
+    EbpfLoader,
+};
+use limiter_common::{
+    BlockRule, SourceStats, BLOCK_MAP, PORTS_MAP, SOURCES_MAP, SOURCE_ROW_V1_BYTES,
+};
+use limiter_tests::{
+    http::{connect_from, request, StandInServer},
+    netns::Topology,
+};
+use limiter_user::{
+    ebpf_objects,
+    loader::{detach_pinned, Limiter, LoadOptions},
+    rules::{compile, Action, KernelRule, Scope},
+};
+
+const GLANCE_PORT: u16 = 9292;
+const BANNED: &str = Topology::CLIENT_V4[0];
+const OTHER: &str = Topology::CLIENT_V4[1];
+/// The legitimate client's requests before the upgrade: counts the new table must hold.
+const REQUESTS_BEFORE: usize = 5;
+
+/// A pin directory of this test run, detached and removed on drop (also on panic).
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new() -> Self {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/glance-limiter-upgrade-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the pin directory");
+        PinDir(dir)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = detach_pinned(&self.0) {
+            eprintln!("warning: could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn ban_rules(
+    limiter_clock: &limiter_user::clock::KernelClock,
+) -> limiter_user::rules::CompiledRules {
+    let rule = KernelRule {
+        net: format!("{BANNED}/32").parse().unwrap(),
+        action: Action::Block,
+        scope: Scope::ProtectedPorts,
+        expires: None,
+    };
+    compile(&[rule], limiter_clock).unwrap()
+}
+
+/// The older version, as a daemon of it leaves things: its table, the block trie (holding
+/// the ban) and the ports pinned, its program attached to the server's interface through a
+/// pinned link; then its process goes.
+fn run_older_version(topo: &Topology, pins: &Path) {
+    let mut old = EbpfLoader::new()
+        .map_pin_path(SOURCES_MAP, pins.join(SOURCES_MAP))
+        .map_pin_path(BLOCK_MAP, pins.join(BLOCK_MAP))
+        .map_pin_path(PORTS_MAP, pins.join(PORTS_MAP))
+        .load(ebpf_objects::LEGACY_V1)
+        .expect("load the older version's program");
+    {
+        let mut ports: Array<&mut MapData, u64> =
+            Array::try_from(old.map_mut(PORTS_MAP).unwrap()).unwrap();
+        ports
+            .set(u32::from(GLANCE_PORT >> 6), 1u64 << (GLANCE_PORT & 63), 0)
+            .unwrap();
+    }
+    {
+        // The clock of the rules is any limiter's: the same kernel.
+        let clock = Limiter::load(&LoadOptions::default())
+            .unwrap()
+            .clock()
+            .unwrap();
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], BlockRule> =
+            LpmTrie::try_from(old.map_mut(BLOCK_MAP).unwrap()).unwrap();
+        for (&(prefix_len, addr), value) in &ban_rules(&clock).block {
+            trie.insert(&Key::new(prefix_len, addr), value, 0).unwrap();
+        }
+    }
+    let program: &mut Xdp = old
+        .program_mut("glance_limiter")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program
+        .load()
+        .expect("the older version's program verifies");
+    let link_id = topo
+        .server
+        .run(|| program.attach(topo.server_iface, XdpMode::Driver))
+        .expect("attach the older version");
+    let link = FdLink::try_from(program.take_link(link_id).unwrap()).expect("a bpf link");
+    link.pin(pins.join(format!("link-{}", topo.server_iface)))
+        .expect("pin the older version's link");
+}
+
+fn served(topo: &Topology, src: &str) -> bool {
+    topo.client.run(|| {
+        connect_from(
+            src,
+            Topology::SERVER_V4,
+            GLANCE_PORT,
+            Duration::from_millis(500),
+        )
+        .and_then(|mut s| request(&mut s, "GET", "/v2/images", ""))
+        .is_ok_and(|status| status == 200)
+    })
+}
+
+#[test]
+fn a_running_older_version_is_upgraded_in_place_without_a_gap() {
+    limiter_tests::require_kernel!();
+    let topo = Topology::new();
+    let _server = StandInServer::start_in(&topo.server, GLANCE_PORT);
+    let pins = PinDir::new();
+
+    run_older_version(&topo, &pins.0);
+    let old_layout = MapData::from_pin(pins.0.join(SOURCES_MAP)).unwrap();
+    assert_eq!(old_layout.info().unwrap().value_size(), SOURCE_ROW_V1_BYTES);
+    drop(old_layout);
+    assert!(
+        !served(&topo, BANNED),
+        "the older version drops the banned source"
+    );
+    for _ in 0..REQUESTS_BEFORE {
+        assert!(served(&topo, OTHER), "the older version serves the others");
+    }
+    let programs_before = topo.server.xdp_program_ids(topo.server_iface);
+    assert_eq!(programs_before.len(), 1, "{programs_before:?}");
+
+    // Probes run through the whole upgrade: the banned source must never get through, the
+    // other never be refused.
+    let stop = AtomicBool::new(false);
+    let (banned_through, other_refused, probes) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let upgraded = thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if served(&topo, BANNED) {
+                    banned_through.fetch_add(1, Ordering::Relaxed);
+                }
+                if !served(&topo, OTHER) {
+                    other_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                probes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // The new version starts as its daemon does: load over the pins, the ports and its
+        // rule store's rules, then attach (adopting the pinned link).
+        let mut limiter = Limiter::load_pinned(&LoadOptions::default(), &pins.0)
+            .expect("load over the older version's pins");
+        limiter.set_protected_ports(&[GLANCE_PORT]).unwrap();
+        let clock = limiter.clock().unwrap();
+        limiter.apply_rules(&ban_rules(&clock)).unwrap();
+        topo.server
+            .run(|| limiter.attach(topo.server_iface))
+            .expect("adopt the pinned link");
+        // A few probes after the swap too.
+        let after = probes.load(Ordering::Relaxed) + 3;
+        while probes.load(Ordering::Relaxed) < after {
+            thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        limiter
+    });
+    let probes = probes.load(Ordering::Relaxed);
+    println!("{probes} probe pairs across the upgrade");
+    assert_eq!(
+        banned_through.load(Ordering::Relaxed),
+        0,
+        "the ban never lapsed"
+    );
+    assert_eq!(
+        other_refused.load(Ordering::Relaxed),
+        0,
+        "the others were always served"
+    );
+
+    // One attachment, now this version's program; the table in the new layout, pinned.
+    let programs_after = topo.server.xdp_program_ids(topo.server_iface);
+    assert_eq!(programs_after.len(), 1, "{programs_after:?}");
+    assert_ne!(
+        programs_after, programs_before,
+        "the link runs the new program"
+    );
+    let pinned = MapData::from_pin(pins.0.join(SOURCES_MAP)).unwrap();
+    assert_eq!(
+        pinned.info().unwrap().value_size() as usize,
+        size_of::<SourceStats>()
+    );
+    // The older version's counts were carried over (and the new program added to them).
+    let rows: HashMap<String, SourceStats> = upgraded
+        .sources()
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.addr.to_string(), row.stats))
+        .collect();
+    let other = rows.get(OTHER).expect("the other client's row");
+    assert!(
+        other.syns as usize >= REQUESTS_BEFORE,
+        "counts from before the upgrade: {other:?}"
+    );
+    assert!(served(&topo, OTHER) && !served(&topo, BANNED));
+}
