@@ -2006,7 +2006,11 @@ mod tests {
 
         let change = store.upsert(batch).unwrap();
         assert!(change.is_noop());
-        assert_eq!(store.write_counts().attempts, writes + 1, "a no-op writes nothing");
+        assert_eq!(
+            store.write_counts().attempts,
+            writes + 1,
+            "a no-op writes nothing"
+        );
 
         drop(store);
         let store = RuleStore::open(dir.path()).unwrap();

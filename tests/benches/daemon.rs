@@ -73,13 +73,18 @@ fn main() {
 
     let points: Vec<ScalePoint> = SCALE_POINTS.iter().map(|&n| run_scale_point(n)).collect();
     println!(
-        "\n{:>9} {:>14} {:>15} {:>10} {:>10}",
-        "sources", "poll ms (idle)", "first poll ms", "RSS MiB", "peak MiB"
+        "\n{:>9} {:>14} {:>15} {:>10} {:>10} {:>12}",
+        "sources", "poll ms (idle)", "first poll ms", "RSS MiB", "peak MiB", "kernel MiB"
     );
     for p in &points {
         println!(
-            "{:>9} {:>14.1} {:>15.1} {:>10.1} {:>10.1}",
-            p.sources, p.poll_ms_median, p.first_poll_ms, p.rss_mib, p.rss_peak_mib
+            "{:>9} {:>14.1} {:>15.1} {:>10.1} {:>10.1} {:>12.1}",
+            p.sources,
+            p.poll_ms_median,
+            p.first_poll_ms,
+            p.rss_mib,
+            p.rss_peak_mib,
+            p.kernel_table_mib
         );
     }
     write_report(
@@ -103,6 +108,9 @@ struct ScalePoint {
     /// Resident memory of the process after the polls, and its peak.
     rss_mib: f64,
     rss_peak_mib: f64,
+    /// Kernel memory of the per-source table (the map's `memlock` as the kernel reports it).
+    #[serde(default)]
+    kernel_table_mib: f64,
 }
 
 fn run_scale_point(sources: usize) -> ScalePoint {
@@ -146,7 +154,40 @@ fn scale_point(sources: usize) -> ScalePoint {
         first_poll_ms: ms(first_poll),
         rss_mib: status_kib("VmRSS:") / 1024.0,
         rss_peak_mib: status_kib("VmHWM:") / 1024.0,
+        kernel_table_mib: source_table_memlock(sources) as f64 / (1024.0 * 1024.0),
     }
+}
+
+/// The `memlock` of this process's per-source table: the LRU hash map (type 9) with 16-byte
+/// keys and `sources` entries, found through /proc/self/fdinfo.
+fn source_table_memlock(sources: usize) -> u64 {
+    let Ok(fds) = fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    for fd in fds.flatten() {
+        let Ok(info) = fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        let entries = sources.to_string();
+        if field("map_type:").as_deref() == Some("9")
+            && field("key_size:").as_deref() == Some("16")
+            && field("max_entries:").as_deref() == Some(entries.as_str())
+            && field("value_size:").as_deref()
+                == Some(
+                    size_of::<limiter_common::SourceStats>()
+                        .to_string()
+                        .as_str(),
+                )
+        {
+            return field("memlock:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    0
 }
 
 fn status_kib(field: &str) -> f64 {
