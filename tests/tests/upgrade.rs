@@ -3,7 +3,7 @@
 //! block trie. This version loads, carries the old rows over into its one-cache-line table,
 //! replaces the pin, and swaps its program into the pinned link: the banned source is never
 //! let through and the others are never refused while that happens, and the old counts are
-//! in the new table.
+//! in the new table. A changed `source_capacity` is carried over the same way.
 
 use std::{
     collections::HashMap,
@@ -22,6 +22,7 @@ use limiter_common::{
     BlockRule, SourceStats, BLOCK_MAP, PORTS_MAP, SOURCES_MAP, SOURCE_ROW_V1_BYTES,
 };
 use limiter_tests::{
+    frames::Packet,
     http::{connect_from, request, StandInServer},
     netns::Topology,
 };
@@ -41,9 +42,10 @@ const REQUESTS_BEFORE: usize = 5;
 struct PinDir(PathBuf);
 
 impl PinDir {
-    fn new() -> Self {
+    /// `test`: tells apart the directories of tests running at once.
+    fn new(test: &str) -> Self {
         let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/glance-limiter-upgrade-{}",
+            "/sys/fs/bpf/glance-limiter-upgrade-{}-{test}",
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).expect("create the pin directory");
@@ -135,7 +137,7 @@ fn a_running_older_version_is_upgraded_in_place_without_a_gap() {
     limiter_tests::require_kernel!();
     let topo = Topology::new();
     let _server = StandInServer::start_in(&topo.server, GLANCE_PORT);
-    let pins = PinDir::new();
+    let pins = PinDir::new("older");
 
     run_older_version(&topo, &pins.0);
     let old_layout = MapData::from_pin(pins.0.join(SOURCES_MAP)).unwrap();
@@ -227,4 +229,34 @@ fn a_running_older_version_is_upgraded_in_place_without_a_gap() {
         "counts from before the upgrade: {other:?}"
     );
     assert!(served(&topo, OTHER) && !served(&topo, BANNED));
+}
+
+/// A changed `source_capacity` is carried over the same way: the rows move into a table of
+/// the new size, whose pin replaces the old one.
+#[test]
+fn a_changed_source_capacity_carries_the_table_over() {
+    limiter_tests::require_kernel!();
+    let pins = PinDir::new("capacity");
+    let options = |source_capacity| LoadOptions { source_capacity };
+    let sources: Vec<String> = (1..=20).map(|i| format!("203.0.113.{i}")).collect();
+    {
+        let mut first = Limiter::load_pinned(&options(4096), &pins.0).unwrap();
+        first.set_protected_ports(&[GLANCE_PORT]).unwrap();
+        for src in &sources {
+            first
+                .test_run(&Packet::syn(src, GLANCE_PORT).build())
+                .unwrap();
+        }
+    }
+    let second = Limiter::load_pinned(&options(8192), &pins.0).expect("a larger table");
+    let pinned = MapData::from_pin(pins.0.join(SOURCES_MAP)).unwrap();
+    assert_eq!(pinned.info().unwrap().max_entries(), 8192);
+    let rows: HashMap<String, SourceStats> = second
+        .sources()
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.addr.to_string(), row.stats))
+        .collect();
+    assert_eq!(rows.len(), sources.len(), "{rows:?}");
+    assert!(sources.iter().all(|src| rows[src].syns == 1), "{rows:?}");
 }
