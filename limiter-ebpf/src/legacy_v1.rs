@@ -9,29 +9,25 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-use core::{
-    ffi::c_void,
-    intrinsics::{atomic_xadd, AtomicOrdering},
-    mem::MaybeUninit,
-};
+// The rule tries and their lookups, as the current program has them: the older version's
+// block trie is the same map, under the same name. (It uses only the block lookup.)
+#[allow(dead_code)]
+mod rules;
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
-    helpers::{bpf_jiffies64, bpf_map_lookup_elem},
+    helpers::bpf_jiffies64,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap},
+    maps::{Array, LruHashMap},
     programs::XdpContext,
 };
-use limiter_common::{
-    BlockRule, SourceAddr, SourceRowV1, DEFAULT_SOURCE_CAPACITY, PORT_BITMAP_WORDS, RULE_CAPACITY,
-};
+use limiter_common::{SourceAddr, SourceRowV1, DEFAULT_SOURCE_CAPACITY, PORT_BITMAP_WORDS};
 
 #[map]
 static SOURCES: LruHashMap<SourceAddr, SourceRowV1> =
     LruHashMap::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
-
-#[map]
-static BLOCK_RULES: LpmTrie<[u32; 4], BlockRule> = LpmTrie::with_max_entries(RULE_CAPACITY, 0);
 
 #[map]
 static PROTECTED_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
@@ -72,7 +68,7 @@ pub fn glance_limiter(ctx: XdpContext) -> u32 {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, src[0], src[1], src[2], src[3],
     ]);
     let now = unsafe { bpf_jiffies64() };
-    if blocked_until(&key) > now {
+    if rules::lookup(&key).blocked_until > now {
         return xdp_action::XDP_DROP;
     }
     let syn = (tcp_flags & 0x12 == 0x02) as u64;
@@ -100,41 +96,6 @@ pub fn glance_limiter(ctx: XdpContext) -> u32 {
         let _ = SOURCES.insert(key, fresh, BPF_NOEXIST as u64);
     }
     xdp_action::XDP_PASS
-}
-
-/// The block trie's deadline for `src` on the protected ports (0: none).
-#[inline(always)]
-fn blocked_until(src: &SourceAddr) -> u64 {
-    // The trie's key: a prefix length, then 16 address bytes, 8-byte aligned on the stack
-    // and written with volatile 4-byte stores (merged 8-byte stores at offset 4 would be
-    // misaligned, which the verifier rejects).
-    #[repr(C, align(8))]
-    struct TrieKey {
-        words: [u32; 6],
-    }
-    let mut key = MaybeUninit::<TrieKey>::uninit();
-    let [first, second] = src.words;
-    let values = [
-        128,
-        first as u32,
-        (first >> 32) as u32,
-        second as u32,
-        (second >> 32) as u32,
-    ];
-    let words = key.as_mut_ptr() as *mut u32;
-    for (i, value) in values.into_iter().enumerate() {
-        // SAFETY: i < 5 < 6 words of the key.
-        unsafe { words.add(i).write_volatile(value) };
-    }
-    // SAFETY: the trie's map definition and a key of the 20 bytes it reads.
-    let value = unsafe {
-        bpf_map_lookup_elem(
-            &BLOCK_RULES as *const _ as *mut c_void,
-            key.as_ptr() as *const c_void,
-        )
-    };
-    // SAFETY: a non-null result points at a live BlockRule.
-    unsafe { (value as *const BlockRule).as_ref() }.map_or(0, |rule| rule.until_protected)
 }
 
 #[cfg(not(test))]

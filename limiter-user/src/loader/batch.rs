@@ -236,6 +236,23 @@ unsafe impl BatchCall for Syscall<'_> {
     }
 }
 
+/// Before the map is read again by one thread: EINVAL and our own token checks mean the
+/// parallel scheme does not fit this kernel, which will not change, so `parallel_off` keeps
+/// later reads from trying; anything else (ENOMEM, EFAULT) may pass.
+fn parallel_read_failed(error: &io::Error, parts: usize, parallel_off: &AtomicBool) {
+    let unsupported =
+        error.raw_os_error() == Some(libc::EINVAL) || error.kind() == io::ErrorKind::InvalidData;
+    if unsupported {
+        parallel_off.store(true, Ordering::Relaxed);
+    }
+    warn!(
+        %error,
+        parts,
+        disabled = unsupported,
+        "parallel batch read failed; reading the map with one thread instead"
+    );
+}
+
 /// Tables at least this large (in `max_entries`) are read by several threads at once, each
 /// over its own range of hash buckets: the kernel's copy is bound by random memory accesses,
 /// so two CPUs nearly halve it. Below this, a thread costs more than it saves.
@@ -269,21 +286,7 @@ fn read_all<K: Pod + Send, V: Pod + Send, T>(
     if parts > 1 && !parallel_off.load(Ordering::Relaxed) {
         match read_parallel(call, chunk, max_entries, parts) {
             Ok(parts) => return Ok(merge(&parts, convert)),
-            Err(error) => {
-                // EINVAL and our own token checks mean the scheme does not fit this kernel,
-                // which will not change; anything else (ENOMEM, EFAULT) may pass.
-                let unsupported = error.raw_os_error() == Some(libc::EINVAL)
-                    || error.kind() == io::ErrorKind::InvalidData;
-                if unsupported {
-                    parallel_off.store(true, Ordering::Relaxed);
-                }
-                warn!(
-                    %error,
-                    parts,
-                    disabled = unsupported,
-                    "parallel batch read failed; reading the map with one thread instead"
-                );
-            }
+            Err(error) => parallel_read_failed(&error, parts, parallel_off),
         }
     }
     let part = read_part::<K, V>(call, chunk, max_entries, None, None, None)?;
@@ -615,19 +618,7 @@ fn stream_all<K: Pod + Send, V: Pod + Send>(
         });
         match first_failure(results) {
             Ok(_) => return Ok(()),
-            Err(error) => {
-                let unsupported = error.raw_os_error() == Some(libc::EINVAL)
-                    || error.kind() == io::ErrorKind::InvalidData;
-                if unsupported {
-                    parallel_off.store(true, Ordering::Relaxed);
-                }
-                warn!(
-                    %error,
-                    parts,
-                    disabled = unsupported,
-                    "parallel batch read failed; reading the map with one thread instead"
-                );
-            }
+            Err(error) => parallel_read_failed(&error, parts, parallel_off),
         }
     }
     let mut each_chunk = |keys: Vec<K>, values: Vec<V>| each(&keys, &values);
