@@ -21,6 +21,7 @@ pub mod napi;
 pub mod netns;
 pub mod nft;
 pub mod privilege;
+pub mod probe;
 pub mod proxy_protocol;
 pub mod recorder;
 pub mod reference;

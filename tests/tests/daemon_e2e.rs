@@ -14,7 +14,7 @@
 //!   generation changes), and bans live in the kernel with their deadline, daemon or not.
 
 use std::{
-    fs, io,
+    fs,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
@@ -27,16 +27,14 @@ use limiter_tests::{
     daemon::{host_prefix, limiter_binary, parse_time, rule_ttl, Daemon, DaemonSetup},
     http::{
         connect_from, connection_flood, image_create_flood, request, Attempt, FloodLimits,
-        FloodLog, StandInServer, StopOnDrop, FLOOD_CONNECT_TIMEOUT,
+        FloodLog, StandInServer, StopOnDrop,
     },
-    netns::{AttackTopology, ClientNet},
+    netns::AttackTopology,
+    probe::BLOCKED_CONNECT_TIMEOUT,
 };
 
 const GLANCE_PORT: u16 = 9292;
 const CREATE: &str = r#"{"name":"e2e","disk_format":"raw","container_format":"bare"}"#;
-/// A connect expected to be dropped gets this long: past a veth round trip, below the 1 s
-/// SYN retransmission timeout.
-const BLOCKED_CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
 /// The daemon polls every second (the default, written into every test's configuration).
 const POLL: Duration = Duration::from_secs(1);
 /// The most any wait for the daemon to act on something takes: a few polls.
@@ -79,38 +77,12 @@ impl Fixture {
         }
     }
 
-    /// The client network `src` belongs to.
-    fn net_of(&self, src: &str) -> &ClientNet {
-        [&self.topo.attacker, &self.topo.legit]
-            .into_iter()
-            .find(|net| net.v4.contains(&src) || net.v6.contains(&src))
-            .unwrap_or_else(|| panic!("{src} is no client address of the topology"))
-    }
-
-    /// A new connection from `src` (one SYN: see [`FLOOD_CONNECT_TIMEOUT`]) and one
-    /// `GET /v2/images`: whether it was answered 200.
     fn served(&self, src: &str) -> bool {
-        let net = self.net_of(src);
-        let dst = net.server_addr_for(src);
-        net.ns.run(|| {
-            connect_from(src, dst, GLANCE_PORT, FLOOD_CONNECT_TIMEOUT)
-                .and_then(|mut s| request(&mut s, "GET", "/v2/images", ""))
-                .is_ok_and(|status| status == 200)
-        })
+        self.topo.served(src, GLANCE_PORT)
     }
 
-    /// Asserts that a connect from `src` is dropped: it times out (a refusal would mean a
-    /// RST came back, so the SYN got through).
     fn assert_dropped(&self, src: &str, context: &str) {
-        let net = self.net_of(src);
-        let dst = net.server_addr_for(src);
-        match net
-            .ns
-            .run(|| connect_from(src, dst, GLANCE_PORT, BLOCKED_CONNECT_TIMEOUT))
-        {
-            Ok(_) => panic!("{context}: {src} connected"),
-            Err(e) => assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{context}: {src}: {e}"),
-        }
+        self.topo.assert_dropped(src, GLANCE_PORT, context);
     }
 
     /// Starts a connection flood from `src` (one SYN every `pace`) on its own thread.
@@ -121,7 +93,7 @@ impl Fixture {
         limits: FloodLimits,
         stop: &Arc<AtomicBool>,
     ) -> thread::JoinHandle<FloodLog> {
-        let net = self.net_of(src);
+        let net = self.topo.net_of(src);
         let dst = net.server_addr_for(src);
         let stop = stop.clone();
         net.ns
@@ -173,7 +145,7 @@ fn allowlisted_source_above_every_threshold_is_never_banned() {
 
     // Each round: a new connection (a SYN), an image create, and another write.
     let abuse = |src: &'static str, rounds: usize| {
-        let net = fx.net_of(src);
+        let net = fx.topo.net_of(src);
         let dst = net.server_addr_for(src);
         net.ns.spawn(move || {
             let started = Instant::now();

@@ -16,7 +16,7 @@ use std::{
 
 use limiter_tests::{
     daemon::{parse_time, Daemon, DaemonSetup},
-    http::{connect_from, request, StandInServer, FLOOD_CONNECT_TIMEOUT},
+    http::{connect_from, StandInServer},
     metrics::{self, Exposition},
     netns::AttackTopology,
 };
@@ -91,12 +91,7 @@ impl Fixture {
     }
 
     fn served(&self, src: &str) -> bool {
-        let dst = self.topo.attacker.server_addr_for(src);
-        self.topo.attacker.ns.run(|| {
-            connect_from(src, dst, GLANCE_PORT, FLOOD_CONNECT_TIMEOUT)
-                .and_then(|mut s| request(&mut s, "GET", "/v2/images", ""))
-                .is_ok_and(|status| status == 200)
-        })
+        self.topo.served(src, GLANCE_PORT)
     }
 
     /// `status --json`'s entry for `IFACE`.

@@ -20,20 +20,14 @@ use std::{
 
 use limiter_tests::{
     daemon::{host_prefix, Daemon, DaemonSetup},
-    http::{
-        connect_from, connection_flood, request, FloodLimits, StandInServer, StopOnDrop,
-        FLOOD_CONNECT_TIMEOUT,
-    },
+    http::{connection_flood, FloodLimits, StandInServer, StopOnDrop},
     metrics::{self, Exposition},
-    netns::{AttackTopology, ClientNet},
+    netns::AttackTopology,
     tmpfs::Tmpfs,
 };
 use serde_json::Value;
 
 const GLANCE_PORT: u16 = 9292;
-/// A connect expected to be dropped gets this long: past a veth round trip, below the 1 s
-/// SYN retransmission timeout.
-const BLOCKED_CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
 /// The most any wait for the daemon to act on something takes: a few one-second polls.
 const ACT_DEADLINE: Duration = Duration::from_secs(10);
 /// Inside the server namespace: its own loopback.
@@ -81,44 +75,17 @@ impl Fixture {
         }
     }
 
-    fn net_of(&self, src: &str) -> &ClientNet {
-        [&self.topo.attacker, &self.topo.legit]
-            .into_iter()
-            .find(|net| net.v4.contains(&src))
-            .unwrap_or_else(|| panic!("{src} is no client address of the topology"))
-    }
-
-    /// One new connection from `src` and one `GET /v2/images`: whether it was answered 200.
     fn served(&self, src: &str) -> bool {
-        let net = self.net_of(src);
-        let dst = net.server_addr_for(src);
-        net.ns.run(|| {
-            connect_from(src, dst, GLANCE_PORT, FLOOD_CONNECT_TIMEOUT)
-                .and_then(|mut s| request(&mut s, "GET", "/v2/images", ""))
-                .is_ok_and(|status| status == 200)
-        })
+        self.topo.served(src, GLANCE_PORT)
     }
 
-    /// A connect from `src` times out: its SYN was dropped.
     fn assert_dropped(&self, src: &str, context: &str) {
-        let net = self.net_of(src);
-        let dst = net.server_addr_for(src);
-        match net
-            .ns
-            .run(|| connect_from(src, dst, GLANCE_PORT, BLOCKED_CONNECT_TIMEOUT))
-        {
-            Ok(_) => panic!("{context}: {src} connected"),
-            Err(e) => assert_eq!(
-                e.kind(),
-                std::io::ErrorKind::TimedOut,
-                "{context}: {src}: {e}"
-            ),
-        }
+        self.topo.assert_dropped(src, GLANCE_PORT, context);
     }
 
     /// Floods connections from `src` until the daemon lists a ban for it.
     fn flood_until_banned(&self, src: &'static str) -> Value {
-        let net = self.net_of(src);
+        let net = self.topo.net_of(src);
         let dst = net.server_addr_for(src);
         let limits = FloodLimits {
             max_attempts: 5_000,
