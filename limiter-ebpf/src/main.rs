@@ -213,10 +213,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     };
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // The proxy's own row counts its packets; the requests it carries are its clients'.
-        if source
-            .count(&net.src, generation, None, frame_bytes, now, &ZERO)
-            .is_some()
-        {
+        if source.count(&net.src, generation, None, frame_bytes, now, &ZERO) {
             // Returns only if it failed (no proxy program loaded): the segment then passes as
             // the proxy's.
             hand_over(ctx, PROXY_SLOT);
@@ -265,7 +262,8 @@ impl Source {
     }
 
     /// Counts one packet (of `class`, if it carries a request) for `src`, adding its row if
-    /// it has none; `via` is the trusted proxy that carried it (zero: none). Returns the row.
+    /// it has none; `via` is the trusted proxy that carried it (zero: none). Returns whether
+    /// a row counted it (false only when the table refused the insert).
     #[inline(always)]
     pub fn count(
         &self,
@@ -275,10 +273,10 @@ impl Source {
         frame_bytes: u64,
         now: u64,
         via: &SourceAddr,
-    ) -> Option<*mut SourceStats> {
+    ) -> bool {
         if let Some(row) = self.row {
             add_in_place(row, self.syn, class, frame_bytes, now, via);
-            return Some(row);
+            return true;
         }
         insert_source(
             src,
@@ -423,7 +421,7 @@ fn insert_source(
     frame_bytes: u64,
     now: u64,
     via: &SourceAddr,
-) -> Option<*mut SourceStats> {
+) -> bool {
     let mut fresh = SourceStats {
         syns: syn as u64,
         packets: 1,
@@ -445,17 +443,19 @@ fn insert_source(
     }
     // NOEXIST: an LRU update of an existing key would allocate a new node and lose the
     // counts another CPU added meanwhile.
+    // No lookup of the new row afterwards: nothing here needs it (the proxy program finds
+    // the row itself), and on a new source's path a second hash lookup is pure cost.
     if SOURCES.insert(src, fresh, BPF_NOEXIST as u64).is_ok() {
         count(Counter::SourceNew);
-        return SOURCES.get_ptr_mut(src);
+        return true;
     }
     if let Some(stats) = SOURCES.get_ptr_mut(src) {
         // Another CPU inserted this source between our lookup and insert.
         add_in_place(stats, syn, class, frame_bytes, now, via);
-        return Some(stats);
+        return true;
     }
     count(Counter::SourceInsertFailed);
-    None
+    false
 }
 
 /// Adds `n` to a counter of a live map value, atomically: several CPUs may update one source
