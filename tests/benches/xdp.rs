@@ -112,7 +112,6 @@ fn main() {
     );
     rules.push(rule(&format!("{banned}/32"), Action::Block));
     let clock = limiter.clock().unwrap();
-    rules.retain(|r| r.net.prefix_len() == 32);
     limiter
         .apply_rules(&compile(&rules, &clock).unwrap())
         .unwrap();
