@@ -26,9 +26,10 @@ use serde::Serialize;
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 9;
 /// The floor: blocks per case, pairs (ours, empty) per block, and the time one short
-/// measurement aims at (about a millisecond: long enough that the kernel's mean per run is
-/// exact to a fraction of a nanosecond, short enough that a block spans tens of milliseconds
-/// and some blocks fall between other processes' bursts).
+/// measurement aims at (about a millisecond: thousands of runs, so the timer's own reads
+/// vanish from the kernel's mean per run, which it reports in whole nanoseconds; short enough
+/// that a block spans tens of milliseconds and some blocks fall between other processes'
+/// bursts).
 const FLOOR_BLOCKS: usize = 30;
 const FLOOR_PAIRS: usize = 9;
 const FLOOR_MEASUREMENT_NS: f64 = 1_000_000.0;
