@@ -52,9 +52,8 @@ pub fn classify(
     }
     let line = header::<MIN_REQUEST_LEN>(ctx, off)?;
     let head = line.raw64(0);
-    if head & first_bytes(4) == GET || head & first_bytes(5) == HEAD || head == OPTIONS {
-        return Some(RequestClass::Read);
-    }
+    // POST first: image creates are what the limiter is for, and their path should not pay
+    // for the read methods' comparisons (the method tokens exclude one another).
     if head & first_bytes(5) == POST {
         let path = head & !first_bytes(5);
         if (path == SLASH_V1 || path == SLASH_V2) && line.raw64(8) & first_bytes(7) == SLASH_IMAGES
@@ -84,6 +83,9 @@ pub fn classify(
             }
         }
         return Some(RequestClass::OtherWrite);
+    }
+    if head & first_bytes(4) == GET || head & first_bytes(5) == HEAD || head == OPTIONS {
+        return Some(RequestClass::Read);
     }
     if head & first_bytes(4) == PUT
         || head & first_bytes(6) == PATCH

@@ -217,10 +217,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     };
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // The proxy's own row counts its packets; the requests it carries are its clients'.
-        if source
-            .count(&net.src, generation, None, frame_bytes, now)
-            .is_some()
-        {
+        if source.count(&net.src, generation, None, frame_bytes, now) {
             // Returns only if it failed (no proxy program loaded): the segment then passes as
             // the proxy's.
             hand_over(ctx, PROXY_SLOT);
@@ -266,7 +263,8 @@ impl Source {
     }
 
     /// Counts one packet (of `class`, if it carries a request) for `src`, adding its row if
-    /// it has none. Returns the row.
+    /// it has none. Returns whether a row counted it (false only when the table refused the
+    /// insert).
     #[inline(always)]
     pub fn count(
         &self,
@@ -275,10 +273,10 @@ impl Source {
         class: Option<RequestClass>,
         frame_bytes: u64,
         now: u64,
-    ) -> Option<*mut SourceStats> {
+    ) -> bool {
         if let Some(row) = self.row {
             add_in_place(row, self.syn, class, frame_bytes, now);
-            return Some(row);
+            return true;
         }
         insert_source(
             src,
@@ -454,7 +452,7 @@ fn insert_source(
     class: Option<RequestClass>,
     frame_bytes: u64,
     now: u64,
-) -> Option<*mut SourceStats> {
+) -> bool {
     let (flags, verdict_until) = verdict.to_cache(now);
     let (mut image_create, mut other_write, mut read) = (0, 0, 0);
     match class {
@@ -484,17 +482,19 @@ fn insert_source(
     };
     // NOEXIST: an LRU update of an existing key would allocate a new node and lose the
     // counts another CPU added meanwhile.
+    // No lookup of the new row afterwards: nothing here needs it (the proxy program finds
+    // the row itself), and on a new source's path a second hash lookup is pure cost.
     if SOURCES.insert(src, fresh, BPF_NOEXIST as u64).is_ok() {
         count(Counter::SourceNew);
-        return SOURCES.get_ptr_mut(src);
+        return true;
     }
     if let Some(stats) = SOURCES.get_ptr_mut(src) {
         // Another CPU inserted this source between our lookup and insert.
         add_in_place(stats, syn, class, frame_bytes, now);
-        return Some(stats);
+        return true;
     }
     count(Counter::SourceInsertFailed);
-    None
+    false
 }
 
 /// Adds `n` to a counter of a live map value, atomically: several CPUs may update one source

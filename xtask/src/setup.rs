@@ -276,7 +276,7 @@ fn glance_extras(venv: &Path) -> Result<()> {
 }
 
 /// bpffs at /sys/fs/bpf, where the daemon pins its maps and links.
-fn bpffs() -> Result<()> {
+pub fn bpffs() -> Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
     if mounts
         .lines()
