@@ -28,7 +28,7 @@ use crate::netns::Netns;
 
 /// How long the daemon gets to answer its first `status` (it loads and attaches the program
 /// and runs its first poll before it answers: about a second here).
-const START_DEADLINE: Duration = Duration::from_secs(20);
+const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the daemon gets to exit after SIGTERM before it is killed.
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
 /// How often waits re-ask the daemon.

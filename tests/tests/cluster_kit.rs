@@ -26,6 +26,9 @@ const CREATE: &str = r#"{"name":"cluster-kit","disk_format":"raw","container_for
 
 /// One test at a time: both use the same addresses in namespaces of their own, and Glance
 /// nodes are several processes each on a two-core machine.
+/// For a line of Glance's access log to be written after its response.
+const LOG_DEADLINE: Duration = Duration::from_secs(10);
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -153,24 +156,37 @@ fn glance_nodes_behind_haproxy_share_one_database() {
     // Every node served some of these requests, each seen in its own access log with the
     // client's address forwarded by HAProxy; and each node, asked directly (through the
     // load balancer's forwarding, not HAProxy), has the image.
-    let served: Vec<usize> = glance
-        .nodes
-        .iter()
-        .map(|node| {
-            let lines = [
-                node.access_log("POST", "/v2/images", 201),
-                node.access_log("GET", "/v2/images", 200),
-            ]
-            .concat();
-            for line in &lines {
-                assert!(
-                    line.contains(&format!("{src},{}", Topo::LB_PRIVATE_V4)),
-                    "forwarded for {src} by HAProxy: {line}"
-                );
-            }
-            lines.len()
-        })
-        .collect();
+    // Glance writes its access log after the response: the last request's line may come a
+    // moment after the client had its answer.
+    let served_per_node = || -> Vec<usize> {
+        glance
+            .nodes
+            .iter()
+            .map(|node| {
+                let lines = [
+                    node.access_log("POST", "/v2/images", 201),
+                    node.access_log("GET", "/v2/images", 200),
+                ]
+                .concat();
+                for line in &lines {
+                    assert!(
+                        line.contains(&format!("{src},{}", Topo::LB_PRIVATE_V4)),
+                        "forwarded for {src} by HAProxy: {line}"
+                    );
+                }
+                lines.len()
+            })
+            .collect()
+    };
+    let expected = 1 + glance.nodes.len();
+    let served = wait_for(
+        "every request in the nodes' access logs",
+        LOG_DEADLINE,
+        || {
+            let served = served_per_node();
+            (served.iter().sum::<usize>() >= expected).then_some(served)
+        },
+    );
     assert_eq!(
         served.iter().sum::<usize>(),
         1 + glance.nodes.len(),

@@ -256,7 +256,7 @@ fn parallel_read_failed(error: &io::Error, parts: usize, parallel_off: &AtomicBo
 /// Tables at least this large (in `max_entries`) are read by several threads at once, each
 /// over its own range of hash buckets: the kernel's copy is bound by random memory accesses,
 /// so two CPUs nearly halve it. Below this, a thread costs more than it saves.
-pub const PARALLEL_BATCH_MIN_ENTRIES: u32 = 65_536;
+pub const PARALLEL_BATCH_MIN_ENTRIES: u32 = 131_072;
 
 /// Most threads one read uses; beyond this the daemon would compete with the XDP program's
 /// softirq work for little gain.
