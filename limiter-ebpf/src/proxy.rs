@@ -198,23 +198,22 @@ fn request(
             headers::client(ctx, offset, offset + len, kind)
         }
     };
-    let Some(client) = client else {
-        return unattributed(&packet.net.src, passed);
-    };
-    // The rest (the client's verdict, its row, the rejection) runs in a program of its own,
-    // `glance_limiter_client`: checked once, from a clean state, within its own budget.
-    let Some(pending) = PENDING.get_ptr_mut(0) else {
-        return passed;
-    };
-    // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
-    unsafe {
-        *pending = Pending {
-            client,
-            class: class_code as u64,
-        };
+    if let Some(client) = client {
+        // The rest (the client's verdict, its row, the rejection) runs in a program of its
+        // own, `glance_limiter_client`: checked once, from a clean state, within its own
+        // budget.
+        let pending = PENDING.get_ptr_mut(0)?;
+        // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+        unsafe {
+            *pending = Pending {
+                client,
+                class: class_code as u64,
+            };
+        }
+        crate::hand_over(ctx, crate::CLIENT_SLOT);
     }
-    crate::hand_over(ctx, crate::CLIENT_SLOT);
-    // Only if the hand-over failed: the request stays unattributed rather than the proxy's.
+    // No client could be read, or the hand-over failed: the request is unattributed rather
+    // than the proxy's. One call site: the verifier follows what comes after it once.
     unattributed(&packet.net.src, passed)
 }
 
