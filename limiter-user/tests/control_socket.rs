@@ -1,4 +1,5 @@
-//! The control server and client over real Unix sockets in a temporary directory (no root).
+//! The control server and client over real Unix sockets in a temporary directory. Runs as
+//! any user; as root, the peers that must be refused connect as `nobody`.
 
 mod common;
 
@@ -334,49 +335,121 @@ fn canned_handler(request: Request) -> ResponseLine {
     canned(&request)
 }
 
-fn stranger() -> Option<Access> {
-    // uid 0 is always allowed, so this cannot be shown as root.
+/// Whose credentials a test's client connects with.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// This process's.
+    Myself,
+    /// Another user's, taken by the connecting thread (root only).
+    User { uid: u32, gid: u32 },
+}
+
+const NOBODY: u32 = 65534;
+
+/// Access that does not let `Peer` in. Root is always allowed, so as root the stranger is
+/// `nobody`, connecting from a thread of its own; as anyone else, the daemon's owner is
+/// another uid.
+fn stranger() -> (Access, Peer) {
     let uid = unsafe { libc::geteuid() };
-    (uid != 0).then(|| Access {
-        owner_uid: uid + 1,
-        group: None,
+    if uid == 0 {
+        (
+            Access {
+                owner_uid: 0,
+                group: None,
+            },
+            Peer::User {
+                uid: NOBODY,
+                gid: NOBODY,
+            },
+        )
+    } else {
+        (
+            Access {
+                owner_uid: uid + 1,
+                group: None,
+            },
+            Peer::Myself,
+        )
+    }
+}
+
+/// Runs `connect` with `peer`'s credentials, which the daemon reads from the connection
+/// (`SO_PEERCRED`, taken at connect time).
+fn as_peer<T: Send>(peer: Peer, connect: impl FnOnce() -> T + Send) -> T {
+    let Peer::User { uid, gid } = peer else {
+        return connect();
+    };
+    thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // Linux keeps credentials per thread and the raw system calls change only the
+                // caller's (libc's wrappers would change every thread's, the test's too). The
+                // thread cannot return to root; it ends with the closure.
+                // SAFETY: plain system calls on this thread's own credentials.
+                unsafe {
+                    assert_eq!(
+                        libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()),
+                        0
+                    );
+                    assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+                    assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+                }
+                connect()
+            })
+            .join()
+            .unwrap()
     })
+}
+
+/// Lets another user reach the daemon's socket (the temporary directory is private), so
+/// that what stops a stranger is the daemon's credential check, not the file's mode.
+fn open_to_others(daemon: &FakeDaemon, peer: Peer) {
+    if let Peer::User { .. } = peer {
+        let run_dir = daemon.socket.parent().unwrap();
+        fs::set_permissions(run_dir.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&daemon.socket, fs::Permissions::from_mode(0o666)).unwrap();
+    }
 }
 
 #[test]
 fn peers_that_are_not_allowed_get_forbidden_and_are_closed() {
-    let Some(access) = stranger() else {
-        eprintln!("skipped: running as root, who is always allowed");
-        return;
-    };
+    let (access, peer) = stranger();
     let daemon = FakeDaemon::with_access(access, Limits::default(), canned);
-    let mut raw = Raw::connect(&daemon.socket);
+    open_to_others(&daemon, peer);
+    let mut raw = as_peer(peer, || Raw::connect(&daemon.socket));
     let error = raw.response().error.unwrap();
     assert_eq!(error.kind, ErrorKind::Forbidden);
     assert!(error.message.contains("run as root"), "{}", error.message);
     assert!(raw.is_closed());
 
     // The client reports the daemon's answer even though the daemon closed first.
-    let mut client = Client::connect(&daemon.socket, TIMEOUT).unwrap();
-    thread::sleep(Duration::from_millis(50));
-    let response = client.request(Request::List).unwrap();
+    let response = as_peer(peer, || {
+        let mut client = Client::connect(&daemon.socket, TIMEOUT).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        client.request(Request::List).unwrap()
+    });
     assert_eq!(response.error.unwrap().kind, ErrorKind::Forbidden);
     assert!(daemon.requests().is_empty());
 }
 
 #[test]
 fn members_of_the_socket_group_are_allowed() {
-    let Some(mut access) = stranger() else {
-        eprintln!("skipped: running as root, who is always allowed");
-        return;
+    let (mut access, peer) = stranger();
+    let gid = match peer {
+        Peer::User { gid, .. } => gid,
+        Peer::Myself => unsafe { libc::getegid() },
     };
     access.group = Some(SocketGroup {
         name: "ours".into(),
-        gid: unsafe { libc::getegid() },
+        gid,
     });
     let daemon = FakeDaemon::with_access(access, Limits::default(), canned);
-    let mut client = Client::connect(&daemon.socket, TIMEOUT).unwrap();
-    assert!(client.request(Request::Status).unwrap().ok);
+    open_to_others(&daemon, peer);
+    let response = as_peer(peer, || {
+        let mut client = Client::connect(&daemon.socket, TIMEOUT).unwrap();
+        client.request(Request::Status).unwrap()
+    });
+    assert!(response.ok);
 }
 
 #[test]

@@ -205,9 +205,10 @@ impl Harness {
             1,
             "test bug: name exactly one verdict counter"
         );
-        let expected_verdict = match verdicts[0] {
-            DropBlocked | DropBlockedAnyPort => Verdict::Drop,
-            _ => Verdict::Pass,
+        let expected_verdict = if is_drop(*verdicts[0]) {
+            Verdict::Drop
+        } else {
+            Verdict::Pass
         };
 
         let (counters_before, table_before) = (self.counters(), self.table());
@@ -281,13 +282,29 @@ impl Harness {
 
     /// `frame` passes uncounted, for this reason.
     fn passes(&self, frame: &[u8], reason: Counter) {
+        assert!(
+            !is_drop(reason),
+            "test bug: passes() names the drop counter {reason:?}"
+        );
         self.check(frame, &[reason], Row::Untouched);
     }
 
     /// `frame` is dropped for this reason, and no row counts it.
     fn drops(&self, frame: &[u8], reason: Counter) {
+        assert!(
+            is_drop(reason),
+            "test bug: drops() names the pass counter {reason:?}"
+        );
         self.check(frame, &[reason], Row::Untouched);
     }
+}
+
+/// Whether `counter` is the verdict counter of a dropped frame.
+fn is_drop(counter: Counter) -> bool {
+    matches!(
+        counter,
+        DropBlocked | DropBlockedAnyPort | Counter::DropProxied
+    )
 }
 
 fn addr(s: &str) -> IpAddr {

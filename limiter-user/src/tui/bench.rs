@@ -73,6 +73,11 @@ pub fn frame_with_sources(sources: usize, width: u16, height: u16, frames: u32) 
 /// Applying one refresh of `sources` sources to a warm state.
 pub fn ingest_with_sources(sources: usize, refreshes: u32) -> Timing {
     let mut app = fixtures::crowded_app(sources, 200, 50);
+    time_ingest(&mut app, sources, refreshes)
+}
+
+/// Feeds `app` `refreshes` snapshots of `sources` sources, one per step, timing each.
+fn time_ingest(app: &mut App, sources: usize, refreshes: u32) -> Timing {
     let mut step = 2;
     let mut snapshots: Vec<Snapshot> = (0..refreshes.max(1))
         .map(|_| {
@@ -95,7 +100,7 @@ pub fn ingest_with_sources(sources: usize, refreshes: u32) -> Timing {
     snapshots.reverse();
     time(refreshes, || {
         if let Some(snapshot) = snapshots.pop() {
-            update(&mut app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));
+            update(app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));
         }
     })
 }
@@ -127,15 +132,21 @@ pub fn stats_line(sources: usize) -> Vec<u8> {
 pub fn decode_stats(sources: usize, iterations: u32) -> (usize, Timing) {
     let line = stats_line(sources);
     let timing = time(iterations, || {
-        if let Ok(ResponseLine {
-            result: Some(Reply::Stats(stats)),
-            ..
-        }) = decode_response(&line)
-        {
-            std::hint::black_box(super::snapshot::rows_from_stats(stats));
-        }
+        std::hint::black_box(decoded_rows(&line));
     });
     (line.len(), timing)
+}
+
+/// The rows of a `stats` answer, decoded as the client does. Panics on a line that does not
+/// decode: a bench must time the real work, not a quick failure.
+fn decoded_rows(line: &[u8]) -> Vec<super::snapshot::SourceRow> {
+    match decode_response(line) {
+        Ok(ResponseLine {
+            result: Some(Reply::Stats(stats)),
+            ..
+        }) => super::snapshot::rows_from_stats(stats).1,
+        other => panic!("the bench's stats line does not decode: {other:?}"),
+    }
 }
 
 /// What decoding would cost if the response were decoded by the op that was sent, straight
@@ -207,10 +218,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bench_entry_points_run() {
-        assert!(frame_with_sources(1000, 80, 24, 2).mean > Duration::ZERO);
-        assert!(ingest_with_sources(1000, 2).mean > Duration::ZERO);
+    fn time_runs_the_step_as_often_as_asked() {
+        let mut runs = 0;
+        let timing = time(3, || runs += 1);
+        assert_eq!(runs, 3);
+        assert!(timing.max >= timing.mean);
+    }
+
+    #[test]
+    fn each_timed_frame_moves_the_selection_and_redraws() {
+        let mut app = fixtures::crowded_app(1000, 80, 24);
+        let before = app.selected;
+        time_frames(&mut app, 3);
+        assert_eq!(app.selected, before + 3);
+    }
+
+    #[test]
+    fn each_timed_refresh_is_applied() {
+        let mut app = fixtures::crowded_app(1000, 200, 50);
+        let before = app.data.as_ref().map(|data| data.elapsed);
+        time_ingest(&mut app, 1000, 2);
+        let data = app.data.as_ref().expect("a snapshot was applied");
+        assert_ne!(
+            Some(data.elapsed),
+            before,
+            "the refreshes replaced the snapshot"
+        );
+        assert_eq!(data.rows.len(), 1000);
+        assert_eq!(app.order.len(), 1000);
+    }
+
+    #[test]
+    fn the_stats_line_decodes_into_every_source() {
+        let line = stats_line(100);
+        assert_eq!(decoded_rows(&line).len(), 100);
         let (bytes, _) = decode_stats(100, 1);
-        assert!(bytes > 100 * 200, "{bytes}");
+        assert_eq!(bytes, line.len());
     }
 }
