@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod net;
 pub mod net_list;
 pub mod netlink;
+pub mod operator_input;
 pub mod policy;
 pub mod proxy;
 pub mod rates;

@@ -11,12 +11,8 @@ use crate::{
     config::{self, Mode},
     control::client,
     loader::DEFAULT_PIN_DIR,
-    tui,
+    operator_input::{parse_duration, parse_interval, parse_max_sources, parse_ttl, MaxSources},
 };
-
-/// The longest TTL accepted: anything longer is meant to be permanent, which is what leaving
-/// out --ttl says.
-pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -209,12 +205,12 @@ pub struct StatsArgs {
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// How often to refresh (200ms to 10s).
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = tui::settings::parse_interval)]
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Sources fetched per refresh, the daemon's busiest first, or `all`; sorting and
     /// filtering apply to those fetched.
-    #[arg(long, value_name = "N|all", default_value = "10000", value_parser = tui::settings::parse_max_sources)]
-    pub max_sources: tui::settings::MaxSources,
+    #[arg(long, value_name = "N|all", default_value = "10000", value_parser = parse_max_sources)]
+    pub max_sources: MaxSources,
     /// The daemon's configuration file, read only for the thresholds marked on the
     /// sparklines [default: /etc/glance-limiter/limiter.toml if it exists, else the built-in
     /// defaults].
@@ -230,41 +226,6 @@ pub struct CheckConfigArgs {
     /// The file to check.
     #[arg(value_name = "FILE", default_value = config::DEFAULT_PATH)]
     pub file: PathBuf,
-}
-
-const DURATION_FORMS: &str = "write it like 90s, 30m, 12h, 7d or 1h30m";
-
-/// A duration such as `30m` or `1h30m`; a unit is required, so `30` is not silently seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("`{text}` has no unit; {DURATION_FORMS}"));
-    }
-    humantime::parse_duration(text)
-        .map_err(|_| format!("`{text}` is not a duration; {DURATION_FORMS}"))
-}
-
-/// A rule's TTL: a positive duration of at most [`MAX_TTL`].
-pub fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let ttl = parse_duration(text)?;
-    if ttl.is_zero() {
-        return Err(
-            "a TTL of 0 would expire at once; give at least 1s, or leave out --ttl for a rule \
-             that lasts until removed"
-                .into(),
-        );
-    }
-    if ttl > MAX_TTL {
-        return Err(format!(
-            "`{text}` is longer than 10 years; leave out --ttl for a rule that lasts until removed"
-        ));
-    }
-    Ok(ttl)
-}
-
-/// Whole seconds for the protocol, rounded up: a rule never ends before the time asked for.
-pub fn ttl_secs(ttl: Duration) -> u64 {
-    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -296,37 +257,6 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn ttls_accept_human_durations() {
-        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_ttl("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_ttl(" 90s "), Ok(Duration::from_secs(90)));
-    }
-
-    #[test]
-    fn bad_ttls_say_what_is_accepted() {
-        for (text, expected) in [
-            ("30x", "is not a duration; write it like 90s, 30m"),
-            ("", "is not a duration"),
-            ("30", "has no unit"),
-            ("-5m", "is not a duration"),
-            ("0s", "would expire at once"),
-            ("0m", "would expire at once"),
-            ("11years", "longer than 10 years"),
-        ] {
-            let message = parse_ttl(text).unwrap_err();
-            assert!(message.contains(expected), "{text}: {message}");
-        }
-    }
-
-    #[test]
-    fn ttls_round_up_to_whole_seconds() {
-        assert_eq!(ttl_secs(Duration::from_secs(1800)), 1800);
-        assert_eq!(ttl_secs(Duration::from_millis(1500)), 2);
-        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
     }
 
     #[test]
@@ -388,7 +318,7 @@ mod tests {
             panic!("{:?}", cli.command)
         };
         assert_eq!(top.interval, Duration::from_secs(1));
-        assert_eq!(top.max_sources, tui::settings::MaxSources(Some(10_000)));
+        assert_eq!(top.max_sources, MaxSources(Some(10_000)));
         let cli = Cli::try_parse_from([
             "limiter",
             "top",
@@ -406,7 +336,7 @@ mod tests {
             panic!()
         };
         assert_eq!(top.interval, Duration::from_millis(500));
-        assert_eq!(top.max_sources, tui::settings::MaxSources(None));
+        assert_eq!(top.max_sources, MaxSources(None));
         for args in [
             &["limiter", "top", "--interval", "20s"][..],
             &["limiter", "top", "--max-sources", "0"],

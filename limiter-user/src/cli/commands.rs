@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use super::{
     addresses,
     args::{
-        ttl_secs, BlockArgs, CheckConfigArgs, Cli, ClusterArgs, ClusterCommand, Command,
-        DetachArgs, NewRuleArgs, RemoveArgs, RunArgs, TopArgs,
+        BlockArgs, CheckConfigArgs, Cli, ClusterArgs, ClusterCommand, Command, DetachArgs,
+        NewRuleArgs, RemoveArgs, RunArgs, TopArgs,
     },
     cluster, output,
 };
@@ -29,6 +29,7 @@ use crate::{
         protocol::{ErrorKind, Reply, Request, RuleChange},
     },
     daemon::{self, RunOptions},
+    operator_input::ttl_secs,
     rules::{Action, Scope},
 };
 

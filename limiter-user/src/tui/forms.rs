@@ -9,8 +9,8 @@ use super::{
     events::describe_rule,
 };
 use crate::{
-    cli::args::{parse_ttl, ttl_secs},
     control::protocol::Request,
+    operator_input::{parse_ttl, ttl_secs},
     rules::{Action, Scope},
 };
 

@@ -13,10 +13,6 @@ use crate::{
     policy::PolicyConfig,
 };
 
-/// Bounds of `--interval`: faster than 200 ms costs the daemon more than it shows; slower
-/// than 10 s is no longer live.
-pub const INTERVAL_MIN: Duration = Duration::from_millis(200);
-pub const INTERVAL_MAX: Duration = Duration::from_secs(10);
 /// Sources fetched per refresh unless told otherwise (see docs/TUI.md, "How much is fetched").
 pub const DEFAULT_MAX_SOURCES: usize = 10_000;
 
@@ -100,34 +96,6 @@ pub fn refresh_timeout(interval: Duration, cap: Duration) -> Duration {
     (interval * 3).max(Duration::from_secs(2)).min(cap)
 }
 
-/// `--interval`: a duration between [`INTERVAL_MIN`] and [`INTERVAL_MAX`].
-pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = crate::cli::args::parse_duration(text)?;
-    if !(INTERVAL_MIN..=INTERVAL_MAX).contains(&interval) {
-        return Err(format!(
-            "`{text}` is outside 200ms..10s; the default of 1s suits most uses"
-        ));
-    }
-    Ok(interval)
-}
-
-/// `--max-sources`: how many sources one refresh fetches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MaxSources(pub Option<usize>);
-
-/// `all` or a whole number of at least 1.
-pub fn parse_max_sources(text: &str) -> Result<MaxSources, String> {
-    if text.eq_ignore_ascii_case("all") {
-        return Ok(MaxSources(None));
-    }
-    match text.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(MaxSources(Some(n))),
-        _ => Err(format!(
-            "`{text}` is not a number of sources; give a whole number of at least 1, or `all`"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,24 +117,6 @@ mod tests {
             load_thresholds(Some(&dir.path().join("absent.toml"))),
             Err(ConfigError::Read { .. })
         ));
-    }
-
-    #[test]
-    fn intervals_are_bounded() {
-        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_interval("50ms")
-            .unwrap_err()
-            .contains("outside 200ms..10s"));
-        assert!(parse_interval("1m").is_err());
-        assert!(parse_interval("1").unwrap_err().contains("no unit"));
-    }
-
-    #[test]
-    fn max_sources_takes_a_number_or_all() {
-        assert_eq!(parse_max_sources("all"), Ok(MaxSources(None)));
-        assert_eq!(parse_max_sources("500"), Ok(MaxSources(Some(500))));
-        assert!(parse_max_sources("0").is_err());
-        assert!(parse_max_sources("many").is_err());
     }
 
     #[test]
