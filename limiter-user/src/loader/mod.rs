@@ -444,11 +444,13 @@ fn run_stats(program: &Xdp, name: &'static str) -> Result<RunStats, LoaderError>
 }
 
 /// Reference programs (`empty_pass`, `empty_drop`, `read_drop`) to measure against.
+#[cfg(any(test, feature = "test-support"))]
 pub struct Baseline {
     ebpf: Ebpf,
     name: &'static str,
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl Baseline {
     pub const EMPTY_PASS: &'static str = "empty_pass";
     pub const EMPTY_DROP: &'static str = "empty_drop";

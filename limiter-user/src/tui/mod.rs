@@ -14,9 +14,11 @@
 //! its engine's request channel and call [`connect`] and [`run_in_terminal`].
 
 pub mod app;
+#[cfg(any(test, feature = "test-support"))]
 pub mod bench;
 pub mod event_loop;
 pub mod events;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixtures;
 pub mod format;
 pub mod forms;
