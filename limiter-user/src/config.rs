@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cluster::ClusterSettings,
     duration_text, net_list,
-    policy::{Metric, PolicyConfig, AGGREGATE_IPV4_PREFIXES, AGGREGATE_IPV6_PREFIXES},
+    policy_config::{Metric, PolicyConfig, AGGREGATE_IPV4_PREFIXES, AGGREGATE_IPV6_PREFIXES},
     proxy::{self, ClientHeader, TrustedProxies},
 };
 

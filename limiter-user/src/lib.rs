@@ -22,6 +22,7 @@ pub mod net_list;
 pub mod netlink;
 pub mod operator_input;
 pub mod policy;
+pub mod policy_config;
 pub mod proxy;
 pub mod rates;
 pub mod rules;
