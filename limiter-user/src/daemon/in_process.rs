@@ -5,8 +5,8 @@
 use std::{sync::mpsc, time::Duration};
 
 use crate::{
-    control::{client, protocol::Reply, protocol::Request},
-    tui::transport::Transport,
+    control::protocol::{Reply, Request},
+    tui::transport::{reply_of, Transport, TransportError},
 };
 
 use super::Envelope;
@@ -17,21 +17,17 @@ pub struct EngineTransport {
 }
 
 impl Transport for EngineTransport {
-    fn request(&mut self, request: Request) -> Result<Reply, String> {
+    fn request(&mut self, request: Request) -> Result<Reply, TransportError> {
         let (reply, answer) = mpsc::channel();
         self.requests
             .send(Envelope { request, reply })
-            .map_err(|_| "the daemon's engine has stopped".to_owned())?;
+            .map_err(|_| TransportError::Unreachable("the daemon's engine has stopped".into()))?;
         let response = answer.recv_timeout(self.timeout).map_err(|_| {
-            format!(
+            TransportError::Unreachable(format!(
                 "the engine did not answer within {:?} (a long poll?); retrying",
                 self.timeout
-            )
+            ))
         })?;
-        match client::into_reply(response) {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err("the engine answered without a result".to_owned()),
-            Err(error) => Err(error.message),
-        }
+        reply_of(response, "the engine answered without a result")
     }
 }

@@ -199,7 +199,8 @@ pub fn client_refresh(
     let (mut wall, mut cpu) = (Vec::new(), Vec::new());
     for _ in 0..rounds.max(1) {
         let (t, c) = (Instant::now(), thread_cpu());
-        let parts = super::poller::fetch(transport, max_sources, query)?;
+        let parts =
+            super::poller::fetch(transport, max_sources, query).map_err(|e| e.to_string())?;
         let snapshot =
             parts.into_snapshot(std::time::SystemTime::now(), started.elapsed(), max_sources);
         update(&mut app, Action::Feed(Feed::Snapshot(Box::new(snapshot))));

@@ -17,9 +17,9 @@ use std::{
 use super::{
     settings::Refresh,
     snapshot::{rows_from_stats, Feed, Matched, ScreenQuery, Snapshot},
-    transport::Transport,
+    transport::{Transport, TransportError},
 };
-use crate::control::protocol::{Reply, Request};
+use crate::control::protocol::{ErrorKind, Reply, Request};
 
 /// Stops the refresh thread when dropped, and every [`Poller::asker`] with it (at the latest
 /// after the request in flight).
@@ -64,7 +64,9 @@ pub fn spawn(mut transport: impl Transport, refresh: Refresh, feed: Sender<Feed>
                             started.elapsed(),
                             refresh.max_sources,
                         ))),
-                        Err(error) => Feed::Unreachable { error },
+                        Err(error) => Feed::Unreachable {
+                            error: error.to_string(),
+                        },
                     };
                 if thread_feed.send(message).is_err() {
                     return;
@@ -167,7 +169,7 @@ pub fn fetch_screen(
     max_sources: Option<usize>,
     query: &ScreenQuery,
     legacy: &mut bool,
-) -> Result<Parts, String> {
+) -> Result<Parts, TransportError> {
     if !*legacy {
         match fetch(transport, max_sources, Some(query)) {
             Err(error) if refuses_queries(&error) => {
@@ -180,10 +182,15 @@ pub fn fetch_screen(
     fetch(transport, max_sources, None)
 }
 
-/// Whether an error is a daemon from before `sort` and `filter` refusing them (serde's
-/// message for a field it does not know, as the daemon's `bad_input` passes it on).
-fn refuses_queries(error: &str) -> bool {
-    error.contains("unknown field `sort`") || error.contains("unknown field `filter`")
+/// Whether an error is a daemon from before `sort` and `filter` refusing them: bad input,
+/// with serde's message for a field it does not know.
+fn refuses_queries(error: &TransportError) -> bool {
+    let TransportError::Refused(refusal) = error else {
+        return false;
+    };
+    refusal.kind == ErrorKind::BadInput
+        && (refusal.message.contains("unknown field `sort`")
+            || refusal.message.contains("unknown field `filter`"))
 }
 
 /// One refresh: `stats` as [`stats_request`] makes it.
@@ -191,7 +198,7 @@ pub fn fetch(
     transport: &mut impl Transport,
     max_sources: Option<usize>,
     query: Option<&ScreenQuery>,
-) -> Result<Parts, String> {
+) -> Result<Parts, TransportError> {
     let status = match transport.request(Request::Status)? {
         Reply::Status(status) => status,
         _ => return Err(mismatch("status")),
@@ -212,11 +219,11 @@ pub fn fetch(
     })
 }
 
-fn mismatch(op: &str) -> String {
-    format!(
+fn mismatch(op: &str) -> TransportError {
+    TransportError::Incompatible(format!(
         "the daemon answered `{op}` with something else; use the `limiter` of the running \
          daemon's release"
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -224,7 +231,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::control::protocol::{RuleList, SortKey, SourceOrder, StateCounts, Stats, Status};
+    use crate::control::protocol::{
+        ControlError, RuleList, SortKey, SourceOrder, StateCounts, Stats, Status,
+    };
 
     /// Answers from a script and records what it was asked.
     struct Scripted {
@@ -245,16 +254,19 @@ mod tests {
     }
 
     impl Transport for Scripted {
-        fn request(&mut self, request: Request) -> Result<Reply, String> {
+        fn request(&mut self, request: Request) -> Result<Reply, TransportError> {
             self.asked.push(request.clone());
             if self.asked.len() > self.fail_from {
-                return Err("no daemon is listening".into());
+                return Err(TransportError::Unreachable("no daemon is listening".into()));
             }
             Ok(match request {
                 Request::Status => Reply::Status(Status::default()),
                 Request::Stats { sort, filter, .. } => {
                     if self.old_daemon && (sort.is_some() || filter.is_some()) {
-                        return Err("invalid request: unknown field `sort`, expected `top`".into());
+                        return Err(TransportError::Refused(ControlError {
+                            kind: ErrorKind::BadInput,
+                            message: "invalid request: unknown field `sort`, expected `top`".into(),
+                        }));
                     }
                     Reply::Stats(Stats {
                         tracked_sources: 50_000,
@@ -400,10 +412,8 @@ mod tests {
         };
         let mut legacy = false;
         assert_eq!(
-            fetch_screen(&mut transport, None, &ScreenQuery::default(), &mut legacy)
-                .err()
-                .as_deref(),
-            Some("no daemon is listening")
+            fetch_screen(&mut transport, None, &ScreenQuery::default(), &mut legacy).err(),
+            Some(TransportError::Unreachable("no daemon is listening".into()))
         );
         assert!(!legacy, "an unreachable daemon is not an old one");
     }
@@ -437,7 +447,7 @@ mod tests {
         /// Records the `stats` requests where the test can see them.
         struct Shared(std::sync::Arc<std::sync::Mutex<Vec<Request>>>);
         impl Transport for Shared {
-            fn request(&mut self, request: Request) -> Result<Reply, String> {
+            fn request(&mut self, request: Request) -> Result<Reply, TransportError> {
                 let mut script = Scripted::new();
                 let reply = script.request(request.clone());
                 self.0.lock().unwrap().push(request);

@@ -32,7 +32,7 @@ impl WorkerSink {
                         Ok(_) => Err("the daemon answered with something else than a rule \
                                       change; use the `limiter` of the running daemon's release"
                             .to_string()),
-                        Err(error) => Err(error),
+                        Err(error) => Err(error.to_string()),
                     };
                     if outcomes.send(Feed::ActionDone { id, outcome }).is_err() {
                         return;
@@ -66,18 +66,24 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::control::protocol::RuleChange;
+    use crate::{
+        control::protocol::{ControlError, ErrorKind, RuleChange},
+        tui::transport::TransportError,
+    };
 
     struct Echo;
 
     impl Transport for Echo {
-        fn request(&mut self, request: Request) -> Result<Reply, String> {
+        fn request(&mut self, request: Request) -> Result<Reply, TransportError> {
             match request {
                 Request::Unblock { prefixes } => Ok(Reply::Changed(RuleChange {
                     absent: prefixes,
                     ..RuleChange::default()
                 })),
-                _ => Err("refused".into()),
+                _ => Err(TransportError::Refused(ControlError {
+                    kind: ErrorKind::BadInput,
+                    message: "refused".into(),
+                })),
             }
         }
     }
