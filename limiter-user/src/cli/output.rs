@@ -343,7 +343,7 @@ fn interface(i: &InterfaceView, now: SystemTime) -> String {
         }
         None => String::new(),
     };
-    let mode = clean(&i.attach_mode);
+    let mode = i.attach_mode.to_string();
     let detail = match i.state.as_deref() {
         None | Some("attached") => mode,
         Some("down") => format!("{mode}, DOWN"),
@@ -395,7 +395,7 @@ pub fn status(status: &Status, now: SystemTime) -> String {
                 short_duration(Duration::from_secs(status.uptime_secs))
             ),
         ),
-        ("mode", clean(&status.mode)),
+        ("mode", status.mode.to_string()),
         ("interfaces", or_dash(&interfaces.join(", "))),
         ("ports", or_dash(&ports.join(", "))),
         (
@@ -730,10 +730,10 @@ PREFIX           VIA           ACTION  SCOPE            ORIGIN  CREATED         
     fn status_lists_the_daemons_state() {
         let status = Status {
             daemon_version: "0.1.0".into(),
-            mode: "enforce".into(),
+            mode: crate::config::Mode::Enforce,
             interfaces: vec![InterfaceView {
                 name: "eth0".into(),
-                attach_mode: "native".into(),
+                attach_mode: crate::control::protocol::AttachedAs::Native,
                 ..Default::default()
             }],
             ports: vec![9292],
@@ -799,7 +799,7 @@ counters
     fn status_says_which_interface_is_missing_down_renamed_or_back() {
         let view = |state: &str| InterfaceView {
             name: "veth-attack".into(),
-            attach_mode: "native".into(),
+            attach_mode: crate::control::protocol::AttachedAs::Native,
             state: Some(state.into()),
             ..Default::default()
         };
@@ -807,7 +807,7 @@ counters
         assert_eq!(interface(&view("attached"), now), "veth-attack (native)");
         assert_eq!(interface(&view("down"), now), "veth-attack (native, DOWN)");
         let missing = InterfaceView {
-            attach_mode: "none".into(),
+            attach_mode: crate::control::protocol::AttachedAs::None,
             missing_since: Some("2025-06-01T09:59:48Z".into()),
             ..view("missing")
         };

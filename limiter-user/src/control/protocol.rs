@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub use super::proxies::{ProxyRates, ProxyTotals, ProxyView};
 pub use super::query::{SortKey, SourceOrder};
 pub use crate::cluster::status::{ClusterHealth, ClusterStatus};
-use crate::{rules::Scope, store::StoredRule};
+use crate::{config::Mode, loader::AttachMode, rules::Scope, store::StoredRule};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -267,8 +267,7 @@ pub struct Totals {
 pub struct Status {
     /// The daemon's version (the crate version).
     pub daemon_version: String,
-    /// "enforce" or "monitor".
-    pub mode: String,
+    pub mode: Mode,
     pub interfaces: Vec<InterfaceView>,
     pub ports: Vec<u16>,
     pub uptime_secs: u64,
@@ -303,13 +302,47 @@ pub struct StoreErrorView {
     pub unsaved: bool,
 }
 
+/// How the program is on an interface's device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedAs {
+    Native,
+    Generic,
+    #[default]
+    None,
+}
+
+impl AttachedAs {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttachedAs::Native => "native",
+            AttachedAs::Generic => "generic",
+            AttachedAs::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for AttachedAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<AttachMode> for AttachedAs {
+    fn from(mode: AttachMode) -> Self {
+        match mode {
+            AttachMode::Native => AttachedAs::Native,
+            AttachMode::Generic => AttachedAs::Generic,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceView {
     /// The configured name.
     pub name: String,
-    /// "native" or "generic"; "none" while the program is on no device of this name (missing
-    /// or failed).
-    pub attach_mode: String,
+    /// `none` while the program is on no device of this name (missing or failed).
+    pub attach_mode: AttachedAs,
     /// "attached", "down" (attached, the link administratively down), "missing" (no such
     /// interface: the program re-attaches when it returns), "renamed" (the device went on
     /// under `renamed_to`, with the program) or "failed" (attaching failed: `error`).
@@ -359,6 +392,33 @@ pub struct RuleCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_wire_fields_keep_their_text() {
+        let status = Status {
+            mode: Mode::Monitor,
+            interfaces: vec![InterfaceView {
+                name: "eth1".into(),
+                attach_mode: AttachedAs::None,
+                ..InterfaceView::default()
+            }],
+            ..Status::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["mode"], "monitor");
+        assert_eq!(json["interfaces"][0]["attach_mode"], "none");
+        for (mode, text) in [
+            (AttachedAs::Native, "native"),
+            (AttachedAs::Generic, "generic"),
+        ] {
+            assert_eq!(serde_json::to_value(mode).unwrap(), text);
+            assert_eq!(
+                serde_json::from_value::<AttachedAs>(text.into()).unwrap(),
+                mode
+            );
+        }
+        assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
+    }
 
     #[test]
     fn requests_round_trip_with_their_op_tag() {

@@ -863,7 +863,7 @@ impl Engine {
         }
         Ok(Status {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
-            mode: self.config.mode.as_str().to_owned(),
+            mode: self.config.mode,
             interfaces: self
                 .interfaces
                 .tracked()

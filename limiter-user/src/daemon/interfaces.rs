@@ -22,7 +22,7 @@ use std::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    control::protocol::InterfaceView,
+    control::protocol::{AttachedAs, InterfaceView},
     loader::{AttachMode, Limiter},
     metrics::InterfaceMetric,
     netlink::{self, LinkEvent, LinkMessage},
@@ -223,9 +223,9 @@ impl Tracked {
         InterfaceView {
             name: self.name.clone(),
             attach_mode: if self.is_protected() || self.state == State::Renamed {
-                self.mode.as_str().to_owned()
+                self.mode.into()
             } else {
-                "none".to_owned()
+                AttachedAs::None
             },
             state: Some(self.state.as_str().to_owned()),
             ifindex: self.ifindex,
@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(t.gone(at(11)), Change::None, "said once");
         let view = t.view();
         assert_eq!(view.state.as_deref(), Some("missing"));
-        assert_eq!(view.attach_mode, "none");
+        assert_eq!(view.attach_mode, AttachedAs::None);
         assert!(view.missing_since.is_some());
         assert!(!t.metric().attached);
 
@@ -468,7 +468,11 @@ mod tests {
         );
         assert_eq!(t.renamed("veth-x".into(), at(2)), Change::None);
         assert_eq!(t.view().renamed_to.as_deref(), Some("veth-x"));
-        assert_eq!(t.view().attach_mode, "native", "still on the device");
+        assert_eq!(
+            t.view().attach_mode,
+            AttachedAs::Native,
+            "still on the device"
+        );
         assert!(!t.metric().attached, "not under the configured name");
 
         // Renamed back: the same attachment, nothing to do.
@@ -519,6 +523,6 @@ mod tests {
             (t.error.clone(), t.last_gap),
             (None, Some(Duration::from_secs(4)))
         );
-        assert_eq!(t.view().attach_mode, "generic");
+        assert_eq!(t.view().attach_mode, AttachedAs::Generic);
     }
 }

@@ -103,10 +103,10 @@ fn status(step: u64, rules: &[StoredRule], tracked: usize) -> Status {
     counters.insert("drop_blocked".to_string(), 800 * step.saturating_sub(30));
     Status {
         daemon_version: "0.1.0".into(),
-        mode: "enforce".into(),
+        mode: crate::config::Mode::Enforce,
         interfaces: vec![InterfaceView {
             name: "eth0".into(),
-            attach_mode: "native".into(),
+            attach_mode: crate::control::protocol::AttachedAs::Native,
             ..Default::default()
         }],
         ports: vec![9292],

@@ -130,13 +130,13 @@ fn a_missing_interface_stands_out_in_the_header() {
         app.data.as_mut().expect("fixture data").status.interfaces = vec![
             InterfaceView {
                 name: "eth0".into(),
-                attach_mode: "native".into(),
+                attach_mode: crate::control::protocol::AttachedAs::Native,
                 state: Some("attached".into()),
                 ..Default::default()
             },
             InterfaceView {
                 name: "eth1".into(),
-                attach_mode: "none".into(),
+                attach_mode: crate::control::protocol::AttachedAs::None,
                 state: Some("missing".into()),
                 missing_since: Some("2025-06-01T10:01:00Z".into()),
                 ..Default::default()

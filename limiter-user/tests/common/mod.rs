@@ -153,10 +153,10 @@ pub fn canned(request: &Request) -> ResponseLine {
         }),
         Request::Status => Reply::Status(Status {
             daemon_version: "0.1.0".into(),
-            mode: "enforce".into(),
+            mode: limiter_user::config::Mode::Enforce,
             interfaces: vec![InterfaceView {
                 name: "eth0".into(),
-                attach_mode: "native".into(),
+                attach_mode: limiter_user::control::protocol::AttachedAs::Native,
                 ..Default::default()
             }],
             ports: vec![9292],

@@ -89,12 +89,12 @@ fn identity(app: &App) -> Line<'static> {
     }
     let ports: Vec<String> = status.ports.iter().map(u16::to_string).collect();
     spans.push(Span::raw(format!(" · port {} · ", ports.join(","))));
-    let mode_style = if status.mode == "monitor" {
+    let mode_style = if status.mode == crate::config::Mode::Monitor {
         theme.state(crate::control::protocol::SourceState::OverThreshold)
     } else {
         theme.title()
     };
-    spans.push(Span::styled(status.mode.clone(), mode_style));
+    spans.push(Span::styled(status.mode.as_str(), mode_style));
     spans.push(Span::raw(format!(
         " · up {} · {}Z",
         short_duration(std::time::Duration::from_secs(status.uptime_secs)),
