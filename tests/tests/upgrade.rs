@@ -119,16 +119,16 @@ fn run_older_version(topo: &Topology, pins: &Path) {
         .expect("pin the older version's link");
 }
 
+/// A probe's handshake may take this long: time for a busy machine to schedule it, and short
+/// of the SYN's first retransmission (1 s), so a SYN dropped during the swap is never hidden
+/// by its retransmission getting through.
+const PROBE_CONNECT: Duration = Duration::from_millis(900);
+
 fn served(topo: &Topology, src: &str) -> bool {
     topo.client.run(|| {
-        connect_from(
-            src,
-            Topology::SERVER_V4,
-            GLANCE_PORT,
-            Duration::from_millis(500),
-        )
-        .and_then(|mut s| request(&mut s, "GET", "/v2/images", ""))
-        .is_ok_and(|status| status == 200)
+        connect_from(src, Topology::SERVER_V4, GLANCE_PORT, PROBE_CONNECT)
+            .and_then(|mut s| request(&mut s, "GET", "/v2/images", ""))
+            .is_ok_and(|status| status == 200)
     })
 }
 
