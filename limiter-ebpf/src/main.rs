@@ -219,18 +219,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
     }
     let frame_bytes = packet::frame_len(ctx) as u64;
-    let row = SOURCES.get_ptr_mut(net.src);
-    if let Some(row) = row {
-        // SAFETY: a live map value (see `Source::read`).
-        if unsafe { passes_as_cached(row, generation, now) } {
-            // The common case, a known source that no rule touches and no proxy: nothing to
-            // decide, only counts to add.
-            let class = request_class(ctx, &tcp, path_prefixes);
-            add_in_place(row, tcp.syn, class, frame_bytes, now);
-            return Ok((xdp_action::XDP_PASS, Counter::PassProtected));
-        }
-    }
-    let mut source = Source::from_row(row, &net.src, generation, config_flags, now);
+    let mut source = Source::read(&net.src, generation, config_flags, now);
     source.syn = tcp.syn;
     let Some(counter) = source.verdict.pass_counter(now) else {
         // A new blocked source is not inserted: a spoofed flood from a blocked prefix must
@@ -247,30 +236,13 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         }
         return Ok((xdp_action::XDP_PASS, counter));
     }
-    let class = request_class(ctx, &tcp, path_prefixes);
-    source.count(&net.src, generation, class, frame_bytes, now);
-    Ok((xdp_action::XDP_PASS, counter))
-}
-
-#[inline(always)]
-fn request_class(ctx: &XdpContext, tcp: &parse::Tcp, path_prefixes: u32) -> Option<RequestClass> {
-    if tcp.payload_len > 0 {
+    let class = if tcp.payload_len > 0 {
         http::classify(ctx, tcp.payload_offset, tcp.payload_len, path_prefixes)
     } else {
         None
-    }
-}
-
-/// Whether the row's cached verdict is a plain pass under the current rules: no rule covers
-/// the source and it is not a trusted proxy (a pass is cached until [`NEVER`]).
-///
-/// # Safety
-/// `row` points at a live map value.
-#[inline(always)]
-unsafe fn passes_as_cached(row: *const SourceStats, generation: u64, now: u64) -> bool {
-    (*row).rules_generation == generation as u32
-        && (*row).flags == SOURCE_VERDICT_PASS
-        && now < (*row).verdict_until
+    };
+    source.count(&net.src, generation, class, frame_bytes, now);
+    Ok((xdp_action::XDP_PASS, counter))
 }
 
 /// A source's row (if it has one) and its verdict, read once per packet.
@@ -286,19 +258,7 @@ impl Source {
     /// verdict from the tries.
     #[inline(always)]
     pub fn read(src: &SourceAddr, generation: u64, config_flags: u32, now: u64) -> Source {
-        Self::from_row(SOURCES.get_ptr_mut(src), src, generation, config_flags, now)
-    }
-
-    /// [`Source::read`] with the row already looked up.
-    #[inline(always)]
-    fn from_row(
-        row: Option<*mut SourceStats>,
-        src: &SourceAddr,
-        generation: u64,
-        config_flags: u32,
-        now: u64,
-    ) -> Source {
-        match row {
+        match SOURCES.get_ptr_mut(src) {
             // SAFETY: a live map value; concurrent writers only touch it atomically or with
             // idempotent stores of the same cached verdict.
             Some(row) => Source {

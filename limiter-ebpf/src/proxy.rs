@@ -213,7 +213,7 @@ fn request(
         crate::hand_over(ctx, crate::CLIENT_SLOT);
     }
     // No client could be read, or the hand-over failed: the request is unattributed rather
-    // than the proxy's. One call site: the verifier follows what comes after it once.
+    // than the proxy's.
     unattributed(&packet.net.src, passed)
 }
 

@@ -198,13 +198,11 @@ impl Engine {
         // own in the kernel, read only where proxies are trusted.
         let proxying = !self.config.trusted_proxies.is_empty();
         let relays = if proxying {
+            self.via.replace(self.limiter.client_via()?);
             self.limiter.proxy_relays()?
         } else {
             HashMap::new()
         };
-        if proxying {
-            self.via.replace(self.limiter.client_via()?);
-        }
         let (rates, policy) = (&mut self.rates, &self.policy);
         self.limiter.for_each_source(|row| {
             rows_read += 1;

@@ -271,45 +271,39 @@ pub(super) fn for_each_source_batched(
 
 /// Client → the trusted proxy that carried its latest request.
 pub(super) fn read_client_via(ebpf: &Ebpf) -> Result<StdHashMap<IpAddr, IpAddr>, LoaderError> {
-    let table: HashMap<&MapData, SourceAddr, SourceAddr> =
-        HashMap::try_from(map_ref(ebpf, CLIENT_VIA_MAP)?)
-            .map_err(map_err(CLIENT_VIA_MAP, "open"))?;
-    let mut via = StdHashMap::new();
-    batch::lookup_each(
-        table.map(),
-        CLIENT_VIA_MAP,
-        batch::DEFAULT_BATCH_CHUNK,
-        |clients: &[SourceAddr], proxies: &[SourceAddr]| {
-            for (client, proxy) in clients.iter().zip(proxies) {
-                via.insert(
-                    net::key_to_addr(client.octets()),
-                    net::key_to_addr(proxy.octets()),
-                );
-            }
-        },
-    )?;
-    Ok(via)
+    read_by_address(ebpf, CLIENT_VIA_MAP, |proxy: SourceAddr| {
+        net::key_to_addr(proxy.octets())
+    })
 }
 
 /// Trusted proxy → what it relayed.
 pub(super) fn read_proxy_relays(
     ebpf: &Ebpf,
 ) -> Result<StdHashMap<IpAddr, ProxyRelays>, LoaderError> {
-    let table: HashMap<&MapData, SourceAddr, ProxyRelays> =
-        HashMap::try_from(map_ref(ebpf, PROXY_RELAYS_MAP)?)
-            .map_err(map_err(PROXY_RELAYS_MAP, "open"))?;
-    let mut relays = StdHashMap::new();
+    read_by_address(ebpf, PROXY_RELAYS_MAP, |relays: ProxyRelays| relays)
+}
+
+/// Every entry of the hash map `name`, keyed by a source address, as address → `convert`ed
+/// value.
+fn read_by_address<V: Pod + Send, T>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    convert: impl Fn(V) -> T,
+) -> Result<StdHashMap<IpAddr, T>, LoaderError> {
+    let table: HashMap<&MapData, SourceAddr, V> =
+        HashMap::try_from(map_ref(ebpf, name)?).map_err(map_err(name, "open"))?;
+    let mut read = StdHashMap::new();
     batch::lookup_each(
         table.map(),
-        PROXY_RELAYS_MAP,
+        name,
         batch::DEFAULT_BATCH_CHUNK,
-        |proxies: &[SourceAddr], counts: &[ProxyRelays]| {
-            for (proxy, counts) in proxies.iter().zip(counts) {
-                relays.insert(net::key_to_addr(proxy.octets()), *counts);
+        |keys: &[SourceAddr], values: &[V]| {
+            for (key, value) in keys.iter().zip(values) {
+                read.insert(net::key_to_addr(key.octets()), convert(*value));
             }
         },
     )?;
-    Ok(relays)
+    Ok(read)
 }
 
 pub(super) fn read_counters(ebpf: &Ebpf) -> Result<Counters, LoaderError> {

@@ -52,18 +52,15 @@ enum Layout {
 pub(super) fn plan(pin_dir: &Path, options: &LoadOptions) -> Vec<Migration> {
     let sources = size_of::<SourceStats>() as u32;
     let via = size_of::<SourceAddr>() as u32;
-    let candidates = [
+    let candidates: [(&'static str, &[(u32, Layout)]); 2] = [
         (
             SOURCES_MAP,
-            [
+            &[
                 (SOURCE_ROW_V1_BYTES, Layout::SourcesV1),
                 (sources, Layout::SameLayout),
             ],
         ),
-        (
-            CLIENT_VIA_MAP,
-            [(via, Layout::SameLayout), (via, Layout::SameLayout)],
-        ),
+        (CLIENT_VIA_MAP, &[(via, Layout::SameLayout)]),
     ];
     let mut plan = Vec::new();
     for (name, layouts) in candidates {
