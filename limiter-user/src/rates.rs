@@ -33,6 +33,9 @@
 //!   traffic into a 10 s burst: a third of it lands in the 10 s window;
 //! - the span starts at the last poll that listed the source; for a source that is new to the
 //!   tracker it starts at the previous poll, since a row absent then was inserted afterwards;
+//! - a source left out of the previous poll was idle through it (the daemon skips only rows
+//!   with no activity since the poll before), so its span starts at the previous poll too: a
+//!   burst after an hour's silence is a burst, not an hour's steady trickle;
 //! - whatever part of the span lies before a ring's oldest bucket is outside that window and
 //!   is dropped.
 //!
@@ -318,7 +321,15 @@ impl RateTracker {
                         counts
                     }
                 };
-                let since_ms = window.listed_at_ms;
+                // Left out of the previous poll, the source was idle then (callers leave
+                // out only rows with no activity since the poll before): all of the increase
+                // came after it, and spreading it back to the last listing would hide a
+                // burst after a quiet spell.
+                let since_ms = if window.listed_in_poll == poll_number.wrapping_sub(1) {
+                    window.listed_at_ms
+                } else {
+                    self.previous_poll_ms.max(window.listed_at_ms)
+                };
                 window.record(increase, since_ms, now_ms, poll_number);
                 window.last = Totals::from(counts);
                 window.rates(now_ms, poll_number)
@@ -1020,17 +1031,35 @@ mod tests {
     }
 
     #[test]
-    fn a_source_that_reappears_counts_since_it_was_last_listed() {
+    fn a_source_left_out_of_a_poll_counts_from_that_poll() {
         let mut tracker = RateTracker::new(1000);
         tracker.observe(secs(0), [(A, creates(0)), (B, creates(0))]);
+        // A is left out: idle since the poll before, as the daemon skips only such rows.
         tracker.observe(secs(10), [(B, creates(0))]);
         tracker.observe(secs(20), [(A, creates(20)), (B, creates(0))]);
         let rates = tracker.rates(A).unwrap();
         assert_eq!(rates.image_creates_last_minute, 20);
         assert_eq!(
-            rates.packets_per_second, 1.0,
-            "20 over the 20 s since last listed"
+            rates.packets_per_second, 2.0,
+            "20 in the 10 s since the poll A was left out of"
         );
+    }
+
+    #[test]
+    fn a_burst_after_an_idle_hour_is_a_burst() {
+        let mut tracker = RateTracker::new(1000);
+        tracker.observe(secs(0), [(A, creates(0)), (B, creates(0))]);
+        tracker.observe(secs(1), [(A, creates(1)), (B, creates(0))]);
+        for second in 2..3000 {
+            tracker.observe(secs(second), [(B, creates(0))]);
+        }
+        tracker.observe(secs(3000), [(A, creates(301)), (B, creates(0))]);
+        let rates = tracker.rates(A).unwrap();
+        assert_eq!(
+            rates.image_creates_last_minute, 300,
+            "spread over the idle 50 minutes it would have been 6"
+        );
+        assert_eq!(rates.image_creates_last_hour, 301);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::{
 };
 
 use super::{
-    host,
+    edges::{Host, Kernel, SystemHost},
     interfaces::{Interfaces, Tracked},
     proxied::{self, ViaTable},
 };
@@ -63,8 +63,11 @@ pub struct TickReport {
     pub took: Duration,
 }
 
-pub struct Engine {
-    limiter: Limiter,
+/// Generic over its edges (see [`super::edges`]): the daemon's is `Engine<Limiter,
+/// SystemHost>`; the unit tests' an in-memory kernel and a hand-moved clock.
+pub struct Engine<K: Kernel = Limiter, H: Host = SystemHost> {
+    limiter: K,
+    host: H,
     store: RuleStore,
     policy: Policy,
     rates: RateTracker,
@@ -103,6 +106,18 @@ impl Engine {
     /// Takes over a loaded (and attached) program and the opened store, and makes the
     /// kernel's rules the store's (plus the configured allowlist).
     pub fn new(limiter: Limiter, store: RuleStore, config: Config) -> Result<Self, EngineError> {
+        Engine::with_edges(limiter, SystemHost, store, config)
+    }
+}
+
+impl<K: Kernel, H: Host> Engine<K, H> {
+    /// [`Engine::new`] on any kernel and host.
+    pub fn with_edges(
+        limiter: K,
+        host: H,
+        store: RuleStore,
+        config: Config,
+    ) -> Result<Self, EngineError> {
         let cluster = match &config.cluster {
             Some(settings) => Some(Cluster::start(
                 settings.clone(),
@@ -111,17 +126,20 @@ impl Engine {
             )?),
             None => None,
         };
+        let started = host.now();
+        let own_addresses = host.own_addresses();
         let mut engine = Engine {
             limiter,
+            host,
             store,
             policy: Policy::new(config.policy.clone()),
             rates: RateTracker::new(config.rate_tracker_capacity()),
             config,
-            started: Instant::now(),
+            started,
             previous_poll_jiffies: None,
             last_poll: Duration::ZERO,
-            own_addresses: host::own_addresses(),
-            own_addresses_read: Instant::now(),
+            own_addresses,
+            own_addresses_read: started,
             would_ban: Vec::new(),
             last_rows: 0,
             bans: ByOrigin::default(),
@@ -137,23 +155,27 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Time since the engine started, on the host's clock.
+    fn uptime(&self) -> Duration {
+        self.host.now().duration_since(self.started)
+    }
+
     pub fn poll_interval(&self) -> Duration {
         self.config.poll_interval
     }
 
-    pub fn limiter(&self) -> &Limiter {
+    pub fn limiter(&self) -> &K {
         &self.limiter
     }
 
-    pub fn limiter_mut(&mut self) -> &mut Limiter {
+    pub fn limiter_mut(&mut self) -> &mut K {
         &mut self.limiter
     }
 
     /// Attaches to `iface` (or adopts its pinned attachment) and follows it from then on:
     /// see [`Engine::follow_interfaces`].
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode, LoaderError> {
-        let mode = self.limiter.attach(iface)?;
-        let ifindex = crate::loader::if_index(iface)?;
+        let (mode, ifindex) = self.limiter.attach(iface)?;
         self.interfaces
             .add(Tracked::attached_at_start(iface, ifindex, mode, true));
         Ok(mode)
@@ -174,12 +196,14 @@ impl Engine {
 
     /// One poll: read the table, update rates, expire rules, decide, install, sync.
     pub fn tick(&mut self) -> Result<TickReport, EngineError> {
+        // The poll's own cost is measured on the real clock whatever the host's: it is a
+        // figure about this machine, not an input to any decision.
         let started = Instant::now();
-        let now = self.started.elapsed();
-        let wall = SystemTime::now();
-        if self.own_addresses_read.elapsed() >= OWN_ADDRESSES_REFRESH {
-            self.own_addresses = host::own_addresses();
-            self.own_addresses_read = Instant::now();
+        let now = self.uptime();
+        let wall = self.host.wall();
+        if self.host.now().duration_since(self.own_addresses_read) >= OWN_ADDRESSES_REFRESH {
+            self.own_addresses = self.host.own_addresses();
+            self.own_addresses_read = self.host.now();
         }
 
         let poll_jiffies = self.limiter.clock()?.jiffies;
@@ -204,7 +228,7 @@ impl Engine {
             HashMap::new()
         };
         let (rates, policy) = (&mut self.rates, &self.policy);
-        self.limiter.for_each_source(|row| {
+        self.limiter.for_each_source(&mut |row| {
             rows_read += 1;
             // A row read twice (where two parts of the read meet) is the later reading.
             if proxied::is_proxy_row(&row) {
@@ -489,7 +513,7 @@ impl Engine {
         scope: Scope,
         force: bool,
     ) -> Result<Reply, (ErrorKind, String)> {
-        let wall = SystemTime::now();
+        let wall = self.host.wall();
         check_prefixes(&prefixes)?;
         if action == Action::Block {
             self.check_not_self(&prefixes)?;
@@ -619,7 +643,7 @@ impl Engine {
     /// first without one), and the matches counted by state. The state of every matching
     /// source is then needed before selecting, since the screen pins by it.
     fn stats(&self, top: Option<usize>, sort: Option<SourceOrder>, filter: Option<&str>) -> Stats {
-        let wall = SystemTime::now();
+        let wall = self.host.wall();
         let never_ban = self.never_ban(wall);
         // Bans of single addresses (almost all of them) by address, the few wider prefixes
         // scanned: matching every listed source against every ban made `stats` cost sources ×
@@ -798,7 +822,7 @@ impl Engine {
             allow_config: self.config.allowlist.len() as u64,
             ..ActiveRules::default()
         };
-        for rule in self.store.active(SystemTime::now()) {
+        for rule in self.store.active(self.host.wall()) {
             match rule.action {
                 Action::Block => rules.block.add(rule.origin, 1),
                 Action::Allow => rules.allow.add(rule.origin, 1),
@@ -844,7 +868,7 @@ impl Engine {
     }
 
     fn status(&self) -> Result<Status, (ErrorKind, String)> {
-        let wall = SystemTime::now();
+        let wall = self.host.wall();
         let counters = self.limiter.counters().map_err(|e| {
             (
                 ErrorKind::Operational,
@@ -869,7 +893,7 @@ impl Engine {
                 .map(Tracked::view)
                 .collect(),
             ports: self.config.ports.clone(),
-            uptime_secs: self.started.elapsed().as_secs(),
+            uptime_secs: self.uptime().as_secs(),
             poll_interval_ms: self.config.poll_interval.as_millis() as u64,
             last_poll_ms: self.last_poll.as_secs_f64() * 1000.0,
             tracked_sources: self.rates.len(),
@@ -891,7 +915,7 @@ impl Engine {
 
 /// The cluster's side of the engine: what etcd sent, what this node publishes, and the
 /// journal marks around each local rule change.
-impl Engine {
+impl<K: Kernel, H: Host> Engine<K, H> {
     /// Applies the rules other nodes changed (and a reconciliation after an outage), and
     /// brings the kernel in step. Called every poll and between polls, so a rule made
     /// elsewhere applies here within a fraction of a second.

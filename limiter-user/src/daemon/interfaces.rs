@@ -23,10 +23,12 @@ use tracing::{debug, info, warn};
 
 use crate::{
     control::protocol::{AttachedAs, InterfaceView},
-    loader::{AttachMode, Limiter},
+    loader::AttachMode,
     metrics::InterfaceMetric,
     netlink::{self, LinkEvent, LinkMessage},
 };
+
+use super::edges::Kernel;
 
 /// How often the whole link table is read even without an event.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -299,7 +301,7 @@ impl Interfaces {
 
     /// Called by the run loop whenever it wakes: reads the link table if an event came or a
     /// second has passed, and acts on it.
-    pub fn follow(&mut self, limiter: &mut Limiter) {
+    pub fn follow(&mut self, limiter: &mut impl Kernel) {
         let mut changed = false;
         if let Some(events) = &self.events {
             while let Ok(event) = events.try_recv() {
@@ -320,7 +322,7 @@ impl Interfaces {
         }
     }
 
-    fn reconcile(&mut self, limiter: &mut Limiter, links: &[LinkMessage], now: SystemTime) {
+    fn reconcile(&mut self, limiter: &mut impl Kernel, links: &[LinkMessage], now: SystemTime) {
         for tracked in &mut self.tracked {
             let iface = tracked.name.clone();
             let change = match plan(tracked, links) {

@@ -7,7 +7,12 @@
 //! attachment without a gap. `limiter detach` is what removes it.
 
 mod control_link;
+pub mod edges;
 mod engine;
+#[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
+mod fake_edges;
 mod host;
 mod in_process;
 pub mod interfaces;
