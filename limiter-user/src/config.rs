@@ -516,7 +516,7 @@ fn check_allowlist(allowlist: &[IpNet], problems: &mut Vec<Problem>) {
 }
 
 fn check_policy(policy: &PolicyConfig, problems: &mut Vec<Problem>) {
-    for metric in Metric::ALL {
+    for metric in Metric::THRESHOLDED {
         if policy.threshold(metric) == Some(0) {
             problems.push(Problem::new(
                 format!("policy.{}", metric.key()),

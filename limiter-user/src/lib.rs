@@ -16,6 +16,7 @@ pub mod daemon;
 mod duration_text;
 pub mod ebpf_objects;
 pub mod loader;
+pub mod metric;
 pub mod metrics;
 pub mod net;
 pub mod net_list;

@@ -2,13 +2,13 @@
 //! schema `config` reads and `policy` decides with. A module of its own so that neither of
 //! those two imports the other.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     duration_text,
-    rates::{Rates, HOUR_WINDOW, MINUTE_WINDOW, NEW_CONNECTION_WINDOW},
+    rates::{Rates, NEW_CONNECTION_WINDOW},
 };
 
 /// Aggregation prefix lengths the configuration accepts: shorter would ban whole providers
@@ -79,47 +79,16 @@ impl PolicyConfig {
             Metric::ImageCreatesPerMinute => self.image_creates_per_minute,
             Metric::ImageCreatesPerHour => self.image_creates_per_hour,
             Metric::OtherWritesPerMinute => self.other_writes_per_minute,
+            Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => None,
         }
     }
 }
 
-/// What a threshold limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    NewConnectionsPerSecond,
-    ImageCreatesPerMinute,
-    ImageCreatesPerHour,
-    OtherWritesPerMinute,
-}
+pub use crate::metric::Metric;
 
+/// What the policy asks of a metric: its figure in the threshold's unit, and whether a
+/// threshold is reached. Metrics without a threshold are never reached.
 impl Metric {
-    pub const ALL: [Metric; 4] = [
-        Metric::NewConnectionsPerSecond,
-        Metric::ImageCreatesPerMinute,
-        Metric::ImageCreatesPerHour,
-        Metric::OtherWritesPerMinute,
-    ];
-
-    /// The configuration key of its threshold, also its name in logs and JSON.
-    pub const fn key(self) -> &'static str {
-        match self {
-            Metric::NewConnectionsPerSecond => "new_connections_per_second",
-            Metric::ImageCreatesPerMinute => "image_creates_per_minute",
-            Metric::ImageCreatesPerHour => "image_creates_per_hour",
-            Metric::OtherWritesPerMinute => "other_writes_per_minute",
-        }
-    }
-
-    /// The trailing window its figure covers.
-    pub const fn window(self) -> Duration {
-        match self {
-            Metric::NewConnectionsPerSecond => NEW_CONNECTION_WINDOW,
-            Metric::ImageCreatesPerMinute | Metric::OtherWritesPerMinute => MINUTE_WINDOW,
-            Metric::ImageCreatesPerHour => HOUR_WINDOW,
-        }
-    }
-
     /// The figure compared with the threshold, in the threshold's unit.
     pub fn observed(self, rates: &Rates) -> f64 {
         match self {
@@ -127,6 +96,9 @@ impl Metric {
             Metric::ImageCreatesPerMinute => rates.image_creates_last_minute as f64,
             Metric::ImageCreatesPerHour => rates.image_creates_last_hour as f64,
             Metric::OtherWritesPerMinute => rates.other_writes_last_minute as f64,
+            Metric::ReadsPerSecond => rates.reads_per_second,
+            Metric::PacketsPerSecond => rates.packets_per_second,
+            Metric::BytesPerSecond => rates.bytes_per_second,
         }
     }
 
@@ -141,6 +113,7 @@ impl Metric {
             Metric::ImageCreatesPerMinute => rates.image_creates_last_minute >= threshold,
             Metric::ImageCreatesPerHour => rates.image_creates_last_hour >= threshold,
             Metric::OtherWritesPerMinute => rates.other_writes_last_minute >= threshold,
+            Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => false,
         }
     }
 
@@ -159,13 +132,10 @@ impl Metric {
                 "{observed} other writes (POST, PUT, PATCH, DELETE) in the last minute \
                  (limit {threshold})"
             ),
+            Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => {
+                format!("{observed:.1} {} (limit {threshold})", self.label())
+            }
         }
-    }
-}
-
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.key())
     }
 }
 

@@ -1031,6 +1031,19 @@ mod tests {
     }
 
     #[test]
+    fn the_windows_are_the_ones_the_thresholds_name() {
+        use crate::metric::Metric;
+        let window = |m: Metric| m.threshold_window().unwrap();
+        assert_eq!(
+            window(Metric::NewConnectionsPerSecond),
+            NEW_CONNECTION_WINDOW
+        );
+        assert_eq!(window(Metric::ImageCreatesPerMinute), MINUTE_WINDOW);
+        assert_eq!(window(Metric::OtherWritesPerMinute), MINUTE_WINDOW);
+        assert_eq!(window(Metric::ImageCreatesPerHour), HOUR_WINDOW);
+    }
+
+    #[test]
     fn a_source_left_out_of_a_poll_counts_from_that_poll() {
         let mut tracker = RateTracker::new(1000);
         tracker.observe(secs(0), [(A, creates(0)), (B, creates(0))]);

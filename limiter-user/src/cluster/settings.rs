@@ -125,6 +125,18 @@ impl ClusterSettings {
                     .into(),
             );
         }
+        for metric in self.threshold_scope.keys() {
+            if metric.threshold_window().is_none() {
+                let thresholded: Vec<&str> = Metric::THRESHOLDED.iter().map(|m| m.key()).collect();
+                say(
+                    &format!("threshold_scope.{metric}"),
+                    format!(
+                        "{metric} has no threshold, so it has no scope; threshold_scope takes {}",
+                        thresholded.join(", ")
+                    ),
+                );
+            }
+        }
         for (i, endpoint) in self.etcd_endpoints.iter().enumerate() {
             if let Err(message) = check_endpoint(endpoint) {
                 say(&format!("etcd_endpoints[{i}]"), message);
@@ -379,5 +391,14 @@ mod tests {
         assert!(
             toml::from_str::<ClusterSettings>("[threshold_scope]\nbogus = \"node\"\n").is_err()
         );
+        let display_only: ClusterSettings = toml::from_str(
+            "etcd_endpoints = [\"http://198.51.100.1:2379\"]\n\
+             [threshold_scope]\nbytes_per_second = \"node\"\n",
+        )
+        .unwrap();
+        let problems = display_only.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "threshold_scope.bytes_per_second");
+        assert!(problems[0].1.contains("has no threshold"), "{problems:?}");
     }
 }

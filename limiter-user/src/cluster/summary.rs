@@ -20,17 +20,18 @@ use crate::{
 
 /// One source's counts on one node: the figures the thresholds compare, as whole counts
 /// in their trailing windows (SYNs in 10 s, image creates in a minute and an hour, other
-/// writes in a minute).
+/// writes in a minute), in [`Metric::THRESHOLDED`]'s order (the order on the wire).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts4(pub [u64; 4]);
 
 impl Counts4 {
     pub fn of(rates: &Rates) -> Counts4 {
-        Counts4(Metric::ALL.map(|m| count(m, rates)))
+        Counts4(Metric::THRESHOLDED.map(|m| count(m, rates)))
     }
 
+    /// 0 for a metric without a threshold: those are not shared.
     pub fn get(&self, metric: Metric) -> u64 {
-        self.0[index(metric)]
+        index(metric).map_or(0, |i| self.0[i])
     }
 }
 
@@ -67,7 +68,7 @@ pub fn build(
     fraction: f64,
     rates: impl Iterator<Item = (IpAddr, Rates)>,
 ) -> Summary {
-    let limits: Vec<(Metric, u64)> = Metric::ALL
+    let limits: Vec<(Metric, u64)> = Metric::THRESHOLDED
         .iter()
         .filter(|m| settings.scope(**m) == Scope::Cluster)
         .filter_map(|m| Some((*m, threshold_count(*m, policy.threshold(*m)?))))
@@ -123,7 +124,7 @@ pub fn combine<'a>(
         .into_iter()
         .map(|(addr, others)| {
             let mut rates = local(addr).unwrap_or_default();
-            for metric in Metric::ALL {
+            for metric in Metric::THRESHOLDED {
                 if settings.scope(metric) == Scope::Cluster {
                     add(metric, &mut rates, others.get(metric));
                 }
@@ -135,13 +136,8 @@ pub fn combine<'a>(
     combined
 }
 
-fn index(metric: Metric) -> usize {
-    match metric {
-        Metric::NewConnectionsPerSecond => 0,
-        Metric::ImageCreatesPerMinute => 1,
-        Metric::ImageCreatesPerHour => 2,
-        Metric::OtherWritesPerMinute => 3,
-    }
+fn index(metric: Metric) -> Option<usize> {
+    Metric::THRESHOLDED.iter().position(|m| *m == metric)
 }
 
 fn count(metric: Metric, rates: &Rates) -> u64 {
@@ -150,6 +146,7 @@ fn count(metric: Metric, rates: &Rates) -> u64 {
         Metric::ImageCreatesPerMinute => rates.image_creates_last_minute,
         Metric::ImageCreatesPerHour => rates.image_creates_last_hour,
         Metric::OtherWritesPerMinute => rates.other_writes_last_minute,
+        Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => 0,
     }
 }
 
@@ -159,6 +156,7 @@ fn add(metric: Metric, rates: &mut Rates, more: u64) {
         Metric::ImageCreatesPerMinute => &mut rates.image_creates_last_minute,
         Metric::ImageCreatesPerHour => &mut rates.image_creates_last_hour,
         Metric::OtherWritesPerMinute => &mut rates.other_writes_last_minute,
+        Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => return,
     };
     *field += more;
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub use super::proxies::{ProxyRates, ProxyTotals, ProxyView};
 pub use super::query::{SortKey, SourceOrder};
 pub use crate::cluster::status::{ClusterHealth, ClusterStatus};
-use crate::{config::Mode, loader::AttachMode, rules::Scope, store::StoredRule};
+use crate::{config::Mode, loader::AttachMode, metric::Metric, rules::Scope, store::StoredRule};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -250,6 +250,21 @@ pub struct RatesView {
     pub reads_per_second: f64,
     pub packets_per_second: f64,
     pub bytes_per_second: f64,
+}
+
+impl RatesView {
+    /// The figure of `metric`, in its unit.
+    pub fn get(&self, metric: Metric) -> f64 {
+        match metric {
+            Metric::NewConnectionsPerSecond => self.new_connections_per_second,
+            Metric::ImageCreatesPerMinute => self.image_creates_per_minute as f64,
+            Metric::ImageCreatesPerHour => self.image_creates_per_hour as f64,
+            Metric::OtherWritesPerMinute => self.other_writes_per_minute as f64,
+            Metric::ReadsPerSecond => self.reads_per_second,
+            Metric::PacketsPerSecond => self.packets_per_second,
+            Metric::BytesPerSecond => self.bytes_per_second,
+        }
+    }
 }
 
 /// Counts since the source entered the kernel table.
@@ -508,7 +523,7 @@ mod tests {
             request: Request::Stats {
                 top: Some(120),
                 sort: Some(SourceOrder {
-                    by: SortKey::Bytes,
+                    by: SortKey::Rate(crate::metric::Metric::BytesPerSecond),
                     descending: true,
                     pin_important: false,
                 }),

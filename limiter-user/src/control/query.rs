@@ -9,35 +9,72 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{RatesView, SourceState, StateCounts};
+use crate::metric::Metric;
 
-/// What sources are ordered by: a column of the screen's table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What sources are ordered by: a column of the screen's table. On the wire, its name:
+/// `"address"`, `"state"`, or a metric's [`Metric::sort_name`] (`"image_creates"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortKey {
     Address,
-    NewConnections,
-    #[default]
-    ImageCreates,
-    OtherWrites,
-    Reads,
-    Packets,
-    Bytes,
+    Rate(Metric),
     /// Over threshold, banned (soonest end first), then the rest.
     State,
+}
+
+impl Default for SortKey {
+    fn default() -> Self {
+        SortKey::Rate(Metric::ImageCreatesPerMinute)
+    }
 }
 
 impl SortKey {
     /// The figure a numeric key sorts by (0 for the address and the state).
     pub fn value(self, rates: &RatesView) -> f64 {
         match self {
-            SortKey::NewConnections => rates.new_connections_per_second,
-            SortKey::ImageCreates => rates.image_creates_per_minute as f64,
-            SortKey::OtherWrites => rates.other_writes_per_minute as f64,
-            SortKey::Reads => rates.reads_per_second,
-            SortKey::Packets => rates.packets_per_second,
-            SortKey::Bytes => rates.bytes_per_second,
+            SortKey::Rate(metric) => rates.get(metric),
             SortKey::Address | SortKey::State => 0.0,
         }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SortKey::Address => "address",
+            SortKey::Rate(metric) => metric.sort_name(),
+            SortKey::State => "state",
+        }
+    }
+
+    pub fn named(name: &str) -> Option<SortKey> {
+        match name {
+            "address" => Some(SortKey::Address),
+            "state" => Some(SortKey::State),
+            _ => Metric::ALL
+                .into_iter()
+                .find(|m| m.sort_name() == name)
+                .map(SortKey::Rate),
+        }
+    }
+}
+
+impl Serialize for SortKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for SortKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        SortKey::named(&name).ok_or_else(|| {
+            let known: Vec<&str> = ["address", "state"]
+                .into_iter()
+                .chain(Metric::ALL.map(Metric::sort_name))
+                .collect();
+            serde::de::Error::custom(format!(
+                "unknown sort key `{name}`: expected one of {}",
+                known.join(", ")
+            ))
+        })
     }
 }
 
@@ -57,7 +94,7 @@ impl Default for SourceOrder {
     /// The screen's: image creates, busiest first, the sources that matter pinned on top.
     fn default() -> Self {
         SourceOrder {
-            by: SortKey::ImageCreates,
+            by: SortKey::Rate(Metric::ImageCreatesPerMinute),
             descending: true,
             pin_important: true,
         }
@@ -226,6 +263,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sort_keys_keep_their_wire_names() {
+        let names = [
+            ("address", SortKey::Address),
+            (
+                "new_connections",
+                SortKey::Rate(Metric::NewConnectionsPerSecond),
+            ),
+            (
+                "image_creates",
+                SortKey::Rate(Metric::ImageCreatesPerMinute),
+            ),
+            ("other_writes", SortKey::Rate(Metric::OtherWritesPerMinute)),
+            ("reads", SortKey::Rate(Metric::ReadsPerSecond)),
+            ("packets", SortKey::Rate(Metric::PacketsPerSecond)),
+            ("bytes", SortKey::Rate(Metric::BytesPerSecond)),
+            ("state", SortKey::State),
+        ];
+        for (name, key) in names {
+            let json = format!("\"{name}\"");
+            assert_eq!(serde_json::to_string(&key).unwrap(), json);
+            assert_eq!(serde_json::from_str::<SortKey>(&json).unwrap(), key);
+        }
+        let error = serde_json::from_str::<SortKey>("\"creates\"").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("unknown sort key `creates`: expected one of address"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_first_n_are_those_a_full_sort_puts_first() {
         let mut items: Vec<u32> = (0..1000).map(|i| (i * 7919) % 1000).collect();
         let mut sorted = items.clone();
@@ -315,7 +384,7 @@ mod tests {
             sources.clone(),
             &AddressFilter::parse("198.51.100.1"),
             SourceOrder {
-                by: SortKey::Bytes,
+                by: SortKey::Rate(Metric::BytesPerSecond),
                 descending: false,
                 pin_important: false,
             },

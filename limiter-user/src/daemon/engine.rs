@@ -695,7 +695,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 return (SourceState::Banned, until);
             }
             let over = self.would_ban.iter().any(|(net, _)| net.contains(&address))
-                || Metric::ALL.iter().any(|m| {
+                || Metric::THRESHOLDED.iter().any(|m| {
                     self.policy
                         .config()
                         .threshold(*m)
@@ -753,7 +753,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         } else {
             let filter = AddressFilter::parse(filter.unwrap_or_default());
             let order = sort.unwrap_or(SourceOrder {
-                by: SortKey::ImageCreates,
+                by: SortKey::Rate(crate::metric::Metric::ImageCreatesPerMinute),
                 descending: true,
                 pin_important: false,
             });

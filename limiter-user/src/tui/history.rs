@@ -2,7 +2,7 @@
 //! gives the current rates), for the detail pane's sparklines.
 //!
 //! Bounded twice, so 100k tracked sources cost the same as a thousand: a ring of
-//! [`HISTORY_LEN`] samples per source (`f32` per metric, ~2.9 KB), and histories for at most
+//! [`HISTORY_LEN`] samples per source (`f32` per metric, ~3.4 KB), and histories for at most
 //! [`MAX_HISTORIES`] sources, chosen each refresh in this order: the selected source, the rows
 //! on screen, sources that already have a history, sources over a threshold or banned, and the
 //! daemon's busiest. A source not sampled for [`HISTORY_LEN`] refreshes is forgotten. Refreshes
@@ -15,59 +15,15 @@ use std::{
 };
 
 use super::snapshot::SourceRow;
-use crate::control::protocol::RatesView;
+use crate::{control::protocol::RatesView, metric::Metric};
 
 /// Samples per source: two minutes at the default one-second refresh.
 pub const HISTORY_LEN: usize = 120;
-/// Sources with a history at most (~3 MB in all).
+/// Sources with a history at most (~3.5 MB in all).
 pub const MAX_HISTORIES: usize = 1024;
 /// The daemon's busiest sources sampled even when nobody looks at them, so a source that is
 /// selected during an attack already has its last minutes.
 pub const BUSIEST_SAMPLED: usize = 256;
-
-/// What a sparkline can show, in the detail pane's order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metric {
-    NewConnections,
-    ImageCreates,
-    OtherWrites,
-    Reads,
-    Packets,
-    Bytes,
-}
-
-impl Metric {
-    pub const ALL: [Metric; 6] = [
-        Metric::NewConnections,
-        Metric::ImageCreates,
-        Metric::OtherWrites,
-        Metric::Reads,
-        Metric::Packets,
-        Metric::Bytes,
-    ];
-
-    pub const fn label(self) -> &'static str {
-        match self {
-            Metric::NewConnections => "conn/s",
-            Metric::ImageCreates => "creates/min",
-            Metric::OtherWrites => "writes/min",
-            Metric::Reads => "reads/s",
-            Metric::Packets => "packets/s",
-            Metric::Bytes => "bytes/s",
-        }
-    }
-
-    pub fn of(self, rates: &RatesView) -> f64 {
-        match self {
-            Metric::NewConnections => rates.new_connections_per_second,
-            Metric::ImageCreates => rates.image_creates_per_minute as f64,
-            Metric::OtherWrites => rates.other_writes_per_minute as f64,
-            Metric::Reads => rates.reads_per_second,
-            Metric::Packets => rates.packets_per_second,
-            Metric::Bytes => rates.bytes_per_second,
-        }
-    }
-}
 
 type Sample = [f32; Metric::ALL.len()];
 
@@ -101,7 +57,7 @@ impl History {
                 self.push_sample([f32::NAN; Metric::ALL.len()]);
             }
         }
-        self.push_sample(Metric::ALL.map(|m| m.of(rates) as f32));
+        self.push_sample(Metric::ALL.map(|m| rates.get(m) as f32));
         self.last_refresh = refresh;
     }
 
@@ -221,7 +177,7 @@ mod tests {
         }
         let history = histories.get(&"198.51.100.7".parse().unwrap()).unwrap();
         assert_eq!(history.len(), HISTORY_LEN);
-        let series: Vec<f32> = history.series(Metric::ImageCreates).collect();
+        let series: Vec<f32> = history.series(Metric::ImageCreatesPerMinute).collect();
         assert_eq!(series.first(), Some(&30.0));
         assert_eq!(series.last(), Some(&(HISTORY_LEN as f32 + 29.0)));
     }
@@ -234,7 +190,7 @@ mod tests {
         histories.record(&[], &[]);
         histories.record(&[row(7, SourceState::Ok, 9)], &[]);
         let history = histories.get(&"198.51.100.7".parse().unwrap()).unwrap();
-        let series: Vec<f32> = history.series(Metric::ImageCreates).collect();
+        let series: Vec<f32> = history.series(Metric::ImageCreatesPerMinute).collect();
         assert_eq!(series.len(), 4);
         assert_eq!(series[0], 5.0);
         assert!(series[1].is_nan() && series[2].is_nan());

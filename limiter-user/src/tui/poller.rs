@@ -308,7 +308,7 @@ mod tests {
         let query = ScreenQuery {
             rows: 300,
             order: SourceOrder {
-                by: SortKey::Bytes,
+                by: SortKey::Rate(crate::metric::Metric::BytesPerSecond),
                 descending: true,
                 pin_important: false,
             },

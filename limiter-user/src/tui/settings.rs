@@ -6,10 +6,11 @@
 //! where they came from. Inside the daemon (`limiter run --tui`) they come from its own
 //! configuration.
 
-use std::{path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use crate::{
     config::{Config, ConfigError},
+    metric::Metric,
     policy::PolicyConfig,
 };
 
@@ -19,10 +20,8 @@ pub const DEFAULT_MAX_SOURCES: usize = 10_000;
 /// Thresholds of the policy, per metric; `None` where disabled or unknown.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
-    pub new_connections_per_second: Option<u32>,
-    pub image_creates_per_minute: Option<u32>,
-    pub image_creates_per_hour: Option<u32>,
-    pub other_writes_per_minute: Option<u32>,
+    /// The limit of each metric that has one and is not off.
+    limits: BTreeMap<Metric, u32>,
     /// Where they were read: a file, or "built-in defaults".
     pub origin: String,
 }
@@ -30,16 +29,21 @@ pub struct Thresholds {
 impl Thresholds {
     pub fn from_policy(policy: &PolicyConfig, origin: impl Into<String>) -> Thresholds {
         Thresholds {
-            new_connections_per_second: policy.new_connections_per_second,
-            image_creates_per_minute: policy.image_creates_per_minute,
-            image_creates_per_hour: policy.image_creates_per_hour,
-            other_writes_per_minute: policy.other_writes_per_minute,
+            limits: Metric::THRESHOLDED
+                .into_iter()
+                .filter_map(|m| Some((m, policy.threshold(m)?)))
+                .collect(),
             origin: origin.into(),
         }
     }
 
     pub fn defaults() -> Thresholds {
         Thresholds::from_policy(&PolicyConfig::default(), "built-in defaults")
+    }
+
+    /// `None`: the metric has no threshold, or it is off.
+    pub fn get(&self, metric: Metric) -> Option<u32> {
+        self.limits.get(&metric).copied()
     }
 }
 
@@ -106,7 +110,7 @@ mod tests {
         let path = dir.path().join("limiter.toml");
         std::fs::write(&path, "[policy]\nimage_creates_per_minute = 30\n").unwrap();
         let thresholds = load_thresholds(Some(&path)).unwrap();
-        assert_eq!(thresholds.image_creates_per_minute, Some(30));
+        assert_eq!(thresholds.get(Metric::ImageCreatesPerMinute), Some(30));
         assert_eq!(thresholds.origin, path.display().to_string());
         std::fs::write(&path, "[policy]\nbogus = 1\n").unwrap();
         assert!(matches!(

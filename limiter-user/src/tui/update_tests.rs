@@ -468,12 +468,42 @@ fn the_screen_asks_for_its_rows_its_order_and_its_filter_when_they_change() {
     assert_eq!(
         asked,
         [
-            (SortKey::ImageCreates, true, true, ""),
-            (SortKey::OtherWrites, true, true, ""),
-            (SortKey::OtherWrites, false, true, ""),
-            (SortKey::OtherWrites, false, true, "1"),
-            (SortKey::OtherWrites, false, true, "19"),
-            (SortKey::OtherWrites, false, false, "19"),
+            (
+                SortKey::Rate(crate::metric::Metric::ImageCreatesPerMinute),
+                true,
+                true,
+                ""
+            ),
+            (
+                SortKey::Rate(crate::metric::Metric::OtherWritesPerMinute),
+                true,
+                true,
+                ""
+            ),
+            (
+                SortKey::Rate(crate::metric::Metric::OtherWritesPerMinute),
+                false,
+                true,
+                ""
+            ),
+            (
+                SortKey::Rate(crate::metric::Metric::OtherWritesPerMinute),
+                false,
+                true,
+                "1"
+            ),
+            (
+                SortKey::Rate(crate::metric::Metric::OtherWritesPerMinute),
+                false,
+                true,
+                "19"
+            ),
+            (
+                SortKey::Rate(crate::metric::Metric::OtherWritesPerMinute),
+                false,
+                false,
+                "19"
+            ),
         ],
         "once per change, not per frame"
     );

@@ -4,32 +4,31 @@
 
 use std::cmp::Ordering;
 
-use super::{history::Metric, snapshot::SourceRow};
-use crate::control::query::{self, SortFields, SortKey, SourceOrder};
+use super::snapshot::SourceRow;
 pub use crate::control::query::{importance, AddressFilter};
+use crate::{
+    control::query::{self, SortFields, SortKey, SourceOrder},
+    metric::Metric,
+};
 
 /// A column of the sources table, in screen order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
     Address,
-    NewConnections,
-    ImageCreates,
-    OtherWrites,
-    Reads,
-    Packets,
-    Bytes,
+    Rate(Metric),
     State,
 }
 
 impl Column {
+    /// The screen's columns: the per-hour creates are in the detail pane, not the table.
     pub const ALL: [Column; 8] = [
         Column::Address,
-        Column::NewConnections,
-        Column::ImageCreates,
-        Column::OtherWrites,
-        Column::Reads,
-        Column::Packets,
-        Column::Bytes,
+        Column::Rate(Metric::NewConnectionsPerSecond),
+        Column::Rate(Metric::ImageCreatesPerMinute),
+        Column::Rate(Metric::OtherWritesPerMinute),
+        Column::Rate(Metric::ReadsPerSecond),
+        Column::Rate(Metric::PacketsPerSecond),
+        Column::Rate(Metric::BytesPerSecond),
         Column::State,
     ];
 
@@ -37,12 +36,7 @@ impl Column {
     pub const fn short_name(self) -> &'static str {
         match self {
             Column::Address => "ADDRESS",
-            Column::NewConnections => "CONN/S",
-            Column::ImageCreates => "CREATE/M",
-            Column::OtherWrites => "WRITE/M",
-            Column::Reads => "READ/S",
-            Column::Packets => "PKT/S",
-            Column::Bytes => "BYTE/S",
+            Column::Rate(metric) => metric.headers().0,
             Column::State => "STATE",
         }
     }
@@ -51,12 +45,7 @@ impl Column {
     pub const fn long_name(self) -> &'static str {
         match self {
             Column::Address => "ADDRESS",
-            Column::NewConnections => "NEW CONN/S",
-            Column::ImageCreates => "CREATES/MIN",
-            Column::OtherWrites => "WRITES/MIN",
-            Column::Reads => "READS/S",
-            Column::Packets => "PACKETS/S",
-            Column::Bytes => "BYTES/S",
+            Column::Rate(metric) => metric.headers().1,
             Column::State => "STATE",
         }
     }
@@ -64,12 +53,7 @@ impl Column {
     /// The rate a numeric column shows (the detail pane's sparklines plot the same ones).
     pub const fn metric(self) -> Option<Metric> {
         match self {
-            Column::NewConnections => Some(Metric::NewConnections),
-            Column::ImageCreates => Some(Metric::ImageCreates),
-            Column::OtherWrites => Some(Metric::OtherWrites),
-            Column::Reads => Some(Metric::Reads),
-            Column::Packets => Some(Metric::Packets),
-            Column::Bytes => Some(Metric::Bytes),
+            Column::Rate(metric) => Some(metric),
             Column::Address | Column::State => None,
         }
     }
@@ -78,12 +62,7 @@ impl Column {
     pub const fn key(self) -> SortKey {
         match self {
             Column::Address => SortKey::Address,
-            Column::NewConnections => SortKey::NewConnections,
-            Column::ImageCreates => SortKey::ImageCreates,
-            Column::OtherWrites => SortKey::OtherWrites,
-            Column::Reads => SortKey::Reads,
-            Column::Packets => SortKey::Packets,
-            Column::Bytes => SortKey::Bytes,
+            Column::Rate(metric) => SortKey::Rate(metric),
             Column::State => SortKey::State,
         }
     }
@@ -130,7 +109,7 @@ impl Sort {
 impl Default for Sort {
     fn default() -> Self {
         Sort {
-            column: Column::ImageCreates,
+            column: Column::Rate(Metric::ImageCreatesPerMinute),
             descending: true,
             pin_important: true,
         }
@@ -163,7 +142,7 @@ fn fields(row: &SourceRow) -> SortFields<'_> {
 
 /// The figure a numeric column shows.
 pub fn value(row: &SourceRow, column: Column) -> f64 {
-    column.metric().map_or(0.0, |metric| metric.of(&row.rates))
+    column.metric().map_or(0.0, |metric| row.rates.get(metric))
 }
 
 #[cfg(test)]
@@ -206,7 +185,7 @@ mod tests {
     fn rows_that_matter_come_first_whatever_the_column() {
         let rows = sample();
         let sort = Sort {
-            column: Column::Bytes,
+            column: Column::Rate(Metric::BytesPerSecond),
             descending: true,
             pin_important: true,
         };
@@ -232,7 +211,7 @@ mod tests {
             row("198.51.100.5", SourceState::Ok, 0, 0.0),
         ];
         let sort = Sort {
-            column: Column::ImageCreates,
+            column: Column::Rate(Metric::ImageCreatesPerMinute),
             descending: false,
             pin_important: true,
         };
@@ -274,7 +253,7 @@ mod tests {
             ..RatesView::default()
         };
         for column in Column::ALL {
-            let local = column.metric().map_or(0.0, |m| m.of(&rates));
+            let local = column.metric().map_or(0.0, |m| rates.get(m));
             assert_eq!(column.key().value(&rates), local, "{column:?}");
         }
         assert_eq!(Sort::default().order(), SourceOrder::default());

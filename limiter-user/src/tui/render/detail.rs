@@ -10,17 +10,13 @@ use ratatui::{
 
 use super::{
     super::{
-        app::App,
-        events::Event,
-        format,
-        history::{Metric, HISTORY_LEN},
-        settings::Thresholds,
+        app::App, events::Event, format, history::HISTORY_LEN, settings::Thresholds,
         snapshot::SourceRow,
     },
     sources::state_text,
     sparkline::ThresholdSparkline,
 };
-use crate::rules::Action;
+use crate::{metric::Metric, rules::Action};
 
 /// Width of the text left of each sparkline: `creates/min    300  lim 60   `.
 const LABEL_WIDTH: u16 = 28;
@@ -41,13 +37,20 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, block: Block) {
     };
     let tall = inner.height >= TALL;
     let metrics: &[Metric] = if tall {
-        &Metric::ALL
+        &[
+            Metric::NewConnectionsPerSecond,
+            Metric::ImageCreatesPerMinute,
+            Metric::OtherWritesPerMinute,
+            Metric::ReadsPerSecond,
+            Metric::PacketsPerSecond,
+            Metric::BytesPerSecond,
+        ]
     } else {
         &[
-            Metric::NewConnections,
-            Metric::ImageCreates,
-            Metric::OtherWrites,
-            Metric::Packets,
+            Metric::NewConnectionsPerSecond,
+            Metric::ImageCreatesPerMinute,
+            Metric::OtherWritesPerMinute,
+            Metric::PacketsPerSecond,
         ]
     };
     let spark_height: u16 = if tall { 2 } else { 1 };
@@ -106,7 +109,11 @@ fn summary(row: &SourceRow, app: &App, tall: bool) -> Vec<Line<'static>> {
             format!(
                 "creates/hour {} (limit {}) · sparklines: last {} refreshes · limits: {}",
                 row.rates.image_creates_per_hour,
-                limit_text(app.thresholds.image_creates_per_hour.map(f64::from)),
+                limit_text(
+                    app.thresholds
+                        .get(Metric::ImageCreatesPerHour)
+                        .map(f64::from)
+                ),
                 HISTORY_LEN,
                 app.thresholds.origin
             ),
@@ -117,13 +124,7 @@ fn summary(row: &SourceRow, app: &App, tall: bool) -> Vec<Line<'static>> {
 }
 
 fn threshold(thresholds: &Thresholds, metric: Metric) -> Option<f64> {
-    let limit = match metric {
-        Metric::NewConnections => thresholds.new_connections_per_second,
-        Metric::ImageCreates => thresholds.image_creates_per_minute,
-        Metric::OtherWrites => thresholds.other_writes_per_minute,
-        Metric::Reads | Metric::Packets | Metric::Bytes => None,
-    };
-    limit.map(f64::from)
+    thresholds.get(metric).map(f64::from)
 }
 
 fn limit_text(limit: Option<f64>) -> String {
@@ -133,10 +134,10 @@ fn limit_text(limit: Option<f64>) -> String {
 fn sparkline_row(frame: &mut Frame, area: Rect, app: &App, row: &SourceRow, metric: Metric) {
     let [label, spark] =
         Layout::horizontal([Constraint::Length(LABEL_WIDTH), Constraint::Min(0)]).areas(area);
-    let current = metric.of(&row.rates);
+    let current = row.rates.get(metric);
     let limit = threshold(&app.thresholds, metric);
     let value = match metric {
-        Metric::Bytes => format::bytes(current),
+        Metric::BytesPerSecond => format::bytes(current),
         _ => format::rate(current),
     };
     let limit_part = match limit {

@@ -17,7 +17,7 @@ use super::super::{
     snapshot::SourceRow,
     view::Column,
 };
-use crate::control::protocol::SourceState;
+use crate::{control::protocol::SourceState, metric::Metric};
 
 /// Address column width when there is room for a full IPv6 address.
 const WIDE_ADDRESS: u16 = 39;
@@ -154,24 +154,34 @@ fn address_width(width: u16, wide: bool) -> usize {
 }
 
 fn table_row<'a>(row: &SourceRow, selected: bool, address_width: usize, app: &App) -> Row<'a> {
-    let r = &row.rates;
-    let address = super::proxies::address_cell(row.address, row.via, address_width);
-    let cells = [
-        Cell::from(if selected { ">" } else { " " }),
-        Cell::from(address),
-        number(format::rate(r.new_connections_per_second)),
-        number(format::count(r.image_creates_per_minute)),
-        number(format::count(r.other_writes_per_minute)),
-        number(format::rate(r.reads_per_second)),
-        number(format::rate(r.packets_per_second)),
-        number(format::bytes(r.bytes_per_second)),
-        Cell::from(state_text(row, app.now)),
-    ];
+    let selector = Cell::from(if selected { ">" } else { " " });
+    let cells = std::iter::once(selector).chain(Column::ALL.map(|column| match column {
+        Column::Address => Cell::from(super::proxies::address_cell(
+            row.address,
+            row.via,
+            address_width,
+        )),
+        Column::Rate(metric) => number(figure(metric, row.rates.get(metric))),
+        Column::State => Cell::from(state_text(row, app.now)),
+    }));
     let mut style = app.theme.state(row.state);
     if selected {
         style = style.patch(app.theme.selected());
     }
     Row::new(cells).style(style)
+}
+
+/// A rate as its column shows it: counts in a window as whole numbers, bytes with a unit.
+fn figure(metric: Metric, value: f64) -> String {
+    match metric {
+        Metric::ImageCreatesPerMinute
+        | Metric::ImageCreatesPerHour
+        | Metric::OtherWritesPerMinute => format::count(value as u64),
+        Metric::BytesPerSecond => format::bytes(value),
+        Metric::NewConnectionsPerSecond | Metric::ReadsPerSecond | Metric::PacketsPerSecond => {
+            format::rate(value)
+        }
+    }
 }
 
 fn number<'a>(text: String) -> Cell<'a> {
@@ -181,7 +191,7 @@ fn number<'a>(text: String) -> Cell<'a> {
 fn align(column: Column, name: String) -> Line<'static> {
     match column {
         Column::Address | Column::State => Line::from(name),
-        _ => Line::from(name).right_aligned(),
+        Column::Rate(_) => Line::from(name).right_aligned(),
     }
 }
 
