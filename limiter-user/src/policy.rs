@@ -19,7 +19,7 @@
 //! have installed as `current_bans`, so that decisions and offence counts match enforce mode.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::BTreeMap,
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -31,6 +31,7 @@ pub use crate::policy_config::{
 };
 use crate::{
     net,
+    prefixes::PrefixSet,
     rates::Rates,
     rules::{Action, KernelRule, Scope},
 };
@@ -81,79 +82,6 @@ impl Decision {
             action: Action::Block,
             scope: Scope::ProtectedPorts,
             expires: Some(now + self.ttl),
-        }
-    }
-}
-
-/// A set of prefixes that answers "is this address or prefix covered?" in one lookup per
-/// distinct prefix length. IPv4-mapped IPv6 entries are stored in IPv4 form, as sources are.
-#[derive(Clone, Debug, Default)]
-pub struct PrefixSet {
-    nets: HashSet<IpNet>,
-    lengths_v4: BTreeSet<u8>,
-    lengths_v6: BTreeSet<u8>,
-}
-
-impl PrefixSet {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a prefix (host bits are ignored) or, through `Into`, a single address.
-    pub fn insert(&mut self, net: impl Into<IpNet>) {
-        let net = canonical(net.into());
-        match net {
-            IpNet::V4(v4) => self.lengths_v4.insert(v4.prefix_len()),
-            IpNet::V6(v6) => self.lengths_v6.insert(v6.prefix_len()),
-        };
-        self.nets.insert(net);
-    }
-
-    /// Whether some member contains `addr`.
-    pub fn covers_addr(&self, addr: IpAddr) -> bool {
-        self.covers(&IpNet::from(addr))
-    }
-
-    /// Whether some member contains all of `net`.
-    pub fn covers(&self, net: &IpNet) -> bool {
-        let net = canonical(*net);
-        let lengths = match net {
-            IpNet::V4(_) => &self.lengths_v4,
-            IpNet::V6(_) => &self.lengths_v6,
-        };
-        lengths
-            .range(..=net.prefix_len())
-            .filter_map(|&len| IpNet::new(net.addr(), len).ok())
-            .any(|candidate| self.nets.contains(&candidate.trunc()))
-    }
-
-    /// Whether some member shares an address with `net` (covers it or lies inside it).
-    pub fn overlaps(&self, net: &IpNet) -> bool {
-        let net = canonical(*net);
-        self.covers(&net) || self.nets.iter().any(|member| net.contains(member))
-    }
-
-    pub fn len(&self) -> usize {
-        self.nets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
-    }
-}
-
-impl<N: Into<IpNet>> FromIterator<N> for PrefixSet {
-    fn from_iter<I: IntoIterator<Item = N>>(iter: I) -> Self {
-        let mut set = PrefixSet::new();
-        set.extend(iter);
-        set
-    }
-}
-
-impl<N: Into<IpNet>> Extend<N> for PrefixSet {
-    fn extend<I: IntoIterator<Item = N>>(&mut self, iter: I) {
-        for net in iter {
-            self.insert(net);
         }
     }
 }
@@ -1079,30 +1007,5 @@ mod tests {
         }
         // Its first poll after the flood began shows 50 creates; the second, 100.
         assert_eq!(banned_at, Some(1802));
-    }
-
-    #[test]
-    fn prefix_sets_answer_for_covering_prefixes() {
-        let set: PrefixSet = [
-            cidr("10.0.0.0/8"),
-            cidr("192.0.2.7/32"),
-            cidr("2001:db8::/32"),
-            cidr("::ffff:198.51.100.0/120"),
-        ]
-        .into_iter()
-        .collect();
-        assert!(set.covers_addr(ip("10.200.0.1")));
-        assert!(set.covers_addr(ip("192.0.2.7")));
-        assert!(!set.covers_addr(ip("192.0.2.8")));
-        assert!(
-            set.covers_addr(ip("198.51.100.9")),
-            "mapped entries match IPv4"
-        );
-        assert!(set.covers(&cidr("2001:db8:1::/48")));
-        assert!(!set.covers(&cidr("2001::/16")));
-        assert!(set.overlaps(&cidr("2001::/16")));
-        assert!(set.overlaps(&cidr("192.0.2.0/24")));
-        assert!(!set.overlaps(&cidr("192.0.3.0/24")));
-        assert!(!set.covers_addr(ip("::ffff:11.0.0.1")));
     }
 }

@@ -4,15 +4,12 @@
 //! narrower rule never hides a live broader one, each entry carries the latest deadline of its
 //! own rules and of every rule of the same action whose prefix covers it.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, time::SystemTime};
 
 use ipnet::IpNet;
 use limiter_common::{AllowRule, BlockRule};
 
-use crate::{clock::KernelClock, net};
+use crate::{clock::KernelClock, net, prefixes::PrefixMap};
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -68,8 +65,7 @@ pub enum RuleError {
     OverlapsIpv4Mapped(IpNet),
 }
 
-/// A trie key: prefix length and address bytes in the shared key space.
-pub type TrieKey = (u32, [u8; 16]);
+pub use crate::prefixes::TrieKey;
 
 /// What the tries and the config flags should hold for a set of rules at one instant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,8 +92,8 @@ pub fn validate_net(net: &IpNet) -> Result<(), RuleError> {
 
 /// Trie entries for `rules` as of `clock`. Rules already expired are left out.
 pub fn compile(rules: &[KernelRule], clock: &KernelClock) -> Result<CompiledRules, RuleError> {
-    let mut block: HashMap<TrieKey, BlockRule> = HashMap::new();
-    let mut allow: HashMap<TrieKey, AllowRule> = HashMap::new();
+    let mut block: PrefixMap<BlockRule> = PrefixMap::new();
+    let mut allow: PrefixMap<AllowRule> = PrefixMap::new();
     let mut any_port_rules = false;
     for rule in rules {
         validate(rule)?;
@@ -108,11 +104,11 @@ pub fn compile(rules: &[KernelRule], clock: &KernelClock) -> Result<CompiledRule
         let key = net::net_to_key(rule.net);
         match rule.action {
             Action::Allow => {
-                let entry = allow.entry(key).or_default();
+                let entry = allow.entry_or_default(key);
                 entry.until = entry.until.max(deadline);
             }
             Action::Block => {
-                let entry = block.entry(key).or_default();
+                let entry = block.entry_or_default(key);
                 // An all-ports block also covers the protected ports.
                 entry.until_protected = entry.until_protected.max(deadline);
                 if rule.scope == Scope::AllPorts {
@@ -123,11 +119,11 @@ pub fn compile(rules: &[KernelRule], clock: &KernelClock) -> Result<CompiledRule
         }
     }
     Ok(CompiledRules {
-        block: with_covering(&block, |a, b| BlockRule {
+        block: block.merged_with_covering(|a, b| BlockRule {
             until_protected: a.until_protected.max(b.until_protected),
             until_any_port: a.until_any_port.max(b.until_any_port),
         }),
-        allow: with_covering(&allow, |a, b| AllowRule {
+        allow: allow.merged_with_covering(|a, b| AllowRule {
             until: a.until.max(b.until),
         }),
         any_port_rules,
@@ -135,33 +131,6 @@ pub fn compile(rules: &[KernelRule], clock: &KernelClock) -> Result<CompiledRule
 }
 
 /// Each entry merged with every entry whose prefix covers it.
-fn with_covering<V: Copy>(
-    own: &HashMap<TrieKey, V>,
-    merge: impl Fn(&V, &V) -> V,
-) -> BTreeMap<TrieKey, V> {
-    let lengths: BTreeSet<u32> = own.keys().map(|(len, _)| *len).collect();
-    own.iter()
-        .map(|(&(len, addr), value)| {
-            let merged = lengths
-                .range(..len)
-                .filter_map(|&shorter| own.get(&(shorter, mask(addr, shorter))))
-                .fold(*value, |acc, covering| merge(&acc, covering));
-            ((len, addr), merged)
-        })
-        .collect()
-}
-
-/// `addr` with every bit past `prefix_len` cleared.
-fn mask(addr: [u8; 16], prefix_len: u32) -> [u8; 16] {
-    let bits = u128::from_be_bytes(addr);
-    let kept = match prefix_len {
-        0 => 0,
-        len if len >= 128 => bits,
-        len => bits & (u128::MAX << (128 - len)),
-    };
-    kept.to_be_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -330,20 +299,5 @@ mod tests {
             compile(std::slice::from_ref(&bad), &clock()),
             Err(RuleError::OverlapsIpv4Mapped(bad.net))
         );
-    }
-
-    #[test]
-    fn mask_clears_host_bits() {
-        let addr = "2001:db8:ffff::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets();
-        let masked = mask(addr, 32);
-        assert_eq!(
-            std::net::Ipv6Addr::from(masked),
-            "2001:db8::".parse::<std::net::Ipv6Addr>().unwrap()
-        );
-        assert_eq!(mask(addr, 0), [0; 16]);
-        assert_eq!(mask(addr, 128), addr);
     }
 }

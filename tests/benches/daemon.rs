@@ -17,7 +17,8 @@ use limiter_user::{
     config::Config,
     daemon::Engine,
     loader::{Limiter, LoadOptions},
-    policy::{NeverBan, Policy, PolicyConfig, PrefixSet},
+    policy::{NeverBan, Policy, PolicyConfig},
+    prefixes::PrefixSet,
     rates::{Counts, RateTracker},
     store::RuleStore,
 };
