@@ -5,6 +5,9 @@
 
 pub mod client_addr;
 pub mod http_class;
+pub mod maps;
+
+pub use maps::{MapKind, MapSpec, LPM_KEY_BYTES, PINNED_MAPS, PINNED_MAP_SPECS};
 
 /// The XDP entry point in the BPF object.
 pub const PROGRAM_NAME: &str = "glance_limiter";

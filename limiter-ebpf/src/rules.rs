@@ -5,7 +5,9 @@
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{helpers::bpf_map_lookup_elem, macros::map, maps::LpmTrie};
-use limiter_common::{AllowRule, BlockRule, SourceAddr, TrustedProxy, RULE_CAPACITY};
+use limiter_common::{
+    AllowRule, BlockRule, SourceAddr, TrustedProxy, LPM_KEY_BYTES, RULE_CAPACITY,
+};
 
 #[map]
 static BLOCK_RULES: LpmTrie<[u32; 4], BlockRule> = LpmTrie::with_max_entries(RULE_CAPACITY, 0);
@@ -74,6 +76,9 @@ pub fn blocked_on_any_port(src: &SourceAddr, now: u64) -> bool {
 struct TrieKey {
     words: [u32; 6],
 }
+
+// The trie reads the first five words: the length and the address, as the maps' spec says.
+const _: () = assert!(5 * core::mem::size_of::<u32>() == LPM_KEY_BYTES as usize);
 
 impl TrieKey {
     /// Writes the /128 key for `src` into `slot` in place: a returned key would be copied,

@@ -67,11 +67,7 @@
 //! `max_sources`, sources missing from the latest poll are forgotten, longest idle first, so the
 //! tracker stays within `max(max_sources, sources in the latest poll)` sources.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv6Addr},
-    time::Duration,
-};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use limiter_common::SourceStats;
 
@@ -187,14 +183,11 @@ impl From<Totals> for Counts {
 type AddrKey = [u8; 16];
 
 fn addr_key(addr: IpAddr) -> AddrKey {
-    match addr {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
+    crate::net::addr_to_key(addr)
 }
 
 fn key_addr(key: AddrKey) -> IpAddr {
-    Ipv6Addr::from(key).to_canonical()
+    crate::net::key_to_addr(key)
 }
 
 /// One source's activity as of the tracker's latest poll.

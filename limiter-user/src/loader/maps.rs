@@ -18,6 +18,9 @@ use limiter_common::{
     PORT_BITMAP_WORDS, PROXY_RELAYS_MAP, SOURCES_MAP,
 };
 
+// The rule tries' keys as user space writes them are the kernel's, as the maps' spec says.
+const _: () = assert!(size_of::<Key<[u8; 16]>>() == limiter_common::LPM_KEY_BYTES as usize);
+
 use super::{batch, LoaderError};
 use crate::{
     net,

@@ -13,13 +13,7 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use limiter_common::{
-    AllowRule, BlockRule, Config, ConnKey, ConnState, Counter, PathPrefix, ProxyRelays,
-    RejectTemplate, SourceAddr, SourceStats, TrustedProxy, ALLOW_MAP, BLOCK_MAP, CLIENT_VIA_MAP,
-    CONFIG_MAP, COUNTERS_MAP, MAX_PATH_PREFIXES, PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS,
-    PROGRAM_NAME, PROXY_CONNS_MAP, PROXY_CONN_CAPACITY, PROXY_RELAYS_CAPACITY, PROXY_RELAYS_MAP,
-    REJECT_MAP, RULE_CAPACITY, SOURCES_MAP, TRUSTED_PROXIES_MAP,
-};
+use limiter_common::{MapKind, MapSpec, PINNED_MAP_SPECS, PROGRAM_NAME};
 use tracing::{info, warn};
 
 use super::{migrate, program_mut, AttachMode, Limiter, LoadOptions, LoaderError};
@@ -27,24 +21,7 @@ use super::{migrate, program_mut, AttachMode, Limiter, LoadOptions, LoaderError}
 /// Where the daemon pins by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/glance-limiter";
 
-/// Every map that holds state: all are pinned, so a restart loses neither rules nor counts,
-/// nor what is known of proxies' backend connections. (`LAST_DROP`, the program's per-CPU
-/// one-entry cache of its last drop, and `TEXT_WINDOW`, its scratch space, are not: the first
-/// is checked against the rules generation on every use, the second rewritten before use.)
-pub const PINNED_MAPS: [&str; 12] = [
-    SOURCES_MAP,
-    CLIENT_VIA_MAP,
-    PROXY_RELAYS_MAP,
-    BLOCK_MAP,
-    ALLOW_MAP,
-    PORTS_MAP,
-    CONFIG_MAP,
-    COUNTERS_MAP,
-    TRUSTED_PROXIES_MAP,
-    PROXY_CONNS_MAP,
-    PATH_PREFIXES_MAP,
-    REJECT_MAP,
-];
+pub use limiter_common::PINNED_MAPS;
 
 const LINK_PREFIX: &str = "link-";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -56,103 +33,13 @@ pub struct DetachReport {
     pub maps: Vec<String>,
 }
 
-/// The shape a pinned map must have to be reused by this build.
-struct Expected {
-    name: &'static str,
-    map_type: MapType,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-}
-
-fn expected_maps(options: &LoadOptions) -> [Expected; 12] {
-    let size = |n: usize| n as u32;
-    [
-        Expected {
-            name: SOURCES_MAP,
-            map_type: MapType::LruHash,
-            key_size: 16,
-            value_size: size(size_of::<SourceStats>()),
-            max_entries: options.source_capacity,
-        },
-        Expected {
-            name: CLIENT_VIA_MAP,
-            map_type: MapType::LruHash,
-            key_size: 16,
-            value_size: size(size_of::<SourceAddr>()),
-            max_entries: options.source_capacity,
-        },
-        Expected {
-            name: PROXY_RELAYS_MAP,
-            map_type: MapType::LruHash,
-            key_size: 16,
-            value_size: size(size_of::<ProxyRelays>()),
-            max_entries: PROXY_RELAYS_CAPACITY,
-        },
-        Expected {
-            name: BLOCK_MAP,
-            map_type: MapType::LpmTrie,
-            key_size: 20,
-            value_size: size(size_of::<BlockRule>()),
-            max_entries: RULE_CAPACITY,
-        },
-        Expected {
-            name: ALLOW_MAP,
-            map_type: MapType::LpmTrie,
-            key_size: 20,
-            value_size: size(size_of::<AllowRule>()),
-            max_entries: RULE_CAPACITY,
-        },
-        Expected {
-            name: PORTS_MAP,
-            map_type: MapType::Array,
-            key_size: 4,
-            value_size: 8,
-            max_entries: PORT_BITMAP_WORDS,
-        },
-        Expected {
-            name: CONFIG_MAP,
-            map_type: MapType::Array,
-            key_size: 4,
-            value_size: size(size_of::<Config>()),
-            max_entries: 1,
-        },
-        Expected {
-            name: COUNTERS_MAP,
-            map_type: MapType::PerCpuArray,
-            key_size: 4,
-            value_size: 8,
-            max_entries: Counter::COUNT,
-        },
-        Expected {
-            name: TRUSTED_PROXIES_MAP,
-            map_type: MapType::LpmTrie,
-            key_size: 20,
-            value_size: size(size_of::<TrustedProxy>()),
-            max_entries: RULE_CAPACITY,
-        },
-        Expected {
-            name: PROXY_CONNS_MAP,
-            map_type: MapType::LruHash,
-            key_size: size(size_of::<ConnKey>()),
-            value_size: size(size_of::<ConnState>()),
-            max_entries: PROXY_CONN_CAPACITY,
-        },
-        Expected {
-            name: PATH_PREFIXES_MAP,
-            map_type: MapType::Array,
-            key_size: 4,
-            value_size: size(size_of::<PathPrefix>()),
-            max_entries: MAX_PATH_PREFIXES,
-        },
-        Expected {
-            name: REJECT_MAP,
-            map_type: MapType::Array,
-            key_size: 4,
-            value_size: size(size_of::<RejectTemplate>()),
-            max_entries: 1,
-        },
-    ]
+fn aya_map_type(kind: MapKind) -> MapType {
+    match kind {
+        MapKind::LruHash => MapType::LruHash,
+        MapKind::LpmTrie => MapType::LpmTrie,
+        MapKind::Array => MapType::Array,
+        MapKind::PerCpuArray => MapType::PerCpuArray,
+    }
 }
 
 impl Limiter {
@@ -166,9 +53,9 @@ impl Limiter {
         prepare_pin_dir(pin_dir)?;
         let migrations = migrate::plan(pin_dir, options);
         let migrated = |name: &str| migrations.iter().any(|m| m.name == name);
-        for expected in expected_maps(options) {
-            if !migrated(expected.name) {
-                check_pinned_map(pin_dir, &expected)?;
+        for spec in &PINNED_MAP_SPECS {
+            if !migrated(spec.name) {
+                check_pinned_map(pin_dir, spec, options.source_capacity)?;
             }
         }
         let mut limiter = Self::load_with(options, |loader| {
@@ -333,8 +220,13 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-fn check_pinned_map(pin_dir: &Path, expected: &Expected) -> Result<(), LoaderError> {
-    let path = pin_dir.join(expected.name);
+/// A pinned map is reused only with the shape this build declares for it.
+fn check_pinned_map(
+    pin_dir: &Path,
+    spec: &MapSpec,
+    source_capacity: u32,
+) -> Result<(), LoaderError> {
+    let path = pin_dir.join(spec.name);
     if !path.exists() {
         return Ok(());
     }
@@ -352,10 +244,10 @@ fn check_pinned_map(pin_dir: &Path, expected: &Expected) -> Result<(), LoaderErr
         info.max_entries(),
     );
     let wanted = (
-        expected.map_type,
-        expected.key_size,
-        expected.value_size,
-        expected.max_entries,
+        aya_map_type(spec.kind),
+        spec.key_bytes,
+        spec.value_bytes,
+        spec.capacity.entries(source_capacity),
     );
     if found != wanted {
         return Err(incompatible(format!(

@@ -1,0 +1,164 @@
+//! The shape of every map the daemon pins, defined once: the kernel program declares its maps
+//! with these names, capacities and types; user space checks a pinned map against the spec
+//! before reusing it, and pins, migrates and removes exactly this list.
+
+use core::mem::size_of;
+
+use crate::{
+    AllowRule, BlockRule, Config, ConnKey, ConnState, Counter, PathPrefix, ProxyRelays,
+    RejectTemplate, SourceAddr, SourceStats, TrustedProxy, ALLOW_MAP, BLOCK_MAP, CLIENT_VIA_MAP,
+    CONFIG_MAP, COUNTERS_MAP, MAX_PATH_PREFIXES, PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS,
+    PROXY_CONNS_MAP, PROXY_CONN_CAPACITY, PROXY_RELAYS_CAPACITY, PROXY_RELAYS_MAP, REJECT_MAP,
+    RULE_CAPACITY, SOURCES_MAP, TRUSTED_PROXIES_MAP,
+};
+
+/// Bytes of a key of the prefix tries (rules, trusted proxies): the kernel's
+/// `bpf_lpm_trie_key_u8` with 16 data bytes, a `u32` prefix length in bits then the address
+/// in the IPv4-mapped key space ([`SourceAddr`]'s bytes).
+pub const LPM_KEY_BYTES: u32 = 4 + 16;
+
+/// The map types the project uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    LruHash,
+    LpmTrie,
+    Array,
+    PerCpuArray,
+}
+
+/// How many entries a map holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capacity {
+    Fixed(u32),
+    /// The per-source table's capacity, chosen by the configuration (`source_capacity`).
+    Sources,
+}
+
+impl Capacity {
+    pub const fn entries(self, source_capacity: u32) -> u32 {
+        match self {
+            Capacity::Fixed(entries) => entries,
+            Capacity::Sources => source_capacity,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key_bytes: u32,
+    pub value_bytes: u32,
+    pub capacity: Capacity,
+}
+
+const fn bytes<T>() -> u32 {
+    size_of::<T>() as u32
+}
+
+/// Every map that holds state: all are pinned, so a restart loses neither rules nor counts,
+/// nor what is known of proxies' backend connections. (`LAST_DROP`, the program's per-CPU
+/// one-entry cache of its last drop, and `TEXT_WINDOW`, its scratch space, are not: the first
+/// is checked against the rules generation on every use, the second rewritten before use.)
+pub const PINNED_MAP_SPECS: [MapSpec; 12] = [
+    MapSpec {
+        name: SOURCES_MAP,
+        kind: MapKind::LruHash,
+        key_bytes: bytes::<SourceAddr>(),
+        value_bytes: bytes::<SourceStats>(),
+        capacity: Capacity::Sources,
+    },
+    MapSpec {
+        name: CLIENT_VIA_MAP,
+        kind: MapKind::LruHash,
+        key_bytes: bytes::<SourceAddr>(),
+        value_bytes: bytes::<SourceAddr>(),
+        capacity: Capacity::Sources,
+    },
+    MapSpec {
+        name: PROXY_RELAYS_MAP,
+        kind: MapKind::LruHash,
+        key_bytes: bytes::<SourceAddr>(),
+        value_bytes: bytes::<ProxyRelays>(),
+        capacity: Capacity::Fixed(PROXY_RELAYS_CAPACITY),
+    },
+    MapSpec {
+        name: BLOCK_MAP,
+        kind: MapKind::LpmTrie,
+        key_bytes: LPM_KEY_BYTES,
+        value_bytes: bytes::<BlockRule>(),
+        capacity: Capacity::Fixed(RULE_CAPACITY),
+    },
+    MapSpec {
+        name: ALLOW_MAP,
+        kind: MapKind::LpmTrie,
+        key_bytes: LPM_KEY_BYTES,
+        value_bytes: bytes::<AllowRule>(),
+        capacity: Capacity::Fixed(RULE_CAPACITY),
+    },
+    MapSpec {
+        name: PORTS_MAP,
+        kind: MapKind::Array,
+        key_bytes: 4,
+        value_bytes: bytes::<u64>(),
+        capacity: Capacity::Fixed(PORT_BITMAP_WORDS),
+    },
+    MapSpec {
+        name: CONFIG_MAP,
+        kind: MapKind::Array,
+        key_bytes: 4,
+        value_bytes: bytes::<Config>(),
+        capacity: Capacity::Fixed(1),
+    },
+    MapSpec {
+        name: COUNTERS_MAP,
+        kind: MapKind::PerCpuArray,
+        key_bytes: 4,
+        value_bytes: bytes::<u64>(),
+        capacity: Capacity::Fixed(Counter::COUNT),
+    },
+    MapSpec {
+        name: TRUSTED_PROXIES_MAP,
+        kind: MapKind::LpmTrie,
+        key_bytes: LPM_KEY_BYTES,
+        value_bytes: bytes::<TrustedProxy>(),
+        capacity: Capacity::Fixed(RULE_CAPACITY),
+    },
+    MapSpec {
+        name: PROXY_CONNS_MAP,
+        kind: MapKind::LruHash,
+        key_bytes: bytes::<ConnKey>(),
+        value_bytes: bytes::<ConnState>(),
+        capacity: Capacity::Fixed(PROXY_CONN_CAPACITY),
+    },
+    MapSpec {
+        name: PATH_PREFIXES_MAP,
+        kind: MapKind::Array,
+        key_bytes: 4,
+        value_bytes: bytes::<PathPrefix>(),
+        capacity: Capacity::Fixed(MAX_PATH_PREFIXES),
+    },
+    MapSpec {
+        name: REJECT_MAP,
+        kind: MapKind::Array,
+        key_bytes: 4,
+        value_bytes: bytes::<RejectTemplate>(),
+        capacity: Capacity::Fixed(1),
+    },
+];
+
+/// The names of [`PINNED_MAP_SPECS`], in the same order.
+pub const PINNED_MAPS: [&str; PINNED_MAP_SPECS.len()] = {
+    let mut names = [""; PINNED_MAP_SPECS.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = PINNED_MAP_SPECS[i].name;
+        i += 1;
+    }
+    names
+};
+
+/// The spec of the pinned map `name`.
+pub fn pinned_map_spec(name: &str) -> Option<&'static MapSpec> {
+    PINNED_MAP_SPECS.iter().find(|spec| spec.name == name)
+}
