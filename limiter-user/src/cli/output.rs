@@ -260,14 +260,11 @@ fn state_name(state: SourceState) -> &'static str {
     }
 }
 
-/// `banned_until` arrives as RFC 3339 text; shown with how far away it is when it parses.
+/// The end of a ban, with how far away it is.
 fn banned_until(source: &SourceView, now: SystemTime) -> String {
-    match &source.banned_until {
+    match source.banned_until {
         None => "-".to_string(),
-        Some(text) => match humantime::parse_rfc3339_weak(text) {
-            Ok(time) => expiry(Some(time), now),
-            Err(_) => clean(text),
-        },
+        Some(time) => expiry(Some(time), now),
     }
 }
 
@@ -608,7 +605,7 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
                     bytes_per_second: 1_572_864.0,
                 },
                 totals: Totals::default(),
-                banned_until: Some("2025-06-01T10:10:00Z".into()),
+                banned_until: Some(humantime::parse_rfc3339("2025-06-01T10:10:00Z").unwrap()),
                 via: None,
             }],
             ..Stats::default()

@@ -3,7 +3,7 @@
 //! message carries `version`; a daemon answers a version it does not speak with an
 //! `unsupported_version` error instead of guessing. docs/CLI.md shows every shape.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -123,6 +123,15 @@ pub struct ControlError {
     pub message: String,
 }
 
+impl ControlError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ControlError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
 /// Why a request failed; the CLI maps these to exit codes (bad input: 2, others: 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -221,9 +230,11 @@ pub struct SourceView {
     pub state: SourceState,
     pub rates: RatesView,
     pub totals: Totals,
-    /// RFC 3339, when `state` is `banned`.
-    #[serde(default)]
-    pub banned_until: Option<String>,
+    /// When `state` is `banned`, the end of the ban (`None`: until removed). RFC 3339 to the
+    /// second on the wire; a time a reader cannot parse reads as `None`, so the row still
+    /// shows, banned.
+    #[serde(default, with = "ban_end_text")]
+    pub banned_until: Option<SystemTime>,
     /// The trusted proxy its latest proxied request came through; absent when it has only
     /// come directly (and from daemons before the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,6 +261,29 @@ pub struct RatesView {
     pub reads_per_second: f64,
     pub packets_per_second: f64,
     pub bytes_per_second: f64,
+}
+
+mod ban_end_text {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        time: &Option<SystemTime>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(time) => serializer.collect_str(&humantime::format_rfc3339_seconds(*time)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        let text = Option::<String>::deserialize(deserializer)?;
+        Ok(text.and_then(|text| humantime::parse_rfc3339_weak(&text).ok()))
+    }
 }
 
 impl RatesView {

@@ -22,8 +22,9 @@ use crate::{
     config::{Config, Mode},
     control::{
         protocol::{
-            ErrorKind, RatesView, Reply, Request, ResponseLine, RuleChange, RuleCounts, RuleList,
-            SortKey, SourceOrder, SourceState, SourceView, Stats, Status, StoreErrorView, Totals,
+            ControlError, ErrorKind, RatesView, Reply, Request, ResponseLine, RuleChange,
+            RuleCounts, RuleList, SortKey, SourceOrder, SourceState, SourceView, Stats, Status,
+            StoreErrorView, Totals,
         },
         query::{self, AddressFilter},
     },
@@ -491,7 +492,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             Request::Status => self.status().map(Reply::Status),
             Request::ClusterStatus => match &self.cluster {
                 Some(cluster) => Ok(Reply::Cluster(cluster.status())),
-                None => Err((
+                None => Err(ControlError::new(
                     ErrorKind::BadInput,
                     "this daemon runs alone: its configuration has no [cluster] section \
                      (docs/OPERATIONS.md, \"Several Glance nodes\")"
@@ -501,7 +502,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         };
         match outcome {
             Ok(reply) => ResponseLine::ok(reply),
-            Err((kind, message)) => ResponseLine::error(kind, message),
+            Err(error) => ResponseLine::error(error.kind, error.message),
         }
     }
 
@@ -513,7 +514,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         reason: Option<String>,
         scope: Scope,
         force: bool,
-    ) -> Result<Reply, (ErrorKind, String)> {
+    ) -> Result<Reply, ControlError> {
         let wall = self.host.wall();
         check_prefixes(&prefixes)?;
         if action == Action::Block {
@@ -573,7 +574,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         &mut self,
         action: Action,
         prefixes: Vec<IpNet>,
-    ) -> Result<Reply, (ErrorKind, String)> {
+    ) -> Result<Reply, ControlError> {
         check_prefixes(&prefixes)?;
         let keys: Vec<_> = prefixes.iter().map(|p| (p.trunc(), action)).collect();
         let generation = self.cluster_will_change(&keys).map_err(journal_error)?;
@@ -595,20 +596,19 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     }
 
     /// Mirrors a store change into the kernel at once: the very next packet sees it.
-    fn after_change(&mut self, change: &Change) -> Result<(), (ErrorKind, String)> {
+    fn after_change(&mut self, change: &Change) -> Result<(), ControlError> {
         if change.is_noop() {
             return Ok(());
         }
         self.sync_kernel().map_err(|e| {
-            (
-                ErrorKind::Operational,
+            ControlError::new(ErrorKind::Operational,
                 format!("the rule is stored but the kernel refused it: {e}; it will be retried at the next poll"),
             )
         })
     }
 
     /// A manual block must not cut the node off from itself.
-    fn check_not_self(&self, prefixes: &[IpNet]) -> Result<(), (ErrorKind, String)> {
+    fn check_not_self(&self, prefixes: &[IpNet]) -> Result<(), ControlError> {
         let own = NeverBan::new(self.own_addresses.iter().map(|a| IpNet::from(*a)));
         for prefix in prefixes {
             if own.overlaps(prefix) {
@@ -623,7 +623,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
 
     /// A manual block must not cut off the clients behind a trusted proxy, unless the operator
     /// forces it; then the log says what was cut off.
-    fn check_not_proxy(&self, prefixes: &[IpNet], force: bool) -> Result<(), (ErrorKind, String)> {
+    fn check_not_proxy(&self, prefixes: &[IpNet], force: bool) -> Result<(), ControlError> {
         match self.config.trusted_proxies.check_block(prefixes) {
             Ok(()) => Ok(()),
             Err(refused) if force => {
@@ -720,7 +720,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 rates,
                 totals,
                 banned_until: if state == SourceState::Banned {
-                    until.map(rfc3339)
+                    until
                 } else {
                     None
                 },
@@ -868,10 +868,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         }
     }
 
-    fn status(&self) -> Result<Status, (ErrorKind, String)> {
+    fn status(&self) -> Result<Status, ControlError> {
         let wall = self.host.wall();
         let counters = self.limiter.counters().map_err(|e| {
-            (
+            ControlError::new(
                 ErrorKind::Operational,
                 format!("cannot read the kernel counters: {e}"),
             )
@@ -1009,14 +1009,14 @@ fn name_cluster_wide(decisions: &mut [Decision], cluster_rates: &[(IpAddr, Rates
     }
 }
 
-fn journal_error(error: cluster::journal::JournalError) -> (ErrorKind, String) {
-    (
+fn journal_error(error: cluster::journal::JournalError) -> ControlError {
+    ControlError::new(
         ErrorKind::Operational,
         format!("nothing changed: the cluster journal cannot be written: {error}"),
     )
 }
 
-fn check_prefixes(prefixes: &[IpNet]) -> Result<(), (ErrorKind, String)> {
+fn check_prefixes(prefixes: &[IpNet]) -> Result<(), ControlError> {
     if prefixes.is_empty() {
         return Err(bad("no addresses given: name at least one IP or CIDR"));
     }
@@ -1032,14 +1032,14 @@ fn check_prefixes(prefixes: &[IpNet]) -> Result<(), (ErrorKind, String)> {
     Ok(())
 }
 
-fn bad(message: impl Into<String>) -> (ErrorKind, String) {
-    (ErrorKind::BadInput, message.into())
+fn bad(message: impl Into<String>) -> ControlError {
+    ControlError::new(ErrorKind::BadInput, message.into())
 }
 
-fn store_error(error: StoreError) -> (ErrorKind, String) {
+fn store_error(error: StoreError) -> ControlError {
     match error {
-        StoreError::InvalidRule { .. } => (ErrorKind::BadInput, error.to_string()),
-        other => (ErrorKind::Operational, other.to_string()),
+        StoreError::InvalidRule { .. } => ControlError::new(ErrorKind::BadInput, error.to_string()),
+        other => ControlError::new(ErrorKind::Operational, other.to_string()),
     }
 }
 

@@ -116,7 +116,7 @@ pub fn stats_line(sources: usize) -> Vec<u8> {
             rates: RatesView { ..row.rates },
             totals: row.totals,
             banned_until: (row.state == SourceState::Banned)
-                .then(|| "2025-06-01T10:10:00Z".to_string()),
+                .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_748_772_600)),
             via: row.via,
         })
         .collect();

@@ -105,16 +105,10 @@ pub struct SourceRow {
 
 impl SourceRow {
     pub fn from_view(view: SourceView) -> SourceRow {
-        // An unparsable time is shown as "until removed" rather than dropping the row: the
-        // state word still says banned.
-        let banned_until = view
-            .banned_until
-            .as_deref()
-            .and_then(|text| humantime::parse_rfc3339_weak(text).ok());
         SourceRow {
             address: view.address,
             state: view.state,
-            banned_until,
+            banned_until: view.banned_until,
             rates: view.rates,
             totals: view.totals,
             via: view.via,
@@ -137,24 +131,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ban_ends_are_parsed_once() {
-        let view = SourceView {
-            address: "198.51.100.7".parse().unwrap(),
-            state: SourceState::Banned,
-            rates: RatesView::default(),
-            totals: Totals::default(),
-            banned_until: Some("2025-06-01T10:10:00Z".into()),
-            via: None,
+    fn ban_ends_are_parsed_once_off_the_wire() {
+        let view = |until: &str| -> SourceView {
+            serde_json::from_str(&format!(
+                r#"{{"address":"198.51.100.7","state":"banned","rates":{},"totals":{},"banned_until":"{until}"}}"#,
+                serde_json::to_string(&RatesView::default()).unwrap(),
+                serde_json::to_string(&Totals::default()).unwrap(),
+            ))
+            .unwrap()
         };
-        let row = SourceRow::from_view(view.clone());
+        let row = SourceRow::from_view(view("2025-06-01T10:10:00Z"));
         assert_eq!(
             row.banned_until,
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_748_772_600))
         );
-        let garbled = SourceRow::from_view(SourceView {
-            banned_until: Some("soon".into()),
-            ..view
-        });
+        // An unparsable time is shown as "until removed" rather than dropping the row: the
+        // state word still says banned.
+        let garbled = SourceRow::from_view(view("soon"));
         assert_eq!(garbled.banned_until, None);
         assert_eq!(garbled.state, SourceState::Banned);
     }

@@ -146,7 +146,7 @@ pub fn canned(request: &Request) -> ResponseLine {
                     image_create: 1200,
                     ..Totals::default()
                 },
-                banned_until: Some("2025-06-01T10:10:00Z".into()),
+                banned_until: Some(humantime::parse_rfc3339("2025-06-01T10:10:00Z").unwrap()),
                 via: None,
             }],
             ..Stats::default()
