@@ -9,9 +9,25 @@
 use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
+use strum::{EnumCount, VariantArray};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Metric {
     /// Mean new connections (SYNs) per second over the last 10 s.
     NewConnectionsPerSecond,
@@ -30,15 +46,16 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
-        Metric::NewConnectionsPerSecond,
-        Metric::ImageCreatesPerMinute,
-        Metric::ImageCreatesPerHour,
-        Metric::OtherWritesPerMinute,
-        Metric::ReadsPerSecond,
-        Metric::PacketsPerSecond,
-        Metric::BytesPerSecond,
-    ];
+    /// Every metric, in declaration order.
+    pub const ALL: [Metric; Metric::COUNT] = {
+        let mut all = [Metric::NewConnectionsPerSecond; Metric::COUNT];
+        let mut i = 0;
+        while i < Metric::COUNT {
+            all[i] = <Metric as VariantArray>::VARIANTS[i];
+            i += 1;
+        }
+        all
+    };
 
     /// Those a threshold can limit (the others are for display): the ones with a
     /// [`Metric::threshold_window`].
@@ -51,16 +68,8 @@ impl Metric {
 
     /// Its name everywhere text names it: the configuration key of its threshold, the field
     /// of `stats --json`'s `rates`, logs and metrics labels.
-    pub const fn key(self) -> &'static str {
-        match self {
-            Metric::NewConnectionsPerSecond => "new_connections_per_second",
-            Metric::ImageCreatesPerMinute => "image_creates_per_minute",
-            Metric::ImageCreatesPerHour => "image_creates_per_hour",
-            Metric::OtherWritesPerMinute => "other_writes_per_minute",
-            Metric::ReadsPerSecond => "reads_per_second",
-            Metric::PacketsPerSecond => "packets_per_second",
-            Metric::BytesPerSecond => "bytes_per_second",
-        }
+    pub fn key(self) -> &'static str {
+        self.into()
     }
 
     /// The trailing window a threshold on it is checked over; `None`: it has no threshold.
@@ -145,6 +154,7 @@ mod tests {
     fn names_are_unique_and_serde_uses_the_key() {
         for a in Metric::ALL {
             assert_eq!(Metric::named(a.key()), Some(a));
+            assert_eq!(a.key(), a.key().to_lowercase(), "snake_case");
             assert_eq!(Metric::named(a.sort_name()), Some(a));
             assert_eq!(
                 serde_json::to_string(&a).unwrap(),

@@ -1,7 +1,7 @@
 //! The `[cluster]` section of the configuration: where etcd is, who this node is, and which
 //! thresholds apply to the cluster-wide rate. Without the section the daemon works alone.
 
-use std::{collections::BTreeMap, fmt, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,19 @@ pub const DEFAULT_SUMMARY_MAX_SOURCES: usize = 256;
 pub const SUMMARY_MAX_SOURCES_LIMIT: usize = 10_000;
 
 /// What a node does in the cluster.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
+#[strum(serialize_all = "lowercase")]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// A Glance API node: counts, publishes its counts, decides on the cluster's rates, and
@@ -28,17 +40,8 @@ pub enum Role {
 }
 
 impl Role {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Role::Glance => "glance",
-            Role::Edge => "edge",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 

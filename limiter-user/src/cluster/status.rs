@@ -4,7 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use super::settings::Role;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display,
+)]
+#[strum(serialize_all = "lowercase")]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterState {
     /// Not heard from etcd yet since the daemon started.
@@ -16,12 +19,8 @@ pub enum ClusterState {
 }
 
 impl ClusterState {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ClusterState::Connecting => "connecting",
-            ClusterState::Connected => "connected",
-            ClusterState::Degraded => "degraded",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 

@@ -1,9 +1,11 @@
 //! The wire format on the server side: newline-delimited JSON, read with a length limit, and
 //! request lines decoded into a [`Request`] or the error response that rejects them.
 
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::AsyncRead;
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 
 use super::protocol::{
     ControlError, ErrorKind, Request, RequestLine, ResponseLine, PROTOCOL_VERSION,
@@ -20,38 +22,33 @@ pub enum Frame {
     End,
 }
 
-/// Reads the next line, holding at most `limit + 1` bytes of it in memory, so that a peer
-/// cannot make the daemon allocate more than the limit by never sending a newline.
-pub async fn read_frame<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    limit: usize,
+/// Lines of a connection, each at most `limit` bytes: the codec discards what goes past the
+/// limit instead of holding it, so a peer cannot make the daemon allocate more than the limit
+/// (and a read buffer) by never sending a newline.
+pub type FrameReader<R> = FramedRead<R, AnyDelimiterCodec>;
+
+pub fn frame_reader<R: AsyncRead>(reader: R, limit: usize) -> FrameReader<R> {
+    FramedRead::new(
+        reader,
+        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), limit),
+    )
+}
+
+/// The next line (cancel-safe: what was read stays in the reader).
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    frames: &mut FrameReader<R>,
 ) -> std::io::Result<Frame> {
-    let mut line = Vec::new();
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(if line.is_empty() {
-                Frame::End
-            } else {
-                Frame::Line(line)
-            });
-        }
-        let (chunk, complete) = match available.iter().position(|&b| b == b'\n') {
-            Some(newline) => (&available[..newline], true),
-            None => (available, false),
-        };
-        if line.len() + chunk.len() > limit {
-            return Ok(Frame::TooLong);
-        }
-        line.extend_from_slice(chunk);
-        let used = chunk.len() + usize::from(complete);
-        reader.consume(used);
-        if complete {
+    match frames.next().await {
+        None => Ok(Frame::End),
+        Some(Ok(bytes)) => {
+            let mut line = Vec::from(bytes);
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
-            return Ok(Frame::Line(line));
+            Ok(Frame::Line(line))
         }
+        Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => Ok(Frame::TooLong),
+        Some(Err(AnyDelimiterCodecError::Io(e))) => Err(e),
     }
 }
 
@@ -250,10 +247,16 @@ mod tests {
     }
 
     async fn frames(input: &[u8], limit: usize) -> Vec<Frame> {
-        let mut reader = tokio::io::BufReader::with_capacity(4, input);
+        // Four bytes a read, so lines arrive split.
+        let chunks: Vec<std::io::Result<bytes::Bytes>> = input
+            .chunks(4)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let reader = tokio_util::io::StreamReader::new(futures_util::stream::iter(chunks));
+        let mut reader = frame_reader(reader, limit);
         let mut frames = Vec::new();
         loop {
-            let frame = read_frame(&mut reader, limit).await.unwrap();
+            let frame = read_frame(&mut reader).await.unwrap();
             let last = !matches!(frame, Frame::Line(_));
             frames.push(frame);
             if last {

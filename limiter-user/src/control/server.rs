@@ -19,7 +19,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncWriteExt, BufReader},
+    io::AsyncWriteExt,
     net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
     sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
@@ -29,7 +29,9 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     access::Access,
-    framing::{decode_request, encode_response, is_blank, op_name, read_frame, Frame},
+    framing::{
+        decode_request, encode_response, frame_reader, is_blank, op_name, read_frame, Frame,
+    },
     protocol::{ErrorKind, Request, ResponseLine, MAX_REQUEST_BYTES},
 };
 
@@ -440,11 +442,11 @@ async fn serve_connection(
         _slot,
     } = admitted;
     let (read_half, mut write_half) = stream.into_split();
-    let mut reader = BufReader::new(read_half);
+    let mut reader = frame_reader(read_half, MAX_REQUEST_BYTES);
     let limits = &context.limits;
     loop {
         let frame = tokio::select! {
-            frame = timeout(limits.idle_timeout, read_frame(&mut reader, MAX_REQUEST_BYTES)) => frame,
+            frame = timeout(limits.idle_timeout, read_frame(&mut reader)) => frame,
             _ = closing.wait_for(|closing| *closing) => return,
         };
         let response = match frame {

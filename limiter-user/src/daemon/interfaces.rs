@@ -34,7 +34,8 @@ use super::edges::Kernel;
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where one configured interface stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "lowercase")]
 pub enum State {
     /// The program is on the device of this name, which is up.
     Attached,
@@ -51,13 +52,7 @@ pub enum State {
 
 impl State {
     pub fn as_str(self) -> &'static str {
-        match self {
-            State::Attached => "attached",
-            State::Down => "down",
-            State::Missing => "missing",
-            State::Renamed => "renamed",
-            State::Failed => "failed",
-        }
+        self.into()
     }
 }
 

@@ -67,12 +67,6 @@ pub struct Envelope {
     pub reply: mpsc::Sender<ResponseLine>,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn request_stop(_signal: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let config = load_config(&options)?;
@@ -135,27 +129,23 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         "glance-limiter running"
     );
 
-    // SAFETY: installing async-signal-safe handlers that only store to an atomic.
-    unsafe {
-        libc::signal(
-            libc::SIGTERM,
-            request_stop as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGINT,
-            request_stop as *const () as libc::sighandler_t,
-        );
+    // SIGTERM and SIGINT only raise this flag; the loops below poll it.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install the SIGTERM/SIGINT handlers")?;
     }
     engine.watch_interfaces();
     let (requests, inbox) = mpsc::channel::<Envelope>();
     let server = control_link::spawn(&config, requests.clone())?;
     let metrics_feed = metrics.as_ref().map(|(metrics, _)| metrics.clone());
     match options.tui {
-        None => drive(&mut engine, &inbox, metrics_feed.as_deref()),
+        None => drive(&mut engine, &inbox, metrics_feed.as_deref(), &stop),
         Some(_) => {
             // The terminal belongs to the interface on this thread; the engine moves to its own.
+            let engine_stop = Arc::clone(&stop);
             let engine_thread = std::thread::spawn(move || {
-                drive(&mut engine, &inbox, metrics_feed.as_deref());
+                drive(&mut engine, &inbox, metrics_feed.as_deref(), &engine_stop);
             });
             let thresholds = crate::tui::settings::Thresholds::from_policy(
                 &config.policy,
@@ -171,8 +161,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
                 refresh,
             );
             // SIGTERM and SIGINT stop the screen too, not only the engine.
-            let shown = crate::tui::run_in_terminal_until(source, sink, thresholds, &STOP);
-            STOP.store(true, Ordering::SeqCst);
+            let shown = crate::tui::run_in_terminal_until(source, sink, thresholds, &stop);
+            stop.store(true, Ordering::SeqCst);
             let _ = engine_thread.join();
             shown?;
         }
@@ -206,10 +196,15 @@ fn start_metrics(
 }
 
 /// The engine loop: a poll every interval, control requests in between.
-fn drive(engine: &mut Engine, inbox: &mpsc::Receiver<Envelope>, metrics: Option<&Metrics>) {
+fn drive(
+    engine: &mut Engine,
+    inbox: &mpsc::Receiver<Envelope>,
+    metrics: Option<&Metrics>,
+    stop: &AtomicBool,
+) {
     let interval = engine.poll_interval();
     let mut next_poll = Instant::now();
-    while !STOP.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) {
         // First: an interface that came back gets the program before anything else.
         engine.follow_interfaces();
         let now = Instant::now();

@@ -89,7 +89,8 @@ pub enum LoaderError {
 }
 
 /// How the program runs on an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "lowercase")]
 pub enum AttachMode {
     /// In the driver, before any socket buffer is allocated.
     Native,
@@ -99,10 +100,7 @@ pub enum AttachMode {
 
 impl AttachMode {
     pub fn as_str(self) -> &'static str {
-        match self {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-        }
+        self.into()
     }
 }
 
