@@ -1,4 +1,4 @@
-//! The control protocol's wire format: line framing with a length limit (`read_frame`), the
+//! The control protocol's wire format: line framing with a length limit (`frame_reader`, `read_frame`), the
 //! daemon's request decoder and the client's response decoder. Properties: framing yields the
 //! input back, line by line, never holding a line over the limit; a request that decodes
 //! encodes (as the client sends it) to a line that decodes to the same request; a response
@@ -14,7 +14,7 @@ use std::{
 use libfuzzer_sys::fuzz_target;
 use limiter_user::control::{
     client::{decode_response, encode_request},
-    framing::{decode_request, encode_response, read_frame, Frame},
+    framing::{decode_request, encode_response, frame_reader, read_frame, Frame},
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -30,11 +30,18 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn framing(stream: &[u8], limit: usize) {
-    let mut reader = stream;
+    let mut reader = frame_reader(stream, limit);
     let mut rebuilt = Vec::new();
+    // Where the next line starts in `stream`.
+    let mut consumed = 0;
     loop {
-        match now(read_frame(&mut reader, limit)).expect("reading a slice cannot fail") {
+        match now(read_frame(&mut reader)).expect("reading a slice cannot fail") {
             Frame::Line(line) => {
+                let rest = &stream[consumed..];
+                consumed += rest
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(rest.len(), |newline| newline + 1);
                 assert!(
                     line.len() <= limit,
                     "a {}-byte line over the limit {limit}",
@@ -46,7 +53,6 @@ fn framing(stream: &[u8], limit: usize) {
             }
             Frame::TooLong => {
                 // Only when the next line (to its newline or the end) is over the limit.
-                let consumed = stream.len() - reader.len();
                 let rest = &stream[consumed..];
                 let line_len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
                 assert!(

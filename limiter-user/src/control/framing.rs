@@ -1,11 +1,12 @@
 //! The wire format on the server side: newline-delimited JSON, read with a length limit, and
 //! request lines decoded into a [`Request`] or the error response that rejects them.
 
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::io::AsyncRead;
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 
 use super::protocol::{
     ControlError, ErrorKind, Request, RequestLine, ResponseLine, PROTOCOL_VERSION,
@@ -25,13 +26,41 @@ pub enum Frame {
 /// Lines of a connection, each at most `limit` bytes: the codec discards what goes past the
 /// limit instead of holding it, so a peer cannot make the daemon allocate more than the limit
 /// (and a read buffer) by never sending a newline.
-pub type FrameReader<R> = FramedRead<R, AnyDelimiterCodec>;
+pub type FrameReader<R> = FramedRead<R, RequestLines>;
 
 pub fn frame_reader<R: AsyncRead>(reader: R, limit: usize) -> FrameReader<R> {
     FramedRead::new(
         reader,
-        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), limit),
+        RequestLines(AnyDelimiterCodec::new_with_max_length(
+            b"\n".to_vec(),
+            b"\n".to_vec(),
+            limit,
+        )),
     )
+}
+
+/// Newline-delimited lines, a `\r` before the newline dropped; a last line without a newline
+/// comes whole.
+#[derive(Debug)]
+pub struct RequestLines(AnyDelimiterCodec);
+
+impl Decoder for RequestLines {
+    type Item = Vec<u8>;
+    type Error = AnyDelimiterCodecError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<u8>>, Self::Error> {
+        Ok(self.0.decode(buf)?.map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            line.to_vec()
+        }))
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<u8>>, Self::Error> {
+        match self.decode(buf)? {
+            Some(line) => Ok(Some(line)),
+            None => Ok(self.0.decode_eof(buf)?.map(|rest| rest.to_vec())),
+        }
+    }
 }
 
 /// The next line (cancel-safe: what was read stays in the reader).
@@ -40,13 +69,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 ) -> std::io::Result<Frame> {
     match frames.next().await {
         None => Ok(Frame::End),
-        Some(Ok(bytes)) => {
-            let mut line = Vec::from(bytes);
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            Ok(Frame::Line(line))
-        }
+        Some(Ok(line)) => Ok(Frame::Line(line)),
         Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => Ok(Frame::TooLong),
         Some(Err(AnyDelimiterCodecError::Io(e))) => Err(e),
     }
@@ -286,5 +309,18 @@ mod tests {
             [Frame::Line(b"12345".to_vec()), Frame::TooLong]
         );
         assert_eq!(frames(b"123456", 5).await, [Frame::TooLong]);
+    }
+
+    /// Found by fuzzing: a `\r` is dropped only before a newline.
+    #[tokio::test]
+    async fn a_last_line_without_a_newline_keeps_its_carriage_return() {
+        assert_eq!(
+            frames(b"one\r\ntwo\r", 100).await,
+            [
+                Frame::Line(b"one".to_vec()),
+                Frame::Line(b"two\r".to_vec()),
+                Frame::End
+            ]
+        );
     }
 }
