@@ -527,6 +527,22 @@ fn check_policy(policy: &PolicyConfig, problems: &mut Vec<Problem>) {
                  \"off\" to disable this check",
             ));
         }
+        match (policy.prefix.threshold(metric), policy.threshold(metric)) {
+            (Some(0), _) => problems.push(Problem::new(
+                format!("policy.prefix.{}", metric.key()),
+                "0 would ban every prefix on its first request; give a positive number, or \
+                 \"off\" to disable this check",
+            )),
+            (Some(prefix), Some(host)) if prefix < host => problems.push(Problem::new(
+                format!("policy.prefix.{}", metric.key()),
+                format!(
+                    "{prefix} is below the host limit ({host}): one host alone would get its \
+                     whole prefix banned before its own ban; give at least {host} (twice is \
+                     the default), or \"off\""
+                ),
+            )),
+            _ => {}
+        }
     }
     let ttl = |d: Duration| humantime::format_duration(d).to_string();
     if policy.ban_ttl < Duration::from_secs(1) {
@@ -798,6 +814,37 @@ mod tests {
 
     /// The example's `[cluster]` section (written `# key = value`), uncommented but for the
     /// TLS files, which need https:// endpoints and files that exist.
+    #[test]
+    fn prefix_thresholds_parse_and_are_checked() {
+        let config = Config::from_toml_str(
+            "[policy.prefix]\nimage_creates_per_minute = 200\nnew_connections_per_second = 400\n",
+        )
+        .unwrap();
+        assert_eq!(config.policy.prefix.image_creates_per_minute, Some(200));
+        assert_eq!(config.policy.prefix.image_creates_per_hour, Some(1200));
+        assert_eq!(config.policy.prefix.new_connections_per_second, Some(400));
+        assert_eq!(config.policy.prefix.other_writes_per_minute, None);
+
+        let problems = problems_of("[policy.prefix]\nimage_creates_per_minute = 0\n");
+        assert_eq!(problems[0].key, "policy.prefix.image_creates_per_minute");
+        assert!(problems[0].message.contains("0 would ban every prefix"));
+        let problems = problems_of("[policy.prefix]\nimage_creates_per_hour = 500\n");
+        assert_eq!(problems[0].key, "policy.prefix.image_creates_per_hour");
+        assert!(
+            problems[0]
+                .message
+                .contains("500 is below the host limit (600)"),
+            "{}",
+            problems[0].message
+        );
+        // Below a host limit that is off is fine: there is no host ban to come first.
+        Config::from_toml_str(
+            "[policy]\nother_writes_per_minute = \"off\"\n[policy.prefix]\nother_writes_per_minute = 10\n",
+        )
+        .unwrap();
+        assert!(Config::from_toml_str("[policy.prefix]\nreads_per_second = 10\n").is_err());
+    }
+
     #[test]
     fn the_examples_cluster_section_parses() {
         let section: String = EXAMPLE

@@ -24,6 +24,7 @@ pub mod netlink;
 pub mod operator_input;
 pub mod policy;
 pub mod policy_config;
+pub mod prefix_rates;
 pub mod prefixes;
 pub mod proxy;
 pub mod rates;

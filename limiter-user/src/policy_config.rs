@@ -51,6 +51,55 @@ pub struct PolicyConfig {
     pub aggregate_ipv4_prefix: u8,
     /// Prefix length of IPv6 aggregation.
     pub aggregate_ipv6_prefix: u8,
+    /// `[policy.prefix]`: thresholds on the rates summed over every source of one prefix
+    /// (the aggregation prefix lengths).
+    pub prefix: PrefixThresholds,
+}
+
+/// Thresholds on a prefix's summed rates, by the same keys as a host's. `None` when off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefixThresholds {
+    #[serde(with = "threshold_text")]
+    pub new_connections_per_second: Option<u32>,
+    #[serde(with = "threshold_text")]
+    pub image_creates_per_minute: Option<u32>,
+    #[serde(with = "threshold_text")]
+    pub image_creates_per_hour: Option<u32>,
+    #[serde(with = "threshold_text")]
+    pub other_writes_per_minute: Option<u32>,
+}
+
+impl Default for PrefixThresholds {
+    /// Twice a host's image-create limits: a network of clients gets two hosts' worth of
+    /// images, a spread flood no more. Connections and other writes are off: a NAT or a
+    /// campus behind one /24 opens many connections legitimately (docs/CONFIG.md).
+    fn default() -> Self {
+        PrefixThresholds {
+            new_connections_per_second: None,
+            image_creates_per_minute: Some(120),
+            image_creates_per_hour: Some(1200),
+            other_writes_per_minute: None,
+        }
+    }
+}
+
+impl PrefixThresholds {
+    pub fn threshold(&self, metric: Metric) -> Option<u32> {
+        match metric {
+            Metric::NewConnectionsPerSecond => self.new_connections_per_second,
+            Metric::ImageCreatesPerMinute => self.image_creates_per_minute,
+            Metric::ImageCreatesPerHour => self.image_creates_per_hour,
+            Metric::OtherWritesPerMinute => self.other_writes_per_minute,
+            Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => None,
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        Metric::THRESHOLDED
+            .iter()
+            .any(|m| self.threshold(*m).is_some())
+    }
 }
 
 impl Default for PolicyConfig {
@@ -68,6 +117,7 @@ impl Default for PolicyConfig {
             aggregate_min_sources: 3,
             aggregate_ipv4_prefix: 24,
             aggregate_ipv6_prefix: 64,
+            prefix: PrefixThresholds::default(),
         }
     }
 }

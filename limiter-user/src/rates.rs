@@ -301,6 +301,17 @@ impl RateTracker {
     /// One source's cumulative counters in the poll `poll` began; returns its figures as of
     /// this poll (while its slot is at hand: a caller that needs them saves a lookup).
     pub fn observe_source(&mut self, poll: &mut Poll, addr: IpAddr, counts: Counts) -> Rates {
+        self.observe_source_counted(poll, addr, counts).0
+    }
+
+    /// [`RateTracker::observe_source`], and the increase it recorded (zero for a baseline):
+    /// what a sum over sources, such as a prefix's, adds.
+    pub fn observe_source_counted(
+        &mut self,
+        poll: &mut Poll,
+        addr: IpAddr,
+        counts: Counts,
+    ) -> (Rates, Counts) {
         let (now_ms, poll_number) = (self.now_ms, self.polls);
         let key = addr_key(addr);
         match self.index.get(&key) {
@@ -325,20 +336,26 @@ impl RateTracker {
                 };
                 window.record(increase, since_ms, now_ms, poll_number);
                 window.last = Totals::from(counts);
-                window.rates(now_ms, poll_number)
+                (window.rates(now_ms, poll_number), increase)
             }
             None => {
                 poll.summary.new_sources += 1;
                 let mut window = SourceWindow::new(key, counts, now_ms, poll_number);
-                if !poll.is_baseline && !counts.row_predates_last_poll {
+                let recorded = if !poll.is_baseline && !counts.row_predates_last_poll {
                     window.record(counts, self.previous_poll_ms, now_ms, poll_number);
-                }
+                    Counts {
+                        row_predates_last_poll: false,
+                        ..counts
+                    }
+                } else {
+                    Counts::default()
+                };
                 let rates = window.rates(now_ms, poll_number);
                 let slot = u32::try_from(self.slots.len())
                     .expect("fewer than 2^32 sources: the kernel table holds at most 2^24");
                 self.slots.push(window);
                 self.index.insert(key, slot);
-                rates
+                (rates, recorded)
             }
         }
     }

@@ -31,6 +31,7 @@ use crate::{
     loader::{AttachMode, Limiter, LoaderError},
     metrics::{ActiveRules, ByOrigin, Snapshot, StoreTrouble, Unbans},
     policy::{Decision, Metric, NeverBan, Policy},
+    prefix_rates::PrefixRates,
     prefixes::PrefixSet,
     proxy::load::{ProxyLoads, ProxyRow},
     rates::{Counts, RateTracker, Rates},
@@ -98,6 +99,8 @@ pub struct Engine<K: Kernel = Limiter, H: Host = SystemHost> {
     cluster: Option<Cluster>,
     /// The configured interfaces as they come and go.
     interfaces: Interfaces,
+    /// Rates summed per prefix, for `[policy.prefix]` (`None` with no prefix threshold).
+    prefix_rates: Option<PrefixRates>,
 }
 
 /// How often the host's own addresses are re-read (they change rarely; a new one is
@@ -150,7 +153,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             proxy_loads: ProxyLoads::default(),
             cluster,
             interfaces: Interfaces::new(Vec::new()),
+            prefix_rates: None,
         };
+        engine.prefix_rates =
+            PrefixRates::for_policy(&engine.config.policy, engine.config.rate_tracker_capacity());
         engine.limiter.set_protected_ports(&engine.config.ports)?;
         engine.configure_proxies()?;
         engine.sync_kernel()?;
@@ -230,6 +236,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             HashMap::new()
         };
         let (rates, policy) = (&mut self.rates, &self.policy);
+        let mut prefix_rates = self.prefix_rates.as_mut();
         self.limiter.for_each_source(&mut |row| {
             rows_read += 1;
             // A row read twice (where two parts of the read meet) is the later reading.
@@ -244,7 +251,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 row_predates_last_poll: previous.is_some_and(|p| row.stats.first_seen < p),
                 ..Counts::from(&row.stats)
             };
-            let figures = rates.observe_source(&mut poll, row.addr, counts);
+            let (figures, increase) = rates.observe_source_counted(&mut poll, row.addr, counts);
+            if let Some(prefixes) = prefix_rates.as_deref_mut() {
+                prefixes.add(row.addr, &increase);
+            }
             if policy.reaches_a_threshold(&figures) {
                 reaching.push((row.addr, figures));
             }
@@ -253,6 +263,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         reaching.reverse();
         self.proxy_loads.observe(now, proxy_rows.into_values());
         self.rates.end_poll(poll);
+        if let Some(prefixes) = &mut self.prefix_rates {
+            prefixes.end_poll(now);
+        }
 
         // A degraded store writes what waits in memory, or finds out writes work again.
         if let Some(Err(e)) = self.store.flush() {
@@ -287,26 +300,44 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             .map(Cluster::peers)
             .unwrap_or_default();
         let cluster_rates = self.cluster_rates(&peers);
-        let decisions = if reaching.is_empty() && cluster_rates.is_empty() {
-            Vec::new()
-        } else {
-            // The cluster-wide figure replaces this node's for the sources it covers (it is
-            // never lower: it adds the other nodes' counts to this node's).
-            let covered: std::collections::HashSet<IpAddr> =
-                cluster_rates.iter().map(|(addr, _)| *addr).collect();
-            let active_rates = reaching
+        let prefixes_reaching: Vec<(IpNet, Rates)> = match &self.prefix_rates {
+            Some(prefixes) => prefixes
                 .iter()
-                .filter(|(addr, _)| covered.is_empty() || !covered.contains(addr))
-                .copied()
-                .chain(cluster_rates.iter().copied());
-            let mut in_force = self.active_blocks(wall);
-            in_force.extend(self.would_ban.iter().map(|(net, _)| *net));
-            let mut decisions =
-                self.policy
-                    .evaluate(now, active_rates, &self.never_ban(wall), &in_force);
-            name_cluster_wide(&mut decisions, &cluster_rates);
-            decisions
+                .filter(|(_, rates)| self.policy.reaches_a_prefix_threshold(rates))
+                .collect(),
+            None => Vec::new(),
         };
+        let decisions =
+            if reaching.is_empty() && cluster_rates.is_empty() && prefixes_reaching.is_empty() {
+                Vec::new()
+            } else {
+                // The cluster-wide figure replaces this node's for the sources it covers (it is
+                // never lower: it adds the other nodes' counts to this node's).
+                let covered: std::collections::HashSet<IpAddr> =
+                    cluster_rates.iter().map(|(addr, _)| *addr).collect();
+                let active_rates = reaching
+                    .iter()
+                    .filter(|(addr, _)| covered.is_empty() || !covered.contains(addr))
+                    .copied()
+                    .chain(cluster_rates.iter().copied());
+                let mut in_force = self.active_blocks(wall);
+                in_force.extend(self.would_ban.iter().map(|(net, _)| *net));
+                let never_ban = self.never_ban(wall);
+                let mut decisions = self
+                    .policy
+                    .evaluate(now, active_rates, &never_ban, &in_force);
+                name_cluster_wide(&mut decisions, &cluster_rates);
+                // A spread flood: the prefix's sum, without the hosts banned already.
+                if let Some(prefixes) = &self.prefix_rates {
+                    in_force.extend(decisions.iter().map(|d| d.net));
+                    let candidates = prefix_members(prefixes, prefixes_reaching, &self.rates);
+                    decisions.extend(
+                        self.policy
+                            .evaluate_prefixes(now, candidates, &never_ban, &in_force),
+                    );
+                }
+                decisions
+            };
         if !decisions.is_empty() {
             kernel_stale |= self.carry_out(&decisions, wall)?;
             if self.config.mode == Mode::Monitor {
@@ -994,6 +1025,28 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         );
         cluster.publish(built, peers_seen, cluster_sources);
     }
+}
+
+/// The prefixes whose sums reach a threshold, each with its tracked sources: one pass over
+/// the tracker, made only while some prefix is over.
+fn prefix_members(
+    prefixes: &PrefixRates,
+    reaching: Vec<(IpNet, Rates)>,
+    tracked: &RateTracker,
+) -> Vec<(IpNet, Vec<(IpAddr, Rates)>)> {
+    if reaching.is_empty() {
+        return Vec::new();
+    }
+    let mut members: HashMap<IpNet, Vec<(IpAddr, Rates)>> = reaching
+        .into_iter()
+        .map(|(prefix, _)| (prefix, Vec::new()))
+        .collect();
+    for (addr, rates) in tracked.iter() {
+        if let Some(sources) = prefixes.prefix_of(addr).and_then(|p| members.get_mut(&p)) {
+            sources.push((addr, rates));
+        }
+    }
+    members.into_iter().collect()
 }
 
 /// A ban decided on a rate summed over the nodes says so: no single node saw it.

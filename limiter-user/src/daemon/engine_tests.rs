@@ -384,3 +384,50 @@ fn a_burst_after_a_quiet_spell_is_banned_in_the_poll_that_sees_it() {
     assert_eq!(bench.poll().decisions, 1);
     assert!(bench.edges.refuses(ip(ATTACKER)));
 }
+
+#[test]
+fn a_flood_spread_over_a_prefix_is_banned_as_the_prefix_on_its_sum() {
+    let mut bench = bench("");
+    let hosts: Vec<IpAddr> = (2..10).map(|i| ip(&format!("198.51.100.{i}"))).collect();
+    // Each host 2 creates a second (120 a minute if kept up, but 16 in the 8 s it takes):
+    // never near the host limit of 60 a minute. Together 16 a second: the prefix's 120 a
+    // minute is reached in the 8th second.
+    let mut banned_after = None;
+    for second in 1..=12 {
+        for host in &hosts {
+            if !bench.edges.refuses(*host) {
+                bench.edges.image_creates(*host, 2);
+            }
+        }
+        if bench.poll().decisions > 0 {
+            banned_after = Some(second);
+            break;
+        }
+    }
+    assert_eq!(banned_after, Some(8));
+    let blocks = bench.blocks();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0].prefix, net("198.51.100.0/24"));
+    assert!(
+        blocks[0]
+            .reason
+            .contains("128 image creates in the last minute (limit 120) summed over its 8 sources"),
+        "{}",
+        blocks[0].reason
+    );
+    assert!(hosts.iter().all(|host| bench.edges.refuses(*host)));
+    assert!(!bench.edges.refuses(ip(QUIET)));
+}
+
+#[test]
+fn prefix_thresholds_can_be_turned_off() {
+    let mut bench = bench(
+        "[policy.prefix]\nimage_creates_per_minute = \"off\"\nimage_creates_per_hour = \"off\"",
+    );
+    for _ in 0..12 {
+        for i in 2..10 {
+            bench.edges.image_creates(ip(&format!("198.51.100.{i}")), 2);
+        }
+        assert_eq!(bench.poll().decisions, 0);
+    }
+}

@@ -26,6 +26,8 @@ use std::{
 
 use ipnet::IpNet;
 
+mod prefix;
+
 pub use crate::policy_config::{
     Metric, PolicyConfig, AGGREGATE_IPV4_PREFIXES, AGGREGATE_IPV6_PREFIXES,
 };
@@ -70,6 +72,11 @@ pub enum BanKind {
         /// Every source of the prefix that offended within `offence_memory`, this poll
         /// included, in address order.
         offending_sources: Vec<IpAddr>,
+    },
+    /// The prefix, for its sources' summed rate (`[policy.prefix]`).
+    PrefixRate {
+        /// Its sources, the biggest contributors first.
+        contributors: Vec<IpAddr>,
     },
 }
 
