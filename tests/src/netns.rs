@@ -268,6 +268,26 @@ impl AttackTopology {
         "198.51.100.8",
         "198.51.100.9",
     ];
+    /// Sixteen hosts of one /28 (`198.51.100.16/28`) for a flood spread over a network, in
+    /// the attacker's namespace beside [`AttackTopology::ATTACKER_V4`].
+    pub const SPREAD_V4: [&'static str; 16] = [
+        "198.51.100.16",
+        "198.51.100.17",
+        "198.51.100.18",
+        "198.51.100.19",
+        "198.51.100.20",
+        "198.51.100.21",
+        "198.51.100.22",
+        "198.51.100.23",
+        "198.51.100.24",
+        "198.51.100.25",
+        "198.51.100.26",
+        "198.51.100.27",
+        "198.51.100.28",
+        "198.51.100.29",
+        "198.51.100.30",
+        "198.51.100.31",
+    ];
     pub const ATTACKER_V6: [&'static str; 3] =
         ["2001:db8:100::2", "2001:db8:100::3", "2001:db8:100::4"];
     pub const ATTACKER_SERVER_V6: &'static str = "2001:db8:100::1";
@@ -298,7 +318,7 @@ impl AttackTopology {
         // The attacker link: IPv6 as above; IPv4 routed both ways over the link (ARP answers
         // for any local address, so no server address is needed on it).
         server.add_addr(attack_iface, &format!("{}/64", Self::ATTACKER_SERVER_V6));
-        for a in Self::ATTACKER_V4 {
+        for a in Self::ATTACKER_V4.iter().chain(&Self::SPREAD_V4) {
             attacker.add_addr(client_iface, &format!("{a}/24"));
         }
         for a in Self::ATTACKER_V6 {

@@ -413,3 +413,130 @@ fn legitimate_image_creation_below_the_threshold_is_never_banned() {
         "the create that reaches the threshold is banned"
     );
 }
+
+/// Issue 13, item 2: a flood spread over the sixteen hosts of a /28, each creating one image
+/// a second (a minute of it would reach no host limit), is banned as its /24 once the sum
+/// reaches the prefix limit (120 a minute): the database stops growing at about the limit
+/// (issue 13's target: under 250 in 120 s), every host of the prefix is refused, and a client
+/// of another network is served throughout.
+#[test]
+fn a_create_flood_spread_over_a_prefix_is_banned_on_its_sum() {
+    limiter_tests::require_kernel!();
+    const PREFIX_LIMIT: u64 = 120;
+    const PREFIX: &str = "198.51.100.0/24";
+    let fx = Fixture::new(|setup| setup);
+    assert_eq!(fx.glance.image_count(), 0);
+
+    let stop_reader = Arc::new(AtomicBool::new(false));
+    let _stop_reader_on_panic = StopOnDrop(stop_reader.clone());
+    let reader = fx.spawn_reader(
+        AttackTopology::LEGIT_V4[0],
+        Duration::from_millis(250),
+        &stop_reader,
+    );
+    let stop_flood = Arc::new(AtomicBool::new(false));
+    let _stop_flood_on_panic = StopOnDrop(stop_flood.clone());
+    let started = Instant::now();
+    let spread = AttackTopology::SPREAD_V4;
+    let hosts: Vec<thread::JoinHandle<FloodLog>> = spread
+        .iter()
+        .map(|&host| {
+            spawn_in(&fx.topo.attacker, host, &stop_flood, move |dst, stop| {
+                let limits = FloodLimits {
+                    max_attempts: 90,
+                    max_duration: Duration::from_secs(90),
+                    stop_after_failures: None,
+                };
+                periodic_requests(
+                    host,
+                    dst,
+                    GLANCE_PORT,
+                    "POST",
+                    "/v2/images",
+                    CREATE,
+                    Duration::from_secs(1),
+                    limits,
+                    stop,
+                )
+            })
+        })
+        .collect();
+
+    // 16 a second: the 120th create comes after about 8 s. Well within a minute, which no
+    // host alone would need less than to reach its own limit of 60.
+    let rule = fx.daemon.wait_for_rule(PREFIX, Duration::from_secs(50));
+    let banned_after = started.elapsed();
+    let rule = rule.unwrap_or_else(|| panic!("{PREFIX} not banned: {}", fx.daemon.stats_json()));
+    let reason = rule["reason"].as_str().unwrap();
+    assert!(reason.contains("summed over its 16 sources"), "{reason}");
+    assert!(reason.contains("(limit 120)"), "{reason}");
+
+    stop_flood.store(true, Ordering::Relaxed);
+    let logs: Vec<FloodLog> = hosts
+        .into_iter()
+        .map(|h| h.join().expect("flood thread"))
+        .collect();
+    let created = fx.glance.image_count();
+    let answered: usize = logs.iter().map(|log| log.successes()).sum();
+    assert_eq!(
+        created, answered as u64,
+        "every create answered is in the database"
+    );
+
+    // The attack goes on from every host: not one more image.
+    let no_stop = Arc::new(AtomicBool::new(false));
+    let again: Vec<thread::JoinHandle<FloodLog>> = spread
+        .iter()
+        .map(|&host| {
+            spawn_in(&fx.topo.attacker, host, &no_stop, move |dst, stop| {
+                let limits = FloodLimits {
+                    max_attempts: 2,
+                    max_duration: Duration::from_secs(20),
+                    stop_after_failures: None,
+                };
+                image_create_flood(host, dst, GLANCE_PORT, CREATE, None, limits, stop)
+            })
+        })
+        .collect();
+    for (host, log) in spread.iter().zip(again) {
+        let log = log.join().expect("flood thread");
+        assert_eq!(log.successes(), 0, "{host} got through: {log:?}");
+    }
+    assert_eq!(
+        fx.glance.image_count(),
+        created,
+        "the database stopped growing"
+    );
+    // The limit, what the hosts send in two poll intervals (the crossing's poll and the one
+    // that acts), and one in flight per host.
+    let hosts_n = spread.len() as u64;
+    let bound = PREFIX_LIMIT + 2 * hosts_n + hosts_n;
+    eprintln!(
+        "spread flood: {created} images from {hosts_n} hosts before {PREFIX} was banned, \
+         {banned_after:?} after the start (bound {bound})"
+    );
+    assert!(
+        created >= PREFIX_LIMIT,
+        "banned before the limit: {created}"
+    );
+    assert!(
+        created <= bound,
+        "{created} images got through; bound {bound}"
+    );
+    for host in spread {
+        let rules = fx.daemon.rules();
+        assert!(
+            !rules.iter().any(|r| r["prefix"] == host_prefix(host)),
+            "{host} was banned alone: {rules:?}"
+        );
+    }
+
+    stop_reader.store(true, Ordering::Relaxed);
+    let reads = reader.join().expect("legitimate client");
+    assert!(
+        reads.attempts.len() >= 8,
+        "{} requests",
+        reads.attempts.len()
+    );
+    assert_all_served(&reads, "legitimate client");
+}
