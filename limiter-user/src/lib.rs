@@ -28,6 +28,7 @@ pub mod prefix_rates;
 pub mod prefixes;
 pub mod proxy;
 pub mod rates;
+pub mod recommend;
 pub mod rules;
 pub mod store;
 pub mod text;

@@ -388,6 +388,13 @@ fn json_output_is_the_protocols_result() {
         (&["status", "--json"], Request::Status),
         (&["cluster", "status", "--json"], Request::ClusterStatus),
         (
+            &["recommend", "--json"],
+            Request::Recommend {
+                percentile: Some(99.0),
+                margin: Some(2.0),
+            },
+        ),
+        (
             &["unblock", "--json", "198.51.100.7"],
             Request::Unblock {
                 prefixes: vec![net("198.51.100.7/32")],
@@ -912,4 +919,42 @@ fn other_users_need_the_socket_group() {
     let ran = as_nobody(&grouped.socket, &[NOBODY, 4242]);
     assert_eq!(ran.code, 0, "a supplementary member: {}", ran.stderr);
     assert_eq!(grouped.requests(), [Request::Status]);
+}
+
+#[test]
+fn recommend_shows_the_proposal_and_whom_it_would_ban() {
+    let daemon = FakeDaemon::start();
+    let ran = limiter(&daemon.socket, &["recommend"], "");
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let text = ran.stdout;
+    assert!(
+        text.starts_with(
+            "From 4 sources seen since 2025-06-01T10:00:00Z (1 offenders left out): the 99th \
+             percentile of the others' peaks, times 2.\nMETRIC"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("image_creates_per_minute         60        18"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Would have been banned under the proposed thresholds: 1\n  198.51.100.7  \
+             image_creates_per_minute peak 80 >= 18 at 2025-06-01T10:01:00Z  (offender)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("To use them, in [policy]:\n  image_creates_per_minute = 18\n  image_creates_per_hour = 18\n"),
+        "{text}"
+    );
+
+    let ran = limiter(&daemon.socket, &["recommend", "--margin", "0.5"], "");
+    assert_eq!(ran.code, 2, "{}", ran.stdout);
+    assert!(
+        ran.stderr.contains("--margin must be at least 1"),
+        "{}",
+        ran.stderr
+    );
 }

@@ -67,6 +67,9 @@ pub enum Command {
     /// The cluster this daemon shares rules and counts with through etcd (`[cluster]` in its
     /// configuration).
     Cluster(ClusterArgs),
+    /// Propose thresholds from the peaks the daemon has seen, and list whom the current and
+    /// the proposed ones would have banned (docs/CONFIG.md, "Tuning").
+    Recommend(RecommendArgs),
     /// Check a configuration file and print the effective configuration.
     CheckConfig(CheckConfigArgs),
     /// Live screen for the engineer on call: sources, bans, rules, events; ban, unban and
@@ -174,6 +177,19 @@ pub struct RemoveArgs {
 
 #[derive(Debug, Args)]
 pub struct JsonArgs {
+    /// Print the daemon's answer as JSON (the shapes in docs/CLI.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    /// The percentile of legitimate sources' peaks a proposal starts from (over 0, up to 100).
+    #[arg(long, value_name = "P", default_value_t = crate::recommend::DEFAULT_PERCENTILE)]
+    pub percentile: f64,
+    /// The headroom over it: 2 proposes twice the percentile's peak (at least 1).
+    #[arg(long, value_name = "X", default_value_t = crate::recommend::DEFAULT_MARGIN)]
+    pub margin: f64,
     /// Print the daemon's answer as JSON (the shapes in docs/CLI.md).
     #[arg(long)]
     pub json: bool,

@@ -214,6 +214,14 @@ pub fn execute(
             reply @ Reply::Cluster(_) => json_line(&reply),
             other => return Err(unexpected("cluster status", &other)),
         },
+        Command::Recommend(args) => match daemon.ask(Request::Recommend {
+            percentile: Some(args.percentile),
+            margin: Some(args.margin),
+        })? {
+            Reply::Recommendation(advice) if !args.json => output::recommendation(&advice),
+            reply @ Reply::Recommendation(_) => json_line(&reply),
+            other => return Err(unexpected("recommend", &other)),
+        },
         Command::CheckConfig(args) => check_config(args)?,
         Command::Top(args) => return top(args, daemon),
     };
@@ -264,6 +272,7 @@ fn unexpected(op: &str, reply: &Reply) -> Failure {
         Reply::Stats(_) => "statistics",
         Reply::Status(_) => "a status",
         Reply::Cluster(_) => "a cluster status",
+        Reply::Recommendation(_) => "a recommendation",
     };
     Failure::Operational(format!(
         "the daemon answered `{op}` with {shape}; the daemon and this client are probably \

@@ -15,6 +15,7 @@ use crate::{
         Status, StoreErrorView,
     },
     loader::DetachReport,
+    recommend::Recommendation,
     rules::{Action, Scope},
     store::{Origin, StoredRule},
     text::{node_and_role, nodes, ClusterPhrase},
@@ -491,6 +492,100 @@ pub fn detach(report: &DetachReport, pin_dir: &Path) -> String {
     }
     let _ = writeln!(out, "removed {}", pin_dir.display());
     out
+}
+
+/// `limiter recommend`: the figures per metric, the proposal, and whom each policy would
+/// have banned.
+pub fn recommendation(advice: &Recommendation) -> String {
+    let mut out = format!(
+        "From {} sources seen{} ({} offenders left out): the {} percentile of the others' \
+         peaks, times {}.\n",
+        advice.sources_seen,
+        advice
+            .since
+            .as_deref()
+            .map(|since| format!(" since {since}"))
+            .unwrap_or_default(),
+        advice.offenders,
+        ordinal(advice.percentile),
+        advice.margin
+    );
+    let mut table = Table::new(&[
+        ("METRIC", Align::Left),
+        ("CURRENT", Align::Right),
+        ("PROPOSED", Align::Right),
+        ("LEGIT SOURCES", Align::Right),
+        ("LEGIT PCTL", Align::Right),
+        ("LEGIT MAX", Align::Right),
+        ("OFFENDERS MIN", Align::Right),
+    ]);
+    let limit = |value: Option<u32>| value.map_or("off".to_string(), |v| v.to_string());
+    let figure = |value: Option<f64>| value.map_or("-".to_string(), |v| format!("{v:.1}"));
+    for m in &advice.metrics {
+        table.row(vec![
+            m.metric.key().to_string(),
+            limit(m.current),
+            limit(m.proposed),
+            m.legitimate_sources.to_string(),
+            figure(m.legitimate_percentile_peak),
+            figure(m.legitimate_max_peak),
+            figure(m.offender_min_peak),
+        ]);
+    }
+    out.push_str(&table.render());
+    for (title, banned) in [
+        ("the current thresholds", &advice.banned_by_current),
+        ("the proposed thresholds", &advice.banned_by_proposed),
+    ] {
+        let _ = writeln!(
+            out,
+            "\nWould have been banned under {title}: {}",
+            banned.len()
+        );
+        for ban in banned.iter() {
+            let _ = writeln!(
+                out,
+                "  {}  {} peak {} >= {} at {}{}",
+                ban.address,
+                ban.metric,
+                ban.peak,
+                ban.threshold,
+                ban.at,
+                if ban.offender { "  (offender)" } else { "" }
+            );
+        }
+    }
+    let changes: Vec<String> = advice
+        .metrics
+        .iter()
+        .filter(|m| m.proposed != m.current)
+        .filter_map(|m| Some(format!("{} = {}", m.metric, m.proposed?)))
+        .collect();
+    if changes.is_empty() {
+        out.push_str("\nNo change proposed.\n");
+    } else {
+        let _ = writeln!(out, "\nTo use them, in [policy]:");
+        for change in changes {
+            let _ = writeln!(out, "  {change}");
+        }
+    }
+    out
+}
+
+fn ordinal(percentile: f64) -> String {
+    let whole = percentile.round();
+    if (percentile - whole).abs() > f64::EPSILON {
+        return format!("{percentile}th");
+    }
+    let n = whole as u64;
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 #[cfg(test)]

@@ -162,6 +162,7 @@ pub fn op_name(request: &Request) -> &'static str {
         Request::Stats { .. } => "stats",
         Request::Status => "status",
         Request::ClusterStatus => "cluster_status",
+        Request::Recommend { .. } => "recommend",
     }
 }
 

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 pub use super::proxies::{ProxyRates, ProxyTotals, ProxyView};
 pub use super::query::{SortKey, SourceOrder};
 pub use crate::cluster::status::{ClusterHealth, ClusterStatus};
-use crate::{config::Mode, loader::AttachMode, metric::Metric, rules::Scope, store::StoredRule};
+use crate::{
+    config::Mode, loader::AttachMode, metric::Metric, recommend::Recommendation, rules::Scope,
+    store::StoredRule,
+};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -80,6 +83,14 @@ pub enum Request {
     Status,
     /// `limiter cluster status`.
     ClusterStatus,
+    /// `limiter recommend`: thresholds from the peaks the daemon has seen. Absent: the
+    /// defaults (the 99th percentile, a margin of 2).
+    Recommend {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        percentile: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        margin: Option<f64>,
+    },
 }
 
 /// A response line: `{"version":1,"ok":true,"result":{...}}` or
@@ -154,6 +165,7 @@ pub enum Reply {
     Stats(Stats),
     Status(Status),
     Cluster(ClusterStatus),
+    Recommendation(Recommendation),
 }
 
 /// The outcome of block/unblock/allow/unallow. Repeating a request lands in `unchanged` or

@@ -35,6 +35,7 @@ use crate::{
     prefixes::PrefixSet,
     proxy::load::{ProxyLoads, ProxyRow},
     rates::{Counts, RateTracker, Rates},
+    recommend::{self, PeakHistory},
     rules::{self, Action, KernelRule, Scope},
     store::{Change, Origin, RuleStore, StoreError, StoredRule},
 };
@@ -101,7 +102,15 @@ pub struct Engine<K: Kernel = Limiter, H: Host = SystemHost> {
     interfaces: Interfaces,
     /// Rates summed per prefix, for `[policy.prefix]` (`None` with no prefix threshold).
     prefix_rates: Option<PrefixRates>,
+    /// Each source's peaks and whether it offended, for `limiter recommend`.
+    peaks: PeakHistory,
+    /// When the peaks were last written to the state directory (host clock).
+    peaks_saved: Instant,
 }
+
+/// How often the peak history is written (and when the daemon stops): a `kill -9` loses at
+/// most this much of it.
+const PEAKS_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often the host's own addresses are re-read (they change rarely; a new one is
 /// protected from bans within this time).
@@ -154,7 +163,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             cluster,
             interfaces: Interfaces::new(Vec::new()),
             prefix_rates: None,
+            peaks: PeakHistory::default(),
+            peaks_saved: started,
         };
+        engine.peaks = load_peaks(engine.store.dir());
         engine.prefix_rates =
             PrefixRates::for_policy(&engine.config.policy, engine.config.rate_tracker_capacity());
         engine.limiter.set_protected_ports(&engine.config.ports)?;
@@ -166,6 +178,14 @@ impl<K: Kernel, H: Host> Engine<K, H> {
     /// Time since the engine started, on the host's clock.
     fn uptime(&self) -> Duration {
         self.host.now().duration_since(self.started)
+    }
+
+    /// Writes the peak history if it changed (every minute, and when the daemon stops).
+    pub fn save_peaks(&mut self) {
+        self.peaks_saved = self.host.now();
+        if let Err(e) = self.peaks.save(self.store.dir()) {
+            warn!(error = %e, "cannot save the peak history (limiter recommend); retrying in a minute");
+        }
     }
 
     pub fn poll_interval(&self) -> Duration {
@@ -237,6 +257,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         };
         let (rates, policy) = (&mut self.rates, &self.policy);
         let mut prefix_rates = self.prefix_rates.as_mut();
+        let peaks = &mut self.peaks;
         self.limiter.for_each_source(&mut |row| {
             rows_read += 1;
             // A row read twice (where two parts of the read meet) is the later reading.
@@ -254,6 +275,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             let (figures, increase) = rates.observe_source_counted(&mut poll, row.addr, counts);
             if let Some(prefixes) = prefix_rates.as_deref_mut() {
                 prefixes.add(row.addr, &increase);
+            }
+            // Trusted proxies carry everyone's connections: no measure of one client.
+            if !proxied::is_proxy_row(&row) {
+                peaks.observe(row.addr, &figures, wall);
             }
             if policy.reaches_a_threshold(&figures) {
                 reaching.push((row.addr, figures));
@@ -349,6 +374,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             self.sync_kernel()?;
         }
         self.publish_summary(&peers, cluster_rates.len());
+        self.peaks.bound(self.policy.config());
+        if self.host.now().duration_since(self.peaks_saved) >= PEAKS_SAVE_INTERVAL {
+            self.save_peaks();
+        }
         self.last_poll = started.elapsed();
         // Where the parallel parts of a large table's read meet, a row can come twice: up to
         // a chunk per part, a few hundredths of the table. A table never holds more than its
@@ -384,6 +413,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 mode = mode.as_str(),
                 "{verb}: {}", d.reason
             );
+        }
+        for d in decisions {
+            self.peaks.offended(d.net, wall);
         }
         if mode == Mode::Monitor {
             return Ok(false);
@@ -521,6 +553,14 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 Ok(Reply::Stats(self.stats(top, sort, filter.as_deref())))
             }
             Request::Status => self.status().map(Reply::Status),
+            Request::Recommend { percentile, margin } => recommend::recommend(
+                &self.peaks,
+                self.policy.config(),
+                percentile.unwrap_or(recommend::DEFAULT_PERCENTILE),
+                margin.unwrap_or(recommend::DEFAULT_MARGIN),
+            )
+            .map(Reply::Recommendation)
+            .map_err(|e| ControlError::new(ErrorKind::BadInput, e.to_string())),
             Request::ClusterStatus => match &self.cluster {
                 Some(cluster) => Ok(Reply::Cluster(cluster.status())),
                 None => Err(ControlError::new(
@@ -583,6 +623,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         let change = self.store.upsert(batch).map_err(store_error)?;
         self.cluster_changed(keys, generation);
         if action == Action::Block {
+            for prefix in &prefixes {
+                self.peaks.offended(*prefix, wall);
+            }
             self.bans.add(
                 Origin::Manual,
                 (change.added.len() + change.updated.len()) as u64,
@@ -1024,6 +1067,26 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             self.rates.iter(),
         );
         cluster.publish(built, peers_seen, cluster_sources);
+    }
+}
+
+/// The peak history saved in `dir`. One that cannot be read is moved aside (named in the log)
+/// and the history starts empty: it is evidence for tuning, not a rule.
+fn load_peaks(dir: &std::path::Path) -> PeakHistory {
+    match PeakHistory::load(dir) {
+        Ok(history) => history,
+        Err(e) => {
+            let path = dir.join(recommend::HISTORY_FILE);
+            let aside = dir.join(format!("{}.unreadable", recommend::HISTORY_FILE));
+            let moved = std::fs::rename(&path, &aside);
+            warn!(
+                error = %e,
+                kept_as = %aside.display(),
+                moved = moved.is_ok(),
+                "the peak history cannot be read; starting a new one"
+            );
+            PeakHistory::default()
+        }
     }
 }
 

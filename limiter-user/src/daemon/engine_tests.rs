@@ -431,3 +431,92 @@ fn prefix_thresholds_can_be_turned_off() {
         assert_eq!(bench.poll().decisions, 0);
     }
 }
+
+fn recommendation(bench: &mut Bench) -> crate::recommend::Recommendation {
+    match bench.request(Request::Recommend {
+        percentile: None,
+        margin: None,
+    }) {
+        ResponseLine {
+            result: Some(Reply::Recommendation(advice)),
+            ..
+        } => advice,
+        other => panic!("recommend answered {other:?}"),
+    }
+}
+
+#[test]
+fn recommend_proposes_thresholds_that_ban_the_attacker_and_no_legitimate_client() {
+    let mut bench = bench("");
+    let legitimate: Vec<IpAddr> = (10..15).map(|i| ip(&format!("203.0.113.{i}"))).collect();
+    for second in 0..30u32 {
+        for (i, client) in legitimate.iter().enumerate() {
+            // One create every few seconds, each client at its own pace.
+            if second % (2 + i as u32) == 0 {
+                bench.edges.image_creates(*client, 1);
+            }
+        }
+        if second == 20 {
+            bench.edges.image_creates(ip(ATTACKER), 90);
+        }
+        bench.poll();
+    }
+    assert!(bench.edges.refuses(ip(ATTACKER)));
+
+    let advice = recommendation(&mut bench);
+    assert_eq!(advice.offenders, 1);
+    let creates = advice
+        .metrics
+        .iter()
+        .find(|m| m.metric == crate::metric::Metric::ImageCreatesPerMinute)
+        .unwrap();
+    let proposed = creates.proposed.unwrap();
+    assert!(proposed < 90, "{creates:?}");
+    let banned: Vec<IpAddr> = advice
+        .banned_by_proposed
+        .iter()
+        .map(|b| b.address)
+        .collect();
+    assert_eq!(banned, [ip(ATTACKER)], "{advice:?}");
+
+    // Out-of-range arguments are bad input.
+    let refused_line = bench.request(Request::Recommend {
+        percentile: Some(120.0),
+        margin: None,
+    });
+    let (kind, message) = refused(&refused_line);
+    assert_eq!(kind, ErrorKind::BadInput);
+    assert!(message.contains("--percentile"), "{message}");
+}
+
+#[test]
+fn the_peak_history_survives_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let config = Config::from_toml_str("source_capacity = 4096").unwrap();
+    let edges = FakeEdges::new();
+    let start = |edges: &FakeEdges| {
+        let store = RuleStore::open(state.path()).unwrap();
+        Engine::with_edges(edges.clone(), edges.clone(), store, config.clone()).unwrap()
+    };
+    let mut engine = start(&edges);
+    engine.tick().unwrap();
+    edges.image_creates(ip(NEIGHBOUR), 7);
+    edges.advance(Duration::from_secs(1));
+    engine.tick().unwrap();
+    engine.save_peaks();
+    drop(engine);
+
+    let mut engine = start(&edges);
+    let advice = match engine
+        .handle(Request::Recommend {
+            percentile: None,
+            margin: None,
+        })
+        .result
+    {
+        Some(Reply::Recommendation(advice)) => advice,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(advice.sources_seen, 1);
+    assert_eq!(advice.metrics[1].legitimate_max_peak, Some(7.0));
+}

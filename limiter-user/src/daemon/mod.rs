@@ -140,12 +140,16 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let server = control_link::spawn(&config, requests.clone())?;
     let metrics_feed = metrics.as_ref().map(|(metrics, _)| metrics.clone());
     match options.tui {
-        None => drive(&mut engine, &inbox, metrics_feed.as_deref(), &stop),
+        None => {
+            drive(&mut engine, &inbox, metrics_feed.as_deref(), &stop);
+            engine.save_peaks();
+        }
         Some(_) => {
             // The terminal belongs to the interface on this thread; the engine moves to its own.
             let engine_stop = Arc::clone(&stop);
             let engine_thread = std::thread::spawn(move || {
                 drive(&mut engine, &inbox, metrics_feed.as_deref(), &engine_stop);
+                engine.save_peaks();
             });
             let thresholds = crate::tui::settings::Thresholds::from_policy(
                 &config.policy,

@@ -157,9 +157,11 @@ pub fn describe_request(request: &Request) -> String {
         Request::Unblock { prefixes } => ("unban", prefixes),
         Request::Allow { prefixes, .. } => ("allow", prefixes),
         Request::Unallow { prefixes } => ("unallow", prefixes),
-        Request::List | Request::Stats { .. } | Request::Status | Request::ClusterStatus => {
-            return "refresh".into()
-        }
+        Request::List
+        | Request::Stats { .. }
+        | Request::Status
+        | Request::ClusterStatus
+        | Request::Recommend { .. } => return "refresh".into(),
     };
     let names: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
     format!("{verb} {}", names.join(", "))
@@ -172,7 +174,11 @@ pub fn first_prefix(request: &Request) -> Option<IpNet> {
         | Request::Unblock { prefixes }
         | Request::Allow { prefixes, .. }
         | Request::Unallow { prefixes } => prefixes.first().copied(),
-        Request::List | Request::Stats { .. } | Request::Status | Request::ClusterStatus => None,
+        Request::List
+        | Request::Stats { .. }
+        | Request::Status
+        | Request::ClusterStatus
+        | Request::Recommend { .. } => None,
     }
 }
 

@@ -174,8 +174,48 @@ pub fn canned(request: &Request) -> ResponseLine {
             store_error: None,
         }),
         Request::ClusterStatus => Reply::Cluster(cluster_status()),
+        Request::Recommend { percentile, margin } => {
+            match limiter_user::recommend::recommend(
+                &recorded_peaks(),
+                &limiter_user::policy::PolicyConfig::default(),
+                percentile.unwrap_or(99.0),
+                margin.unwrap_or(2.0),
+            ) {
+                Ok(advice) => Reply::Recommendation(advice),
+                Err(e) => {
+                    return ResponseLine::error(
+                        limiter_user::control::protocol::ErrorKind::BadInput,
+                        e.to_string(),
+                    )
+                }
+            }
+        }
     };
     ResponseLine::ok(reply)
+}
+
+/// Three legitimate clients creating a few images a minute and one flooding (banned).
+pub fn recorded_peaks() -> limiter_user::recommend::PeakHistory {
+    let mut history = limiter_user::recommend::PeakHistory::default();
+    let creating = |per_minute| limiter_user::rates::Rates {
+        image_creates_last_minute: per_minute,
+        image_creates_last_hour: per_minute,
+        ..Default::default()
+    };
+    for (addr, per_minute) in [
+        ("203.0.113.10", 4),
+        ("203.0.113.11", 6),
+        ("203.0.113.12", 9),
+    ] {
+        history.observe(addr.parse().unwrap(), &creating(per_minute), at(NOW_SECS));
+    }
+    history.observe(
+        "198.51.100.7".parse().unwrap(),
+        &creating(80),
+        at(NOW_SECS + 60),
+    );
+    history.offended("198.51.100.7/32".parse().unwrap(), at(NOW_SECS + 60));
+    history
 }
 
 /// Two Glance nodes, connected through one healthy etcd endpoint.

@@ -1,0 +1,291 @@
+//! What `limiter recommend` reasons from: each source's peak on each thresholded metric, and
+//! whether a decision (a ban, or the one monitor mode would have made) or a manual block ever
+//! named it. Kept in enforce and monitor mode alike, bounded ([`HISTORY_MAX_SOURCES`]), and
+//! saved in the state directory ([`HISTORY_FILE`]) at most a minute apart and when the daemon
+//! stops: a `kill -9` loses at most the last minute's peaks, never a rule.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::Path,
+    time::SystemTime,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{metric::Metric, policy_config::PolicyConfig, rates::Rates, store};
+
+/// The history's file in the state directory.
+pub const HISTORY_FILE: &str = "peaks.json";
+/// Sources remembered at most; beyond, the least notable are forgotten (those whose highest
+/// peak is the smallest part of its default threshold).
+pub const HISTORY_MAX_SOURCES: usize = 65_536;
+const FORMAT_VERSION: u32 = 1;
+
+/// A peak and when it was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    pub value: f64,
+    #[serde(with = "humantime_serde_seconds")]
+    pub at: SystemTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourcePeaks {
+    pub address: IpAddr,
+    /// By metric, for those it was ever above zero on.
+    pub peaks: BTreeMap<Metric, Peak>,
+    /// When a decision or a manual block first named it: an offender, left out of the
+    /// legitimate sources' figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offender_since: Option<Stamp>,
+}
+
+/// A time, RFC 3339 to the second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp(#[serde(with = "humantime_serde_seconds")] pub SystemTime);
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    version: u32,
+    sources: Vec<SourcePeaks>,
+}
+
+#[derive(Debug, Default)]
+pub struct PeakHistory {
+    sources: HashMap<IpAddr, SourcePeaks>,
+    /// Changed since the last save.
+    dirty: bool,
+}
+
+impl PeakHistory {
+    /// The history saved in `dir`; empty when there is none. A file that cannot be read is
+    /// an error (the caller starts empty and says so; the file is left for the operator).
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(HISTORY_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let file: File = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not a peak history: {e}", path.display()))?;
+        if file.version != FORMAT_VERSION {
+            return Err(format!(
+                "{} has version {}, this build reads {FORMAT_VERSION}",
+                path.display(),
+                file.version
+            ));
+        }
+        Ok(PeakHistory {
+            sources: file
+                .sources
+                .into_iter()
+                .map(|source| (source.address, source))
+                .collect(),
+            dirty: false,
+        })
+    }
+
+    /// Writes the history to `dir` if it changed (atomically: a crash leaves the previous
+    /// file or this one).
+    pub fn save(&mut self, dir: &Path) -> Result<(), String> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let mut sources: Vec<SourcePeaks> = self.sources.values().cloned().collect();
+        sources.sort_by_key(|source| source.address);
+        let bytes = serde_json::to_vec(&File {
+            version: FORMAT_VERSION,
+            sources,
+        })
+        .map_err(|e| e.to_string())?;
+        store::write_file_atomically(dir, HISTORY_FILE, &bytes)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// A source's figures this poll: a new peak on any thresholded metric is kept.
+    pub fn observe(&mut self, addr: IpAddr, rates: &Rates, now: SystemTime) {
+        let figures = Metric::THRESHOLDED.map(|metric| (metric, metric.observed(rates)));
+        if figures.iter().all(|(_, value)| *value <= 0.0) {
+            return;
+        }
+        let source = self.sources.entry(addr).or_insert_with(|| SourcePeaks {
+            address: addr,
+            peaks: BTreeMap::new(),
+            offender_since: None,
+        });
+        for (metric, value) in figures.into_iter().filter(|(_, value)| *value > 0.0) {
+            let peak = source.peaks.entry(metric).or_insert(Peak {
+                value: 0.0,
+                at: now,
+            });
+            if value > peak.value {
+                *peak = Peak { value, at: now };
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// A ban (or would-be ban) or a manual block of `net`: the sources it covers are
+    /// offenders from now.
+    pub fn offended(&mut self, net: IpNet, now: SystemTime) {
+        let mark = |source: &mut SourcePeaks| {
+            if source.offender_since.is_none() {
+                source.offender_since = Some(Stamp(now));
+                true
+            } else {
+                false
+            }
+        };
+        if net.prefix_len() == net.max_prefix_len() {
+            let addr = net.addr();
+            let source = self.sources.entry(addr).or_insert_with(|| SourcePeaks {
+                address: addr,
+                peaks: BTreeMap::new(),
+                offender_since: None,
+            });
+            self.dirty |= mark(source);
+        } else {
+            for source in self.sources.values_mut() {
+                if net.contains(&source.address) {
+                    self.dirty |= mark(source);
+                }
+            }
+        }
+    }
+
+    /// Beyond [`HISTORY_MAX_SOURCES`], forgets the least notable eighth (offenders last).
+    pub fn bound(&mut self, policy: &PolicyConfig) {
+        if self.sources.len() <= HISTORY_MAX_SOURCES {
+            return;
+        }
+        let notability = |source: &SourcePeaks| {
+            let offender = if source.offender_since.is_some() {
+                1.0
+            } else {
+                0.0
+            };
+            let worst = source
+                .peaks
+                .iter()
+                .filter_map(|(metric, peak)| {
+                    Some(peak.value / f64::from(policy.threshold(*metric)?.max(1)))
+                })
+                .fold(0.0, f64::max);
+            offender + worst.min(0.999)
+        };
+        let mut ranked: Vec<(f64, IpAddr)> = self
+            .sources
+            .values()
+            .map(|source| (notability(source), source.address))
+            .collect();
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let keep = HISTORY_MAX_SOURCES - HISTORY_MAX_SOURCES / 8;
+        let forget = ranked.len().saturating_sub(keep);
+        for (_, addr) in &ranked[..forget] {
+            self.sources.remove(addr);
+        }
+        self.dirty = true;
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &SourcePeaks> + '_ {
+        self.sources.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+}
+
+/// RFC 3339 to the second, as the rules file writes times.
+mod humantime_serde_seconds {
+    use std::time::SystemTime;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_seconds(*time))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn creating(per_minute: u64) -> Rates {
+        Rates {
+            image_creates_last_minute: per_minute,
+            image_creates_last_hour: per_minute,
+            ..Rates::default()
+        }
+    }
+
+    #[test]
+    fn peaks_are_kept_with_their_time_and_survive_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut history = PeakHistory::default();
+        let a: IpAddr = "198.51.100.7".parse().unwrap();
+        history.observe(a, &creating(10), at(1));
+        history.observe(a, &creating(30), at(2));
+        history.observe(a, &creating(20), at(3));
+        history.observe("203.0.113.5".parse().unwrap(), &Rates::default(), at(3));
+        assert_eq!(history.len(), 1, "a source with nothing is not kept");
+        history.offended("198.51.100.0/24".parse().unwrap(), at(4));
+        history.save(dir.path()).unwrap();
+
+        let loaded = PeakHistory::load(dir.path()).unwrap();
+        let source = loaded.sources().next().unwrap();
+        assert_eq!(
+            source.peaks[&Metric::ImageCreatesPerMinute],
+            Peak {
+                value: 30.0,
+                at: at(2)
+            }
+        );
+        assert_eq!(source.offender_since, Some(Stamp(at(4))));
+    }
+
+    #[test]
+    fn a_broken_file_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(HISTORY_FILE), b"{not json").unwrap();
+        let error = PeakHistory::load(dir.path()).unwrap_err();
+        assert!(
+            error.contains("peaks.json is not a peak history"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn beyond_its_bound_the_least_notable_are_forgotten_first() {
+        let mut history = PeakHistory::default();
+        let policy = PolicyConfig::default();
+        for i in 0..=HISTORY_MAX_SOURCES as u32 {
+            let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            history.observe(addr, &creating(1 + u64::from(i % 50)), at(1));
+        }
+        let busy: IpAddr = "10.0.0.49".parse().unwrap();
+        history.bound(&policy);
+        assert!(history.len() <= HISTORY_MAX_SOURCES - HISTORY_MAX_SOURCES / 8);
+        assert!(history.sources.contains_key(&busy));
+        assert!(!history.sources.contains_key(&"10.0.0.50".parse().unwrap()));
+    }
+}
