@@ -278,7 +278,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             }
             // Trusted proxies carry everyone's connections: no measure of one client.
             if !proxied::is_proxy_row(&row) {
-                peaks.observe(row.addr, &figures, wall);
+                peaks.observe(row.addr, &figures, wall, policy.config());
             }
             if policy.reaches_a_threshold(&figures) {
                 reaching.push((row.addr, figures));

@@ -18,9 +18,12 @@ use crate::{metric::Metric, policy_config::PolicyConfig, rates::Rates, store};
 
 /// The history's file in the state directory.
 pub const HISTORY_FILE: &str = "peaks.json";
-/// Sources remembered at most; beyond, the least notable are forgotten (those whose highest
-/// peak is the smallest part of its default threshold).
-pub const HISTORY_MAX_SOURCES: usize = 65_536;
+/// Sources remembered (plenty for percentiles; a few megabytes). Past it, a new source is
+/// taken only if it is more notable than the least notable kept (the highest part of a
+/// threshold its peaks reach; offenders first), up to an eighth more; then the least notable
+/// are forgotten down to seven eighths. So a flood of a million sources never holds more.
+pub const HISTORY_MAX_SOURCES: usize = 16_384;
+const HISTORY_HARD_LIMIT: usize = HISTORY_MAX_SOURCES + HISTORY_MAX_SOURCES / 8;
 const FORMAT_VERSION: u32 = 1;
 
 /// A peak and when it was seen.
@@ -57,6 +60,8 @@ pub struct PeakHistory {
     sources: HashMap<IpAddr, SourcePeaks>,
     /// Changed since the last save.
     dirty: bool,
+    /// The notability of the least notable source kept at the last trim.
+    floor: f64,
 }
 
 impl PeakHistory {
@@ -85,6 +90,7 @@ impl PeakHistory {
                 .map(|source| (source.address, source))
                 .collect(),
             dirty: false,
+            floor: 0.0,
         })
     }
 
@@ -107,10 +113,18 @@ impl PeakHistory {
     }
 
     /// A source's figures this poll: a new peak on any thresholded metric is kept.
-    pub fn observe(&mut self, addr: IpAddr, rates: &Rates, now: SystemTime) {
+    pub fn observe(&mut self, addr: IpAddr, rates: &Rates, now: SystemTime, policy: &PolicyConfig) {
         let figures = Metric::THRESHOLDED.map(|metric| (metric, metric.observed(rates)));
         if figures.iter().all(|(_, value)| *value <= 0.0) {
             return;
+        }
+        if !self.sources.contains_key(&addr) {
+            let room = self.sources.len() < HISTORY_MAX_SOURCES
+                || (self.sources.len() < HISTORY_HARD_LIMIT
+                    && notability(figures.iter().copied(), false, policy) > self.floor);
+            if !room {
+                return;
+            }
         }
         let source = self.sources.entry(addr).or_insert_with(|| SourcePeaks {
             address: addr,
@@ -157,30 +171,20 @@ impl PeakHistory {
         }
     }
 
-    /// Beyond [`HISTORY_MAX_SOURCES`], forgets the least notable eighth (offenders last).
+    /// At the hard limit, forgets the least notable down to seven eighths of
+    /// [`HISTORY_MAX_SOURCES`] (offenders last). Cheap otherwise: call it every poll.
     pub fn bound(&mut self, policy: &PolicyConfig) {
-        if self.sources.len() <= HISTORY_MAX_SOURCES {
+        if self.sources.len() < HISTORY_HARD_LIMIT {
             return;
         }
-        let notability = |source: &SourcePeaks| {
-            let offender = if source.offender_since.is_some() {
-                1.0
-            } else {
-                0.0
-            };
-            let worst = source
-                .peaks
-                .iter()
-                .filter_map(|(metric, peak)| {
-                    Some(peak.value / f64::from(policy.threshold(*metric)?.max(1)))
-                })
-                .fold(0.0, f64::max);
-            offender + worst.min(0.999)
-        };
         let mut ranked: Vec<(f64, IpAddr)> = self
             .sources
             .values()
-            .map(|source| (notability(source), source.address))
+            .map(|source| {
+                let peaks = source.peaks.iter().map(|(m, p)| (*m, p.value));
+                let score = notability(peaks, source.offender_since.is_some(), policy);
+                (score, source.address)
+            })
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
         let keep = HISTORY_MAX_SOURCES - HISTORY_MAX_SOURCES / 8;
@@ -188,6 +192,7 @@ impl PeakHistory {
         for (_, addr) in &ranked[..forget] {
             self.sources.remove(addr);
         }
+        self.floor = ranked.get(forget).map_or(0.0, |(score, _)| *score);
         self.dirty = true;
     }
 
@@ -202,6 +207,19 @@ impl PeakHistory {
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
     }
+}
+
+/// How much a source matters to the history: the highest part of a threshold its peaks
+/// reach (capped just under 1), plus 1 for an offender.
+fn notability(
+    peaks: impl Iterator<Item = (Metric, f64)>,
+    offender: bool,
+    policy: &PolicyConfig,
+) -> f64 {
+    let worst = peaks
+        .filter_map(|(metric, value)| Some(value / f64::from(policy.threshold(metric)?.max(1))))
+        .fold(0.0, f64::max);
+    f64::from(u8::from(offender)) + worst.min(0.999)
 }
 
 /// RFC 3339 to the second, as the rules file writes times.
@@ -242,11 +260,17 @@ mod tests {
     fn peaks_are_kept_with_their_time_and_survive_a_save() {
         let dir = tempfile::tempdir().unwrap();
         let mut history = PeakHistory::default();
+        let policy = PolicyConfig::default();
         let a: IpAddr = "198.51.100.7".parse().unwrap();
-        history.observe(a, &creating(10), at(1));
-        history.observe(a, &creating(30), at(2));
-        history.observe(a, &creating(20), at(3));
-        history.observe("203.0.113.5".parse().unwrap(), &Rates::default(), at(3));
+        history.observe(a, &creating(10), at(1), &policy);
+        history.observe(a, &creating(30), at(2), &policy);
+        history.observe(a, &creating(20), at(3), &policy);
+        history.observe(
+            "203.0.113.5".parse().unwrap(),
+            &Rates::default(),
+            at(3),
+            &policy,
+        );
         assert_eq!(history.len(), 1, "a source with nothing is not kept");
         history.offended("198.51.100.0/24".parse().unwrap(), at(4));
         history.save(dir.path()).unwrap();
@@ -275,17 +299,42 @@ mod tests {
     }
 
     #[test]
-    fn beyond_its_bound_the_least_notable_are_forgotten_first() {
+    fn beyond_its_bound_the_least_notable_are_forgotten_and_a_flood_cannot_grow_it() {
         let mut history = PeakHistory::default();
         let policy = PolicyConfig::default();
-        for i in 0..=HISTORY_MAX_SOURCES as u32 {
-            let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            history.observe(addr, &creating(1 + u64::from(i % 50)), at(1));
+        let addr = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        // A million sources in one poll: never more than the hard limit held.
+        for i in 0..1_000_000u32 {
+            history.observe(addr(i), &creating(1 + u64::from(i % 50)), at(1), &policy);
+            assert!(history.len() <= HISTORY_HARD_LIMIT);
         }
-        let busy: IpAddr = "10.0.0.49".parse().unwrap();
         history.bound(&policy);
         assert!(history.len() <= HISTORY_MAX_SOURCES - HISTORY_MAX_SOURCES / 8);
-        assert!(history.sources.contains_key(&busy));
-        assert!(!history.sources.contains_key(&"10.0.0.50".parse().unwrap()));
+        // The busiest (50 a minute) are kept; the quietest (1 a minute) gone.
+        assert!(history.sources.contains_key(&addr(49)));
+        assert!(!history.sources.contains_key(&addr(50)));
+        // Past the limit, a notable newcomer still gets in; a quiet one does not.
+        for i in 0..HISTORY_MAX_SOURCES as u32 {
+            history.observe(addr(2_000_000 + i), &creating(50), at(2), &policy);
+        }
+        // The poll ends (the engine bounds the history after each); the next fills it up.
+        history.bound(&policy);
+        let mut i = 3_000_000;
+        while history.len() < HISTORY_MAX_SOURCES {
+            history.observe(addr(i), &creating(50), at(3), &policy);
+            i += 1;
+        }
+        let attacker: IpAddr = "198.51.100.7".parse().unwrap();
+        history.observe(attacker, &creating(90), at(3), &policy);
+        history.observe(
+            "198.51.100.8".parse().unwrap(),
+            &creating(1),
+            at(3),
+            &policy,
+        );
+        assert!(history.sources.contains_key(&attacker));
+        assert!(!history
+            .sources
+            .contains_key(&"198.51.100.8".parse().unwrap()));
     }
 }

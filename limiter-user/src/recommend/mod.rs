@@ -227,10 +227,15 @@ mod tests {
         let mut history = PeakHistory::default();
         for (i, per_minute) in [3, 5, 8, 10, 12].into_iter().enumerate() {
             let addr: IpAddr = format!("203.0.113.{}", 10 + i).parse().unwrap();
-            history.observe(addr, &creating(per_minute), at(i as u64));
+            history.observe(
+                addr,
+                &creating(per_minute),
+                at(i as u64),
+                &PolicyConfig::default(),
+            );
         }
         let attacker: IpAddr = "198.51.100.7".parse().unwrap();
-        history.observe(attacker, &creating(75), at(100));
+        history.observe(attacker, &creating(75), at(100), &PolicyConfig::default());
         history.offended("198.51.100.7/32".parse().unwrap(), at(100));
         history
     }

@@ -207,12 +207,18 @@ pub fn recorded_peaks() -> limiter_user::recommend::PeakHistory {
         ("203.0.113.11", 6),
         ("203.0.113.12", 9),
     ] {
-        history.observe(addr.parse().unwrap(), &creating(per_minute), at(NOW_SECS));
+        history.observe(
+            addr.parse().unwrap(),
+            &creating(per_minute),
+            at(NOW_SECS),
+            &limiter_user::policy::PolicyConfig::default(),
+        );
     }
     history.observe(
         "198.51.100.7".parse().unwrap(),
         &creating(80),
         at(NOW_SECS + 60),
+        &limiter_user::policy::PolicyConfig::default(),
     );
     history.offended("198.51.100.7/32".parse().unwrap(), at(NOW_SECS + 60));
     history
