@@ -540,3 +540,98 @@ fn a_create_flood_spread_over_a_prefix_is_banned_on_its_sum() {
     );
     assert_all_served(&reads, "legitimate client");
 }
+
+/// Issue 13, items 4 and 5: three legitimate clients create a few images each and an attacker
+/// floods until banned; `limiter recommend` on what the daemon recorded proposes thresholds
+/// that would have banned the attacker and none of the legitimate clients.
+#[test]
+fn recommend_on_a_recorded_history_bans_the_attacker_and_no_legitimate_client() {
+    limiter_tests::require_kernel!();
+    let fx = Fixture::new(|setup| setup);
+    let no_stop = Arc::new(AtomicBool::new(false));
+    let legitimate: Vec<(&'static str, usize)> = AttackTopology::LEGIT_V4
+        .iter()
+        .copied()
+        .zip([3, 5, 7])
+        .collect();
+    let clients: Vec<thread::JoinHandle<FloodLog>> = legitimate
+        .iter()
+        .map(|&(client, creates)| {
+            spawn_in(&fx.topo.legit, client, &no_stop, move |dst, stop| {
+                let limits = FloodLimits {
+                    max_attempts: creates,
+                    max_duration: Duration::from_secs(30),
+                    stop_after_failures: None,
+                };
+                let every = Duration::from_millis(400);
+                periodic_requests(
+                    client,
+                    dst,
+                    GLANCE_PORT,
+                    "POST",
+                    "/v2/images",
+                    CREATE,
+                    every,
+                    limits,
+                    stop,
+                )
+            })
+        })
+        .collect();
+    for ((client, creates), log) in legitimate.iter().zip(clients) {
+        let log = log.join().expect("client thread");
+        assert_eq!(log.successes(), *creates, "{client}: {log:?}");
+    }
+    // Their creates counted (their peaks are then recorded at that poll).
+    for &(client, creates) in &legitimate {
+        fx.daemon
+            .wait_for_source(client, 3 * POLL, |s| {
+                s["rates"]["image_creates_per_minute"] == creates as u64
+            })
+            .unwrap_or_else(|| panic!("{client} not counted: {}", fx.daemon.stats_json()));
+    }
+
+    let attacker = AttackTopology::ATTACKER_V4[0];
+    let flood = spawn_in(&fx.topo.attacker, attacker, &no_stop, move |dst, stop| {
+        let limits = FloodLimits {
+            max_attempts: 5_000,
+            max_duration: Duration::from_secs(20),
+            stop_after_failures: Some(1),
+        };
+        image_create_flood(attacker, dst, GLANCE_PORT, CREATE, None, limits, stop)
+    });
+    let banned = fx
+        .daemon
+        .wait_for_rule(&host_prefix(attacker), Duration::from_secs(10));
+    flood.join().expect("flood thread");
+    assert!(banned.is_some(), "{attacker} not banned");
+
+    let advice: serde_json::Value =
+        serde_json::from_str(&fx.daemon.cli_ok(&["recommend", "--json"])).unwrap();
+    assert_eq!(advice["offenders"], 1, "{advice:#}");
+    let creates = advice["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "image_creates_per_minute")
+        .unwrap();
+    assert_eq!(creates["legitimate_sources"], 3, "{advice:#}");
+    assert_eq!(creates["legitimate_max_peak"], 7.0, "{advice:#}");
+    let proposed = creates["proposed"].as_u64().unwrap();
+    assert!(
+        proposed < 60 && proposed > 7,
+        "between the clients and the attacker: {advice:#}"
+    );
+    let banned_by_proposed: Vec<&str> = advice["banned_by_proposed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(banned_by_proposed, [attacker], "{advice:#}");
+    eprintln!(
+        "recommend: image_creates_per_minute {} -> {proposed} (legitimate peaks up to 7, the \
+         attacker's {})",
+        creates["current"], creates["offender_min_peak"]
+    );
+}
