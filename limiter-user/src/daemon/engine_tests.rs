@@ -520,3 +520,28 @@ fn the_peak_history_survives_a_restart() {
     assert_eq!(advice.sources_seen, 1);
     assert_eq!(advice.metrics[1].legitimate_max_peak, Some(7.0));
 }
+
+#[test]
+fn an_unreadable_peak_history_is_moved_aside_and_a_new_one_started() {
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("peaks.json"), b"{truncated").unwrap();
+    let config = Config::from_toml_str("source_capacity = 4096").unwrap();
+    let edges = FakeEdges::new();
+    let store = RuleStore::open(state.path()).unwrap();
+    let mut engine = Engine::with_edges(edges.clone(), edges.clone(), store, config).unwrap();
+    assert_eq!(
+        std::fs::read(state.path().join("peaks.json.unreadable")).unwrap(),
+        b"{truncated"
+    );
+    assert!(!state.path().join("peaks.json").exists());
+    match engine
+        .handle(Request::Recommend {
+            percentile: None,
+            margin: None,
+        })
+        .result
+    {
+        Some(Reply::Recommendation(advice)) => assert_eq!(advice.sources_seen, 0),
+        other => panic!("{other:?}"),
+    }
+}
