@@ -25,6 +25,11 @@ use crate::{
     rates::{Counts, RateTracker, Rates},
 };
 
+/// Sources remembered per prefix, to name the biggest and to leave banned ones out of its sum:
+/// a prefix with more contributors than this is a flood spread so wide that the few banned
+/// hosts among them do not matter.
+pub const MEMBERS_PER_PREFIX: usize = 4096;
+
 #[derive(Debug)]
 pub struct PrefixRates {
     ipv4_len: u8,
@@ -37,6 +42,9 @@ pub struct PrefixRates {
     grown: HashSet<IpNet>,
     /// Which increases matter: SYNs, image creates, other writes (those with a threshold).
     wanted: [bool; 3],
+    /// The sources that added to each prefix: a prefix over its limit names them without a
+    /// pass over every tracked source.
+    members: HashMap<IpNet, HashSet<IpAddr>>,
 }
 
 impl PrefixRates {
@@ -77,6 +85,7 @@ impl PrefixRates {
             totals: HashMap::new(),
             grown: HashSet::new(),
             wanted: [true; 3],
+            members: HashMap::new(),
         }
     }
 
@@ -116,6 +125,10 @@ impl PrefixRates {
         total.packets += increase.packets;
         total.bytes += increase.bytes;
         self.grown.insert(prefix);
+        let members = self.members.entry(prefix).or_default();
+        if members.len() < MEMBERS_PER_PREFIX {
+            members.insert(addr.to_canonical());
+        }
     }
 
     /// Ends the poll at `now` (the clock the source tracker is given): the prefixes that grew
@@ -131,6 +144,8 @@ impl PrefixRates {
             let tracker = &self.tracker;
             self.totals
                 .retain(|prefix, _| tracker.rates(prefix.network()).is_some());
+            let totals = &self.totals;
+            self.members.retain(|prefix, _| totals.contains_key(prefix));
         }
     }
 
@@ -140,6 +155,12 @@ impl PrefixRates {
             let rates = self.tracker.rates(prefix.network())?;
             Some((*prefix, rates))
         })
+    }
+
+    /// The sources that added to `prefix` since it was first seen (or last forgotten), up to
+    /// [`MEMBERS_PER_PREFIX`].
+    pub fn members(&self, prefix: IpNet) -> impl Iterator<Item = IpAddr> + '_ {
+        self.members.get(&prefix).into_iter().flatten().copied()
     }
 
     pub fn rates(&self, prefix: IpNet) -> Option<Rates> {
@@ -215,6 +236,9 @@ mod tests {
             "a row new since the last poll counts whole"
         );
         assert_eq!(prefixes.len(), 2);
+        let mut members: Vec<IpAddr> = prefixes.members(prefix).collect();
+        members.sort();
+        assert_eq!(members, [ip("198.51.100.2"), ip("198.51.100.3")]);
         // A minute later, with no more creates, the minute's sum is gone, the hour's is not.
         poll(&mut sources, &mut prefixes, 63, &[]);
         let rates = prefixes.rates(prefix).unwrap();
@@ -248,5 +272,9 @@ mod tests {
         assert_eq!(prefixes.len(), 1);
         poll(&mut sources, &mut prefixes, 3700, &[]);
         assert!(prefixes.is_empty());
+        assert_eq!(
+            prefixes.members("198.51.100.0/24".parse().unwrap()).count(),
+            0
+        );
     }
 }

@@ -30,7 +30,7 @@ use crate::{
     },
     loader::{AttachMode, Limiter, LoaderError},
     metrics::{ActiveRules, ByOrigin, Snapshot, StoreTrouble, Unbans},
-    policy::{Decision, Metric, NeverBan, Policy},
+    policy::{Decision, Metric, NeverBan, Policy, PrefixCandidate},
     prefix_rates::PrefixRates,
     prefixes::PrefixSet,
     proxy::load::{ProxyLoads, ProxyRow},
@@ -1090,26 +1090,24 @@ fn load_peaks(dir: &std::path::Path) -> PeakHistory {
     }
 }
 
-/// The prefixes whose sums reach a threshold, each with its tracked sources: one pass over
-/// the tracker, made only while some prefix is over.
+/// The prefixes whose sums reach a threshold, each with the sources that added to it and
+/// their figures (those the tracker still knows).
 fn prefix_members(
     prefixes: &PrefixRates,
     reaching: Vec<(IpNet, Rates)>,
     tracked: &RateTracker,
-) -> Vec<(IpNet, Vec<(IpAddr, Rates)>)> {
-    if reaching.is_empty() {
-        return Vec::new();
-    }
-    let mut members: HashMap<IpNet, Vec<(IpAddr, Rates)>> = reaching
+) -> Vec<PrefixCandidate> {
+    reaching
         .into_iter()
-        .map(|(prefix, _)| (prefix, Vec::new()))
-        .collect();
-    for (addr, rates) in tracked.iter() {
-        if let Some(sources) = prefixes.prefix_of(addr).and_then(|p| members.get_mut(&p)) {
-            sources.push((addr, rates));
-        }
-    }
-    members.into_iter().collect()
+        .map(|(prefix, sum)| PrefixCandidate {
+            prefix,
+            sum,
+            sources: prefixes
+                .members(prefix)
+                .filter_map(|addr| Some((addr, tracked.rates(addr)?)))
+                .collect(),
+        })
+        .collect()
 }
 
 /// A ban decided on a rate summed over the nodes says so: no single node saw it.

@@ -28,6 +28,8 @@ use ipnet::IpNet;
 
 mod prefix;
 
+pub use self::prefix::PrefixCandidate;
+
 pub use crate::policy_config::{
     Metric, PolicyConfig, AGGREGATE_IPV4_PREFIXES, AGGREGATE_IPV6_PREFIXES,
 };

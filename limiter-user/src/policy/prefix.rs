@@ -15,40 +15,58 @@ type Over = (IpNet, Violation, Vec<(IpAddr, Rates)>);
 /// At most this many contributors are named in a prefix-rate ban's reason.
 const CONTRIBUTORS_NAMED: usize = 8;
 
-/// The windowed figures the thresholds compare, summed over `sources`.
-fn summed(sources: &[(IpAddr, Rates)]) -> Rates {
-    let mut sum = Rates::default();
+/// A prefix whose sum reaches a threshold: the sum, and the sources known to have added to it.
+#[derive(Clone, Debug)]
+pub struct PrefixCandidate {
+    pub prefix: IpNet,
+    pub sum: Rates,
+    pub sources: Vec<(IpAddr, Rates)>,
+}
+
+/// The windowed figures the thresholds compare, `sum` less those of `sources`.
+fn without(mut sum: Rates, sources: &[(IpAddr, Rates)]) -> Rates {
     for (_, rates) in sources {
-        sum.new_connections_in_window += rates.new_connections_in_window;
-        sum.image_creates_last_minute += rates.image_creates_last_minute;
-        sum.image_creates_last_hour += rates.image_creates_last_hour;
-        sum.other_writes_last_minute += rates.other_writes_last_minute;
+        sum.new_connections_in_window = sum
+            .new_connections_in_window
+            .saturating_sub(rates.new_connections_in_window);
+        sum.image_creates_last_minute = sum
+            .image_creates_last_minute
+            .saturating_sub(rates.image_creates_last_minute);
+        sum.image_creates_last_hour = sum
+            .image_creates_last_hour
+            .saturating_sub(rates.image_creates_last_hour);
+        sum.other_writes_last_minute = sum
+            .other_writes_last_minute
+            .saturating_sub(rates.other_writes_last_minute);
     }
     sum
 }
 
 impl Policy {
-    /// Bans for the prefixes whose sources' summed rates reach a `[policy.prefix]`
-    /// threshold, in address order. Each candidate comes with its sources and their rates;
-    /// those already banned (covered by `current_bans`, which should hold this poll's host
-    /// bans too) are left out of the sum: a single offender is its own ban's business, and
-    /// its prefix is banned only if the rest of it floods too. A prefix covered by a ban in
-    /// force, or holding a never-ban address, is not banned.
+    /// Bans for the prefixes whose summed rates reach a `[policy.prefix]` threshold, in
+    /// address order. Each candidate comes with its sum and its known sources with their
+    /// rates; those already banned (covered by `current_bans`, which should hold this poll's
+    /// host bans too) are taken out of the sum: a single offender is its own ban's business,
+    /// and its prefix is banned only if the rest of it floods too. A prefix covered by a ban
+    /// in force, or holding a never-ban address, is not banned.
     pub fn evaluate_prefixes(
         &mut self,
         now: Duration,
-        candidates: impl IntoIterator<Item = (IpNet, Vec<(IpAddr, Rates)>)>,
+        candidates: impl IntoIterator<Item = PrefixCandidate>,
         never_ban: &NeverBan,
         current_bans: &PrefixSet,
     ) -> Vec<Decision> {
         let now_ms = millis(now);
         let mut over: Vec<Over> = candidates
             .into_iter()
-            .filter(|(prefix, _)| !current_bans.covers(prefix) && !never_ban.overlaps(prefix))
-            .filter_map(|(prefix, mut sources)| {
-                sources.retain(|(addr, _)| !current_bans.covers_addr(*addr));
-                let violation = self.worst_prefix_violation(&summed(&sources))?;
-                Some((prefix, violation, sources))
+            .filter(|c| !current_bans.covers(&c.prefix) && !never_ban.overlaps(&c.prefix))
+            .filter_map(|candidate| {
+                let (banned, unbanned): (Vec<_>, Vec<_>) = candidate
+                    .sources
+                    .into_iter()
+                    .partition(|(addr, _)| current_bans.covers_addr(*addr));
+                let violation = self.worst_prefix_violation(&without(candidate.sum, &banned))?;
+                Some((candidate.prefix, violation, unbanned))
             })
             .collect();
         over.sort_by_key(|(prefix, _, _)| *prefix);
@@ -161,7 +179,8 @@ mod tests {
     }
 
     /// `hosts` sources of `prefix` from .2 up, each creating `each` a minute.
-    fn spread(prefix: &str, hosts: u8, each: u64) -> Vec<(IpNet, Vec<(IpAddr, Rates)>)> {
+    /// `hosts` sources of `prefix` from .2 up, each creating `each` a minute.
+    fn spread(prefix: &str, hosts: u8, each: u64) -> Vec<PrefixCandidate> {
         let prefix = net(prefix);
         let IpAddr::V4(base) = prefix.network() else {
             unreachable!()
@@ -172,7 +191,11 @@ mod tests {
                 (IpAddr::from(addr), creating(each))
             })
             .collect();
-        vec![(prefix, sources)]
+        vec![PrefixCandidate {
+            prefix,
+            sum: creating(u64::from(hosts) * each),
+            sources,
+        }]
     }
 
     #[test]
@@ -231,8 +254,9 @@ mod tests {
         let mut policy = Policy::new(PolicyConfig::default());
         // One host did most of it and is banned; the other three together stay under 120.
         let mut candidates = spread("198.51.100.0/24", 4, 30);
-        candidates[0].1[0].1 = creating(200);
-        let banned: PrefixSet = [candidates[0].1[0].0].into_iter().collect();
+        candidates[0].sources[0].1 = creating(200);
+        candidates[0].sum = creating(200 + 3 * 30);
+        let banned: PrefixSet = [candidates[0].sources[0].0].into_iter().collect();
         assert!(policy
             .evaluate_prefixes(
                 Duration::from_secs(1),
