@@ -32,4 +32,5 @@ pub mod recommend;
 pub mod rules;
 pub mod store;
 pub mod text;
+mod time_text;
 pub mod tui;

@@ -245,7 +245,7 @@ pub struct SourceView {
     /// When `state` is `banned`, the end of the ban (`None`: until removed). RFC 3339 to the
     /// second on the wire; a time a reader cannot parse reads as `None`, so the row still
     /// shows, banned.
-    #[serde(default, with = "ban_end_text")]
+    #[serde(default, with = "crate::time_text::seconds_or_none")]
     pub banned_until: Option<SystemTime>,
     /// The trusted proxy its latest proxied request came through; absent when it has only
     /// come directly (and from daemons before the field).
@@ -273,29 +273,6 @@ pub struct RatesView {
     pub reads_per_second: f64,
     pub packets_per_second: f64,
     pub bytes_per_second: f64,
-}
-
-mod ban_end_text {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        time: &Option<SystemTime>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        match time {
-            Some(time) => serializer.collect_str(&humantime::format_rfc3339_seconds(*time)),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<SystemTime>, D::Error> {
-        let text = Option::<String>::deserialize(deserializer)?;
-        Ok(text.and_then(|text| humantime::parse_rfc3339_weak(&text).ok()))
-    }
 }
 
 impl RatesView {

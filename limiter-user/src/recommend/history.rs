@@ -30,7 +30,7 @@ const FORMAT_VERSION: u32 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Peak {
     pub value: f64,
-    #[serde(with = "humantime_serde_seconds")]
+    #[serde(with = "crate::time_text::seconds")]
     pub at: SystemTime,
 }
 
@@ -47,7 +47,7 @@ pub struct SourcePeaks {
 
 /// A time, RFC 3339 to the second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp(#[serde(with = "humantime_serde_seconds")] pub SystemTime);
+pub struct Stamp(#[serde(with = "crate::time_text::seconds")] pub SystemTime);
 
 #[derive(Serialize, Deserialize)]
 struct File {
@@ -220,22 +220,6 @@ fn notability(
         .filter_map(|(metric, value)| Some(value / f64::from(policy.threshold(metric)?.max(1))))
         .fold(0.0, f64::max);
     f64::from(u8::from(offender)) + worst.min(0.999)
-}
-
-/// RFC 3339 to the second, as the rules file writes times.
-mod humantime_serde_seconds {
-    use std::time::SystemTime;
-
-    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_rfc3339_seconds(*time))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
-    }
 }
 
 #[cfg(test)]
