@@ -6,6 +6,11 @@ use std::time::SystemTime;
 
 use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 
+/// `time` as this module writes it.
+pub fn to_seconds(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 /// `#[serde(with = "time_text::seconds")]` for a `SystemTime`.
 pub mod seconds {
     use super::*;

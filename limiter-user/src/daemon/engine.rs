@@ -30,7 +30,7 @@ use crate::{
     },
     loader::{AttachMode, Limiter, LoaderError},
     metrics::{ActiveRules, ByOrigin, Snapshot, StoreTrouble, Unbans},
-    policy::{Decision, Metric, NeverBan, Policy, PrefixCandidate},
+    policy::{Decision, NeverBan, Policy, PrefixCandidate},
     prefix_rates::PrefixRates,
     prefixes::PrefixSet,
     proxy::load::{ProxyLoads, ProxyRow},
@@ -38,6 +38,7 @@ use crate::{
     recommend::{self, PeakHistory},
     rules::{self, Action, KernelRule, Scope},
     store::{Change, Origin, RuleStore, StoreError, StoredRule},
+    time_text::to_seconds as rfc3339,
 };
 
 use super::{
@@ -261,7 +262,8 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         self.limiter.for_each_source(&mut |row| {
             rows_read += 1;
             // A row read twice (where two parts of the read meet) is the later reading.
-            if proxied::is_proxy_row(&row) {
+            let proxy = proxied::is_proxy_row(&row);
+            if proxy {
                 let relayed = relays.get(&row.addr);
                 proxy_rows.insert(row.addr, proxied::proxy_row(&row, relayed, previous));
             }
@@ -277,7 +279,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 prefixes.add(row.addr, &increase);
             }
             // Trusted proxies carry everyone's connections: no measure of one client.
-            if !proxied::is_proxy_row(&row) {
+            if !proxy {
                 peaks.observe(row.addr, &figures, wall, policy.config());
             }
             if policy.reaches_a_threshold(&figures) {
@@ -770,12 +772,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 return (SourceState::Banned, until);
             }
             let over = self.would_ban.iter().any(|(net, _)| net.contains(&address))
-                || Metric::THRESHOLDED.iter().any(|m| {
-                    self.policy
-                        .config()
-                        .threshold(*m)
-                        .is_some_and(|t| m.reached(rates, t))
-                });
+                || self.policy.reaches_a_threshold(rates);
             if over {
                 (SourceState::OverThreshold, None)
             } else {
@@ -1192,8 +1189,4 @@ fn totals(counts: &Counts) -> Totals {
         other_write: counts.other_write,
         read: counts.read,
     }
-}
-
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
 }

@@ -10,12 +10,12 @@
 
 pub mod history;
 
-use std::{net::IpAddr, time::SystemTime};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::history::{PeakHistory, HISTORY_FILE};
-use crate::{metric::Metric, policy_config::PolicyConfig};
+use crate::{metric::Metric, policy_config::PolicyConfig, time_text::to_seconds as rfc3339};
 
 /// The default percentile of legitimate peaks a proposal starts from.
 pub const DEFAULT_PERCENTILE: f64 = 99.0;
@@ -199,13 +199,9 @@ fn nearest_rank(values: &[f64], percentile: f64) -> Option<f64> {
     Some(values[rank.clamp(1, values.len()) - 1])
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     use super::*;
     use crate::rates::Rates;
