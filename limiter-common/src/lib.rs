@@ -26,7 +26,10 @@ pub const CONFIG_MAP: &str = "CONFIG";
 pub const PROXY_PROGRAM_NAME: &str = "glance_limiter_proxy";
 /// The program the proxy program hands a request with a known client to (a tail call).
 pub const CLIENT_PROGRAM_NAME: &str = "glance_limiter_client";
-/// The tail-call slot array holding both (slot 0: proxy, 1: client).
+/// The program the XDP entry point hands a direct client's image create over budget to, and
+/// the segments of connections refused so (a tail call).
+pub const REFUSE_PROGRAM_NAME: &str = "glance_limiter_refuse";
+/// The tail-call slot array holding them (slot 0: proxy, 1: client, 2: refuse).
 pub const PROXY_PROGRAMS_MAP: &str = "PROXY_PROGRAMS";
 /// The program that reports the kernel's clock (jiffies) through a test run.
 pub const CLOCK_PROBE_NAME: &str = "clock_probe";
@@ -41,6 +44,13 @@ pub const PROXY_CONNS_MAP: &str = "PROXY_CONNS";
 pub const PATH_PREFIXES_MAP: &str = "PATH_PREFIXES";
 /// Single-entry array holding the [`RejectTemplate`].
 pub const REJECT_MAP: &str = "REJECT_TEMPLATE";
+/// [`BudgetConfig`]: the image-create budget (single entry).
+pub const BUDGET_CONFIG_MAP: &str = "BUDGET_CONFIG";
+/// Source → [`SourceBudget`].
+pub const BUDGETS_MAP: &str = "BUDGETS";
+/// Sources with a budget entry. Only sources that create images get one; an entry evicted
+/// starts again with a whole budget, as a new source does.
+pub const BUDGETS_CAPACITY: u32 = 65_536;
 
 /// Default bound of the per-source table; userspace may change it at load time.
 pub const DEFAULT_SOURCE_CAPACITY: u32 = 65_536;
@@ -148,6 +158,11 @@ pub const SOURCE_VERDICT_PASS: u32 = 0;
 pub const SOURCE_VERDICT_ALLOWED: u32 = 0b010;
 /// Dropped: a block rule is in force and nothing exempts the source.
 pub const SOURCE_VERDICT_BLOCKED: u32 = 0b100;
+/// [`SourceStats::flags`]: a create of this (direct) source was refused over its budget, and
+/// the connection it came on is in [`PROXY_CONNS_MAP`]: its segments are looked up there,
+/// the next one on that connection becomes the reset that closes Glance's socket. Kept when
+/// the cached verdict is read again; other sources never pay the lookup.
+pub const SOURCE_REJECTED_CONNS: u32 = 0b1000;
 
 /// Bytes of a row of the layout before [`SourceStats`]: [`SourceRowV1`].
 pub const SOURCE_ROW_V1_BYTES: u32 = 128;
@@ -256,9 +271,44 @@ pub const CONN_PROXY_CLIENT: u32 = 1;
 /// The connection began with a PROXY protocol header that names no client (`LOCAL`,
 /// `UNKNOWN`, another family): its requests are unattributed.
 pub const CONN_PROXY_NO_CLIENT: u32 = 2;
-/// A request on it was answered with the rejection response in Glance's place: the proxy's
-/// next segment is turned into a reset for Glance's socket.
+/// A request on it was answered with the rejection response in Glance's place: the peer's
+/// next segment is turned into a reset for Glance's socket. (Set for a trusted proxy's
+/// connection, and for a direct client's refused over its image-create budget; the key's
+/// `proxy` fields are then the client's.)
 pub const CONN_REJECTED: u32 = 4;
+
+/// The image-create budget every source gets in the kernel (single-entry array
+/// [`BUDGET_CONFIG_MAP`]): a generic cell rate algorithm (a token bucket kept as one
+/// "theoretical arrival time" per source). Times are in [`BUDGET_TIME_SHIFT`]-fixed-point
+/// jiffies, so that a rate of several creates per jiffy keeps its precision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BudgetConfig {
+    /// Time one create uses up: the window over the budget (fixed-point jiffies).
+    pub interval: u64,
+    /// How far ahead of now a source's arrival time may run: `(burst - 1) * interval`.
+    pub tolerance: u64,
+    /// `BUDGET_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// [`BudgetConfig::flags`]: refuse a create over budget (enforce mode). Clear, a create over
+/// budget is only counted (monitor mode: what would have been refused).
+pub const BUDGET_ENFORCE: u32 = 1;
+/// Bits of fraction in the budget's times: `jiffies << BUDGET_TIME_SHIFT`.
+pub const BUDGET_TIME_SHIFT: u32 = 16;
+
+/// One source's image-create budget (table [`BUDGETS_MAP`], entered at its first create while
+/// budgets are on).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceBudget {
+    /// When the source's budget is whole again (fixed-point jiffies, see [`BudgetConfig`]).
+    pub arrival: u64,
+    /// Creates over budget: refused in enforce mode, only counted in monitor mode.
+    pub over: u64,
+}
 
 /// A URL path prefix (`/image`), the first `len` bytes of `words` in memory order.
 #[repr(C)]
@@ -339,6 +389,8 @@ pub const CONFIG_ANY_PORT_RULES: u32 = 1;
 pub const CONFIG_TRUSTED_PROXIES: u32 = 2;
 /// Trusted proxies name the client in `Forwarded: for=` (RFC 7239); clear: `X-Forwarded-For`.
 pub const CONFIG_FORWARDED_HEADER: u32 = 4;
+/// Image creates are held to [`BUDGET_CONFIG_MAP`]'s budget.
+pub const CONFIG_IMAGE_CREATE_BUDGET: u32 = 8;
 
 /// Indices of the global per-CPU counters. Every packet increments exactly one verdict counter
 /// (`Pass*` or `Drop*`); `SourceNew` and `SourceInsertFailed` count events on top of that.
@@ -388,10 +440,22 @@ pub enum Counter {
     UnattributedRequest = 18,
     /// Event: a PROXY protocol header (v1 or v2) read at the start of a connection.
     ProxyHeader = 19,
+    /// An image create over its source's budget, answered in Glance's place (direct or
+    /// through a trusted proxy; Glance never sees the request).
+    RejectOverBudget = 20,
+    /// A direct client's segment on a connection refused over budget, turned into a reset
+    /// that closes Glance's socket.
+    ResetOverBudget = 21,
+    /// An image create over budget, or a segment on a connection refused over budget, that
+    /// could not be rewritten (IP options, extension headers): dropped.
+    DropOverBudget = 22,
+    /// Event: in monitor mode, an image create over budget (passed: what enforce mode would
+    /// have refused).
+    OverBudgetObserved = 23,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 24;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::PassProtected,
@@ -414,6 +478,10 @@ impl Counter {
         Counter::ProxiedRequest,
         Counter::UnattributedRequest,
         Counter::ProxyHeader,
+        Counter::RejectOverBudget,
+        Counter::ResetOverBudget,
+        Counter::DropOverBudget,
+        Counter::OverBudgetObserved,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics labels.
@@ -439,6 +507,10 @@ impl Counter {
             Counter::ProxiedRequest => "proxied_request",
             Counter::UnattributedRequest => "unattributed_request",
             Counter::ProxyHeader => "proxy_header",
+            Counter::RejectOverBudget => "reject_over_budget",
+            Counter::ResetOverBudget => "reset_over_budget",
+            Counter::DropOverBudget => "drop_over_budget",
+            Counter::OverBudgetObserved => "over_budget_observed",
         }
     }
 
@@ -451,6 +523,7 @@ impl Counter {
                 | Counter::ProxiedRequest
                 | Counter::UnattributedRequest
                 | Counter::ProxyHeader
+                | Counter::OverBudgetObserved
         )
     }
 }
@@ -473,6 +546,8 @@ mod user {
     unsafe impl aya::Pod for ConnState {}
     unsafe impl aya::Pod for PathPrefix {}
     unsafe impl aya::Pod for RejectTemplate {}
+    unsafe impl aya::Pod for BudgetConfig {}
+    unsafe impl aya::Pod for SourceBudget {}
 }
 
 #[cfg(test)]
@@ -495,6 +570,8 @@ mod tests {
         assert_eq!(size_of::<BlockRule>(), 16);
         assert_eq!(size_of::<AllowRule>(), 8);
         assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<BudgetConfig>(), 24);
+        assert_eq!(size_of::<SourceBudget>(), 16);
     }
 
     #[test]

@@ -5,9 +5,10 @@
 use core::mem::size_of;
 
 use crate::{
-    AllowRule, BlockRule, Config, ConnKey, ConnState, Counter, PathPrefix, ProxyRelays,
-    RejectTemplate, SourceAddr, SourceStats, TrustedProxy, ALLOW_MAP, BLOCK_MAP, CLIENT_VIA_MAP,
-    CONFIG_MAP, COUNTERS_MAP, MAX_PATH_PREFIXES, PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS,
+    AllowRule, BlockRule, BudgetConfig, Config, ConnKey, ConnState, Counter, PathPrefix,
+    ProxyRelays, RejectTemplate, SourceAddr, SourceBudget, SourceStats, TrustedProxy, ALLOW_MAP,
+    BLOCK_MAP, BUDGETS_CAPACITY, BUDGETS_MAP, BUDGET_CONFIG_MAP, CLIENT_VIA_MAP, CONFIG_MAP,
+    COUNTERS_MAP, MAX_PATH_PREFIXES, PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS,
     PROXY_CONNS_MAP, PROXY_CONN_CAPACITY, PROXY_RELAYS_CAPACITY, PROXY_RELAYS_MAP, REJECT_MAP,
     RULE_CAPACITY, SOURCES_MAP, TRUSTED_PROXIES_MAP,
 };
@@ -60,7 +61,7 @@ const fn bytes<T>() -> u32 {
 /// nor what is known of proxies' backend connections. (`LAST_DROP`, the program's per-CPU
 /// one-entry cache of its last drop, and `TEXT_WINDOW`, its scratch space, are not: the first
 /// is checked against the rules generation on every use, the second rewritten before use.)
-pub const PINNED_MAP_SPECS: [MapSpec; 12] = [
+pub const PINNED_MAP_SPECS: [MapSpec; 14] = [
     MapSpec {
         name: SOURCES_MAP,
         kind: MapKind::LruHash,
@@ -144,6 +145,20 @@ pub const PINNED_MAP_SPECS: [MapSpec; 12] = [
         key_bytes: 4,
         value_bytes: bytes::<RejectTemplate>(),
         capacity: Capacity::Fixed(1),
+    },
+    MapSpec {
+        name: BUDGET_CONFIG_MAP,
+        kind: MapKind::Array,
+        key_bytes: 4,
+        value_bytes: bytes::<BudgetConfig>(),
+        capacity: Capacity::Fixed(1),
+    },
+    MapSpec {
+        name: BUDGETS_MAP,
+        kind: MapKind::LruHash,
+        key_bytes: bytes::<SourceAddr>(),
+        value_bytes: bytes::<SourceBudget>(),
+        capacity: Capacity::Fixed(BUDGETS_CAPACITY),
     },
 ];
 

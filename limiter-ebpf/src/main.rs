@@ -12,8 +12,11 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod budget;
+mod conns;
 mod headers;
 mod http;
+mod over_budget;
 mod packet;
 mod parse;
 mod proxy;
@@ -34,12 +37,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use limiter_common::{
-    Config, Counter, SourceAddr, SourceStats, CONFIG_ANY_PORT_RULES, CONFIG_TRUSTED_PROXIES,
-    DEFAULT_SOURCE_CAPACITY, NEVER, PORT_BITMAP_WORDS, SOURCE_TRUSTED_PROXY,
-    SOURCE_VERDICT_ALLOWED, SOURCE_VERDICT_BLOCKED, SOURCE_VERDICT_MASK, SOURCE_VERDICT_PASS,
+    Config, Counter, SourceAddr, SourceStats, CONFIG_ANY_PORT_RULES, CONFIG_IMAGE_CREATE_BUDGET,
+    CONFIG_TRUSTED_PROXIES, DEFAULT_SOURCE_CAPACITY, NEVER, PORT_BITMAP_WORDS,
+    SOURCE_REJECTED_CONNS, SOURCE_TRUSTED_PROXY, SOURCE_VERDICT_ALLOWED, SOURCE_VERDICT_BLOCKED,
+    SOURCE_VERDICT_MASK, SOURCE_VERDICT_PASS,
 };
 
 use crate::{
+    budget::Admission,
     http::RequestClass,
     parse::{Network, IPPROTO_TCP},
     rules::Verdict,
@@ -65,8 +70,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 /// main program can reach it.
 /// Slot 1: `glance_limiter_client`, which the proxy program hands a request with a known
 /// client to, for the same reason.
+/// Slot 2: `glance_limiter_refuse`, which refuses a direct client's image create over its
+/// budget (see `over_budget`).
 #[map]
-static PROXY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static PROXY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 
 pub const PROXY_SLOT: u32 = 0;
 pub const CLIENT_SLOT: u32 = 1;
@@ -120,6 +127,18 @@ pub fn glance_limiter_proxy(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn glance_limiter_client(ctx: XdpContext) -> u32 {
     let (action, counter) = match process_proxied(&ctx, proxy::client_request) {
+        Ok(verdict) => verdict,
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+    };
+    count(counter);
+    action
+}
+
+/// A direct client's image create over its budget, or a segment on a connection refused so,
+/// handed over by `glance_limiter`.
+#[xdp]
+pub fn glance_limiter_refuse(ctx: XdpContext) -> u32 {
+    let (action, counter) = match process_proxied(&ctx, over_budget::finish) {
         Ok(verdict) => verdict,
         Err(reason) => (xdp_action::XDP_PASS, reason),
     };
@@ -236,12 +255,25 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         }
         return Ok((xdp_action::XDP_PASS, counter));
     }
+    if source.verdict.flags & SOURCE_REJECTED_CONNS != 0 {
+        if let Some(verdict) = over_budget::on_refused_connection(ctx, &net, &tcp) {
+            return Ok(verdict);
+        }
+    }
     let class = if tcp.payload_len > 0 {
         http::classify(ctx, tcp.payload_offset, tcp.payload_len, path_prefixes)
     } else {
         None
     };
     source.count(&net.src, generation, class, frame_bytes, now);
+    if config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0
+        && matches!(class, Some(RequestClass::ImageCreate))
+    {
+        // Counted above all the same: the daemon's rates are of what a source attempts.
+        if let Admission::Refuse { next_at } = budget::charge(&net.src, now) {
+            return Ok(over_budget::refuse(ctx, next_at));
+        }
+    }
     Ok((xdp_action::XDP_PASS, counter))
 }
 
@@ -365,7 +397,9 @@ unsafe fn cached_verdict(
     if (*stats).rules_generation == generation as u32 && now < (*stats).verdict_until {
         return Verdict::cached((*stats).flags, (*stats).verdict_until);
     }
-    let verdict = read_verdict(src, config_flags);
+    let mut verdict = read_verdict(src, config_flags);
+    // Not the rules' to clear: it says where to look for this source's refused connections.
+    verdict.flags |= (*stats).flags & SOURCE_REJECTED_CONNS;
     let (flags, until) = verdict.to_cache(now);
     // Volatile, so the generation is stored last and a reader that sees it also sees the
     // deadline (x86 keeps store order; on weaker CPUs a racing reader may use the old

@@ -17,27 +17,20 @@ use aya_ebpf::{
 };
 use limiter_common::{
     client_addr::HeaderKind, ConnKey, ConnState, Counter, ProxyRelays, SourceAddr,
-    CONFIG_FORWARDED_HEADER, CONN_PROXY_CLIENT, CONN_PROXY_NO_CLIENT, CONN_REJECTED,
-    DEFAULT_SOURCE_CAPACITY, PROXY_CONN_CAPACITY, PROXY_RELAYS_CAPACITY, SOURCE_TRUSTED_PROXY,
+    CONFIG_FORWARDED_HEADER, CONFIG_IMAGE_CREATE_BUDGET, CONN_PROXY_CLIENT, CONN_PROXY_NO_CLIENT,
+    CONN_REJECTED, DEFAULT_SOURCE_CAPACITY, PROXY_RELAYS_CAPACITY, SOURCE_TRUSTED_PROXY,
 };
 
 use crate::{
-    add, headers,
+    add,
+    budget::{self, Admission},
+    conns::{self, PROXY_CONNS},
+    headers,
     http::{self, RequestClass},
-    packet::header,
-    parse::{self, Network, Tcp, TCP_FLAG_FIN, TCP_FLAG_RST},
+    parse::{Network, Tcp, TCP_FLAG_FIN, TCP_FLAG_RST},
     proxy_protocol::{self, Named},
-    reject,
-    rules::Verdict,
-    Source,
+    reject, Source,
 };
-
-/// Backend connections the program keeps state for: those that began with a PROXY header,
-/// and those whose request was answered in Glance's place. Others need no state: their
-/// requests carry their client in a header.
-#[map]
-static PROXY_CONNS: LruHashMap<ConnKey, ConnState> =
-    LruHashMap::with_max_entries(PROXY_CONN_CAPACITY, 0);
 
 /// Client → the trusted proxy that carried its latest request; userspace sizes it as the
 /// per-source table.
@@ -103,7 +96,7 @@ pub fn forget_layout(net: &Network, tcp: &Tcp) -> Option<(Network, Tcp)> {
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter)> {
     let passed = None;
-    let Some(key) = conn_key(ctx, packet.net) else {
+    let Some(key) = conns::key(ctx, packet.net) else {
         return passed;
     };
     let tcp = packet.tcp;
@@ -242,14 +235,20 @@ pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter
         1 => RequestClass::OtherWrite,
         _ => RequestClass::Read,
     };
-    let key = conn_key(ctx, packet.net)?;
+    let key = conns::key(ctx, packet.net)?;
     let source = Source::read(&client, packet.generation, packet.config_flags, packet.now);
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // A proxy naming another trusted proxy names no client.
         return unattributed(&packet.net.src, passed);
     }
     if source.verdict.pass_counter(packet.now).is_none() {
-        return refuse(ctx, packet, &key, &source.verdict);
+        return refuse(
+            ctx,
+            packet,
+            &key,
+            source.verdict.blocked_until,
+            Counter::RejectProxied,
+        );
     }
     count_relay(&packet.net.src, Relay::Proxied);
     crate::count(Counter::ProxiedRequest);
@@ -261,6 +260,13 @@ pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter
         packet.now,
     );
     remember_via(&client, &packet.net.src);
+    if matches!(class, RequestClass::ImageCreate)
+        && packet.config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0
+    {
+        if let Admission::Refuse { next_at } = budget::charge(&client, packet.now) {
+            return refuse(ctx, packet, &key, next_at, Counter::RejectOverBudget);
+        }
+    }
     passed
 }
 
@@ -326,23 +332,19 @@ fn remember_via(client: &SourceAddr, proxy: &SourceAddr) {
     let _ = CLIENT_VIA.insert(client, proxy, 0);
 }
 
-/// Answers a banned client's request in Glance's place and remembers to reset Glance's side
-/// of the connection (what else was known of it no longer matters: the next segment ends it).
+/// Answers a refused client's request in Glance's place (`Retry-After` until `until`,
+/// jiffies) and remembers to reset Glance's side of the connection (what else was known of it
+/// no longer matters: the next segment ends it).
 #[inline(always)]
 fn refuse(
     ctx: &XdpContext,
     packet: &Packet,
     key: &ConnKey,
-    verdict: &Verdict,
+    until: u64,
+    answered: Counter,
 ) -> Option<(u32, Counter)> {
     Some(
-        match reject::answer(
-            ctx,
-            packet.net,
-            packet.tcp.payload_len,
-            verdict.blocked_until,
-            packet.now,
-        ) {
+        match reject::answer(ctx, packet.net, packet.tcp.payload_len, until, packet.now) {
             Some(reset_seq) => {
                 let rejected = ConnState {
                     flags: CONN_REJECTED,
@@ -350,22 +352,9 @@ fn refuse(
                     ..ConnState::default()
                 };
                 let _ = PROXY_CONNS.insert(key, rejected, 0);
-                (xdp_action::XDP_TX, Counter::RejectProxied)
+                (xdp_action::XDP_TX, answered)
             }
             None => (xdp_action::XDP_DROP, Counter::DropProxied),
         },
     )
-}
-
-/// The connection's key: proxy address and port, local address and port.
-#[inline(always)]
-fn conn_key(ctx: &XdpContext, net: &Network) -> Option<ConnKey> {
-    let ports = header::<4>(ctx, net.l4_offset)?;
-    Some(ConnKey {
-        proxy: net.src,
-        local: parse::destination(ctx, net)?,
-        proxy_port: ports.raw16(0),
-        local_port: ports.raw16(2),
-        _pad: 0,
-    })
 }

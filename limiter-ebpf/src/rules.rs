@@ -56,6 +56,14 @@ pub fn lookup(src: &SourceAddr) -> Verdict {
     }
 }
 
+/// Whether an allow rule covers `src` now (whether or not a block does).
+#[inline(always)]
+pub fn allowed(src: &SourceAddr, now: u64) -> bool {
+    let mut key = MaybeUninit::uninit();
+    TrieKey::write_host(&mut key, src);
+    trie_lookup(&ALLOW_RULES, &key).is_some_and(|a| now < a.until)
+}
+
 /// Whether an "all ports" block covers `src` now, and no allow rule exempts it.
 #[inline(always)]
 pub fn blocked_on_any_port(src: &SourceAddr, now: u64) -> bool {

@@ -7,6 +7,7 @@
 //!   the domain and what the kernel stores.
 //! - [`store`] keeps every rule on disk, written atomically before a change returns.
 
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -29,6 +29,9 @@ pub struct PolicyConfig {
     /// Image creates in the last 3600 s.
     #[serde(with = "threshold_text")]
     pub image_creates_per_hour: Option<u32>,
+    /// Hold every source to `image_creates_per_minute` in the kernel itself: the create past
+    /// the budget is refused at once (429), not at the next poll (see `crate::budget`).
+    pub image_create_budget: bool,
     /// Other writes (other POST, PUT, PATCH, DELETE) in the last 60 s.
     #[serde(with = "threshold_text")]
     pub other_writes_per_minute: Option<u32>,
@@ -108,6 +111,7 @@ impl Default for PolicyConfig {
             new_connections_per_second: Some(50),
             image_creates_per_minute: Some(60),
             image_creates_per_hour: Some(600),
+            image_create_budget: true,
             other_writes_per_minute: Some(300),
             ban_ttl: Duration::from_secs(10 * 60),
             ban_ttl_factor: 2.0,

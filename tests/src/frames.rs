@@ -310,3 +310,34 @@ fn checksum(header: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// Asserts that `frame`'s IP header checksum (IPv4) and TCP checksum are right: what the
+/// program rewrote must be a segment the peer's stack accepts. Ethernet without VLAN tags,
+/// IP without options.
+pub fn assert_checksums(frame: &[u8]) {
+    let sum = |bytes: &[u8], start: u32| {
+        let mut s = start;
+        for pair in bytes.chunks(2) {
+            s += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s
+    };
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let (pseudo, tcp) = if ethertype == 0x0800 {
+        let ip = &frame[14..34];
+        assert_eq!(sum(ip, 0), 0xffff, "IPv4 header checksum");
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let tcp = &frame[34..14 + total];
+        let pseudo = sum(&ip[12..20], 6 + tcp.len() as u32);
+        (pseudo, tcp)
+    } else {
+        let ip = &frame[14..54];
+        let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+        let tcp = &frame[54..54 + len];
+        (sum(&ip[8..40], 6 + tcp.len() as u32), tcp)
+    };
+    assert_eq!(sum(tcp, pseudo), 0xffff, "TCP checksum");
+}

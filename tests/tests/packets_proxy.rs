@@ -13,7 +13,7 @@ use std::{
 use ipnet::IpNet;
 use limiter_common::{Counter, SourceStats};
 use limiter_tests::{
-    frames::{Packet, ACK, FIN, PSH, SYN},
+    frames::{self, Packet, ACK, FIN, PSH, SYN},
     require_kernel,
 };
 use limiter_user::{
@@ -546,7 +546,7 @@ fn a_banned_clients_request_is_answered_429_and_glances_socket_reset() {
         .expect("seconds");
     assert!((590..=600).contains(&retry), "Retry-After {retry}");
     assert!(text.contains("Connection: close\r\n"));
-    assert_checksums(&reply);
+    frames::assert_checksums(&reply);
     assert!(
         rig.row(CLIENT).is_none(),
         "a banned client's request counts nothing"
@@ -560,7 +560,7 @@ fn a_banned_clients_request_is_answered_429_and_glances_socket_reset() {
     assert_eq!(reset.len(), 14 + 20 + 20);
     assert_eq!(reset[tcp_at + 13], 0x04, "RST");
     assert_eq!(be32(&reset, tcp_at + 4), be32(&request, tcp_at + 4));
-    assert_checksums(&reset);
+    frames::assert_checksums(&reset);
     // Then the connection is forgotten: what follows passes untouched.
     rig.check(&next.build(), Verdict::Pass, &[PassProtected]);
     // Another client on the same proxy is served.
@@ -582,7 +582,7 @@ fn a_banned_ipv6_client_through_an_ipv6_proxy_is_answered_too() {
     assert_eq!(&reply[14 + 8..14 + 24], &request[14 + 24..14 + 40]);
     let text = String::from_utf8_lossy(&reply[14 + 40 + 20..]).to_string();
     assert!(text.starts_with("HTTP/1.1 429 "), "{text}");
-    assert_checksums(&reply);
+    frames::assert_checksums(&reply);
 }
 
 #[test]
@@ -618,34 +618,6 @@ fn path_prefixes_make_prefixed_creates_image_creates() {
 }
 
 /// Checks the IPv4 header checksum (if IPv4) and the TCP checksum of an untagged frame.
-fn assert_checksums(frame: &[u8]) {
-    let sum = |bytes: &[u8], start: u32| {
-        let mut s = start;
-        for pair in bytes.chunks(2) {
-            s += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        s
-    };
-    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-    let (pseudo, tcp) = if ethertype == 0x0800 {
-        let ip = &frame[14..34];
-        assert_eq!(sum(ip, 0), 0xffff, "IPv4 header checksum");
-        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        let tcp = &frame[34..14 + total];
-        let pseudo = sum(&ip[12..20], 6 + tcp.len() as u32);
-        (pseudo, tcp)
-    } else {
-        let ip = &frame[14..54];
-        let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-        let tcp = &frame[54..54 + len];
-        (sum(&ip[8..40], 6 + tcp.len() as u32), tcp)
-    };
-    assert_eq!(sum(tcp, pseudo), 0xffff, "TCP checksum");
-}
-
 #[test]
 fn untrusted_sources_go_nowhere_near_the_proxy_path() {
     require_kernel!();

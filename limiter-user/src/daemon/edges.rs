@@ -10,7 +10,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use limiter_common::ProxyRelays;
+use limiter_common::{BudgetConfig, ProxyRelays};
 
 use crate::{
     clock::KernelClock,
@@ -39,6 +39,9 @@ pub trait Kernel {
     fn set_path_prefixes(&mut self, prefixes: &[String]) -> Result<(), LoaderError>;
     fn set_client_header(&mut self, header: ClientHeader) -> Result<(), LoaderError>;
     fn set_trusted_proxies(&mut self, proxies: &[ipnet::IpNet]) -> Result<(), LoaderError>;
+    fn set_image_create_budget(&mut self, budget: Option<BudgetConfig>) -> Result<(), LoaderError>;
+    /// Sources that went over their image-create budget → creates over it.
+    fn over_budget(&self) -> Result<HashMap<IpAddr, u64>, LoaderError>;
     /// Makes the kernel's tries hold exactly `rules`.
     fn apply_rules(&mut self, rules: &CompiledRules) -> Result<(), LoaderError>;
 
@@ -90,6 +93,14 @@ impl Kernel for Limiter {
 
     fn set_trusted_proxies(&mut self, proxies: &[ipnet::IpNet]) -> Result<(), LoaderError> {
         Limiter::set_trusted_proxies(self, proxies)
+    }
+
+    fn set_image_create_budget(&mut self, budget: Option<BudgetConfig>) -> Result<(), LoaderError> {
+        Limiter::set_image_create_budget(self, budget)
+    }
+
+    fn over_budget(&self) -> Result<HashMap<IpAddr, u64>, LoaderError> {
+        Limiter::over_budget(self)
     }
 
     fn apply_rules(&mut self, rules: &CompiledRules) -> Result<(), LoaderError> {

@@ -14,6 +14,7 @@ use limiter_common::Counter;
 use tracing::{debug, info, warn};
 
 use crate::{
+    budget::ImageCreateBudget,
     cluster::{
         self,
         summary::{self, Summary},
@@ -172,6 +173,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             PrefixRates::for_policy(&engine.config.policy, engine.config.rate_tracker_capacity());
         engine.limiter.set_protected_ports(&engine.config.ports)?;
         engine.configure_proxies()?;
+        engine.configure_budget()?;
         engine.sync_kernel()?;
         Ok(engine)
     }
@@ -475,6 +477,21 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             .set_client_header(self.config.client_address_header)?;
         self.limiter
             .set_trusted_proxies(self.config.trusted_proxies.entries())?;
+        Ok(())
+    }
+
+    /// The image-create budget the kernel holds every source to: the policy's per-minute
+    /// threshold, refused over in enforce mode, counted only in monitor mode.
+    fn configure_budget(&mut self) -> Result<(), EngineError> {
+        let policy = &self.config.policy;
+        let budget = ImageCreateBudget::of_policy(
+            policy.image_creates_per_minute,
+            policy.image_create_budget,
+            self.config.mode == Mode::Enforce,
+        );
+        let hz = self.limiter.clock()?.hz;
+        self.limiter
+            .set_image_create_budget(budget.map(|b| b.kernel_config(hz)))?;
         Ok(())
     }
 

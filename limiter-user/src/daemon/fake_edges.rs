@@ -12,7 +12,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use limiter_common::{ProxyRelays, SourceStats};
+use limiter_common::{BudgetConfig, ProxyRelays, SourceStats};
 
 use super::edges::{Host, Kernel};
 use crate::{
@@ -39,6 +39,10 @@ pub struct World {
     pub rule_writes: usize,
     pub ports: Vec<u16>,
     pub trusted_proxies: Vec<IpNet>,
+    /// The image-create budget the engine set.
+    pub budget: Option<BudgetConfig>,
+    /// What a test says sources spent over their budget.
+    pub over_budget: HashMap<IpAddr, u64>,
     pub attached: Vec<(String, u32)>,
     /// Makes every call fail, as a kernel that refuses the program's maps would.
     pub failing: bool,
@@ -216,6 +220,17 @@ impl Kernel for FakeEdges {
         self.world().check()?;
         self.world_mut().trusted_proxies = proxies.to_vec();
         Ok(())
+    }
+
+    fn set_image_create_budget(&mut self, budget: Option<BudgetConfig>) -> Result<(), LoaderError> {
+        self.world().check()?;
+        self.world_mut().budget = budget;
+        Ok(())
+    }
+
+    fn over_budget(&self) -> Result<HashMap<IpAddr, u64>, LoaderError> {
+        self.world().check()?;
+        Ok(self.world().over_budget.clone())
     }
 
     fn apply_rules(&mut self, rules: &CompiledRules) -> Result<(), LoaderError> {

@@ -288,7 +288,7 @@ pub(super) fn read_proxy_relays(
 
 /// Every entry of the hash map `name`, keyed by a source address, as address → `convert`ed
 /// value.
-fn read_by_address<V: Pod + Send, T>(
+pub(super) fn read_by_address<V: Pod + Send, T>(
     ebpf: &Ebpf,
     name: &'static str,
     convert: impl Fn(V) -> T,

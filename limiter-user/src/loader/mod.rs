@@ -2,6 +2,7 @@
 //! and hands out typed views of its maps. Nothing outside this module touches raw map bytes.
 
 mod batch;
+mod budget;
 mod maps;
 mod migrate;
 mod pins;
@@ -25,7 +26,7 @@ use std::{
 
 use limiter_common::{
     ProxyRelays, CLIENT_PROGRAM_NAME, CLIENT_VIA_MAP, CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY,
-    PROGRAM_NAME, PROXY_PROGRAMS_MAP, PROXY_PROGRAM_NAME, SOURCES_MAP,
+    PROGRAM_NAME, PROXY_PROGRAMS_MAP, PROXY_PROGRAM_NAME, REFUSE_PROGRAM_NAME, SOURCES_MAP,
 };
 use tracing::{info, warn};
 
@@ -179,6 +180,7 @@ impl Limiter {
             CLOCK_PROBE_NAME,
             PROXY_PROGRAM_NAME,
             CLIENT_PROGRAM_NAME,
+            REFUSE_PROGRAM_NAME,
         ] {
             program_mut(&mut ebpf, name)?
                 .load()
@@ -489,7 +491,8 @@ impl Baseline {
 /// daemon's program has its own slot array, filled here.
 fn fill_proxy_slots(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
     let mut fds = Vec::new();
-    for name in [PROXY_PROGRAM_NAME, CLIENT_PROGRAM_NAME] {
+    // In slot order: the program's `PROXY_SLOT`, `CLIENT_SLOT`, `REFUSE_SLOT`.
+    for name in [PROXY_PROGRAM_NAME, CLIENT_PROGRAM_NAME, REFUSE_PROGRAM_NAME] {
         let fd = program(ebpf, name)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(ProgramError::IOError))

@@ -145,6 +145,9 @@ enum KernelFamily {
     /// A trusted proxy's request, by whether its client could be read.
     ProxyRequests(&'static str),
     ProxyHeaders,
+    /// An image create over its source's budget (or a segment after one), by what the
+    /// program did: answered with 429, the reset that followed, or only counted (monitor).
+    OverBudget(&'static str),
 }
 
 /// Every counter has a place: a new `Counter` variant does not compile until it gets one.
@@ -171,6 +174,10 @@ fn kernel_family(counter: Counter) -> KernelFamily {
         Counter::ProxiedRequest => ProxyRequests("client"),
         Counter::UnattributedRequest => ProxyRequests("unattributed"),
         Counter::ProxyHeader => ProxyHeaders,
+        Counter::RejectOverBudget => OverBudget("answered"),
+        Counter::ResetOverBudget => OverBudget("reset"),
+        Counter::DropOverBudget => Dropped("over_budget"),
+        Counter::OverBudgetObserved => OverBudget("observed"),
     }
 }
 
@@ -238,6 +245,10 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
         KernelFamily::ProxySegments(action) => Some(action),
         _ => None,
     });
+    let over_budget = of(|f| match f {
+        KernelFamily::OverBudget(action) => Some(action),
+        _ => None,
+    });
     let proxy_requests: Vec<_> = kernel
         .iter()
         .filter_map(|(c, v)| match kernel_family(*c) {
@@ -258,8 +269,18 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
             "packets_dropped",
             "Packets the XDP program dropped, by reason: blocked (TCP to a protected port from \
              a banned source), blocked_any_port (any packet under an all-ports block), proxied \
-             (a banned client's request through a trusted proxy that could not be answered).",
+             (a banned client's request through a trusted proxy that could not be answered), \
+             over_budget (a direct client's create over budget that could not be answered).",
             &dropped,
+        )?;
+        counters(
+            encoder,
+            "over_budget_segments",
+            "Image creates over their source's kernel budget, by what the XDP program did (the \
+             reason label): answered (429 sent in Glance's place), observed (monitor mode: \
+             passed, counted); and reset (a direct client's next segment on that connection, \
+             turned into a reset that closes Glance's socket).",
+            &over_budget,
         )?;
         counters(
             encoder,
@@ -542,6 +563,9 @@ mod tests {
                 }
                 KernelFamily::ProxySegments(_) => {
                     assert!(counter.is_verdict());
+                }
+                KernelFamily::OverBudget(action) => {
+                    assert_eq!(counter.is_verdict(), action != "observed");
                 }
                 KernelFamily::SourcesInserted
                 | KernelFamily::SourceInsertFailures

@@ -1,0 +1,122 @@
+//! A direct client's image create over its budget: answered in Glance's place as a banned
+//! proxied client's request is (see `reject`), `429 Too Many Requests` with `Retry-After`
+//! and `Connection: close`, so the client learns at once and Glance never sees the request;
+//! the client's next segment on that connection becomes the reset that closes Glance's
+//! socket. The rewrites run in a program of their own (`glance_limiter_refuse`), entered
+//! from the main program with what to do in [`PENDING_REFUSAL`]: a refusal is rare, and the
+//! main program, checked once per way it can parse a frame, has no verifier budget to spare.
+
+use core::intrinsics::{atomic_or, AtomicOrdering};
+
+use aya_ebpf::{bindings::xdp_action, macros::map, maps::PerCpuArray, programs::XdpContext};
+use limiter_common::{ConnState, Counter, SourceStats, CONN_REJECTED, SOURCE_REJECTED_CONNS};
+
+use crate::{
+    conns::{self, PROXY_CONNS},
+    hand_over,
+    parse::{Network, Tcp},
+    proxy::Packet,
+    reject, SOURCES,
+};
+
+/// Slot of `glance_limiter_refuse` in `PROXY_PROGRAMS`.
+pub const REFUSE_SLOT: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Refusal {
+    /// [`ANSWER`] or [`RESET`].
+    kind: u64,
+    /// For an answer, the jiffy the budget allows the next create at; for a reset, the
+    /// sequence number Glance's socket expects.
+    at: u64,
+}
+
+const ANSWER: u64 = 1;
+const RESET: u64 = 2;
+
+#[map]
+static PENDING_REFUSAL: PerCpuArray<Refusal> = PerCpuArray::with_max_entries(1, 0);
+
+/// Refuses the image create in this frame (over budget until `next_at`, jiffies).
+#[inline(always)]
+pub fn refuse(ctx: &XdpContext, next_at: u64) -> (u32, Counter) {
+    hand_to_refuse(ctx, ANSWER, next_at)
+}
+
+/// For a source with refused connections: if this segment is on one of them, the verdict
+/// (the segment becomes the reset for Glance's socket). A new connection on a refused one's
+/// port starts clean.
+#[inline(always)]
+pub fn on_refused_connection(ctx: &XdpContext, net: &Network, tcp: &Tcp) -> Option<(u32, Counter)> {
+    let key = conns::key(ctx, net)?;
+    // SAFETY: copied out at once.
+    let state = unsafe { PROXY_CONNS.get(&key) }.copied()?;
+    if state.flags & CONN_REJECTED == 0 {
+        return None;
+    }
+    let _ = PROXY_CONNS.remove(&key);
+    if tcp.syn {
+        return None;
+    }
+    Some(hand_to_refuse(ctx, RESET, u64::from(state.reset_seq)))
+}
+
+#[inline(always)]
+fn hand_to_refuse(ctx: &XdpContext, kind: u64, at: u64) -> (u32, Counter) {
+    if let Some(pending) = PENDING_REFUSAL.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+        unsafe { *pending = Refusal { kind, at } };
+        hand_over(ctx, REFUSE_SLOT);
+    }
+    // The refusing program is not loaded (the loader always fills its slot): the segment
+    // passes as any other, the ban follows at the daemon's next poll.
+    (xdp_action::XDP_PASS, Counter::PassProtected)
+}
+
+/// `glance_limiter_refuse`'s work on the frame the main program handed over.
+#[inline(always)]
+pub fn finish(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter)> {
+    let refusal = *PENDING_REFUSAL.get(0)?;
+    let net = packet.net;
+    if refusal.kind == RESET {
+        return Some(match reject::reset(ctx, net, refusal.at as u32) {
+            Some(()) => (xdp_action::XDP_PASS, Counter::ResetOverBudget),
+            None => (xdp_action::XDP_DROP, Counter::DropOverBudget),
+        });
+    }
+    let key = conns::key(ctx, net)?;
+    let Some(reset_seq) = reject::answer(ctx, net, packet.tcp.payload_len, refusal.at, packet.now)
+    else {
+        // A layout the rewrite does not handle (IP options), possibly half rewritten: as
+        // for a proxied client, dropped; the ban follows.
+        return Some((xdp_action::XDP_DROP, Counter::DropOverBudget));
+    };
+    let rejected = ConnState {
+        flags: CONN_REJECTED,
+        reset_seq,
+        ..ConnState::default()
+    };
+    let _ = PROXY_CONNS.insert(&key, &rejected, 0);
+    if let Some(row) = SOURCES.get_ptr_mut(&net.src) {
+        // Atomic, as the verdict cache may be written by another CPU at once. BPF has no
+        // 32-bit atomic OR: the 64-bit word holding `rules_generation` then `flags`, with
+        // the bit in the flags' half (OR leaves the generation as it is).
+        const _: () = assert!(core::mem::offset_of!(SourceStats, flags) == 60);
+        const _: () = assert!(core::mem::offset_of!(SourceStats, rules_generation) == 56);
+        let bit = u64::from(SOURCE_REJECTED_CONNS);
+        let bit = if cfg!(target_endian = "little") {
+            bit << 32
+        } else {
+            bit
+        };
+        // SAFETY: a live map value; offset 56 of a 64-byte row, 8-byte aligned.
+        unsafe {
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+                (&raw mut (*row).rules_generation).cast::<u64>(),
+                bit,
+            )
+        };
+    }
+    Some((xdp_action::XDP_TX, Counter::RejectOverBudget))
+}
