@@ -243,7 +243,14 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     let Some(counter) = source.verdict.pass_counter(now) else {
         // A new blocked source is not inserted: a spoofed flood from a blocked prefix must
         // not evict real sources.
-        remember_drop(&net.src, generation, source.verdict);
+        if source.verdict.flags & SOURCE_REJECTED_CONNS == 0 {
+            remember_drop(&net.src, generation, source.verdict);
+        } else if let Some(verdict) = over_budget::on_refused_connection(ctx, &net, &tcp) {
+            // Banned since a create of it was refused: that connection's last segment still
+            // closes Glance's socket (dropped, it would leave the socket open). Such a source
+            // is kept out of the last-drop shortcut so its segments get here.
+            return Ok(verdict);
+        }
         return Ok((xdp_action::XDP_DROP, Counter::DropBlocked));
     };
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {

@@ -309,6 +309,8 @@ impl Drop for StopOnDrop {
 #[derive(Clone, Copy, Debug)]
 pub struct Attempt {
     pub started: Instant,
+    /// When the attempt ended (its answer, or giving up on one).
+    pub ended: Instant,
     pub status: Option<u16>,
 }
 
@@ -386,9 +388,11 @@ pub(crate) fn drive(
             return log;
         }
         let started = Instant::now();
+        let status = attempt();
         let record = Attempt {
             started,
-            status: attempt(),
+            ended: Instant::now(),
+            status,
         };
         failures_in_a_row = if record.succeeded() {
             0
@@ -499,7 +503,9 @@ impl ImageCreateClient {
             }
             Err(_) => None,
         };
-        if status.is_none() {
+        // No answer, or a refusal (the limiter's 429 closes the connection, as Glance's own
+        // errors may): the next create opens a new connection, as a client library would.
+        if status.is_none_or(|s| s == 429) {
             self.connection = None;
         }
         status

@@ -369,3 +369,21 @@ impl Rig {
         );
     }
 }
+
+#[test]
+fn a_refused_connection_is_reset_even_once_its_source_is_banned() {
+    require_kernel!();
+    let mut rig = Rig::new(true);
+    for _ in 0..PER_MINUTE {
+        rig.test_pass(&create(CLIENT, 41_000));
+    }
+    rig.check(&create(CLIENT, 41_000), Verdict::Tx, &[RejectOverBudget]);
+    // The daemon's ban lands before the client's last segment on that connection.
+    rig.apply(&[(CLIENT, Action::Block)]);
+    let next = segment(CLIENT, 41_000, "").flags(ACK | FIN);
+    rig.check(&next.build(), Verdict::Pass, &[ResetOverBudget]);
+    // Everything else of it is dropped, as any banned source's.
+    rig.check(&next.build(), Verdict::Drop, &[DropBlocked]);
+    rig.check(&create(CLIENT, 41_001), Verdict::Drop, &[DropBlocked]);
+    rig.check(&create(CLIENT, 41_001), Verdict::Drop, &[DropBlocked]);
+}

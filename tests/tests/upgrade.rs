@@ -3,7 +3,8 @@
 //! block trie. This version loads, carries the old rows over into its one-cache-line table,
 //! replaces the pin, and swaps its program into the pinned link: the banned source is never
 //! let through and the others are never refused while that happens, and the old counts are
-//! in the new table. A changed `source_capacity` is carried over the same way.
+//! in the new table. A changed `source_capacity` is carried over the same way, and so are
+//! the global counters of a version that had fewer.
 
 use std::{
     collections::HashMap,
@@ -14,12 +15,14 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData},
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, PerCpuValues},
     programs::{links::FdLink, Xdp, XdpMode},
+    util::nr_cpus,
     EbpfLoader,
 };
 use limiter_common::{
-    BlockRule, SourceStats, BLOCK_MAP, PORTS_MAP, SOURCES_MAP, SOURCE_ROW_V1_BYTES,
+    BlockRule, Counter, SourceStats, BLOCK_MAP, COUNTERS_MAP, PINNED_MAPS, PORTS_MAP, SOURCES_MAP,
+    SOURCE_ROW_V1_BYTES,
 };
 use limiter_tests::{
     frames::Packet,
@@ -259,4 +262,44 @@ fn a_changed_source_capacity_carries_the_table_over() {
         .collect();
     assert_eq!(rows.len(), sources.len(), "{rows:?}");
     assert!(sources.iter().all(|src| rows[src].syns == 1), "{rows:?}");
+}
+
+/// A version that counted fewer global counters pinned them: this build carries each over to
+/// the same index (counters are only ever added at the end) and counts its new ones from 0.
+#[test]
+fn global_counters_of_a_version_with_fewer_are_carried_over() {
+    limiter_tests::require_kernel!();
+    let pins = PinDir::new("counters");
+    let older = Counter::COUNT - 4;
+    {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(COUNTERS_MAP, older);
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, pins.0.join(name));
+        }
+        let mut ebpf = loader
+            .load(ebpf_objects::LIMITER)
+            .expect("the older layout");
+        let mut counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(ebpf.map_mut(COUNTERS_MAP).unwrap()).unwrap();
+        let cpus = nr_cpus().unwrap();
+        for index in 0..older {
+            let values = PerCpuValues::try_from(vec![u64::from(index) + 1; cpus]).unwrap();
+            counters.set(index, values, 0).unwrap();
+        }
+    }
+    let limiter = Limiter::load_pinned(&LoadOptions::default(), &pins.0).expect("carried over");
+    let pinned = MapData::from_pin(pins.0.join(COUNTERS_MAP)).unwrap();
+    assert_eq!(pinned.info().unwrap().max_entries(), Counter::COUNT);
+    let cpus = nr_cpus().unwrap() as u64;
+    let counters = limiter.counters().unwrap();
+    for counter in Counter::ALL {
+        let index = counter as u32;
+        let expected = if index < older {
+            (u64::from(index) + 1) * cpus
+        } else {
+            0
+        };
+        assert_eq!(counters.get(counter), expected, "{}", counter.name());
+    }
 }

@@ -8,6 +8,9 @@
 //! old program counts between the copy and the swap (well under a second of counts) is not
 //! carried over.
 //!
+//! The global counters of an older version that had fewer are carried over the same way:
+//! counters are only ever added at the end, so each old index means what it means here.
+//!
 //! Any other misfit (another map type, key size, an unknown layout) is still an error that
 //! asks for `limiter detach`: guessing at bytes of unknown meaning is worse than starting over.
 
@@ -18,12 +21,12 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, MapType},
+    maps::{HashMap, Map, MapData, MapType, PerCpuArray, PerCpuValues},
     Ebpf, Pod,
 };
 use limiter_common::{
-    ProxyRelays, SourceAddr, SourceRowV1, SourceStats, CLIENT_VIA_MAP, PROXY_RELAYS_MAP,
-    SOURCES_MAP, SOURCE_ROW_V1_BYTES,
+    Counter, ProxyRelays, SourceAddr, SourceRowV1, SourceStats, CLIENT_VIA_MAP, COUNTERS_MAP,
+    PROXY_RELAYS_MAP, SOURCES_MAP, SOURCE_ROW_V1_BYTES,
 };
 use tracing::info;
 
@@ -44,6 +47,8 @@ enum Layout {
     SourcesV1,
     /// This build's layout, another capacity.
     SameLayout,
+    /// The global counters of a version with fewer.
+    FewerCounters,
 }
 
 /// The pinned tables under `pin_dir` that this build can carry over, and how. Tables that fit
@@ -63,6 +68,7 @@ pub(super) fn plan(pin_dir: &Path, options: &LoadOptions) -> Vec<Migration> {
         (CLIENT_VIA_MAP, &[(via, Layout::SameLayout)]),
     ];
     let mut plan = Vec::new();
+    plan.extend(fewer_counters(pin_dir));
     for (name, layouts) in candidates {
         let path = pin_dir.join(name);
         let Ok(old) = MapData::from_pin(&path) else {
@@ -90,6 +96,24 @@ pub(super) fn plan(pin_dir: &Path, options: &LoadOptions) -> Vec<Migration> {
     plan
 }
 
+/// The pinned global counters, if an older version pinned fewer than this build counts.
+fn fewer_counters(pin_dir: &Path) -> Option<Migration> {
+    let path = pin_dir.join(COUNTERS_MAP);
+    let old = MapData::from_pin(&path).ok()?;
+    let info = old.info().ok()?;
+    let fits = matches!(info.map_type(), Ok(MapType::PerCpuArray))
+        && info.key_size() == 4
+        && info.value_size() == 8
+        && info.max_entries() < Counter::COUNT;
+    fits.then(|| Migration {
+        name: COUNTERS_MAP,
+        old_entries: info.max_entries(),
+        path,
+        old,
+        layout: Layout::FewerCounters,
+    })
+}
+
 /// Copies each planned table's rows into `ebpf`'s fresh one, then pins the fresh one in its
 /// place.
 pub(super) fn carry_over(ebpf: &mut Ebpf, plan: Vec<Migration>) -> Result<(), LoaderError> {
@@ -100,6 +124,7 @@ pub(super) fn carry_over(ebpf: &mut Ebpf, plan: Vec<Migration>) -> Result<(), Lo
             (SOURCES_MAP, Layout::SameLayout) => {
                 copy::<SourceStats>(ebpf, SOURCES_MAP, &migration.old)?
             }
+            (_, Layout::FewerCounters) => counters(ebpf, migration.old, migration.old_entries)?,
             (_, _) => copy::<SourceAddr>(ebpf, CLIENT_VIA_MAP, &migration.old)?,
         };
         replace_pin(ebpf, migration.name, &migration.path)?;
@@ -167,6 +192,28 @@ pub fn upgraded(row: &SourceRowV1) -> SourceStats {
         rules_generation: 0,
         flags: 0,
     }
+}
+
+/// Each old counter's per-CPU values into the same index of this build's counters.
+fn counters(ebpf: &mut Ebpf, old: MapData, old_entries: u32) -> Result<usize, LoaderError> {
+    let read_err = |source| LoaderError::Map {
+        map: COUNTERS_MAP,
+        op: "read the old",
+        source,
+    };
+    let old: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(old)).map_err(read_err)?;
+    let values = (0..old_entries)
+        .map(|index| old.get(&index, 0))
+        .collect::<Result<Vec<PerCpuValues<u64>>, _>>()
+        .map_err(read_err)?;
+    let mut new: PerCpuArray<&mut MapData, u64> =
+        PerCpuArray::try_from(map_mut(ebpf, COUNTERS_MAP)?).map_err(write_err(COUNTERS_MAP))?;
+    for (index, per_cpu) in values.into_iter().enumerate() {
+        new.set(index as u32, per_cpu, 0)
+            .map_err(write_err(COUNTERS_MAP))?;
+    }
+    Ok(old_entries as usize)
 }
 
 /// Copies every row of `old` into this build's `name` as it is.
