@@ -137,6 +137,8 @@ pub struct DaemonSetup {
     cluster: Vec<(String, String)>,
     /// `state_dir`: the daemon's temporary directory's `state` unless set.
     state_dir: Option<PathBuf>,
+    /// `poll_interval`, as TOML text: a second unless set.
+    poll_interval: String,
 }
 
 impl DaemonSetup {
@@ -150,6 +152,7 @@ impl DaemonSetup {
             mode_in_file: None,
             mode_flag: None,
             allowlist: Vec::new(),
+            poll_interval: "1s".to_owned(),
             policy: Vec::new(),
             metrics_listen: None,
             ports: None,
@@ -237,6 +240,12 @@ impl DaemonSetup {
     }
 
     /// Adds an entry to `allowlist`.
+    /// Polls every `interval` (`"30s"`) instead of every second.
+    pub fn poll_interval(mut self, interval: &str) -> Self {
+        self.poll_interval = interval.to_owned();
+        self
+    }
+
     pub fn allow(mut self, prefix: &str) -> Self {
         self.allowlist.push(prefix.to_owned());
         self
@@ -273,7 +282,7 @@ impl DaemonSetup {
         )
         .unwrap();
         // The default, written out: the detection tests' "two poll intervals" mean 2 s.
-        writeln!(text, "poll_interval = \"1s\"").unwrap();
+        writeln!(text, "poll_interval = {}", quoted(&self.poll_interval)).unwrap();
         if let Some(mode) = &self.mode_in_file {
             writeln!(text, "mode = {}", quoted(mode)).unwrap();
         }

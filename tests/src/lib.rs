@@ -26,6 +26,7 @@ pub mod proxy_protocol;
 pub mod recorder;
 pub mod reference;
 pub mod rig;
+pub mod sockets;
 pub mod summary;
 pub mod tmpfs;
 pub mod tmux;

@@ -407,6 +407,15 @@ impl AttackTopology {
     pub fn server_ifaces(&self) -> [&'static str; 2] {
         [self.attacker.server_iface, self.legit.server_iface]
     }
+
+    /// Makes the clients' ends take what the limiter sends back with XDP_TX (its 429 in
+    /// Glance's place), as a NIC does; see [`crate::napi::XdpPass`]. Held until dropped.
+    pub fn deliver_xdp_tx_to_clients(&self) -> [crate::napi::XdpPass; 2] {
+        [
+            crate::napi::xdp_pass(&self.attacker.ns, self.attacker.iface),
+            crate::napi::xdp_pass(&self.legit.ns, self.legit.iface),
+        ]
+    }
 }
 
 impl Default for AttackTopology {

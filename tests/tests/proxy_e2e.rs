@@ -64,20 +64,6 @@ const PROXIED_IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The same for a client that reaches Glance directly, whose requests a ban drops: Glance
 /// answers a create in tens of milliseconds.
 const DIRECT_IO_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long half-open connections get to drain after a run (retransmission timeouts are
-/// 200 ms and up; a FIN-WAIT-2 would stay 60 s, and must not happen at all).
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// TCP states of a connection one side has begun to open or close and the other has not
-/// finished: none may stay. TIME-WAIT is fine (the side that closed first keeps it).
-const HALF_OPEN: [&str; 6] = [
-    "SYN-RECV",
-    "FIN-WAIT-1",
-    "FIN-WAIT-2",
-    "CLOSE-WAIT",
-    "LAST-ACK",
-    "CLOSING",
-];
-
 /// One test at a time (namespaces, XDP, HAProxy and Glance each); poison-tolerant.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -365,76 +351,6 @@ fn check_banned_stats(daemon: &Daemon, src: &str, proxy: Option<&str>) {
             via.is_null() || via.as_str() == Some(""),
             "{src} came directly: {entry}"
         ),
-    }
-}
-
-// ---- Sockets ----
-
-/// `ss -tan` in `ns`: (state, local, peer) of every TCP socket.
-fn tcp_sockets(ns: &Netns) -> Vec<(String, String, String)> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .args(["ss", "-tanH"])
-        .output()
-        .expect("run ss");
-    assert!(
-        out.status.success(),
-        "ss in {}: {}",
-        ns.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.len() >= 5).then(|| (f[0].to_owned(), f[3].to_owned(), f[4].to_owned()))
-        })
-        .collect()
-}
-
-/// Waits until no socket in `namespaces` is half open; prints the states it saw first and
-/// how long draining took.
-fn assert_no_half_open(namespaces: &[(&str, &Netns)]) {
-    let started = Instant::now();
-    let mut first = true;
-    loop {
-        let mut half_open = Vec::new();
-        for (name, ns) in namespaces {
-            let sockets = tcp_sockets(ns);
-            if first {
-                let mut states = BTreeMap::<&str, usize>::new();
-                for (state, _, _) in &sockets {
-                    *states.entry(state.as_str()).or_default() += 1;
-                }
-                let half: Vec<String> = sockets
-                    .iter()
-                    .filter(|(state, _, _)| HALF_OPEN.contains(&state.as_str()))
-                    .map(|(state, local, peer)| format!("{state} {local} -> {peer}"))
-                    .collect();
-                eprintln!(
-                    "  TCP sockets in the {name} namespace after the run: {states:?} {half:?}"
-                );
-            }
-            half_open.extend(
-                sockets
-                    .into_iter()
-                    .filter(|(state, _, _)| HALF_OPEN.contains(&state.as_str()))
-                    .map(|s| (*name, s)),
-            );
-        }
-        first = false;
-        if half_open.is_empty() {
-            eprintln!(
-                "  no half-open socket {:?} after the run",
-                started.elapsed()
-            );
-            return;
-        }
-        assert!(
-            started.elapsed() < DRAIN_DEADLINE,
-            "half-open sockets {DRAIN_DEADLINE:?} after the run: {half_open:?}"
-        );
-        thread::sleep(Duration::from_millis(100));
     }
 }
 
