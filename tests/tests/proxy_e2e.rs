@@ -18,7 +18,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
@@ -36,6 +35,7 @@ use limiter_tests::{
     https::{self, HttpsClient},
     napi::{self, XdpPass},
     netns::{Netns, ProxyTopology as Topo},
+    sockets,
 };
 use serde_json::Value;
 
@@ -484,7 +484,7 @@ fn forwardfor_flood_is_banned_by_client_address_and_haproxy_is_spared() {
     let _xdp_tx = deliver_xdp_tx_to_lb(&topo);
     let daemon = daemon_behind_lb(&topo);
     flood_is_banned_behind_proxy(&Scenario::through_lb("forwardfor", &topo, &glance, &daemon));
-    assert_no_half_open(&[("Glance", &topo.glance), ("HAProxy", &topo.lb)]);
+    sockets::assert_no_half_open(&[("Glance", &topo.glance), ("HAProxy", &topo.lb)]);
     eprintln!("forwardfor: {:?} in all", started.elapsed());
 }
 
@@ -515,7 +515,7 @@ fn proxy_v2_flood_is_banned_by_client_address_and_haproxy_is_spared() {
     let daemon = daemon_behind_lb(&topo);
     flood_is_banned_behind_proxy(&Scenario::through_lb("proxy v2", &topo, &glance, &daemon));
     assert!(daemon.counter("proxy_header") > 0);
-    assert_no_half_open(&[("Glance", &topo.glance), ("HAProxy", &topo.lb)]);
+    sockets::assert_no_half_open(&[("Glance", &topo.glance), ("HAProxy", &topo.lb)]);
     eprintln!("proxy v2: {:?} in all", started.elapsed());
 }
 
@@ -565,7 +565,7 @@ fn haproxy_on_the_glance_node_is_read_on_loopback() {
         proxy: LOOPBACK,
         never: vec![addr(LOOPBACK), addr(Topo::GLANCE_V4), addr(Topo::GLANCE_V6)],
     });
-    assert_no_half_open(&[("Glance", &topo.glance)]);
+    sockets::assert_no_half_open(&[("Glance", &topo.glance)]);
     eprintln!("HAProxy on the node: {:?} in all", started.elapsed());
 }
 

@@ -702,6 +702,7 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
                 totals: Totals::default(),
                 banned_until: Some(humantime::parse_rfc3339("2025-06-01T10:10:00Z").unwrap()),
                 via: None,
+                creates_over_budget: 0,
             }],
             ..Stats::default()
         };
@@ -734,6 +735,7 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
             totals: Totals::default(),
             banned_until: None,
             via: via.map(|v| v.parse().unwrap()),
+            creates_over_budget: 0,
         };
         let stats = Stats {
             tracked_sources: 3,

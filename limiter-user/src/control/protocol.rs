@@ -251,6 +251,14 @@ pub struct SourceView {
     /// come directly (and from daemons before the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<IpAddr>,
+    /// Its image creates over the kernel's budget (refused with 429 in enforce mode, counted
+    /// only in monitor mode) since its budget entry was made; absent when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub creates_over_budget: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -628,6 +636,7 @@ mod tests {
             totals: Totals::default(),
             banned_until: None,
             via: Some("198.51.100.2".parse().unwrap()),
+            creates_over_budget: 0,
         };
         let direct = SourceView {
             address: "203.0.113.10".parse().unwrap(),

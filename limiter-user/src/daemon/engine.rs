@@ -796,6 +796,11 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 (SourceState::Ok, None)
             }
         };
+        // Small (sources that went over their budget), and read only for this answer.
+        let over_budget = self.limiter.over_budget().unwrap_or_else(|e| {
+            warn!(error = %e, "could not read the image-create budgets; stats show none");
+            HashMap::new()
+        });
         let view_of = |address: IpAddr, rates: RatesView, state, until: Option<SystemTime>| {
             let totals = self
                 .rates
@@ -813,6 +818,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                     None
                 },
                 via: self.via.get(address),
+                creates_over_budget: over_budget.get(&address).copied().unwrap_or(0),
             }
         };
         // Trusted proxies are listed apart, with what they relayed: never among the offenders.

@@ -545,3 +545,37 @@ fn an_unreadable_peak_history_is_moved_aside_and_a_new_one_started() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_kernel_budget_follows_the_policy_and_the_mode() {
+    use limiter_common::{BUDGET_ENFORCE, BUDGET_TIME_SHIFT};
+    let enforcing = bench("[policy]\nimage_creates_per_minute = 30\n");
+    let budget = enforcing.edges.world().budget.expect("a budget");
+    assert_ne!(budget.flags & BUDGET_ENFORCE, 0);
+    // 30 a minute: two seconds of the fake kernel's clock per create, a burst of 30.
+    let hz = u64::from(super::fake_edges::FAKE_HZ);
+    assert_eq!(budget.interval, (2 * hz) << BUDGET_TIME_SHIFT);
+    assert_eq!(budget.tolerance, 29 * budget.interval);
+
+    let monitoring = bench("mode = \"monitor\"\n");
+    let budget = monitoring.edges.world().budget.expect("a budget");
+    assert_eq!(budget.flags & BUDGET_ENFORCE, 0, "monitor mode only counts");
+
+    for off in [
+        "[policy]\nimage_create_budget = false\n",
+        "[policy]\nimage_creates_per_minute = \"off\"\n",
+    ] {
+        assert_eq!(bench(off).edges.world().budget, None, "{off}");
+    }
+}
+
+#[test]
+fn stats_show_each_sources_creates_over_budget() {
+    let mut bench = bench("");
+    bench.edges.image_creates(ip(ATTACKER), 5);
+    bench.edges.image_creates(ip(NEIGHBOUR), 5);
+    bench.edges.world_mut().over_budget.insert(ip(ATTACKER), 12);
+    bench.poll();
+    assert_eq!(bench.source(ATTACKER).creates_over_budget, 12);
+    assert_eq!(bench.source(NEIGHBOUR).creates_over_budget, 0);
+}

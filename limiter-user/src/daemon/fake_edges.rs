@@ -103,6 +103,8 @@ impl FakeEdges {
             wall_zero: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             elapsed: Duration::ZERO,
             own_addresses: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+            budget: None,
+            over_budget: HashMap::new(),
             sources: BTreeMap::new(),
             rules: None,
             rule_writes: 0,
