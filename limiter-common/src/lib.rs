@@ -26,10 +26,11 @@ pub const CONFIG_MAP: &str = "CONFIG";
 pub const PROXY_PROGRAM_NAME: &str = "glance_limiter_proxy";
 /// The program the proxy program hands a request with a known client to (a tail call).
 pub const CLIENT_PROGRAM_NAME: &str = "glance_limiter_client";
-/// The program the XDP entry point hands a direct client's image create over budget to, and
-/// the segments of connections refused so (a tail call).
-pub const REFUSE_PROGRAM_NAME: &str = "glance_limiter_refuse";
-/// The tail-call slot array holding them (slot 0: proxy, 1: client, 2: refuse).
+/// The program the XDP entry point hands a direct client's image create to once counted
+/// (refused over budget, or recorded for Glance's answer), and the segments of connections
+/// refused so (a tail call).
+pub const CREATE_PROGRAM_NAME: &str = "glance_limiter_create";
+/// The tail-call slot array holding them (slot 0: proxy, 1: client, 2: create).
 pub const PROXY_PROGRAMS_MAP: &str = "PROXY_PROGRAMS";
 /// The program that reports the kernel's clock (jiffies) through a test run.
 pub const CLOCK_PROBE_NAME: &str = "clock_probe";
@@ -46,11 +47,15 @@ pub const PATH_PREFIXES_MAP: &str = "PATH_PREFIXES";
 pub const REJECT_MAP: &str = "REJECT_TEMPLATE";
 /// [`BudgetConfig`]: the image-create budget (single entry).
 pub const BUDGET_CONFIG_MAP: &str = "BUDGET_CONFIG";
-/// Source → [`SourceBudget`].
-pub const BUDGETS_MAP: &str = "BUDGETS";
-/// Sources with a budget entry. Only sources that create images get one; an entry evicted
-/// starts again with a whole budget, as a new source does.
-pub const BUDGETS_CAPACITY: u32 = 65_536;
+/// Source → [`SourceCreates`].
+pub const CREATES_MAP: &str = "CREATES";
+/// Sources with an entry. Only sources that create images get one; an entry evicted starts
+/// again with a whole budget, as a new source does.
+pub const CREATES_CAPACITY: u32 = 65_536;
+/// Connections with image creates awaiting Glance's answer: [`ConnKey`] → [`PendingCreates`].
+pub const CREATE_CONNS_MAP: &str = "CREATE_CONNS";
+/// The program that reads Glance's answers on the way out (TC egress).
+pub const RESPONSES_PROGRAM_NAME: &str = "glance_limiter_responses";
 
 /// Default bound of the per-source table; userspace may change it at load time.
 pub const DEFAULT_SOURCE_CAPACITY: u32 = 65_536;
@@ -299,15 +304,31 @@ pub const BUDGET_ENFORCE: u32 = 1;
 /// Bits of fraction in the budget's times: `jiffies << BUDGET_TIME_SHIFT`.
 pub const BUDGET_TIME_SHIFT: u32 = 16;
 
-/// One source's image-create budget (table [`BUDGETS_MAP`], entered at its first create while
-/// budgets are on).
+/// What the kernel knows of a source's image creates beyond its row (table [`CREATES_MAP`]):
+/// its budget, the creates refused over it, and how Glance answered the ones it got. Entered
+/// at the source's first create while budgets or response counting are on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct SourceBudget {
+pub struct SourceCreates {
     /// When the source's budget is whole again (fixed-point jiffies, see [`BudgetConfig`]).
     pub arrival: u64,
     /// Creates over budget: refused in enforce mode, only counted in monitor mode.
     pub over: u64,
+    /// Creates Glance answered with a 2xx status: records it created.
+    pub created: u64,
+    /// Creates Glance answered with any other final status (400, 401, 403, 409, 413, 5xx).
+    pub failed: u64,
+}
+
+/// Image creates passed to Glance on one connection whose answers have not been seen yet,
+/// and the client they are counted for (the connection's peer, or the client a trusted proxy
+/// named for them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PendingCreates {
+    pub client: SourceAddr,
+    pub pending: u32,
+    pub _pad: u32,
 }
 
 /// A URL path prefix (`/image`), the first `len` bytes of `words` in memory order.
@@ -391,6 +412,9 @@ pub const CONFIG_TRUSTED_PROXIES: u32 = 2;
 pub const CONFIG_FORWARDED_HEADER: u32 = 4;
 /// Image creates are held to [`BUDGET_CONFIG_MAP`]'s budget.
 pub const CONFIG_IMAGE_CREATE_BUDGET: u32 = 8;
+/// Glance's answers to image creates are counted (the egress program is attached): each
+/// create passed to Glance is recorded in [`CREATE_CONNS_MAP`].
+pub const CONFIG_COUNT_RESPONSES: u32 = 16;
 
 /// Indices of the global per-CPU counters. Every packet increments exactly one verdict counter
 /// (`Pass*` or `Drop*`); `SourceNew` and `SourceInsertFailed` count events on top of that.
@@ -452,10 +476,14 @@ pub enum Counter {
     /// Event: in monitor mode, an image create over budget (passed: what enforce mode would
     /// have refused).
     OverBudgetObserved = 23,
+    /// Event: Glance answered an image create with a 2xx status (a record created).
+    CreateSucceeded = 24,
+    /// Event: Glance answered an image create with another final status.
+    CreateFailed = 25,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 26;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::PassProtected,
@@ -482,6 +510,8 @@ impl Counter {
         Counter::ResetOverBudget,
         Counter::DropOverBudget,
         Counter::OverBudgetObserved,
+        Counter::CreateSucceeded,
+        Counter::CreateFailed,
     ];
 
     /// Stable snake_case name, used in JSON output and metrics labels.
@@ -511,6 +541,8 @@ impl Counter {
             Counter::ResetOverBudget => "reset_over_budget",
             Counter::DropOverBudget => "drop_over_budget",
             Counter::OverBudgetObserved => "over_budget_observed",
+            Counter::CreateSucceeded => "create_succeeded",
+            Counter::CreateFailed => "create_failed",
         }
     }
 
@@ -524,6 +556,8 @@ impl Counter {
                 | Counter::UnattributedRequest
                 | Counter::ProxyHeader
                 | Counter::OverBudgetObserved
+                | Counter::CreateSucceeded
+                | Counter::CreateFailed
         )
     }
 }
@@ -547,7 +581,8 @@ mod user {
     unsafe impl aya::Pod for PathPrefix {}
     unsafe impl aya::Pod for RejectTemplate {}
     unsafe impl aya::Pod for BudgetConfig {}
-    unsafe impl aya::Pod for SourceBudget {}
+    unsafe impl aya::Pod for SourceCreates {}
+    unsafe impl aya::Pod for PendingCreates {}
 }
 
 #[cfg(test)]
@@ -571,7 +606,8 @@ mod tests {
         assert_eq!(size_of::<AllowRule>(), 8);
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(size_of::<BudgetConfig>(), 24);
-        assert_eq!(size_of::<SourceBudget>(), 16);
+        assert_eq!(size_of::<SourceCreates>(), 32);
+        assert_eq!(size_of::<PendingCreates>(), 24);
     }
 
     #[test]

@@ -6,11 +6,12 @@ use core::mem::size_of;
 
 use crate::{
     AllowRule, BlockRule, BudgetConfig, Config, ConnKey, ConnState, Counter, PathPrefix,
-    ProxyRelays, RejectTemplate, SourceAddr, SourceBudget, SourceStats, TrustedProxy, ALLOW_MAP,
-    BLOCK_MAP, BUDGETS_CAPACITY, BUDGETS_MAP, BUDGET_CONFIG_MAP, CLIENT_VIA_MAP, CONFIG_MAP,
-    COUNTERS_MAP, MAX_PATH_PREFIXES, PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS,
-    PROXY_CONNS_MAP, PROXY_CONN_CAPACITY, PROXY_RELAYS_CAPACITY, PROXY_RELAYS_MAP, REJECT_MAP,
-    RULE_CAPACITY, SOURCES_MAP, TRUSTED_PROXIES_MAP,
+    PendingCreates, ProxyRelays, RejectTemplate, SourceAddr, SourceCreates, SourceStats,
+    TrustedProxy, ALLOW_MAP, BLOCK_MAP, BUDGET_CONFIG_MAP, CLIENT_VIA_MAP, CONFIG_MAP,
+    COUNTERS_MAP, CREATES_CAPACITY, CREATES_MAP, CREATE_CONNS_MAP, MAX_PATH_PREFIXES,
+    PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS, PROXY_CONNS_MAP, PROXY_CONN_CAPACITY,
+    PROXY_RELAYS_CAPACITY, PROXY_RELAYS_MAP, REJECT_MAP, RULE_CAPACITY, SOURCES_MAP,
+    TRUSTED_PROXIES_MAP,
 };
 
 /// Bytes of a key of the prefix tries (rules, trusted proxies): the kernel's
@@ -61,7 +62,7 @@ const fn bytes<T>() -> u32 {
 /// nor what is known of proxies' backend connections. (`LAST_DROP`, the program's per-CPU
 /// one-entry cache of its last drop, and `TEXT_WINDOW`, its scratch space, are not: the first
 /// is checked against the rules generation on every use, the second rewritten before use.)
-pub const PINNED_MAP_SPECS: [MapSpec; 14] = [
+pub const PINNED_MAP_SPECS: [MapSpec; 15] = [
     MapSpec {
         name: SOURCES_MAP,
         kind: MapKind::LruHash,
@@ -154,11 +155,18 @@ pub const PINNED_MAP_SPECS: [MapSpec; 14] = [
         capacity: Capacity::Fixed(1),
     },
     MapSpec {
-        name: BUDGETS_MAP,
+        name: CREATES_MAP,
         kind: MapKind::LruHash,
         key_bytes: bytes::<SourceAddr>(),
-        value_bytes: bytes::<SourceBudget>(),
-        capacity: Capacity::Fixed(BUDGETS_CAPACITY),
+        value_bytes: bytes::<SourceCreates>(),
+        capacity: Capacity::Fixed(CREATES_CAPACITY),
+    },
+    MapSpec {
+        name: CREATE_CONNS_MAP,
+        kind: MapKind::LruHash,
+        key_bytes: bytes::<ConnKey>(),
+        value_bytes: bytes::<PendingCreates>(),
+        capacity: Capacity::Fixed(PROXY_CONN_CAPACITY),
     },
 ];
 

@@ -15,8 +15,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
 };
 use limiter_common::{
-    BudgetConfig, Counter, SourceAddr, SourceBudget, BUDGETS_CAPACITY, BUDGET_ENFORCE,
-    BUDGET_TIME_SHIFT,
+    BudgetConfig, Counter, SourceAddr, SourceCreates, BUDGET_ENFORCE, BUDGET_TIME_SHIFT,
+    CREATES_CAPACITY,
 };
 
 use crate::{add, rules};
@@ -24,9 +24,10 @@ use crate::{add, rules};
 #[map]
 static BUDGET_CONFIG: Array<BudgetConfig> = Array::with_max_entries(1, 0);
 
+/// Read and written by `responses` too: a source's creates, refused and answered.
 #[map]
-static BUDGETS: LruHashMap<SourceAddr, SourceBudget> =
-    LruHashMap::with_max_entries(BUDGETS_CAPACITY, 0);
+pub static CREATES: LruHashMap<SourceAddr, SourceCreates> =
+    LruHashMap::with_max_entries(CREATES_CAPACITY, 0);
 
 /// What to do with an image create of `src` at `now` (jiffies), its class already counted.
 pub enum Admission {
@@ -47,14 +48,14 @@ pub fn charge(src: &SourceAddr, now: u64) -> Admission {
         return Admission::Pass;
     }
     let now = now << BUDGET_TIME_SHIFT;
-    let Some(budget) = BUDGETS.get_ptr_mut(src) else {
+    let Some(budget) = CREATES.get_ptr_mut(src) else {
         // A source's first create: a whole budget, less this create. NOEXIST: another CPU
         // may have added it meanwhile; its entry is as good (one create uncharged at most).
-        let fresh = SourceBudget {
+        let fresh = SourceCreates {
             arrival: now + interval,
-            over: 0,
+            ..SourceCreates::default()
         };
-        let _ = BUDGETS.insert(src, &fresh, BPF_NOEXIST as u64);
+        let _ = CREATES.insert(src, fresh, BPF_NOEXIST as u64);
         return Admission::Pass;
     };
     // SAFETY: a live map value. CPUs charging one source at once may each see the same

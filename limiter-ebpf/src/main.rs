@@ -14,14 +14,15 @@
 
 mod budget;
 mod conns;
+mod creates;
 mod headers;
 mod http;
-mod over_budget;
 mod packet;
 mod parse;
 mod proxy;
 mod proxy_protocol;
 mod reject;
+mod responses;
 mod rules;
 
 use core::{
@@ -32,15 +33,15 @@ use core::{
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
     helpers::bpf_jiffies64,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use limiter_common::{
-    Config, Counter, SourceAddr, SourceStats, CONFIG_ANY_PORT_RULES, CONFIG_IMAGE_CREATE_BUDGET,
-    CONFIG_TRUSTED_PROXIES, DEFAULT_SOURCE_CAPACITY, NEVER, PORT_BITMAP_WORDS,
-    SOURCE_REJECTED_CONNS, SOURCE_TRUSTED_PROXY, SOURCE_VERDICT_ALLOWED, SOURCE_VERDICT_BLOCKED,
-    SOURCE_VERDICT_MASK, SOURCE_VERDICT_PASS,
+    Config, Counter, SourceAddr, SourceStats, CONFIG_ANY_PORT_RULES, CONFIG_COUNT_RESPONSES,
+    CONFIG_IMAGE_CREATE_BUDGET, CONFIG_TRUSTED_PROXIES, DEFAULT_SOURCE_CAPACITY, NEVER,
+    PORT_BITMAP_WORDS, SOURCE_REJECTED_CONNS, SOURCE_TRUSTED_PROXY, SOURCE_VERDICT_ALLOWED,
+    SOURCE_VERDICT_BLOCKED, SOURCE_VERDICT_MASK, SOURCE_VERDICT_PASS,
 };
 
 use crate::{
@@ -70,8 +71,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 /// main program can reach it.
 /// Slot 1: `glance_limiter_client`, which the proxy program hands a request with a known
 /// client to, for the same reason.
-/// Slot 2: `glance_limiter_refuse`, which refuses a direct client's image create over its
-/// budget (see `over_budget`).
+/// Slot 2: `glance_limiter_create`, which refuses a direct client's image create over its
+/// budget or records it for Glance's answer (see `creates`).
 #[map]
 static PROXY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 
@@ -134,16 +135,32 @@ pub fn glance_limiter_client(ctx: XdpContext) -> u32 {
     action
 }
 
-/// A direct client's image create over its budget, or a segment on a connection refused so,
-/// handed over by `glance_limiter`.
+/// A direct client's image create after the main program counted it (refused over its
+/// budget, or recorded for Glance's answer), or a segment on a connection refused so; handed
+/// over by `glance_limiter`.
 #[xdp]
-pub fn glance_limiter_refuse(ctx: XdpContext) -> u32 {
-    let (action, counter) = match process_proxied(&ctx, over_budget::finish) {
+pub fn glance_limiter_create(ctx: XdpContext) -> u32 {
+    let (action, counter) = match process_create(&ctx) {
         Ok(verdict) => verdict,
         Err(reason) => (xdp_action::XDP_PASS, reason),
     };
     count(counter);
     action
+}
+
+/// Reads the segment again (a tail-called program starts afresh), its layout forgotten, and
+/// takes the step the main program asked for.
+#[inline(always)]
+fn process_create(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
+    let (ethertype, l3_offset) = parse::ethernet(ctx)?;
+    let net = parse::network(ctx, ethertype, l3_offset)?;
+    if net.transport_hidden.is_some() || net.later_fragment || net.protocol != IPPROTO_TCP {
+        return Err(Counter::PassMalformed);
+    }
+    let tcp = parse::tcp(ctx, &net)?;
+    let (net, tcp) = proxy::forget_layout(&net, &tcp).ok_or(Counter::PassProtected)?;
+    let now = unsafe { bpf_jiffies64() };
+    creates::step(ctx, &net, &tcp, now).ok_or(Counter::PassProtected)
 }
 
 type ProxyStage = fn(&XdpContext, &proxy::Packet) -> Option<(u32, Counter)>;
@@ -192,6 +209,18 @@ fn process_proxied(ctx: &XdpContext, stage: ProxyStage) -> Result<(u32, Counter)
         };
         (xdp_action::XDP_PASS, counter)
     }))
+}
+
+/// Glance's answers on the way out (TC egress): counts each answer to an image create the
+/// XDP program passed, as created or failed, for the create's client (see `responses`).
+/// Only reads; every packet continues as it was.
+#[classifier]
+pub fn glance_limiter_responses(ctx: TcContext) -> i32 {
+    if let Some(counter) = responses::answered(&ctx) {
+        count(counter);
+    }
+    // TCX_NEXT: on to whatever else is attached, then the device.
+    -1
 }
 
 /// Writes the kernel's jiffies into the first 8 bytes of the frame. Userspace runs it through
@@ -245,7 +274,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         // not evict real sources.
         if source.verdict.flags & SOURCE_REJECTED_CONNS == 0 {
             remember_drop(&net.src, generation, source.verdict);
-        } else if let Some(verdict) = over_budget::on_refused_connection(ctx, &net, &tcp) {
+        } else if let Some(verdict) = creates::on_refused_connection(ctx, &net, &tcp) {
             // Banned since a create of it was refused: that connection's last segment still
             // closes Glance's socket (dropped, it would leave the socket open). Such a source
             // is kept out of the last-drop shortcut so its segments get here.
@@ -263,7 +292,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         return Ok((xdp_action::XDP_PASS, counter));
     }
     if source.verdict.flags & SOURCE_REJECTED_CONNS != 0 {
-        if let Some(verdict) = over_budget::on_refused_connection(ctx, &net, &tcp) {
+        if let Some(verdict) = creates::on_refused_connection(ctx, &net, &tcp) {
             return Ok(verdict);
         }
     }
@@ -273,12 +302,15 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         None
     };
     source.count(&net.src, generation, class, frame_bytes, now);
-    if config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0
-        && matches!(class, Some(RequestClass::ImageCreate))
-    {
-        // Counted above all the same: the daemon's rates are of what a source attempts.
-        if let Admission::Refuse { next_at } = budget::charge(&net.src, now) {
-            return Ok(over_budget::refuse(ctx, next_at));
+    if matches!(class, Some(RequestClass::ImageCreate)) {
+        if config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0 {
+            // Counted above all the same: the daemon's rates are of what a source attempts.
+            if let Admission::Refuse { next_at } = budget::charge(&net.src, now) {
+                return Ok(creates::refuse(ctx, next_at));
+            }
+        }
+        if config_flags & CONFIG_COUNT_RESPONSES != 0 {
+            return Ok(creates::record(ctx, counter));
         }
     }
     Ok((xdp_action::XDP_PASS, counter))
@@ -482,7 +514,7 @@ fn config() -> Option<&'static Config> {
 }
 
 #[inline(always)]
-fn is_protected(port: u16) -> bool {
+pub fn is_protected(port: u16) -> bool {
     PROTECTED_PORTS
         .get((port >> 6) as u32)
         .is_some_and(|word| word & (1u64 << (port & 63)) != 0)

@@ -17,8 +17,9 @@ use aya_ebpf::{
 };
 use limiter_common::{
     client_addr::HeaderKind, ConnKey, ConnState, Counter, ProxyRelays, SourceAddr,
-    CONFIG_FORWARDED_HEADER, CONFIG_IMAGE_CREATE_BUDGET, CONN_PROXY_CLIENT, CONN_PROXY_NO_CLIENT,
-    CONN_REJECTED, DEFAULT_SOURCE_CAPACITY, PROXY_RELAYS_CAPACITY, SOURCE_TRUSTED_PROXY,
+    CONFIG_COUNT_RESPONSES, CONFIG_FORWARDED_HEADER, CONFIG_IMAGE_CREATE_BUDGET, CONN_PROXY_CLIENT,
+    CONN_PROXY_NO_CLIENT, CONN_REJECTED, DEFAULT_SOURCE_CAPACITY, PROXY_RELAYS_CAPACITY,
+    SOURCE_TRUSTED_PROXY,
 };
 
 use crate::{
@@ -29,7 +30,7 @@ use crate::{
     http::{self, RequestClass},
     parse::{Network, Tcp, TCP_FLAG_FIN, TCP_FLAG_RST},
     proxy_protocol::{self, Named},
-    reject, Source,
+    reject, responses, Source,
 };
 
 /// Client → the trusted proxy that carried its latest request; userspace sizes it as the
@@ -260,11 +261,14 @@ pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter
         packet.now,
     );
     remember_via(&client, &packet.net.src);
-    if matches!(class, RequestClass::ImageCreate)
-        && packet.config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0
-    {
-        if let Admission::Refuse { next_at } = budget::charge(&client, packet.now) {
-            return refuse(ctx, packet, &key, next_at, Counter::RejectOverBudget);
+    if matches!(class, RequestClass::ImageCreate) {
+        if packet.config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0 {
+            if let Admission::Refuse { next_at } = budget::charge(&client, packet.now) {
+                return refuse(ctx, packet, &key, next_at, Counter::RejectOverBudget);
+            }
+        }
+        if packet.config_flags & CONFIG_COUNT_RESPONSES != 0 {
+            responses::expect(ctx, packet.net, &client);
         }
     }
     passed

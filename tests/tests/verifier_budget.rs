@@ -8,7 +8,10 @@
 //! The proxy program once went past the limit on one 6.18 build only: its pass counter, a
 //! constant carried through the whole proxy path, doubled every state the verifier followed.
 
-use aya::{programs::Xdp, EbpfLoader};
+use aya::{
+    programs::{Program, ProgramInfo},
+    EbpfLoader,
+};
 use limiter_tests::require_kernel;
 use limiter_user::ebpf_objects;
 
@@ -30,17 +33,23 @@ fn every_program_verifies_within_its_budget() {
     );
     let mut report = Vec::new();
     for name in &names {
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .expect("listed program")
-            .try_into()
-            .expect("every program of the object is XDP");
-        program
-            .load()
-            .unwrap_or_else(|e| panic!("{name} does not verify: {e}"));
-        let verified = program
-            .info()
-            .expect("program info")
+        let info: ProgramInfo = match ebpf.program_mut(name).expect("listed program") {
+            Program::Xdp(program) => {
+                program
+                    .load()
+                    .unwrap_or_else(|e| panic!("{name} does not verify: {e}"));
+                program.info()
+            }
+            Program::SchedClassifier(program) => {
+                program
+                    .load()
+                    .unwrap_or_else(|e| panic!("{name} does not verify: {e}"));
+                program.info()
+            }
+            _ => panic!("{name}: the object holds XDP programs and the egress classifier"),
+        }
+        .expect("program info");
+        let verified = info
             .verified_instruction_count()
             .expect("the kernel reports verified instructions (5.16 and later)");
         eprintln!("{name}: {verified} instructions processed by the verifier");

@@ -702,7 +702,7 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
                 totals: Totals::default(),
                 banned_until: Some(humantime::parse_rfc3339("2025-06-01T10:10:00Z").unwrap()),
                 via: None,
-                creates_over_budget: 0,
+                creates: None,
             }],
             ..Stats::default()
         };
@@ -735,7 +735,7 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
             totals: Totals::default(),
             banned_until: None,
             via: via.map(|v| v.parse().unwrap()),
-            creates_over_budget: 0,
+            creates: None,
         };
         let stats = Stats {
             tracked_sources: 3,

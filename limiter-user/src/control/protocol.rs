@@ -251,14 +251,22 @@ pub struct SourceView {
     /// come directly (and from daemons before the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<IpAddr>,
-    /// Its image creates over the kernel's budget (refused with 429 in enforce mode, counted
-    /// only in monitor mode) since its budget entry was made; absent when none.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub creates_over_budget: u64,
+    /// What became of its image creates, as the kernel saw it; absent when it made none
+    /// (and from daemons before the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates: Option<CreatesView>,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+/// A source's image creates by outcome, since the kernel's entry for it was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatesView {
+    /// Answered by Glance with a 2xx status: records created.
+    pub created: u64,
+    /// Answered by Glance with another final status (400, 401, 403, 409, 413, 5xx).
+    pub failed: u64,
+    /// Over the kernel's budget: refused with 429 in enforce mode, only counted in monitor
+    /// mode (never reached Glance in enforce mode).
+    pub over_budget: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -636,7 +644,7 @@ mod tests {
             totals: Totals::default(),
             banned_until: None,
             via: Some("198.51.100.2".parse().unwrap()),
-            creates_over_budget: 0,
+            creates: None,
         };
         let direct = SourceView {
             address: "203.0.113.10".parse().unwrap(),

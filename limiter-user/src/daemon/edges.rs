@@ -14,7 +14,7 @@ use limiter_common::{BudgetConfig, ProxyRelays};
 
 use crate::{
     clock::KernelClock,
-    loader::{self, AttachMode, Counters, Limiter, LoaderError, SourceEntry},
+    loader::{self, AttachMode, Counters, CreateOutcomes, Limiter, LoaderError, SourceEntry},
     proxy::ClientHeader,
     rules::CompiledRules,
 };
@@ -40,8 +40,10 @@ pub trait Kernel {
     fn set_client_header(&mut self, header: ClientHeader) -> Result<(), LoaderError>;
     fn set_trusted_proxies(&mut self, proxies: &[ipnet::IpNet]) -> Result<(), LoaderError>;
     fn set_image_create_budget(&mut self, budget: Option<BudgetConfig>) -> Result<(), LoaderError>;
-    /// Sources that went over their image-create budget → creates over it.
-    fn over_budget(&self) -> Result<HashMap<IpAddr, u64>, LoaderError>;
+    /// Makes the program record the creates it passes, for the egress program's counts.
+    fn set_response_counting(&mut self, on: bool) -> Result<(), LoaderError>;
+    /// Sources with image creates → what became of them (answered, refused over budget).
+    fn create_outcomes(&self) -> Result<HashMap<IpAddr, CreateOutcomes>, LoaderError>;
     /// Makes the kernel's tries hold exactly `rules`.
     fn apply_rules(&mut self, rules: &CompiledRules) -> Result<(), LoaderError>;
 
@@ -99,8 +101,12 @@ impl Kernel for Limiter {
         Limiter::set_image_create_budget(self, budget)
     }
 
-    fn over_budget(&self) -> Result<HashMap<IpAddr, u64>, LoaderError> {
-        Limiter::over_budget(self)
+    fn set_response_counting(&mut self, on: bool) -> Result<(), LoaderError> {
+        Limiter::set_response_counting(self, on)
+    }
+
+    fn create_outcomes(&self) -> Result<HashMap<IpAddr, CreateOutcomes>, LoaderError> {
+        Limiter::create_outcomes(self)
     }
 
     fn apply_rules(&mut self, rules: &CompiledRules) -> Result<(), LoaderError> {

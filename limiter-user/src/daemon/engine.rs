@@ -23,9 +23,9 @@ use crate::{
     config::{Config, Mode},
     control::{
         protocol::{
-            ControlError, ErrorKind, RatesView, Reply, Request, ResponseLine, RuleChange,
-            RuleCounts, RuleList, SortKey, SourceOrder, SourceState, SourceView, Stats, Status,
-            StoreErrorView, Totals,
+            ControlError, CreatesView, ErrorKind, RatesView, Reply, Request, ResponseLine,
+            RuleChange, RuleCounts, RuleList, SortKey, SourceOrder, SourceState, SourceView, Stats,
+            Status, StoreErrorView, Totals,
         },
         query::{self, AddressFilter},
     },
@@ -492,6 +492,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         let hz = self.limiter.clock()?.hz;
         self.limiter
             .set_image_create_budget(budget.map(|b| b.kernel_config(hz)))?;
+        // Glance's answers are counted whatever the mode: the created records are what an
+        // operator and `limiter recommend` want to see.
+        self.limiter.set_response_counting(true)?;
         Ok(())
     }
 
@@ -796,9 +799,9 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 (SourceState::Ok, None)
             }
         };
-        // Small (sources that went over their budget), and read only for this answer.
-        let over_budget = self.limiter.over_budget().unwrap_or_else(|e| {
-            warn!(error = %e, "could not read the image-create budgets; stats show none");
+        // Small (sources that create images), and read only for this answer.
+        let outcomes = self.limiter.create_outcomes().unwrap_or_else(|e| {
+            warn!(error = %e, "could not read what became of image creates; stats show none");
             HashMap::new()
         });
         let view_of = |address: IpAddr, rates: RatesView, state, until: Option<SystemTime>| {
@@ -818,7 +821,11 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                     None
                 },
                 via: self.via.get(address),
-                creates_over_budget: over_budget.get(&address).copied().unwrap_or(0),
+                creates: outcomes.get(&address).map(|o| CreatesView {
+                    created: o.created,
+                    failed: o.failed,
+                    over_budget: o.over_budget,
+                }),
             }
         };
         // Trusted proxies are listed apart, with what they relayed: never among the offenders.

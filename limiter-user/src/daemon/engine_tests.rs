@@ -13,7 +13,10 @@ use super::{
 };
 use crate::{
     config::Config,
-    control::protocol::{ErrorKind, Reply, Request, ResponseLine, SourceState, SourceView},
+    control::protocol::{
+        CreatesView, ErrorKind, Reply, Request, ResponseLine, SourceState, SourceView,
+    },
+    loader::CreateOutcomes,
     rules::{Action, Scope},
     store::{Origin, RuleStore, StoredRule},
 };
@@ -570,12 +573,29 @@ fn the_kernel_budget_follows_the_policy_and_the_mode() {
 }
 
 #[test]
-fn stats_show_each_sources_creates_over_budget() {
+fn stats_show_what_became_of_each_sources_creates() {
     let mut bench = bench("");
+    assert!(bench.edges.world().response_counting);
     bench.edges.image_creates(ip(ATTACKER), 5);
     bench.edges.image_creates(ip(NEIGHBOUR), 5);
-    bench.edges.world_mut().over_budget.insert(ip(ATTACKER), 12);
+    let outcomes = CreateOutcomes {
+        created: 58,
+        failed: 2,
+        over_budget: 12,
+    };
+    bench
+        .edges
+        .world_mut()
+        .create_outcomes
+        .insert(ip(ATTACKER), outcomes);
     bench.poll();
-    assert_eq!(bench.source(ATTACKER).creates_over_budget, 12);
-    assert_eq!(bench.source(NEIGHBOUR).creates_over_budget, 0);
+    assert_eq!(
+        bench.source(ATTACKER).creates,
+        Some(CreatesView {
+            created: 58,
+            failed: 2,
+            over_budget: 12
+        })
+    );
+    assert_eq!(bench.source(NEIGHBOUR).creates, None);
 }

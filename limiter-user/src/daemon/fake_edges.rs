@@ -17,7 +17,7 @@ use limiter_common::{BudgetConfig, ProxyRelays, SourceStats};
 use super::edges::{Host, Kernel};
 use crate::{
     clock::KernelClock,
-    loader::{AttachMode, Counters, LoaderError, SourceEntry},
+    loader::{AttachMode, Counters, CreateOutcomes, LoaderError, SourceEntry},
     net,
     proxy::ClientHeader,
     rules::CompiledRules,
@@ -41,8 +41,10 @@ pub struct World {
     pub trusted_proxies: Vec<IpNet>,
     /// The image-create budget the engine set.
     pub budget: Option<BudgetConfig>,
-    /// What a test says sources spent over their budget.
-    pub over_budget: HashMap<IpAddr, u64>,
+    /// Whether the engine asked the program to record creates for the egress counts.
+    pub response_counting: bool,
+    /// What a test says became of sources' creates.
+    pub create_outcomes: HashMap<IpAddr, CreateOutcomes>,
     pub attached: Vec<(String, u32)>,
     /// Makes every call fail, as a kernel that refuses the program's maps would.
     pub failing: bool,
@@ -104,7 +106,8 @@ impl FakeEdges {
             elapsed: Duration::ZERO,
             own_addresses: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
             budget: None,
-            over_budget: HashMap::new(),
+            response_counting: false,
+            create_outcomes: HashMap::new(),
             sources: BTreeMap::new(),
             rules: None,
             rule_writes: 0,
@@ -230,9 +233,15 @@ impl Kernel for FakeEdges {
         Ok(())
     }
 
-    fn over_budget(&self) -> Result<HashMap<IpAddr, u64>, LoaderError> {
+    fn set_response_counting(&mut self, on: bool) -> Result<(), LoaderError> {
         self.world().check()?;
-        Ok(self.world().over_budget.clone())
+        self.world_mut().response_counting = on;
+        Ok(())
+    }
+
+    fn create_outcomes(&self) -> Result<HashMap<IpAddr, CreateOutcomes>, LoaderError> {
+        self.world().check()?;
+        Ok(self.world().create_outcomes.clone())
     }
 
     fn apply_rules(&mut self, rules: &CompiledRules) -> Result<(), LoaderError> {

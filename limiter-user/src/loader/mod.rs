@@ -2,7 +2,8 @@
 //! and hands out typed views of its maps. Nothing outside this module touches raw map bytes.
 
 mod batch;
-mod budget;
+mod creates;
+mod egress;
 mod maps;
 mod migrate;
 mod pins;
@@ -25,13 +26,14 @@ use std::{
 };
 
 use limiter_common::{
-    ProxyRelays, CLIENT_PROGRAM_NAME, CLIENT_VIA_MAP, CLOCK_PROBE_NAME, DEFAULT_SOURCE_CAPACITY,
-    PROGRAM_NAME, PROXY_PROGRAMS_MAP, PROXY_PROGRAM_NAME, REFUSE_PROGRAM_NAME, SOURCES_MAP,
+    ProxyRelays, CLIENT_PROGRAM_NAME, CLIENT_VIA_MAP, CLOCK_PROBE_NAME, CREATE_PROGRAM_NAME,
+    DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, PROXY_PROGRAMS_MAP, PROXY_PROGRAM_NAME,
+    RESPONSES_PROGRAM_NAME, SOURCES_MAP,
 };
 use tracing::{info, warn};
 
 pub use self::batch::{BatchError, DEFAULT_BATCH_CHUNK, PARALLEL_BATCH_MIN_ENTRIES};
-pub use self::migrate::upgraded;
+pub use self::{creates::CreateOutcomes, migrate::upgraded};
 pub use self::{
     maps::{Counters, SourceEntry},
     pins::{detach_pinned, pinned_interfaces, DetachReport, DEFAULT_PIN_DIR, PINNED_MAPS},
@@ -149,6 +151,8 @@ pub struct Limiter {
     attachments: Vec<(String, AttachMode)>,
     /// Without pins: the program's link for each interface, to release it by name.
     links: std::collections::HashMap<String, XdpLinkId>,
+    /// The same for the egress program's links.
+    egress_links: std::collections::HashMap<String, aya::programs::tc::SchedClassifierLinkId>,
     /// Set by [`Limiter::load_pinned`]: maps and attachments live under this bpffs directory.
     pin_dir: Option<PathBuf>,
     /// What the last successful [`Limiter::apply_rules`] wrote: the tries hold exactly this
@@ -180,17 +184,24 @@ impl Limiter {
             CLOCK_PROBE_NAME,
             PROXY_PROGRAM_NAME,
             CLIENT_PROGRAM_NAME,
-            REFUSE_PROGRAM_NAME,
+            CREATE_PROGRAM_NAME,
         ] {
             program_mut(&mut ebpf, name)?
                 .load()
                 .map_err(|source| LoaderError::Program { name, source })?;
         }
+        egress::classifier_mut(&mut ebpf)?
+            .load()
+            .map_err(|source| LoaderError::Program {
+                name: RESPONSES_PROGRAM_NAME,
+                source,
+            })?;
         fill_proxy_slots(&mut ebpf)?;
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
             links: Default::default(),
+            egress_links: Default::default(),
             pin_dir: None,
             applied: None,
         })
@@ -242,15 +253,17 @@ impl Limiter {
     /// [`Limiter::load_pinned`], it adopts an attachment pinned for `iface` instead, or pins
     /// the new one.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode, LoaderError> {
-        match self.pin_dir.clone() {
-            Some(pin_dir) => self.attach_pinned(iface, &pin_dir),
+        let mode = match self.pin_dir.clone() {
+            Some(pin_dir) => self.attach_pinned(iface, &pin_dir)?,
             None => {
                 let ifindex = if_index(iface)?;
                 let (mode, link_id) = self.attach_fresh(iface, ifindex)?;
                 self.links.insert(iface.to_owned(), link_id);
-                Ok(mode)
+                mode
             }
-        }
+        };
+        self.attach_egress(iface);
+        Ok(mode)
     }
 
     /// Attaches to the device `ifindex`, known as `iface`, whatever was attached or pinned
@@ -268,6 +281,7 @@ impl Limiter {
                 self.links.insert(iface.to_owned(), link_id);
             }
         }
+        self.attach_egress(iface);
         Ok(mode)
     }
 
@@ -276,6 +290,7 @@ impl Limiter {
     /// clears what is stale; for one renamed away, the program leaves it. Nothing attached is
     /// not an error.
     pub fn release(&mut self, iface: &str) -> Result<(), LoaderError> {
+        self.release_egress(iface)?;
         self.attachments.retain(|(name, _)| name != iface);
         if let Some(link_id) = self.links.remove(iface) {
             let program = program_mut(&mut self.ebpf, PROGRAM_NAME)?;
@@ -491,8 +506,8 @@ impl Baseline {
 /// daemon's program has its own slot array, filled here.
 fn fill_proxy_slots(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
     let mut fds = Vec::new();
-    // In slot order: the program's `PROXY_SLOT`, `CLIENT_SLOT`, `REFUSE_SLOT`.
-    for name in [PROXY_PROGRAM_NAME, CLIENT_PROGRAM_NAME, REFUSE_PROGRAM_NAME] {
+    // In slot order: the program's `PROXY_SLOT`, `CLIENT_SLOT`, `CREATE_SLOT`.
+    for name in [PROXY_PROGRAM_NAME, CLIENT_PROGRAM_NAME, CREATE_PROGRAM_NAME] {
         let fd = program(ebpf, name)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(ProgramError::IOError))

@@ -16,7 +16,9 @@ use aya::{
 use limiter_common::{MapKind, MapSpec, PINNED_MAP_SPECS, PROGRAM_NAME};
 use tracing::{info, warn};
 
-use super::{migrate, program_mut, AttachMode, Limiter, LoadOptions, LoaderError};
+use super::{
+    egress::EGRESS_PREFIX, migrate, program_mut, AttachMode, Limiter, LoadOptions, LoaderError,
+};
 
 /// Where the daemon pins by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/glance-limiter";
@@ -165,14 +167,17 @@ pub fn detach_pinned(pin_dir: &Path) -> Result<DetachReport, LoaderError> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
-    // Links first: once they are gone nothing runs the program, then the maps can go.
-    names.sort_by_key(|n| !n.starts_with(LINK_PREFIX));
+    // Links first (XDP, then egress): once they are gone nothing runs the programs, then
+    // the maps can go.
+    names.sort_by_key(|n| (!n.starts_with(LINK_PREFIX), !n.starts_with(EGRESS_PREFIX)));
     for name in names {
         let path = pin_dir.join(&name);
         fs::remove_file(&path).map_err(|e| pin_error(&path, e))?;
-        match name.strip_prefix(LINK_PREFIX) {
-            Some(iface) => report.links.push(iface.to_owned()),
-            None => report.maps.push(name),
+        if let Some(iface) = name.strip_prefix(LINK_PREFIX) {
+            report.links.push(iface.to_owned());
+        } else if !name.starts_with(EGRESS_PREFIX) {
+            // An egress link goes with its interface's XDP link, which the report names.
+            report.maps.push(name);
         }
     }
     fs::remove_dir(pin_dir).map_err(|e| pin_error(pin_dir, e))?;

@@ -148,6 +148,8 @@ enum KernelFamily {
     /// An image create over its source's budget (or a segment after one), by what the
     /// program did: answered with 429, the reset that followed, or only counted (monitor).
     OverBudget(&'static str),
+    /// Glance's answers to image creates, by outcome: created (2xx) or failed.
+    CreateAnswers(&'static str),
 }
 
 /// Every counter has a place: a new `Counter` variant does not compile until it gets one.
@@ -178,6 +180,8 @@ fn kernel_family(counter: Counter) -> KernelFamily {
         Counter::ResetOverBudget => OverBudget("reset"),
         Counter::DropOverBudget => Dropped("over_budget"),
         Counter::OverBudgetObserved => OverBudget("observed"),
+        Counter::CreateSucceeded => CreateAnswers("created"),
+        Counter::CreateFailed => CreateAnswers("failed"),
     }
 }
 
@@ -249,6 +253,13 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
         KernelFamily::OverBudget(action) => Some(action),
         _ => None,
     });
+    let create_answers: Vec<_> = kernel
+        .iter()
+        .filter_map(|(c, v)| match kernel_family(*c) {
+            KernelFamily::CreateAnswers(outcome) => Some(([("outcome", outcome)], *v)),
+            _ => None,
+        })
+        .collect();
     let proxy_requests: Vec<_> = kernel
         .iter()
         .filter_map(|(c, v)| match kernel_family(*c) {
@@ -289,6 +300,14 @@ fn encode(s: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
              banned client's request answered with 429 in Glance's place), reset (the next \
              segment of that connection, turned into a reset that closes Glance's socket).",
             &proxy_segments,
+        )?;
+        counters(
+            encoder,
+            "image_create_answers",
+            "Glance's answers to the image creates it was passed, read on the way out, by \
+             outcome: created (a 2xx status: a record was added), failed (any other final \
+             status: 400, 401, 403, 409, 413, 5xx).",
+            &create_answers,
         )?;
         counters(
             encoder,
@@ -570,6 +589,7 @@ mod tests {
                 KernelFamily::SourcesInserted
                 | KernelFamily::SourceInsertFailures
                 | KernelFamily::ProxyRequests(_)
+                | KernelFamily::CreateAnswers(_)
                 | KernelFamily::ProxyHeaders => {
                     assert!(!counter.is_verdict());
                 }

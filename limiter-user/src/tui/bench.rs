@@ -118,7 +118,7 @@ pub fn stats_line(sources: usize) -> Vec<u8> {
             banned_until: (row.state == SourceState::Banned)
                 .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_748_772_600)),
             via: row.via,
-            creates_over_budget: 0,
+            creates: None,
         })
         .collect();
     let response = ResponseLine::ok(Reply::Stats(Stats {

@@ -148,7 +148,7 @@ pub fn canned(request: &Request) -> ResponseLine {
                 },
                 banned_until: Some(humantime::parse_rfc3339("2025-06-01T10:10:00Z").unwrap()),
                 via: None,
-                creates_over_budget: 0,
+                creates: None,
             }],
             ..Stats::default()
         }),
