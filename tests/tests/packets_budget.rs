@@ -100,8 +100,8 @@ impl Rig {
     }
 
     fn over_budget(&self, who: &str) -> u64 {
-        let over = self.limiter.over_budget().expect("budgets");
-        over.get(&addr(who)).copied().unwrap_or(0)
+        let outcomes = self.limiter.create_outcomes().expect("create outcomes");
+        outcomes.get(&addr(who)).map_or(0, |o| o.over_budget)
     }
 }
 
@@ -300,7 +300,7 @@ fn without_a_budget_nothing_is_refused() {
     for _ in 0..PER_MINUTE * 5 {
         rig.test_pass(&create(CLIENT, 41_000));
     }
-    assert!(rig.limiter.over_budget().expect("budgets").is_empty());
+    assert!(rig.limiter.create_outcomes().expect("outcomes").is_empty());
     // And switched off after being on.
     let mut rig = Rig::new(true);
     rig.limiter
