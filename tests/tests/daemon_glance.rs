@@ -20,7 +20,8 @@ use limiter_tests::{
     daemon::{host_prefix, Daemon, DaemonSetup},
     glance::RealGlance,
     http::{
-        connection_flood, image_create_flood, periodic_requests, FloodLimits, FloodLog, StopOnDrop,
+        connection_flood, image_create_flood, periodic_requests, Attempt, FloodLimits, FloodLog,
+        ImageCreateClient, StopOnDrop,
     },
     napi::XdpPass,
     netns::{AttackTopology, ClientNet},
@@ -437,6 +438,70 @@ fn image_create_flood_creates_at_most_its_budget_and_is_banned() {
     let reads = reader.join().expect("legitimate client");
     assert!(reads.attempts.len() >= 4, "{}", reads.attempts.len());
     assert_all_served(&reads, "legitimate client");
+}
+
+/// Issue 13, item 3: Glance's answers are read on the way out, so a client that sends some
+/// bad creates (an unknown `disk_format`, answered 400) has its created records and its
+/// failed creates counted exactly, apart, in `stats` and in the kernel's counters, matching
+/// Glance's own database.
+#[test]
+fn created_and_failed_creates_are_counted_exactly_from_glances_answers() {
+    limiter_tests::require_kernel!();
+    const GOOD: usize = 7;
+    const BAD: usize = 5;
+    let client = AttackTopology::LEGIT_V4[0];
+    let fx = Fixture::new(|setup| setup);
+    let bad_create = r#"{"name":"e2e-bad","disk_format":"floppy","container_format":"bare"}"#;
+    let no_stop = Arc::new(AtomicBool::new(false));
+    let statuses = spawn_in(&fx.topo.legit, client, &no_stop, move |dst, _| {
+        // Both on keep-alive connections of their own, interleaved: bad, good, bad, ...
+        let mut good = ImageCreateClient::new(client, dst, GLANCE_PORT, CREATE);
+        let mut bad = ImageCreateClient::new(client, dst, GLANCE_PORT, bad_create);
+        let mut log = FloodLog::default();
+        for i in 0..GOOD + BAD {
+            let started = Instant::now();
+            let status = if i % 2 == 0 && i / 2 < BAD {
+                bad.create()
+            } else {
+                good.create()
+            };
+            log.attempts.push(Attempt {
+                started,
+                ended: Instant::now(),
+                status,
+            });
+        }
+        log
+    })
+    .join()
+    .expect("client thread");
+    let count = |status| {
+        statuses
+            .attempts
+            .iter()
+            .filter(|a| a.status == Some(status))
+            .count()
+    };
+    assert_eq!((count(201), count(400)), (GOOD, BAD), "{statuses:?}");
+    assert_eq!(fx.glance.image_count(), GOOD as u64);
+
+    let seen = fx
+        .daemon
+        .wait_for_source(client, 3 * POLL, |s| {
+            s["creates"]["created"].as_u64() == Some(GOOD as u64)
+                && s["creates"]["failed"].as_u64() == Some(BAD as u64)
+        })
+        .unwrap_or_else(|| panic!("answers not counted: {}", fx.daemon.stats_json()));
+    assert_eq!(seen["creates"]["over_budget"], 0, "{seen}");
+    assert_eq!(
+        seen["totals"]["image_create"],
+        (GOOD + BAD) as u64,
+        "{seen}"
+    );
+    let counters = fx.daemon.status_json()["counters"].clone();
+    assert_eq!(counters["create_succeeded"], GOOD as u64, "{counters}");
+    assert_eq!(counters["create_failed"], BAD as u64, "{counters}");
+    eprintln!("answers seen: {}", seen["creates"]);
 }
 
 /// Scenario 3: a client creating images at a steady pace below `image_creates_per_minute` is
