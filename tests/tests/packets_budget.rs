@@ -387,3 +387,26 @@ fn a_refused_connection_is_reset_even_once_its_source_is_banned() {
     rig.check(&create(CLIENT, 41_001), Verdict::Drop, &[DropBlocked]);
     rig.check(&create(CLIENT, 41_001), Verdict::Drop, &[DropBlocked]);
 }
+
+#[test]
+fn forgiving_a_prefix_gives_its_sources_a_whole_budget_again() {
+    require_kernel!();
+    let mut rig = Rig::new(true);
+    for who in [CLIENT, OTHER] {
+        for _ in 0..PER_MINUTE {
+            rig.test_pass(&create(who, 41_000));
+        }
+        rig.check(&create(who, 41_000), Verdict::Tx, &[RejectOverBudget]);
+    }
+    let forgiven = rig
+        .limiter
+        .forgive_budgets(&[IpNet::from(addr(CLIENT))])
+        .expect("forgive");
+    assert_eq!(forgiven, 1);
+    for _ in 0..PER_MINUTE {
+        rig.test_pass(&create(CLIENT, 41_010));
+    }
+    rig.check(&create(CLIENT, 41_010), Verdict::Tx, &[RejectOverBudget]);
+    // The other source's budget is as spent as it was.
+    rig.check(&create(OTHER, 41_010), Verdict::Tx, &[RejectOverBudget]);
+}

@@ -40,6 +40,8 @@ pub trait Kernel {
     fn set_client_header(&mut self, header: ClientHeader) -> Result<(), LoaderError>;
     fn set_trusted_proxies(&mut self, proxies: &[ipnet::IpNet]) -> Result<(), LoaderError>;
     fn set_image_create_budget(&mut self, budget: Option<BudgetConfig>) -> Result<(), LoaderError>;
+    /// Gives the sources within `prefixes` a whole image-create budget again.
+    fn forgive_budgets(&mut self, prefixes: &[ipnet::IpNet]) -> Result<usize, LoaderError>;
     /// Makes the program record the creates it passes, for the egress program's counts.
     fn set_response_counting(&mut self, on: bool) -> Result<(), LoaderError>;
     /// Sources with image creates → what became of them (answered, refused over budget).
@@ -103,6 +105,10 @@ impl Kernel for Limiter {
 
     fn set_response_counting(&mut self, on: bool) -> Result<(), LoaderError> {
         Limiter::set_response_counting(self, on)
+    }
+
+    fn forgive_budgets(&mut self, prefixes: &[ipnet::IpNet]) -> Result<usize, LoaderError> {
+        Limiter::forgive_budgets(self, prefixes)
     }
 
     fn create_outcomes(&self) -> Result<HashMap<IpAddr, CreateOutcomes>, LoaderError> {

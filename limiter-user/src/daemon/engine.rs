@@ -680,6 +680,11 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             for rule in &change.removed {
                 self.unbans.removed.add(rule.origin, 1);
             }
+            // Unblocked is forgiven: what it spent of its image-create budget before the ban
+            // would otherwise keep its creates refused. Not worth failing the unblock over.
+            if let Err(e) = self.limiter.forgive_budgets(&prefixes) {
+                warn!(error = %e, "could not reset the budgets of the unblocked sources");
+            }
         }
         info!(
             action = ?action,

@@ -599,3 +599,18 @@ fn stats_show_what_became_of_each_sources_creates() {
     );
     assert_eq!(bench.source(NEIGHBOUR).creates, None);
 }
+
+#[test]
+fn an_unblocked_source_gets_a_whole_budget_again() {
+    let mut bench = bench("");
+    assert!(bench.block(ATTACKER, Some(600), false).ok);
+    assert!(
+        bench.edges.world().forgiven.is_empty(),
+        "a block forgives nothing"
+    );
+    let response = bench.request(Request::Unblock {
+        prefixes: vec![net(ATTACKER)],
+    });
+    assert!(response.ok, "{response:?}");
+    assert_eq!(bench.edges.world().forgiven, vec![net(ATTACKER)]);
+}

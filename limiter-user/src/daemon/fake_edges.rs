@@ -41,6 +41,8 @@ pub struct World {
     pub trusted_proxies: Vec<IpNet>,
     /// The image-create budget the engine set.
     pub budget: Option<BudgetConfig>,
+    /// The prefixes the engine forgave the budgets of, in order.
+    pub forgiven: Vec<IpNet>,
     /// Whether the engine asked the program to record creates for the egress counts.
     pub response_counting: bool,
     /// What a test says became of sources' creates.
@@ -106,6 +108,7 @@ impl FakeEdges {
             elapsed: Duration::ZERO,
             own_addresses: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
             budget: None,
+            forgiven: Vec::new(),
             response_counting: false,
             create_outcomes: HashMap::new(),
             sources: BTreeMap::new(),
@@ -237,6 +240,12 @@ impl Kernel for FakeEdges {
         self.world().check()?;
         self.world_mut().response_counting = on;
         Ok(())
+    }
+
+    fn forgive_budgets(&mut self, prefixes: &[IpNet]) -> Result<usize, LoaderError> {
+        self.world().check()?;
+        self.world_mut().forgiven.extend_from_slice(prefixes);
+        Ok(prefixes.len())
     }
 
     fn create_outcomes(&self) -> Result<HashMap<IpAddr, CreateOutcomes>, LoaderError> {

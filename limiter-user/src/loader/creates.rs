@@ -4,9 +4,10 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use ipnet::IpNet;
 use limiter_common::{
-    BudgetConfig, SourceCreates, BUDGET_CONFIG_MAP, CONFIG_COUNT_RESPONSES,
+    BudgetConfig, SourceAddr, SourceCreates, BUDGET_CONFIG_MAP, CONFIG_COUNT_RESPONSES,
     CONFIG_IMAGE_CREATE_BUDGET, CREATES_MAP,
 };
 
@@ -36,6 +37,37 @@ impl Limiter {
             set_config_flag(&mut self.ebpf, CONFIG_IMAGE_CREATE_BUDGET, true)?;
         }
         Ok(())
+    }
+
+    /// Gives every source within `prefixes` a whole budget again (an unblocked source is
+    /// forgiven: its flood before the ban would otherwise keep its creates refused). Returns
+    /// how many sources had one spent.
+    pub fn forgive_budgets(&mut self, prefixes: &[IpNet]) -> Result<usize, LoaderError> {
+        let spent: Vec<IpAddr> =
+            read_by_address(&self.ebpf, CREATES_MAP, |c: SourceCreates| c.arrival)?
+                .into_iter()
+                .filter(|(addr, arrival)| {
+                    *arrival != 0 && prefixes.iter().any(|p| p.contains(addr))
+                })
+                .map(|(addr, _)| addr)
+                .collect();
+        let mut table: BpfHashMap<&mut MapData, SourceAddr, SourceCreates> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, CREATES_MAP)?)
+                .map_err(map_err(CREATES_MAP, "open"))?;
+        let mut forgiven = 0;
+        for addr in spent {
+            let key = SourceAddr::from_octets(crate::net::addr_to_key(addr));
+            // Gone since the read (evicted: a whole budget anyway) is not an error.
+            let Ok(mut entry) = table.get(&key, 0) else {
+                continue;
+            };
+            entry.arrival = 0;
+            table
+                .insert(key, entry, 0)
+                .map_err(map_err(CREATES_MAP, "write"))?;
+            forgiven += 1;
+        }
+        Ok(forgiven)
     }
 
     /// Makes the XDP program record the image creates it passes to Glance, for the egress
