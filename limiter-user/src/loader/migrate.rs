@@ -46,7 +46,7 @@ enum Layout {
     /// The per-source table in [`SourceRowV1`] rows.
     SourcesV1,
     /// This build's layout, another capacity.
-    SameLayout,
+    Resized,
     /// The global counters of a version with fewer.
     FewerCounters,
 }
@@ -62,10 +62,10 @@ pub(super) fn plan(pin_dir: &Path, options: &LoadOptions) -> Vec<Migration> {
             SOURCES_MAP,
             &[
                 (SOURCE_ROW_V1_BYTES, Layout::SourcesV1),
-                (sources, Layout::SameLayout),
+                (sources, Layout::Resized),
             ],
         ),
-        (CLIENT_VIA_MAP, &[(via, Layout::SameLayout)]),
+        (CLIENT_VIA_MAP, &[(via, Layout::Resized)]),
     ];
     let mut plan = Vec::new();
     plan.extend(fewer_counters(pin_dir));
@@ -82,7 +82,7 @@ pub(super) fn plan(pin_dir: &Path, options: &LoadOptions) -> Vec<Migration> {
         let Some(&(_, layout)) = layouts.iter().find(|(size, _)| *size == value_size) else {
             continue;
         };
-        if layout == Layout::SameLayout && entries == options.source_capacity {
+        if layout == Layout::Resized && entries == options.source_capacity {
             continue;
         }
         plan.push(Migration {
@@ -121,7 +121,7 @@ pub(super) fn carry_over(ebpf: &mut Ebpf, plan: Vec<Migration>) -> Result<(), Lo
         let started = Instant::now();
         let rows = match (migration.name, migration.layout) {
             (SOURCES_MAP, Layout::SourcesV1) => sources_from_v1(ebpf, &migration.old)?,
-            (SOURCES_MAP, Layout::SameLayout) => {
+            (SOURCES_MAP, Layout::Resized) => {
                 copy::<SourceStats>(ebpf, SOURCES_MAP, &migration.old)?
             }
             (_, Layout::FewerCounters) => counters(ebpf, migration.old, migration.old_entries)?,

@@ -66,6 +66,7 @@ fn row(address: &str, state: SourceState, rates: RatesView) -> SourceRow {
             read: (rates.reads_per_second * 60.0) as u64,
         },
         via: None,
+        creates: None,
     }
 }
 
@@ -313,6 +314,30 @@ pub fn attack_app(width: u16, height: u16) -> App {
     update(&mut app, Action::Resize(width, height));
     for step in 0..=90 {
         let (rows, rules) = attack(step);
+        let tracked = rows.len();
+        feed(&mut app, step, rows, rules, tracked);
+    }
+    select(&mut app, "198.51.100.7");
+    app
+}
+
+/// [`attack_app`] with what became of the attacker's creates: Glance's answers and the
+/// kernel budget's refusals.
+pub fn attack_app_with_answers(width: u16, height: u16) -> App {
+    let mut app = empty_app();
+    update(&mut app, Action::Resize(width, height));
+    for step in 0..=90 {
+        let (mut rows, rules) = attack(step);
+        for row in rows
+            .iter_mut()
+            .filter(|r| r.address.to_string() == "198.51.100.7")
+        {
+            row.creates = Some(crate::control::protocol::CreatesView {
+                created: 58,
+                failed: 2,
+                over_budget: 1_204,
+            });
+        }
         let tracked = rows.len();
         feed(&mut app, step, rows, rules, tracked);
     }

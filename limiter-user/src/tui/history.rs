@@ -159,6 +159,7 @@ mod tests {
             },
             totals: Totals::default(),
             via: None,
+            creates: None,
         }
     }
 

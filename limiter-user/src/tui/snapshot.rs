@@ -13,7 +13,8 @@ use ipnet::IpNet;
 
 use crate::{
     control::protocol::{
-        ProxyView, RatesView, SourceOrder, SourceState, SourceView, Stats, Status, Totals,
+        CreatesView, ProxyView, RatesView, SourceOrder, SourceState, SourceView, Stats, Status,
+        Totals,
     },
     store::StoredRule,
 };
@@ -101,6 +102,8 @@ pub struct SourceRow {
     pub totals: Totals,
     /// The trusted proxy its latest proxied request came through.
     pub via: Option<IpAddr>,
+    /// What became of its image creates (Glance's answers, the budget's refusals).
+    pub creates: Option<CreatesView>,
 }
 
 impl SourceRow {
@@ -112,6 +115,7 @@ impl SourceRow {
             rates: view.rates,
             totals: view.totals,
             via: view.via,
+            creates: view.creates,
         }
     }
 }

@@ -13,8 +13,8 @@ use ratatui::{
 use super::{
     app::{App, Link, Mode, Pane},
     fixtures::{
-        at, attack_app, attack_app_behind_proxies, attack_app_in_cluster, connected_cluster,
-        degraded_cluster,
+        at, attack_app, attack_app_behind_proxies, attack_app_in_cluster, attack_app_with_answers,
+        connected_cluster, degraded_cluster,
     },
     render,
     theme::Theme,
@@ -232,6 +232,35 @@ fn detail_pane_compact_and_tall() {
         ))
         .backend()
     );
+}
+
+#[test]
+fn the_detail_pane_shows_what_became_of_the_creates() {
+    let app = attack_app_with_answers(90, 24);
+    let terminal = draw(90, 24, &app, |f, a, app| {
+        render::detail::render(f, a, app, pane_block())
+    });
+    let text: String = terminal
+        .backend()
+        .buffer()
+        .content()
+        .iter()
+        .map(|cell| cell.symbol())
+        .collect();
+    let line = "creates answered by Glance: 58 created, 2 failed · 1204 refused over budget";
+    assert!(text.contains(line), "{text}");
+    // Without answers (the other snapshots), no such line.
+    let plain = draw(90, 24, &attack_app(90, 24), |f, a, app| {
+        render::detail::render(f, a, app, pane_block())
+    });
+    let plain: String = plain
+        .backend()
+        .buffer()
+        .content()
+        .iter()
+        .map(|cell| cell.symbol())
+        .collect();
+    assert!(!plain.contains("creates answered"));
 }
 
 #[test]

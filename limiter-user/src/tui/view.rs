@@ -162,6 +162,7 @@ mod tests {
             },
             totals: Totals::default(),
             via: None,
+            creates: None,
         }
     }
 

@@ -105,6 +105,15 @@ fn summary(row: &SourceRow, app: &App, tall: bool) -> Vec<Line<'static>> {
             format::count(t.other_write),
             format::count(t.read),
         )));
+        // What became of the creates, once the kernel saw any answered or refused.
+        if let Some(c) = row.creates {
+            lines.push(Line::from(format!(
+                "creates answered by Glance: {} created, {} failed · {} refused over budget",
+                format::count(c.created),
+                format::count(c.failed),
+                format::count(c.over_budget)
+            )));
+        }
         lines.push(Line::from(Span::styled(
             format!(
                 "creates/hour {} (limit {}) · sparklines: last {} refreshes · limits: {}",
