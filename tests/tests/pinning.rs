@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use limiter_tests::{
     http::{connect_from, request, StandInServer},
     netns::Topology,
@@ -62,6 +63,16 @@ fn block(limiter: &mut Limiter, addr: &str) {
     limiter.apply_rules(&compiled).unwrap();
 }
 
+/// The ids of the TCX egress programs on `iface` in the server's namespace: the limiter's
+/// egress program counts Glance's answers beside the XDP program, pinned the same way.
+fn egress_program_ids(topo: &Topology, iface: &str) -> Vec<u32> {
+    topo.server.run(|| {
+        SchedClassifier::query_tcx(iface, TcAttachType::Egress)
+            .map(|(_, programs)| programs.iter().map(|p| p.id()).collect())
+            .unwrap_or_default()
+    })
+}
+
 fn connects(topo: &Topology, src: &str) -> bool {
     let timeout = Duration::from_millis(700);
     topo.client.run(|| {
@@ -96,6 +107,12 @@ fn pinned_attachment_outlives_the_process_and_is_adopted_then_detached() {
         pinned_interfaces(&pins.0),
         vec![topo.server_iface.to_owned()]
     );
+    let egress_before = egress_program_ids(&topo, topo.server_iface);
+    assert_eq!(egress_before.len(), 1, "one egress attachment");
+    assert!(pins
+        .0
+        .join(format!("egress-{}", topo.server_iface))
+        .exists());
 
     // The process's handle goes away (as with kill -9): the kernel keeps dropping.
     drop(first);
@@ -130,6 +147,12 @@ fn pinned_attachment_outlives_the_process_and_is_adopted_then_detached() {
     );
     assert!(!connects(&topo, BANNED), "the ban survived the restart");
     assert!(connects(&topo, OTHER));
+    let egress_after = egress_program_ids(&topo, topo.server_iface);
+    assert_eq!(egress_after.len(), 1, "no second egress attachment");
+    assert_ne!(
+        egress_after, egress_before,
+        "the new egress program was swapped in"
+    );
     drop(second);
 
     // Detach removes the link and every map pin; traffic flows again.
@@ -148,6 +171,13 @@ fn pinned_attachment_outlives_the_process_and_is_adopted_then_detached() {
         assert!(
             unlinked.elapsed() < DETACH_DEADLINE,
             "XDP left the interface within {DETACH_DEADLINE:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    while !egress_program_ids(&topo, topo.server_iface).is_empty() {
+        assert!(
+            unlinked.elapsed() < DETACH_DEADLINE,
+            "the egress program left the interface within {DETACH_DEADLINE:?}"
         );
         thread::sleep(Duration::from_millis(10));
     }
