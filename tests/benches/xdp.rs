@@ -147,7 +147,7 @@ fn main() {
         cases.push(measure(name, ours, base, *target));
     }
 
-    cases.push(image_create_budget());
+    cases.extend(image_create_budget());
     cases.extend(proxied_requests(&empty));
     cases.push(new_source_into_full_table(&limiter, &empty));
     print_table(&cases);
@@ -255,8 +255,12 @@ fn proxied_requests(empty: &Baseline) -> Vec<Case> {
 /// exhaust, so every run takes the path of a create within budget: a lookup of the source's
 /// budget and the update of its arrival time. (A create over budget is answered instead; its
 /// cost is the 429's, paid once per refused request.)
-fn image_create_budget() -> Case {
-    let load = |budget: bool| {
+///
+/// And what recording a create for its answer adds (responses seen, issue 13): the same frame
+/// with response counting on against off, both without a budget. No target: it is paid by
+/// image creates only, in a tail call.
+fn image_create_budget() -> Vec<Case> {
+    let load = |budget: bool, recording: bool| {
         let mut limiter = Limiter::load(&LoadOptions {
             source_capacity: TABLE_CAPACITY,
         })
@@ -270,9 +274,11 @@ fn image_create_budget() -> Case {
                 .set_image_create_budget(Some(budget.kernel_config(hz)))
                 .unwrap();
         }
+        limiter.set_response_counting(recording).unwrap();
         limiter
     };
-    let (with_budget, without) = (load(true), load(false));
+    let (with_budget, without, recording) =
+        (load(true, false), load(false, false), load(false, true));
     let create = Packet::request(
         "198.51.100.7",
         GLANCE_PORT,
@@ -286,17 +292,24 @@ fn image_create_budget() -> Case {
     };
     timed(&with_budget, REPEAT);
     timed(&without, REPEAT);
-    let case = measure(
+    timed(&recording, REPEAT);
+    let budget_case = measure(
         "image-create-budget",
         |repeat| timed(&with_budget, repeat),
         |repeat| timed(&without, repeat),
         10.0,
     );
+    let recording_case = measure(
+        "image-create-recorded",
+        |repeat| timed(&recording, repeat),
+        |repeat| timed(&without, repeat),
+        f64::INFINITY,
+    );
     // Every create was charged to the budget, and within it.
     let addr: std::net::IpAddr = "198.51.100.7".parse().unwrap();
     let outcomes = with_budget.create_outcomes().unwrap();
     assert!(outcomes.get(&addr).is_some_and(|o| o.over_budget == 0));
-    case
+    vec![budget_case, recording_case]
 }
 
 /// Fills the table to capacity, then measures single runs each from a source never seen:
