@@ -114,7 +114,7 @@ pub fn answered(ctx: &TcContext) -> Option<Counter> {
 
 #[inline(always)]
 fn count_outcome(client: &SourceAddr, created: bool) {
-    if let Some(entry) = CREATES.get_ptr_mut(client) {
+    let add_to = |entry: *mut SourceCreates| {
         // SAFETY: a live map value, its counters u64 and 8-byte aligned.
         unsafe {
             if created {
@@ -123,6 +123,9 @@ fn count_outcome(client: &SourceAddr, created: bool) {
                 add(&raw mut (*entry).failed, 1);
             }
         }
+    };
+    if let Some(entry) = CREATES.get_ptr_mut(client) {
+        add_to(entry);
         return;
     }
     // The source's first create while budgets were off (or its entry was evicted): a whole
@@ -133,16 +136,10 @@ fn count_outcome(client: &SourceAddr, created: bool) {
         created: created as u64,
         failed: !created as u64,
     };
+    // NOEXIST, as for source rows: another CPU may have added it since the lookup.
     if CREATES.insert(client, fresh, BPF_NOEXIST as u64).is_err() {
         if let Some(entry) = CREATES.get_ptr_mut(client) {
-            // SAFETY: as above.
-            unsafe {
-                if created {
-                    add(&raw mut (*entry).created, 1);
-                } else {
-                    add(&raw mut (*entry).failed, 1);
-                }
-            }
+            add_to(entry);
         }
     }
 }

@@ -110,15 +110,7 @@ impl Rig {
     /// Runs `frame`: asserts the verdict and that exactly `counters` went up (one each, a
     /// counter listed twice by two); returns the frame as the program left it.
     fn check(&self, frame: &[u8], verdict: Verdict, counters: &[Counter]) -> Vec<u8> {
-        let before = self.limiter.counters().expect("counters");
-        let (got, out) = self.limiter.test_run_frame(frame).expect("test run");
-        let after = self.limiter.counters().expect("counters");
-        let changed = limiter_tests::counters::changes(&before, &after);
-        let wanted = limiter_tests::counters::expected(counters);
-        let text = String::from_utf8_lossy(frame);
-        assert_eq!(got, verdict, "verdict for {text:?}");
-        assert_eq!(changed, wanted, "counters for {text:?}");
-        out
+        limiter_tests::counters::check_run(&self.limiter, frame, verdict, counters)
     }
 }
 

@@ -47,16 +47,7 @@ impl Rig {
 
     /// A frame into the XDP program: asserts the verdict and exactly `counters`.
     fn inbound(&self, frame: &[u8], verdict: Verdict, counters: &[Counter]) {
-        let before = self.limiter.counters().expect("counters");
-        let got = self.limiter.test_run(frame).expect("test run");
-        let after = self.limiter.counters().expect("counters");
-        assert_eq!(got, verdict, "{:?}", String::from_utf8_lossy(frame));
-        assert_eq!(
-            limiter_tests::counters::changes(&before, &after),
-            limiter_tests::counters::expected(counters),
-            "{:?}",
-            String::from_utf8_lossy(frame)
-        );
+        limiter_tests::counters::check_run(&self.limiter, frame, verdict, counters);
     }
 
     /// A frame leaving the node through the egress program: it goes on untouched, and

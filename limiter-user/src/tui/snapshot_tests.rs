@@ -236,31 +236,18 @@ fn detail_pane_compact_and_tall() {
 
 #[test]
 fn the_detail_pane_shows_what_became_of_the_creates() {
-    let app = attack_app_with_answers(90, 24);
-    let terminal = draw(90, 24, &app, |f, a, app| {
-        render::detail::render(f, a, app, pane_block())
-    });
-    let text: String = terminal
-        .backend()
-        .buffer()
-        .content()
-        .iter()
-        .map(|cell| cell.symbol())
-        .collect();
+    let detail_text = |app: &App| -> String {
+        let terminal = draw(90, 24, app, |f, a, app| {
+            render::detail::render(f, a, app, pane_block())
+        });
+        let buffer = terminal.backend().buffer().clone();
+        buffer.content().iter().map(|cell| cell.symbol()).collect()
+    };
+    let text = detail_text(&attack_app_with_answers(90, 24));
     let line = "creates answered by Glance: 58 created, 2 failed · 1204 refused over budget";
     assert!(text.contains(line), "{text}");
     // Without answers (the other snapshots), no such line.
-    let plain = draw(90, 24, &attack_app(90, 24), |f, a, app| {
-        render::detail::render(f, a, app, pane_block())
-    });
-    let plain: String = plain
-        .backend()
-        .buffer()
-        .content()
-        .iter()
-        .map(|cell| cell.symbol())
-        .collect();
-    assert!(!plain.contains("creates answered"));
+    assert!(!detail_text(&attack_app(90, 24)).contains("creates answered"));
 }
 
 #[test]
