@@ -506,11 +506,15 @@ fn every_frame_increments_exactly_one_verdict_counter() {
         .unwrap_or_else(|e| panic!("{e}"));
     let tally = seen.get();
     // The verdicts of trusted proxies' segments need a configured proxy and a banned client
-    // behind it; tests/tests/packets_proxy.rs produces each of them.
+    // behind it (tests/tests/packets_proxy.rs produces each of them); those of image creates
+    // over budget, a budget and a source past it (tests/tests/packets_budget.rs).
     let proxy_verdicts = [
         Counter::RejectProxied,
         Counter::ResetProxied,
         Counter::DropProxied,
+        Counter::RejectOverBudget,
+        Counter::ResetOverBudget,
+        Counter::DropOverBudget,
     ];
     let missing: Vec<&str> = Counter::ALL
         .iter()

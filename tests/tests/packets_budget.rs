@@ -402,3 +402,26 @@ fn forgiving_a_prefix_gives_its_sources_a_whole_budget_again() {
     // The other source's budget is as spent as it was.
     rig.check(&create(OTHER, 41_010), Verdict::Tx, &[RejectOverBudget]);
 }
+
+#[test]
+fn a_create_over_budget_in_a_frame_the_answer_cannot_be_written_into_is_dropped() {
+    require_kernel!();
+    let rig = Rig::new(true);
+    // IPv4 options (a record-route option): counted and judged like any frame, but the 429
+    // is written only into plain headers.
+    let with_options = |port: u16| {
+        segment(CLIENT, port, CREATE)
+            .ipv4_options(&[7, 7, 4, 0, 0, 0, 0])
+            .build()
+    };
+    rig.check(
+        &with_options(41_000),
+        Verdict::Pass,
+        &[PassProtected, SourceNew],
+    );
+    for _ in 1..PER_MINUTE {
+        rig.check(&with_options(41_000), Verdict::Pass, &[PassProtected]);
+    }
+    rig.check(&with_options(41_000), Verdict::Drop, &[DropOverBudget]);
+    assert_eq!(rig.over_budget(CLIENT), 1);
+}
