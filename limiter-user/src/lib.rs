@@ -13,6 +13,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod created_records;
 pub mod daemon;
 mod duration_text;
 pub mod ebpf_objects;

@@ -37,6 +37,9 @@ pub enum Metric {
     ImageCreatesPerHour,
     /// Other POST, PUT, PATCH, DELETE in the last minute.
     OtherWritesPerMinute,
+    /// Image records created in the last hour: creates Glance answered with a 2xx status, as
+    /// the kernel's egress program read them. Node-local (not shared through the cluster).
+    RecordsCreatedPerHour,
     /// GET, HEAD, OPTIONS per second over the last poll interval.
     ReadsPerSecond,
     /// Packets per second over the last poll interval.
@@ -59,7 +62,17 @@ impl Metric {
 
     /// Those a threshold can limit (the others are for display): the ones with a
     /// [`Metric::threshold_window`].
-    pub const THRESHOLDED: [Metric; 4] = [
+    pub const THRESHOLDED: [Metric; 5] = [
+        Metric::NewConnectionsPerSecond,
+        Metric::ImageCreatesPerMinute,
+        Metric::ImageCreatesPerHour,
+        Metric::OtherWritesPerMinute,
+        Metric::RecordsCreatedPerHour,
+    ];
+
+    /// Those whose counts the nodes of a cluster share (in this order on the wire): the
+    /// answers the egress program reads are this node's own.
+    pub const CLUSTER_SHARED: [Metric; 4] = [
         Metric::NewConnectionsPerSecond,
         Metric::ImageCreatesPerMinute,
         Metric::ImageCreatesPerHour,
@@ -79,7 +92,9 @@ impl Metric {
             Metric::ImageCreatesPerMinute | Metric::OtherWritesPerMinute => {
                 Some(Duration::from_secs(60))
             }
-            Metric::ImageCreatesPerHour => Some(Duration::from_secs(3600)),
+            Metric::ImageCreatesPerHour | Metric::RecordsCreatedPerHour => {
+                Some(Duration::from_secs(3600))
+            }
             Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => None,
         }
     }
@@ -91,6 +106,7 @@ impl Metric {
             Metric::ImageCreatesPerMinute => "image_creates",
             Metric::ImageCreatesPerHour => "image_creates_per_hour",
             Metric::OtherWritesPerMinute => "other_writes",
+            Metric::RecordsCreatedPerHour => "records_created",
             Metric::ReadsPerSecond => "reads",
             Metric::PacketsPerSecond => "packets",
             Metric::BytesPerSecond => "bytes",
@@ -104,6 +120,7 @@ impl Metric {
             Metric::ImageCreatesPerMinute => "creates/min",
             Metric::ImageCreatesPerHour => "creates/h",
             Metric::OtherWritesPerMinute => "writes/min",
+            Metric::RecordsCreatedPerHour => "records/h",
             Metric::ReadsPerSecond => "reads/s",
             Metric::PacketsPerSecond => "packets/s",
             Metric::BytesPerSecond => "bytes/s",
@@ -117,6 +134,7 @@ impl Metric {
             Metric::ImageCreatesPerMinute => ("CREATE/M", "CREATES/MIN"),
             Metric::ImageCreatesPerHour => ("CREATE/H", "CREATES/HOUR"),
             Metric::OtherWritesPerMinute => ("WRITE/M", "WRITES/MIN"),
+            Metric::RecordsCreatedPerHour => ("RECORD/H", "RECORDS/HOUR"),
             Metric::ReadsPerSecond => ("READ/S", "READS/S"),
             Metric::PacketsPerSecond => ("PKT/S", "PACKETS/S"),
             Metric::BytesPerSecond => ("BYTE/S", "BYTES/S"),

@@ -35,6 +35,9 @@ pub struct PolicyConfig {
     /// Other writes (other POST, PUT, PATCH, DELETE) in the last 60 s.
     #[serde(with = "threshold_text")]
     pub other_writes_per_minute: Option<u32>,
+    /// Image records created (creates Glance answered with a 2xx status) in the last 3600 s.
+    #[serde(with = "threshold_text")]
+    pub records_created_per_hour: Option<u32>,
     /// Ban length of a first offence.
     #[serde(with = "duration_text")]
     pub ban_ttl: Duration,
@@ -94,7 +97,11 @@ impl PrefixThresholds {
             Metric::ImageCreatesPerMinute => self.image_creates_per_minute,
             Metric::ImageCreatesPerHour => self.image_creates_per_hour,
             Metric::OtherWritesPerMinute => self.other_writes_per_minute,
-            Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => None,
+            // A prefix's sum is of the hosts' request counts; answers are per host only.
+            Metric::RecordsCreatedPerHour
+            | Metric::ReadsPerSecond
+            | Metric::PacketsPerSecond
+            | Metric::BytesPerSecond => None,
         }
     }
 
@@ -113,6 +120,7 @@ impl Default for PolicyConfig {
             image_creates_per_hour: Some(600),
             image_create_budget: true,
             other_writes_per_minute: Some(300),
+            records_created_per_hour: None,
             ban_ttl: Duration::from_secs(10 * 60),
             ban_ttl_factor: 2.0,
             ban_ttl_max: Duration::from_secs(4 * 3600),
@@ -133,6 +141,7 @@ impl PolicyConfig {
             Metric::ImageCreatesPerMinute => self.image_creates_per_minute,
             Metric::ImageCreatesPerHour => self.image_creates_per_hour,
             Metric::OtherWritesPerMinute => self.other_writes_per_minute,
+            Metric::RecordsCreatedPerHour => self.records_created_per_hour,
             Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => None,
         }
     }
@@ -150,6 +159,7 @@ impl Metric {
             Metric::ImageCreatesPerMinute => rates.image_creates_last_minute as f64,
             Metric::ImageCreatesPerHour => rates.image_creates_last_hour as f64,
             Metric::OtherWritesPerMinute => rates.other_writes_last_minute as f64,
+            Metric::RecordsCreatedPerHour => rates.records_created_last_hour as f64,
             Metric::ReadsPerSecond => rates.reads_per_second,
             Metric::PacketsPerSecond => rates.packets_per_second,
             Metric::BytesPerSecond => rates.bytes_per_second,
@@ -167,6 +177,7 @@ impl Metric {
             Metric::ImageCreatesPerMinute => rates.image_creates_last_minute >= threshold,
             Metric::ImageCreatesPerHour => rates.image_creates_last_hour >= threshold,
             Metric::OtherWritesPerMinute => rates.other_writes_last_minute >= threshold,
+            Metric::RecordsCreatedPerHour => rates.records_created_last_hour >= threshold,
             Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => false,
         }
     }
@@ -185,6 +196,10 @@ impl Metric {
             Metric::OtherWritesPerMinute => format!(
                 "{observed} other writes (POST, PUT, PATCH, DELETE) in the last minute \
                  (limit {threshold})"
+            ),
+            Metric::RecordsCreatedPerHour => format!(
+                "{observed} image records created (creates Glance answered 2xx) in the last \
+                 hour (limit {threshold})"
             ),
             Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => {
                 format!("{observed:.1} {} (limit {threshold})", self.label())

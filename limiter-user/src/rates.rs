@@ -205,6 +205,9 @@ pub struct Rates {
     pub image_creates_last_hour: u64,
     /// Other writes (other POST, PUT, PATCH, DELETE) in the trailing minute.
     pub other_writes_last_minute: u64,
+    /// Image records created in the trailing hour: not from the kernel rows this tracker
+    /// reads but from Glance's answers (`created_records`), filled in by the engine.
+    pub records_created_last_hour: u64,
     /// Over the last poll interval, for display.
     pub reads_per_second: f64,
     pub packets_per_second: f64,
@@ -613,6 +616,7 @@ impl SourceWindow {
             }),
             image_creates_last_hour: write_sum(|w, from, to| w.image_creates_hour.sum(from, to)),
             other_writes_last_minute: write_sum(|w, from, to| w.other_writes_minute.sum(from, to)),
+            records_created_last_hour: 0,
             reads_per_second: per_second(self.last_interval.reads.into()),
             packets_per_second: per_second(self.last_interval.packets.into()),
             bytes_per_second: per_second(self.last_interval.bytes),
@@ -624,7 +628,7 @@ impl SourceWindow {
 /// holds the events in `(k·B, (k+1)·B]` milliseconds; it is valid while `k` is among the last
 /// `BUCKETS` buckets up to the time the ring was advanced to.
 #[derive(Clone, Copy, Debug)]
-struct Ring<const BUCKETS: usize, const BUCKET_SECS: u64> {
+pub(crate) struct Ring<const BUCKETS: usize, const BUCKET_SECS: u64> {
     counts: [u32; BUCKETS],
 }
 
@@ -652,7 +656,7 @@ impl<const BUCKETS: usize, const BUCKET_SECS: u64> Ring<BUCKETS, BUCKET_SECS> {
 
     /// Empties the buckets that begin after `from_ms` and by `to_ms`: they are reused for
     /// newer time.
-    fn advance(&mut self, from_ms: u64, to_ms: u64) {
+    pub(crate) fn advance(&mut self, from_ms: u64, to_ms: u64) {
         let (from, to) = (Self::bucket_of(from_ms), Self::bucket_of(to_ms));
         if to.saturating_sub(from) >= Self::LEN {
             self.counts = [0; BUCKETS];
@@ -666,7 +670,7 @@ impl<const BUCKETS: usize, const BUCKET_SECS: u64> Ring<BUCKETS, BUCKET_SECS> {
     /// Adds `amount` spread evenly over `(since_ms, now_ms]`; the ring must be advanced to
     /// `now_ms`. The shares are differences of a rounded-down running total, so they add up to
     /// exactly `amount` (less what falls before the oldest bucket).
-    fn spread(&mut self, amount: u64, since_ms: u64, now_ms: u64) {
+    pub(crate) fn spread(&mut self, amount: u64, since_ms: u64, now_ms: u64) {
         if amount == 0 {
             return;
         }
@@ -687,7 +691,7 @@ impl<const BUCKETS: usize, const BUCKET_SECS: u64> Ring<BUCKETS, BUCKET_SECS> {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.counts.iter().all(|&count| count == 0)
     }
 
@@ -698,7 +702,7 @@ impl<const BUCKETS: usize, const BUCKET_SECS: u64> Ring<BUCKETS, BUCKET_SECS> {
 
     /// Events in the window ending at `now_ms` for a ring advanced to `advanced_to_ms`
     /// (not later than `now_ms`): the buckets since then are empty, older ones have left.
-    fn sum(&self, advanced_to_ms: u64, now_ms: u64) -> u64 {
+    pub(crate) fn sum(&self, advanced_to_ms: u64, now_ms: u64) -> u64 {
         let newest_valid = Self::bucket_of(advanced_to_ms);
         let oldest_in_window = (Self::bucket_of(now_ms) + 1).saturating_sub(Self::LEN);
         if newest_valid < oldest_in_window {
@@ -710,7 +714,7 @@ impl<const BUCKETS: usize, const BUCKET_SECS: u64> Ring<BUCKETS, BUCKET_SECS> {
     }
 }
 
-fn millis(time: Duration) -> u64 {
+pub(crate) fn millis(time: Duration) -> u64 {
     u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -695,6 +695,7 @@ PREFIX           ACTION  SCOPE            ORIGIN  CREATED               EXPIRES 
                     image_creates_per_minute: 300,
                     image_creates_per_hour: 900,
                     other_writes_per_minute: 0,
+                    records_created_per_hour: 0,
                     reads_per_second: 0.5,
                     packets_per_second: 820.4,
                     bytes_per_second: 1_572_864.0,

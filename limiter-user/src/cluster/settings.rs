@@ -104,6 +104,9 @@ impl ClusterSettings {
     }
 
     pub fn scope(&self, metric: Metric) -> Scope {
+        if !Metric::CLUSTER_SHARED.contains(&metric) {
+            return Scope::Node;
+        }
         self.threshold_scope
             .get(&metric)
             .copied()
@@ -128,14 +131,23 @@ impl ClusterSettings {
                     .into(),
             );
         }
-        for metric in self.threshold_scope.keys() {
+        let shared: Vec<&str> = Metric::CLUSTER_SHARED.iter().map(|m| m.key()).collect();
+        for (metric, scope) in &self.threshold_scope {
             if metric.threshold_window().is_none() {
-                let thresholded: Vec<&str> = Metric::THRESHOLDED.iter().map(|m| m.key()).collect();
                 say(
                     &format!("threshold_scope.{metric}"),
                     format!(
                         "{metric} has no threshold, so it has no scope; threshold_scope takes {}",
-                        thresholded.join(", ")
+                        shared.join(", ")
+                    ),
+                );
+            } else if !Metric::CLUSTER_SHARED.contains(metric) && *scope == Scope::Cluster {
+                say(
+                    &format!("threshold_scope.{metric}"),
+                    format!(
+                        "{metric} is counted from the answers this node sends, which nodes do \
+                         not share: its scope is \"node\"; cluster-wide scopes: {}",
+                        shared.join(", ")
                     ),
                 );
             }
@@ -403,5 +415,27 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].0, "threshold_scope.bytes_per_second");
         assert!(problems[0].1.contains("has no threshold"), "{problems:?}");
+        // The records created are read from this node's own answers: node scope only.
+        let records = |scope: &str| -> ClusterSettings {
+            toml::from_str(&format!(
+                "etcd_endpoints = [\"http://198.51.100.1:2379\"]\n\
+                 [threshold_scope]\nrecords_created_per_hour = \"{scope}\"\n"
+            ))
+            .unwrap()
+        };
+        let problems = records("cluster").problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].1.contains("its scope is \"node\""),
+            "{problems:?}"
+        );
+        assert!(records("node").problems().is_empty());
+        assert_eq!(
+            records("node").scope(Metric::RecordsCreatedPerHour),
+            Scope::Node
+        );
+        let defaults: ClusterSettings =
+            toml::from_str("etcd_endpoints = [\"http://198.51.100.1:2379\"]\n").unwrap();
+        assert_eq!(defaults.scope(Metric::RecordsCreatedPerHour), Scope::Node);
     }
 }

@@ -20,13 +20,13 @@ use crate::{
 
 /// One source's counts on one node: the figures the thresholds compare, as whole counts
 /// in their trailing windows (SYNs in 10 s, image creates in a minute and an hour, other
-/// writes in a minute), in [`Metric::THRESHOLDED`]'s order (the order on the wire).
+/// writes in a minute), in [`Metric::CLUSTER_SHARED`]'s order (the order on the wire).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts4(pub [u64; 4]);
 
 impl Counts4 {
     pub fn of(rates: &Rates) -> Counts4 {
-        Counts4(Metric::THRESHOLDED.map(|m| count(m, rates)))
+        Counts4(Metric::CLUSTER_SHARED.map(|m| count(m, rates)))
     }
 
     /// 0 for a metric without a threshold: those are not shared.
@@ -68,7 +68,7 @@ pub fn build(
     fraction: f64,
     rates: impl Iterator<Item = (IpAddr, Rates)>,
 ) -> Summary {
-    let limits: Vec<(Metric, u64)> = Metric::THRESHOLDED
+    let limits: Vec<(Metric, u64)> = Metric::CLUSTER_SHARED
         .iter()
         .filter(|m| settings.scope(**m) == Scope::Cluster)
         .filter_map(|m| Some((*m, threshold_count(*m, policy.threshold(*m)?))))
@@ -124,7 +124,7 @@ pub fn combine<'a>(
         .into_iter()
         .map(|(addr, others)| {
             let mut rates = local(addr).unwrap_or_default();
-            for metric in Metric::THRESHOLDED {
+            for metric in Metric::CLUSTER_SHARED {
                 if settings.scope(metric) == Scope::Cluster {
                     add(metric, &mut rates, others.get(metric));
                 }
@@ -137,7 +137,7 @@ pub fn combine<'a>(
 }
 
 fn index(metric: Metric) -> Option<usize> {
-    Metric::THRESHOLDED.iter().position(|m| *m == metric)
+    Metric::CLUSTER_SHARED.iter().position(|m| *m == metric)
 }
 
 fn count(metric: Metric, rates: &Rates) -> u64 {
@@ -146,7 +146,10 @@ fn count(metric: Metric, rates: &Rates) -> u64 {
         Metric::ImageCreatesPerMinute => rates.image_creates_last_minute,
         Metric::ImageCreatesPerHour => rates.image_creates_last_hour,
         Metric::OtherWritesPerMinute => rates.other_writes_last_minute,
-        Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => 0,
+        Metric::RecordsCreatedPerHour
+        | Metric::ReadsPerSecond
+        | Metric::PacketsPerSecond
+        | Metric::BytesPerSecond => 0,
     }
 }
 
@@ -156,7 +159,10 @@ fn add(metric: Metric, rates: &mut Rates, more: u64) {
         Metric::ImageCreatesPerMinute => &mut rates.image_creates_last_minute,
         Metric::ImageCreatesPerHour => &mut rates.image_creates_last_hour,
         Metric::OtherWritesPerMinute => &mut rates.other_writes_last_minute,
-        Metric::ReadsPerSecond | Metric::PacketsPerSecond | Metric::BytesPerSecond => return,
+        Metric::RecordsCreatedPerHour
+        | Metric::ReadsPerSecond
+        | Metric::PacketsPerSecond
+        | Metric::BytesPerSecond => return,
     };
     *field += more;
 }

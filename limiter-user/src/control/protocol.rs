@@ -257,6 +257,10 @@ pub struct SourceView {
     pub creates: Option<CreatesView>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// A source's image creates by outcome, since the kernel's entry for it was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatesView {
@@ -286,6 +290,9 @@ pub struct RatesView {
     pub image_creates_per_minute: u64,
     pub image_creates_per_hour: u64,
     pub other_writes_per_minute: u64,
+    /// Absent when 0 (and from daemons before it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub records_created_per_hour: u64,
     pub reads_per_second: f64,
     pub packets_per_second: f64,
     pub bytes_per_second: f64,
@@ -299,6 +306,7 @@ impl RatesView {
             Metric::ImageCreatesPerMinute => self.image_creates_per_minute as f64,
             Metric::ImageCreatesPerHour => self.image_creates_per_hour as f64,
             Metric::OtherWritesPerMinute => self.other_writes_per_minute as f64,
+            Metric::RecordsCreatedPerHour => self.records_created_per_hour as f64,
             Metric::ReadsPerSecond => self.reads_per_second,
             Metric::PacketsPerSecond => self.packets_per_second,
             Metric::BytesPerSecond => self.bytes_per_second,

@@ -29,6 +29,7 @@ use crate::{
         },
         query::{self, AddressFilter},
     },
+    created_records::CreatedRecords,
     loader::{AttachMode, Limiter, LoaderError},
     metrics::{ActiveRules, ByOrigin, Snapshot, StoreTrouble, Unbans},
     policy::{Decision, NeverBan, Policy, PrefixCandidate},
@@ -104,6 +105,8 @@ pub struct Engine<K: Kernel = Limiter, H: Host = SystemHost> {
     interfaces: Interfaces,
     /// Rates summed per prefix, for `[policy.prefix]` (`None` with no prefix threshold).
     prefix_rates: Option<PrefixRates>,
+    /// Records each source created in the last hour, from Glance's answers.
+    created: CreatedRecords,
     /// Each source's peaks and whether it offended, for `limiter recommend`.
     peaks: PeakHistory,
     /// When the peaks were last written to the state directory (host clock).
@@ -165,6 +168,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             cluster,
             interfaces: Interfaces::new(Vec::new()),
             prefix_rates: None,
+            created: CreatedRecords::default(),
             peaks: PeakHistory::default(),
             peaks_saved: started,
         };
@@ -258,7 +262,16 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         } else {
             HashMap::new()
         };
-        let (rates, policy) = (&mut self.rates, &self.policy);
+        // Glance's answers so far (a table of the sources that create images): records
+        // created in the last hour, one of the policy's figures. Unreadable, they are left
+        // as they were rather than taken for none.
+        match self.limiter.create_outcomes() {
+            Ok(outcomes) => self
+                .created
+                .observe(now, outcomes.iter().map(|(addr, o)| (*addr, o.created))),
+            Err(e) => warn!(error = %e, "could not read Glance's answers to image creates"),
+        }
+        let (rates, policy, created) = (&mut self.rates, &self.policy, &self.created);
         let mut prefix_rates = self.prefix_rates.as_mut();
         let peaks = &mut self.peaks;
         self.limiter.for_each_source(&mut |row| {
@@ -276,7 +289,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 row_predates_last_poll: previous.is_some_and(|p| row.stats.first_seen < p),
                 ..Counts::from(&row.stats)
             };
-            let (figures, increase) = rates.observe_source_counted(&mut poll, row.addr, counts);
+            let (mut figures, increase) = rates.observe_source_counted(&mut poll, row.addr, counts);
+            if !created.is_empty() {
+                figures.records_created_last_hour = created.last_hour(row.addr);
+            }
             if let Some(prefixes) = prefix_rates.as_deref_mut() {
                 prefixes.add(row.addr, &increase);
             }
@@ -837,14 +853,18 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         let trusted = &self.config.trusted_proxies;
         let is_proxy = |addr: IpAddr| trusted.contains(addr) || self.proxy_loads.contains(addr);
         let no_proxies = trusted.is_empty() && self.proxy_loads.is_empty();
+        // Every source's rates, with the records it created (from another tracker).
+        let tracked = || {
+            self.rates.iter().map(|(addr, mut rates)| {
+                rates.records_created_last_hour = self.created.last_hour(addr);
+                (addr, rates)
+            })
+        };
         let (views, matched) = if sort.is_none() && filter.is_none() {
             let mut sources: Vec<(IpAddr, Rates)> = if no_proxies {
-                self.rates.iter().collect()
+                tracked().collect()
             } else {
-                self.rates
-                    .iter()
-                    .filter(|(addr, _)| !is_proxy(*addr))
-                    .collect()
+                tracked().filter(|(addr, _)| !is_proxy(*addr)).collect()
             };
             // Only the busiest `top` are sorted: a partial selection first, so a client asking
             // for 10,000 of 100,000 sources does not sort them all on the engine thread.
@@ -864,10 +884,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 descending: true,
                 pin_important: false,
             });
-            let candidates = self
-                .rates
-                .iter()
-                .filter(|(addr, _)| no_proxies || !is_proxy(*addr));
+            let candidates = tracked().filter(|(addr, _)| no_proxies || !is_proxy(*addr));
             let (first, counts) =
                 query::select_sources(candidates, &filter, order, top, |address, rates| {
                     let (state, until) = state_of(address, rates);
@@ -1209,6 +1226,7 @@ fn rates_view(rates: &Rates) -> crate::control::protocol::RatesView {
         image_creates_per_minute: rates.image_creates_last_minute,
         image_creates_per_hour: rates.image_creates_last_hour,
         other_writes_per_minute: rates.other_writes_last_minute,
+        records_created_per_hour: rates.records_created_last_hour,
         reads_per_second: rates.reads_per_second,
         packets_per_second: rates.packets_per_second,
         bytes_per_second: rates.bytes_per_second,

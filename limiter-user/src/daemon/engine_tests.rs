@@ -614,3 +614,31 @@ fn an_unblocked_source_gets_a_whole_budget_again() {
     assert!(response.ok, "{response:?}");
     assert_eq!(bench.edges.world().forgiven, vec![net(ATTACKER)]);
 }
+
+#[test]
+fn a_source_over_its_records_created_threshold_is_banned() {
+    let mut bench = bench("[policy]\nrecords_created_per_hour = 10\n");
+    let outcome = |created| CreateOutcomes {
+        created,
+        failed: 0,
+        over_budget: 0,
+    };
+    // (Totals found at the daemon's first poll are a baseline: `created_records`' tests.)
+    // Twelve creates answered 2xx, and a neighbour's two: both below the request
+    // thresholds; only the attacker made more records than its threshold.
+    bench.edges.image_creates(ip(ATTACKER), 12);
+    bench.edges.image_creates(ip(NEIGHBOUR), 2);
+    {
+        let mut world = bench.edges.world_mut();
+        world.create_outcomes.insert(ip(ATTACKER), outcome(12));
+        world.create_outcomes.insert(ip(NEIGHBOUR), outcome(2));
+    }
+    let report = bench.poll();
+    assert_eq!(report.decisions, 1);
+    let blocks = bench.blocks();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0].prefix, net("198.51.100.7/32"));
+    let reason = &blocks[0].reason;
+    assert!(reason.contains("image records created"), "{reason}");
+    assert_eq!(bench.source(NEIGHBOUR).rates.records_created_per_hour, 2);
+}

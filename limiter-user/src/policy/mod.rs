@@ -593,12 +593,18 @@ mod tests {
                 Metric::ImageCreatesPerMinute => rates.image_creates_last_minute = 60 - base,
                 Metric::ImageCreatesPerHour => rates.image_creates_last_hour = 600 - base,
                 Metric::OtherWritesPerMinute => rates.other_writes_last_minute = 300 - base,
+                Metric::RecordsCreatedPerHour => rates.records_created_last_hour = 40 - base,
                 other => panic!("{other} has no threshold"),
             }
             rates
         };
+        // Every threshold on: the records created are off by default.
+        let config = PolicyConfig {
+            records_created_per_hour: Some(40),
+            ..PolicyConfig::default()
+        };
         for metric in Metric::THRESHOLDED {
-            let mut policy = Policy::new(PolicyConfig::default());
+            let mut policy = Policy::new(config.clone());
             let source = ip("198.51.100.7");
             assert!(
                 evaluate_one(&mut policy, 100, source, at(metric, true)).is_empty(),
@@ -611,10 +617,7 @@ mod tests {
             assert_eq!(decision.net, cidr("198.51.100.7/32"));
             assert_eq!(decision.kind, BanKind::Host);
             assert_eq!(decision.offence, 1);
-            assert_eq!(
-                decision.threshold,
-                PolicyConfig::default().threshold(metric).unwrap()
-            );
+            assert_eq!(decision.threshold, config.threshold(metric).unwrap());
             assert!(
                 decision.reason.contains("198.51.100.7"),
                 "{}",

@@ -45,6 +45,7 @@ fn rates(conn: f64, creates: u64, writes: u64, reads: f64) -> RatesView {
         image_creates_per_minute: creates,
         image_creates_per_hour: creates * 3,
         other_writes_per_minute: writes,
+        records_created_per_hour: 0,
         reads_per_second: reads,
         packets_per_second: packets,
         bytes_per_second: packets * 900.0,

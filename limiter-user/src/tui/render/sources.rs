@@ -176,7 +176,8 @@ fn figure(metric: Metric, value: f64) -> String {
     match metric {
         Metric::ImageCreatesPerMinute
         | Metric::ImageCreatesPerHour
-        | Metric::OtherWritesPerMinute => format::count(value as u64),
+        | Metric::OtherWritesPerMinute
+        | Metric::RecordsCreatedPerHour => format::count(value as u64),
         Metric::BytesPerSecond => format::bytes(value),
         Metric::NewConnectionsPerSecond | Metric::ReadsPerSecond | Metric::PacketsPerSecond => {
             format::rate(value)
