@@ -504,6 +504,69 @@ fn created_and_failed_creates_are_counted_exactly_from_glances_answers() {
     eprintln!("answers seen: {}", seen["creates"]);
 }
 
+/// Issue 13, item 3: `records_created_per_hour` limits what Glance created, read from its
+/// answers: a client whose creates all succeed is banned at the threshold's record, while a
+/// client sending more creates that Glance refuses (an unknown `disk_format`, 400) is not —
+/// both far below the request thresholds.
+#[test]
+fn a_records_created_threshold_bans_on_what_glance_created_not_on_refused_creates() {
+    limiter_tests::require_kernel!();
+    const RECORDS_LIMIT: usize = 5;
+    let (creator, prober) = (AttackTopology::LEGIT_V4[0], AttackTopology::LEGIT_V4[1]);
+    let fx = Fixture::new(|setup| setup.policy("records_created_per_hour", "5"));
+    let bad_create = r#"{"name":"e2e-bad","disk_format":"floppy","container_format":"bare"}"#;
+    let no_stop = Arc::new(AtomicBool::new(false));
+    let creates = |src: &'static str, body: &'static str, n: usize| {
+        spawn_in(&fx.topo.legit, src, &no_stop, move |dst, _| {
+            let mut client = ImageCreateClient::new(src, dst, GLANCE_PORT, body);
+            let mut log = FloodLog::default();
+            for _ in 0..n {
+                let started = Instant::now();
+                let status = client.create();
+                log.attempts.push(Attempt {
+                    started,
+                    ended: Instant::now(),
+                    status,
+                });
+            }
+            log
+        })
+        .join()
+        .expect("client thread")
+    };
+    let refused = creates(prober, bad_create, 3 * RECORDS_LIMIT);
+    assert!(
+        refused.attempts.iter().all(|a| a.status == Some(400)),
+        "{refused:?}"
+    );
+    let created = creates(creator, CREATE, RECORDS_LIMIT);
+    assert_eq!(created.successes(), RECORDS_LIMIT, "{created:?}");
+
+    let rule = fx
+        .daemon
+        .wait_for_rule(&host_prefix(creator), 3 * POLL)
+        .unwrap_or_else(|| panic!("not banned on its records: {}", fx.daemon.stats_json()));
+    let reason = rule["reason"].as_str().unwrap();
+    assert!(reason.contains("image records created"), "{reason}");
+    // The prober, with three times the creates, made no record: never banned.
+    let seen = fx
+        .daemon
+        .wait_for_source(prober, 3 * POLL, |s| {
+            s["creates"]["failed"].as_u64() == Some(3 * RECORDS_LIMIT as u64)
+        })
+        .unwrap_or_else(|| panic!("answers not counted: {}", fx.daemon.stats_json()));
+    assert_eq!(seen["state"], "ok", "{seen}");
+    assert!(
+        fx.daemon
+            .rules()
+            .iter()
+            .all(|r| r["prefix"] != host_prefix(prober)),
+        "{:?}",
+        fx.daemon.rules()
+    );
+    eprintln!("records threshold: {reason}");
+}
+
 /// Scenario 3: a client creating images at a steady pace below `image_creates_per_minute` is
 /// never banned, however long it keeps it up within the window; one create more and it is.
 #[test]
