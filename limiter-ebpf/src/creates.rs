@@ -27,7 +27,7 @@ pub const CREATE_SLOT: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Step {
+struct Step {
     /// [`ANSWER`], [`RESET`] or [`RECORD`].
     kind: u64,
     /// For an answer, the jiffy the budget allows the next create at; for a reset, the
