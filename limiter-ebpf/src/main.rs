@@ -152,15 +152,22 @@ pub fn glance_limiter_create(ctx: XdpContext) -> u32 {
 /// takes the step the main program asked for.
 #[inline(always)]
 fn process_create(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
+    let (net, tcp) = reparse(ctx)?;
+    let now = unsafe { bpf_jiffies64() };
+    creates::step(ctx, &net, &tcp, now).ok_or(Counter::PassProtected)
+}
+
+/// The segment a tail-called program was handed, parsed again with its layout forgotten
+/// (see `proxy::forget_layout`). Anything else than TCP with a readable header passes.
+#[inline(always)]
+fn reparse(ctx: &XdpContext) -> Result<(Network, parse::Tcp), Counter> {
     let (ethertype, l3_offset) = parse::ethernet(ctx)?;
     let net = parse::network(ctx, ethertype, l3_offset)?;
     if net.transport_hidden.is_some() || net.later_fragment || net.protocol != IPPROTO_TCP {
         return Err(Counter::PassMalformed);
     }
     let tcp = parse::tcp(ctx, &net)?;
-    let (net, tcp) = proxy::forget_layout(&net, &tcp).ok_or(Counter::PassProtected)?;
-    let now = unsafe { bpf_jiffies64() };
-    creates::step(ctx, &net, &tcp, now).ok_or(Counter::PassProtected)
+    proxy::forget_layout(&net, &tcp).ok_or(Counter::PassProtected)
 }
 
 type ProxyStage = fn(&XdpContext, &proxy::Packet) -> Option<(u32, Counter)>;
@@ -168,15 +175,7 @@ type ProxyStage = fn(&XdpContext, &proxy::Packet) -> Option<(u32, Counter)>;
 /// Reads the segment again (a tail-called program starts afresh) and runs `stage` on it.
 #[inline(always)]
 fn process_proxied(ctx: &XdpContext, stage: ProxyStage) -> Result<(u32, Counter), Counter> {
-    let (ethertype, l3_offset) = parse::ethernet(ctx)?;
-    let net = parse::network(ctx, ethertype, l3_offset)?;
-    if net.transport_hidden.is_some() || net.later_fragment || net.protocol != IPPROTO_TCP {
-        return Err(Counter::PassMalformed);
-    }
-    let tcp = parse::tcp(ctx, &net)?;
-    let Some((net, tcp)) = proxy::forget_layout(&net, &tcp) else {
-        return Ok((xdp_action::XDP_PASS, Counter::PassProtected));
-    };
+    let (net, tcp) = reparse(ctx)?;
     let now = unsafe { bpf_jiffies64() };
     let (generation, config_flags, path_prefixes) = config().map_or((0, 0, 0), |c| {
         (c.rules_generation, c.flags, c.path_prefixes)
@@ -580,6 +579,22 @@ fn insert_source(
     }
     count(Counter::SourceInsertFailed);
     false
+}
+
+/// Adds to `key`'s entry of `map` with `add_to`, or enters `fresh` (which already counts it)
+/// when it has none. NOEXIST, as for source rows: when another CPU entered it since the
+/// lookup, that entry is added to.
+#[inline(always)]
+pub fn add_or_insert<K, V>(map: &LruHashMap<K, V>, key: &K, fresh: V, add_to: impl Fn(*mut V)) {
+    if let Some(entry) = map.get_ptr_mut(key) {
+        add_to(entry);
+        return;
+    }
+    if map.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
+        if let Some(entry) = map.get_ptr_mut(key) {
+            add_to(entry);
+        }
+    }
 }
 
 /// Adds `n` to a counter of a live map value, atomically: several CPUs may update one source

@@ -115,7 +115,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Network, Counter> {
     let fragment = ip.be16(6) & (IPV4_MORE_FRAGMENTS | IPV4_FRAGMENT_OFFSET_MASK);
     Ok(Network {
         src: SourceAddr {
-            words: [0, IPV4_MAPPED_MARK | (u64::from(ip.raw32(12)) << 32)],
+            words: ipv4_mapped(ip.raw32(12)).words,
         },
         l3_offset: off,
         is_ipv6: false,
@@ -225,8 +225,15 @@ pub fn destination(ctx: &XdpContext, net: &Network) -> Option<SourceAddr> {
         })
     } else {
         let ip = header::<IPV4_MIN_HEADER_LEN>(ctx, net.l3_offset)?;
-        Some(SourceAddr {
-            words: [0, IPV4_MAPPED_MARK | (u64::from(ip.raw32(16)) << 32)],
-        })
+        Some(ipv4_mapped(ip.raw32(16)))
+    }
+}
+
+/// An IPv4 address (its 4 bytes as read from the header, memory order) in [`SourceAddr`]'s
+/// IPv4-mapped form.
+#[inline(always)]
+pub fn ipv4_mapped(raw: u32) -> SourceAddr {
+    SourceAddr {
+        words: [0, IPV4_MAPPED_MARK | (u64::from(raw) << 32)],
     }
 }

@@ -10,7 +10,7 @@
 //! [`CLIENT_VIA`]: maps of their own, so that every other source's row stays one cache line.
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST},
+    bindings::xdp_action,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -23,7 +23,7 @@ use limiter_common::{
 };
 
 use crate::{
-    add,
+    add, add_or_insert,
     budget::{self, Admission},
     conns::{self, PROXY_CONNS},
     headers,
@@ -299,10 +299,6 @@ fn count_relay(proxy: &SourceAddr, relay: Relay) {
             }
         }
     };
-    if let Some(row) = PROXY_RELAYS.get_ptr_mut(proxy) {
-        add_to(row);
-        return;
-    }
     let fresh = match relay {
         Relay::Proxied => ProxyRelays {
             proxied: 1,
@@ -313,15 +309,7 @@ fn count_relay(proxy: &SourceAddr, relay: Relay) {
             unattributed: 1,
         },
     };
-    // NOEXIST, as for source rows: another CPU may have added it since the lookup.
-    if PROXY_RELAYS
-        .insert(proxy, fresh, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        if let Some(row) = PROXY_RELAYS.get_ptr_mut(proxy) {
-            add_to(row);
-        }
-    }
+    add_or_insert(&PROXY_RELAYS, proxy, fresh, add_to);
 }
 
 /// Records `proxy` as the one that carried `client`'s latest request; a write only when it

@@ -21,7 +21,12 @@ use limiter_common::{
     ConnKey, Counter, PendingCreates, SourceAddr, SourceCreates, PROXY_CONN_CAPACITY,
 };
 
-use crate::{add, budget::CREATES, conns, parse::Network};
+use crate::{
+    add, add_or_insert,
+    budget::CREATES,
+    conns,
+    parse::{ipv4_mapped, Network, IPPROTO_TCP},
+};
 
 #[map]
 static CREATE_CONNS: LruHashMap<ConnKey, PendingCreates> =
@@ -59,8 +64,6 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_TCP: u8 = 6;
-const IPV4_MAPPED_MARK: u64 = 0xffff_0000;
 /// `HTTP/1.` in memory order, and the mask of the 7 bytes it fills of a word.
 const HTTP_1: u64 = u64::from_le_bytes(*b"HTTP/1.\0");
 const HTTP_1_MASK: u64 = 0x00ff_ffff_ffff_ffff;
@@ -124,10 +127,6 @@ fn count_outcome(client: &SourceAddr, created: bool) {
             }
         }
     };
-    if let Some(entry) = CREATES.get_ptr_mut(client) {
-        add_to(entry);
-        return;
-    }
     // The source's first create while budgets were off (or its entry was evicted): a whole
     // budget, as a new source gets.
     let fresh = SourceCreates {
@@ -136,12 +135,7 @@ fn count_outcome(client: &SourceAddr, created: bool) {
         created: created as u64,
         failed: !created as u64,
     };
-    // NOEXIST, as for source rows: another CPU may have added it since the lookup.
-    if CREATES.insert(client, fresh, BPF_NOEXIST as u64).is_err() {
-        if let Some(entry) = CREATES.get_ptr_mut(client) {
-            add_to(entry);
-        }
-    }
+    add_or_insert(&CREATES, client, fresh, add_to);
 }
 
 /// The connection and payload of a TCP segment from a protected port, or `None` for
@@ -168,10 +162,7 @@ fn read_answer(ctx: &TcContext) -> Option<Answer> {
             }
             let src: u32 = ctx.load(l3 + 12).ok()?;
             let dst: u32 = ctx.load(l3 + 16).ok()?;
-            let mapped = |a: u32| SourceAddr {
-                words: [0, IPV4_MAPPED_MARK | (u64::from(a) << 32)],
-            };
-            (mapped(src), mapped(dst), l3 + ihl)
+            (ipv4_mapped(src), ipv4_mapped(dst), l3 + ihl)
         }
         ETH_P_IPV6 => {
             let next: u8 = ctx.load(l3 + 6).ok()?;

@@ -67,8 +67,12 @@ impl CreatedRecords {
         }
     }
 
-    /// Records `addr` created in the hour up to the latest observation.
+    /// Records `addr` created in the hour up to the latest observation. Free while no source
+    /// creates images: the poll loop and `stats` ask it of every source.
     pub fn last_hour(&self, addr: IpAddr) -> u64 {
+        if self.sources.is_empty() {
+            return 0;
+        }
         self.sources
             .get(&addr)
             .map_or(0, |t| t.ring.sum(t.advanced_to_ms, self.now_ms))

@@ -30,6 +30,8 @@ use limiter_tests::{
 
 const GLANCE_PORT: u16 = 9292;
 const CREATE: &str = r#"{"name":"e2e","disk_format":"raw","container_format":"bare"}"#;
+/// A create Glance refuses (400): `floppy` is no disk format it knows.
+const BAD_CREATE: &str = r#"{"name":"e2e-bad","disk_format":"floppy","container_format":"bare"}"#;
 /// The daemon polls every second (the default, written into every test's configuration).
 const POLL: Duration = Duration::from_secs(1);
 /// How long the daemon may take from a threshold crossed to the ban in force.
@@ -451,12 +453,11 @@ fn created_and_failed_creates_are_counted_exactly_from_glances_answers() {
     const BAD: usize = 5;
     let client = AttackTopology::LEGIT_V4[0];
     let fx = Fixture::new(|setup| setup);
-    let bad_create = r#"{"name":"e2e-bad","disk_format":"floppy","container_format":"bare"}"#;
     let no_stop = Arc::new(AtomicBool::new(false));
     let statuses = spawn_in(&fx.topo.legit, client, &no_stop, move |dst, _| {
         // Both on keep-alive connections of their own, interleaved: bad, good, bad, ...
         let mut good = ImageCreateClient::new(client, dst, GLANCE_PORT, CREATE);
-        let mut bad = ImageCreateClient::new(client, dst, GLANCE_PORT, bad_create);
+        let mut bad = ImageCreateClient::new(client, dst, GLANCE_PORT, BAD_CREATE);
         let mut log = FloodLog::default();
         for i in 0..GOOD + BAD {
             let started = Instant::now();
@@ -514,27 +515,20 @@ fn a_records_created_threshold_bans_on_what_glance_created_not_on_refused_create
     const RECORDS_LIMIT: usize = 5;
     let (creator, prober) = (AttackTopology::LEGIT_V4[0], AttackTopology::LEGIT_V4[1]);
     let fx = Fixture::new(|setup| setup.policy("records_created_per_hour", "5"));
-    let bad_create = r#"{"name":"e2e-bad","disk_format":"floppy","container_format":"bare"}"#;
     let no_stop = Arc::new(AtomicBool::new(false));
     let creates = |src: &'static str, body: &'static str, n: usize| {
-        spawn_in(&fx.topo.legit, src, &no_stop, move |dst, _| {
-            let mut client = ImageCreateClient::new(src, dst, GLANCE_PORT, body);
-            let mut log = FloodLog::default();
-            for _ in 0..n {
-                let started = Instant::now();
-                let status = client.create();
-                log.attempts.push(Attempt {
-                    started,
-                    ended: Instant::now(),
-                    status,
-                });
-            }
-            log
+        spawn_in(&fx.topo.legit, src, &no_stop, move |dst, stop| {
+            let limits = FloodLimits {
+                max_attempts: n,
+                max_duration: Duration::from_secs(60),
+                stop_after_failures: None,
+            };
+            image_create_flood(src, dst, GLANCE_PORT, body, None, limits, stop)
         })
         .join()
         .expect("client thread")
     };
-    let refused = creates(prober, bad_create, 3 * RECORDS_LIMIT);
+    let refused = creates(prober, BAD_CREATE, 3 * RECORDS_LIMIT);
     assert!(
         refused.attempts.iter().all(|a| a.status == Some(400)),
         "{refused:?}"

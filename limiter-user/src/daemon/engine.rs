@@ -177,7 +177,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
             PrefixRates::for_policy(&engine.config.policy, engine.config.rate_tracker_capacity());
         engine.limiter.set_protected_ports(&engine.config.ports)?;
         engine.configure_proxies()?;
-        engine.configure_budget()?;
+        engine.configure_creates()?;
         engine.sync_kernel()?;
         Ok(engine)
     }
@@ -290,9 +290,7 @@ impl<K: Kernel, H: Host> Engine<K, H> {
                 ..Counts::from(&row.stats)
             };
             let (mut figures, increase) = rates.observe_source_counted(&mut poll, row.addr, counts);
-            if !created.is_empty() {
-                figures.records_created_last_hour = created.last_hour(row.addr);
-            }
+            figures.records_created_last_hour = created.last_hour(row.addr);
             if let Some(prefixes) = prefix_rates.as_deref_mut() {
                 prefixes.add(row.addr, &increase);
             }
@@ -496,9 +494,10 @@ impl<K: Kernel, H: Host> Engine<K, H> {
         Ok(())
     }
 
-    /// The image-create budget the kernel holds every source to: the policy's per-minute
-    /// threshold, refused over in enforce mode, counted only in monitor mode.
-    fn configure_budget(&mut self) -> Result<(), EngineError> {
+    /// What the kernel does with image creates: the budget it holds every source to (the
+    /// policy's per-minute threshold, refused over in enforce mode, counted only in monitor
+    /// mode), and the recording of each create for Glance's answer.
+    fn configure_creates(&mut self) -> Result<(), EngineError> {
         let policy = &self.config.policy;
         let budget = ImageCreateBudget::of_policy(
             policy.image_creates_per_minute,
