@@ -114,22 +114,32 @@ impl SourceAddr {
 }
 
 /// One source's row in the per-source table: counters for its traffic to the protected ports
-/// (incremented atomically in place by the XDP program), and its rule verdict cached from the
-/// tries, so a known source costs one hash lookup. Times are kernel jiffies (see
-/// `limiter_user::clock`).
+/// (incremented atomically in place by the XDP program), its rule verdict cached from the
+/// tries, so a known source costs one hash lookup, and its image-create budget. Times are
+/// kernel jiffies (see `limiter_user::clock`).
 ///
 /// One cache line (64 bytes; the table's element adds the kernel's header and the key), so a
-/// million rows are 128 MB of kernel memory, not 192. To fit: the request and SYN counters
-/// are `u32` and wrap (a reader takes differences modulo 2^32, and no source sends 2^31 of
-/// one kind between two polls); the verdict is cached as one deadline and a kind; what only a
-/// trusted proxy's traffic needs (the proxy that carried a client's requests, the requests a
-/// proxy relayed) lives in maps of its own ([`CLIENT_VIA_MAP`], [`PROXY_RELAYS_MAP`]).
-/// [`SOURCE_ROW_V1_BYTES`] is the size of the layout before this one, which a running older
-/// version's pinned table has; userspace migrates it.
+/// million rows are 128 MB of kernel memory, not 192. To fit: the packet, request and SYN
+/// counters are `u32` and wrap (a reader takes differences modulo 2^32, and no source sends
+/// 2^31 of one kind between two polls); the verdict is cached as one deadline and a kind; the
+/// budget's time is 48 bits in two fields; what only a trusted proxy's traffic needs (the
+/// proxy that carried a client's requests, the requests a proxy relayed) lives in maps of its
+/// own ([`CLIENT_VIA_MAP`], [`PROXY_RELAYS_MAP`]).
+///
+/// The layout before this one (the same size, without the budget) read as this one is a valid
+/// row with a whole budget: `packets` was a `u64` whose high half (where `budget_low` now is)
+/// stays zero below 2^32 packets, and `flags` a `u32` whose high half (`budget_high`) was
+/// always zero; a budget time that makes no sense counts as a whole budget (see
+/// [`budget_ahead`]). So a running older version's pinned table is adopted as it is.
+/// [`SOURCE_ROW_V1_BYTES`] is the size of the layout before those two, which userspace
+/// migrates.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceStats {
-    pub packets: u64,
+    /// Packets to the protected ports (wraps).
+    pub packets: u32,
+    /// The low 32 bits of the source's budget time ([`SourceStats::budget_time`]).
+    pub budget_low: u32,
     /// Ethernet frame bytes as XDP sees them (no FCS).
     pub bytes: u64,
     pub first_seen: u64,
@@ -149,25 +159,69 @@ pub struct SourceStats {
     /// tries. A different current generation means the rules changed: read them again.
     pub rules_generation: u32,
     /// `SOURCE_*` flags read with the verdict (same generation).
-    pub flags: u32,
+    pub flags: u16,
+    /// Bits 32–47 of the source's budget time ([`SourceStats::budget_time`]).
+    pub budget_high: u16,
+}
+
+impl SourceStats {
+    /// When the source's image-create budget is whole again: fixed-point jiffies modulo
+    /// 2^48 ([`BUDGET_TIME_BITS`]).
+    #[inline(always)]
+    pub fn budget_time(&self) -> u64 {
+        (u64::from(self.budget_high) << 32) | u64::from(self.budget_low)
+    }
+}
+
+/// Bits of the budget time kept in a row ([`SourceStats::budget_time`]): fixed-point jiffies
+/// (`jiffies << BUDGET_TIME_SHIFT`) modulo 2^48, compared with now's the same way. Wide
+/// enough that a time from before the last wrap (2^40 jiffies: 34 years at 1,000 Hz) cannot
+/// pass for a recent one; narrow enough to leave the row one cache line.
+pub const BUDGET_TIME_BITS: u32 = 48;
+/// [`BUDGET_TIME_BITS`] as a mask.
+pub const BUDGET_TIME_MASK: u64 = (1 << BUDGET_TIME_BITS) - 1;
+
+/// What a row keeps for the budget time `time` (fixed-point jiffies): modulo 2^48, and never
+/// 0, which stands for a row that never created ([`budget_ahead`]); a time that lands on 0 is
+/// kept one unit (1/256 jiffy) early instead, a hair more generous.
+#[inline(always)]
+pub fn budget_time_kept(time: u64) -> u64 {
+    let time = time & BUDGET_TIME_MASK;
+    (time.wrapping_sub(u64::from(time == 0))) & BUDGET_TIME_MASK
+}
+
+/// How far a source's budget time lies ahead of `now` (both fixed-point jiffies modulo
+/// 2^48), or 0 when it is not ahead, or further ahead than the budget could ever put it
+/// (`limit`: tolerance + interval). The latter is an update torn between two CPUs or a budget
+/// that shrank: a whole budget, never a refusal. 0 is a row that never created (a new row, or
+/// one of the layout before the budget), whatever now is: without this, the minute before
+/// each wrap of the time would read 0 as a budget partly spent.
+#[inline(always)]
+pub fn budget_ahead(budget_time: u64, now: u64, limit: u64) -> u64 {
+    let ahead = budget_time.wrapping_sub(now) & BUDGET_TIME_MASK;
+    if budget_time == 0 || ahead > limit {
+        0
+    } else {
+        ahead
+    }
 }
 
 /// [`SourceStats::flags`]: the source is a trusted proxy; its requests belong to the clients
 /// it names.
-pub const SOURCE_TRUSTED_PROXY: u32 = 1;
+pub const SOURCE_TRUSTED_PROXY: u16 = 1;
 /// [`SourceStats::flags`]: the cached verdict's kind (until `verdict_until`).
-pub const SOURCE_VERDICT_MASK: u32 = 0b110;
+pub const SOURCE_VERDICT_MASK: u16 = 0b110;
 /// Passed: no block rule in force (the allow trie only matters against a block).
-pub const SOURCE_VERDICT_PASS: u32 = 0;
+pub const SOURCE_VERDICT_PASS: u16 = 0;
 /// Passed: a block rule is in force but an allow rule exempts the source.
-pub const SOURCE_VERDICT_ALLOWED: u32 = 0b010;
+pub const SOURCE_VERDICT_ALLOWED: u16 = 0b010;
 /// Dropped: a block rule is in force and nothing exempts the source.
-pub const SOURCE_VERDICT_BLOCKED: u32 = 0b100;
+pub const SOURCE_VERDICT_BLOCKED: u16 = 0b100;
 /// [`SourceStats::flags`]: a create of this (direct) source was refused over its budget, and
 /// the connection it came on is in [`PROXY_CONNS_MAP`]: its segments are looked up there,
 /// the next one on that connection becomes the reset that closes Glance's socket. Kept when
 /// the cached verdict is read again; other sources never pay the lookup.
-pub const SOURCE_REJECTED_CONNS: u32 = 0b1000;
+pub const SOURCE_REJECTED_CONNS: u16 = 0b1000;
 
 /// Bytes of a row of the layout before [`SourceStats`]: [`SourceRowV1`].
 pub const SOURCE_ROW_V1_BYTES: u32 = 128;
@@ -302,16 +356,21 @@ pub struct BudgetConfig {
 /// budget is only counted (monitor mode: what would have been refused).
 pub const BUDGET_ENFORCE: u32 = 1;
 /// Bits of fraction in the budget's times: `jiffies << BUDGET_TIME_SHIFT`.
-pub const BUDGET_TIME_SHIFT: u32 = 16;
+pub const BUDGET_TIME_SHIFT: u32 = 8;
 
 /// What the kernel knows of a source's image creates beyond its row (table [`CREATES_MAP`]):
-/// its budget, the creates refused over it, and how Glance answered the ones it got. Entered
-/// at the source's first create while budgets or response counting are on.
+/// the creates refused over its budget, how Glance answered the ones it got, and whether it
+/// was forgiven. Entered at the source's first create over budget, or recorded for its
+/// answer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceCreates {
-    /// When the source's budget is whole again (fixed-point jiffies, see [`BudgetConfig`]).
-    pub arrival: u64,
+    /// When the daemon forgave the source (jiffies; 0: never): its next create over budget
+    /// within a budget's window of that gets a whole budget instead (the budget time lives in
+    /// the source's row, which the daemon does not write). Before the budget moved into the
+    /// row this field held its time, a value far ahead of any jiffy: never read as a
+    /// forgiveness.
+    pub forgiven_at: u64,
     /// Creates over budget: refused in enforce mode, only counted in monitor mode.
     pub over: u64,
     /// Creates Glance answered with a 2xx status: records it created.

@@ -135,8 +135,8 @@ fn answer(
     let _ = PROXY_CONNS.insert(key, rejected, 0);
     if let Some(row) = SOURCES.get_ptr_mut(net.src) {
         // Atomic, as the verdict cache may be written by another CPU at once. BPF has no
-        // 32-bit atomic OR: the 64-bit word holding `rules_generation` then `flags`, with
-        // the bit in the flags' half (OR leaves the generation as it is).
+        // 32-bit atomic OR: the 64-bit word holding `rules_generation`, `flags` and
+        // `budget_high`, with the bit in the flags' part (OR leaves the rest as it is).
         const _: () = assert!(core::mem::offset_of!(SourceStats, flags) == 60);
         const _: () = assert!(core::mem::offset_of!(SourceStats, rules_generation) == 56);
         let bit = u64::from(SOURCE_REJECTED_CONNS);

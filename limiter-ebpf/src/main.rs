@@ -304,7 +304,8 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     if matches!(class, Some(RequestClass::ImageCreate)) {
         if config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0 {
             // Counted above all the same: the daemon's rates are of what a source attempts.
-            if let Admission::Refuse { next_at } = budget::charge(&net.src, now) {
+            let row = source.row_of(&net.src);
+            if let Admission::Refuse { next_at } = budget::charge(row, &net.src, now) {
                 return Ok(creates::refuse(ctx, next_at));
             }
         }
@@ -342,6 +343,13 @@ impl Source {
                 syn: false,
             },
         }
+    }
+
+    /// The row counted for `src`: the one read, else the one `count` just added (looked up
+    /// again: only an image create needs it, of a source whose first packet it is).
+    #[inline(always)]
+    pub fn row_of(&self, src: &SourceAddr) -> Option<*mut SourceStats> {
+        self.row.or_else(|| SOURCES.get_ptr_mut(src))
     }
 
     /// Counts one packet (of `class`, if it carries a request) for `src`, adding its row if
@@ -453,7 +461,7 @@ impl Verdict {
     /// that kind holds. A block's end turns a drop into a pass, an allow's end a pass into
     /// a drop (if the block lasts); past those, the tries are read again.
     #[inline(always)]
-    fn to_cache(self, now: u64) -> (u32, u64) {
+    fn to_cache(self, now: u64) -> (u16, u64) {
         let (kind, until) = if now >= self.blocked_until {
             (SOURCE_VERDICT_PASS, NEVER)
         } else if now < self.allowed_until {
@@ -470,7 +478,7 @@ impl Verdict {
     /// The verdict a row's cache stands for while `until` is ahead: the same pass counter
     /// (and, for a block, the same end) as the verdict it was made from.
     #[inline(always)]
-    fn cached(flags: u32, until: u64) -> Verdict {
+    fn cached(flags: u16, until: u64) -> Verdict {
         let (blocked_until, allowed_until) = match flags & SOURCE_VERDICT_MASK {
             SOURCE_VERDICT_ALLOWED => (until, until),
             SOURCE_VERDICT_BLOCKED => (until, 0),
@@ -551,7 +559,8 @@ fn insert_source(
     // are stored one by one with volatile stores: LLVM would merge neighbours into 8-byte
     // stores at 4-byte offsets, and the verifier rejects misaligned stack access.
     let fresh = unsafe {
-        (&raw mut (*fresh).packets).write(1);
+        (&raw mut (*fresh).packets).write_volatile(1);
+        (&raw mut (*fresh).budget_low).write_volatile(0);
         (&raw mut (*fresh).bytes).write(frame_bytes);
         (&raw mut (*fresh).first_seen).write(now);
         (&raw mut (*fresh).last_seen).write(now);
@@ -562,6 +571,7 @@ fn insert_source(
         (&raw mut (*fresh).read).write_volatile(read);
         (&raw mut (*fresh).rules_generation).write_volatile(generation as u32);
         (&raw mut (*fresh).flags).write_volatile(flags);
+        (&raw mut (*fresh).budget_high).write_volatile(0);
         slot.assume_init_ref()
     };
     // NOEXIST: an LRU update of an existing key would allocate a new node and lose the
@@ -626,7 +636,7 @@ fn add_in_place(
 ) {
     // SAFETY: `stats` points at a live map value; every field is naturally aligned.
     unsafe {
-        add(&raw mut (*stats).packets, 1);
+        add32(&raw mut (*stats).packets);
         add(&raw mut (*stats).bytes, frame_bytes);
         if syn {
             add32(&raw mut (*stats).syns);

@@ -263,7 +263,8 @@ pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter
     remember_via(&client, &packet.net.src);
     if matches!(class, RequestClass::ImageCreate) {
         if packet.config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0 {
-            if let Admission::Refuse { next_at } = budget::charge(&client, packet.now) {
+            let row = source.row_of(&client);
+            if let Admission::Refuse { next_at } = budget::charge(row, &client, packet.now) {
                 return refuse(ctx, packet, &key, next_at, Counter::RejectOverBudget);
             }
         }

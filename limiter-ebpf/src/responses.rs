@@ -127,10 +127,9 @@ fn count_outcome(client: &SourceAddr, created: bool) {
             }
         }
     };
-    // The source's first create while budgets were off (or its entry was evicted): a whole
-    // budget, as a new source gets.
+    // The source's first answered create (or its entry was evicted).
     let fresh = SourceCreates {
-        arrival: 0,
+        forgiven_at: 0,
         over: 0,
         created: created as u64,
         failed: !created as u64,

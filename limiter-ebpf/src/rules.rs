@@ -34,7 +34,7 @@ pub struct Verdict {
     pub blocked_until: u64,
     pub allowed_until: u64,
     /// `SOURCE_*` flags (whether the source is a trusted proxy).
-    pub flags: u32,
+    pub flags: u16,
 }
 
 /// Both tries, for the protected ports.

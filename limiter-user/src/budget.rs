@@ -43,29 +43,22 @@ impl ImageCreateBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use limiter_common::{budget_ahead, budget_time_kept, BUDGET_TIME_BITS, BUDGET_TIME_MASK};
 
-    /// The kernel's algorithm, step for step, on fixed-point jiffies.
+    /// The kernel's algorithm, step for step, on fixed-point jiffies modulo 2^48, from a new
+    /// row's budget time (0).
     fn admitted(config: &BudgetConfig, arrivals_jiffies: &[u64]) -> Vec<bool> {
-        let mut arrival: Option<u64> = None;
+        let mut time = 0;
         arrivals_jiffies
             .iter()
             .map(|t| {
-                let now = t << BUDGET_TIME_SHIFT;
-                match arrival {
-                    None => {
-                        arrival = Some(now + config.interval);
-                        true
-                    }
-                    Some(a) => {
-                        let a = a.max(now);
-                        if a - now <= config.tolerance {
-                            arrival = Some(a + config.interval);
-                            true
-                        } else {
-                            false
-                        }
-                    }
+                let now = (t << BUDGET_TIME_SHIFT) & BUDGET_TIME_MASK;
+                let ahead = budget_ahead(time, now, config.tolerance + config.interval);
+                let within = ahead <= config.tolerance;
+                if within {
+                    time = budget_time_kept(now + ahead + config.interval);
                 }
+                within
             })
             .collect()
     }
@@ -104,6 +97,43 @@ mod tests {
         let config = fast.kernel_config(100);
         let times: Vec<u64> = (0..6_000).map(|i| 10 + i / 10).collect();
         assert!(admitted(&config, &times).iter().all(|v| *v));
+    }
+
+    #[test]
+    fn the_budget_holds_across_the_wrap_of_its_time() {
+        let budget = ImageCreateBudget::of_policy(Some(60), true, true).unwrap();
+        let config = budget.kernel_config(1000);
+        // Jiffies whose fixed-point time wraps 2^48 half a minute into the run: the 30th
+        // create's time lands on 0 exactly.
+        let wrap = 1u64 << (BUDGET_TIME_BITS - BUDGET_TIME_SHIFT);
+        let start = 3 * wrap - 30_000;
+        let mut times = vec![start; 70];
+        times.extend([start + 999, start + 1_000]);
+        let verdicts = admitted(&config, &times);
+        assert_eq!(verdicts.iter().filter(|v| **v).count(), 61);
+        assert_eq!(verdicts[70..], [false, true]);
+        // One a second across the wrap: never refused.
+        let steady: Vec<u64> = (0..120).map(|s| start + s * 1_000).collect();
+        assert!(admitted(&config, &steady).iter().all(|v| *v));
+    }
+
+    #[test]
+    fn a_time_no_budget_could_have_set_is_a_whole_budget() {
+        let config = ImageCreateBudget::of_policy(Some(60), true, true)
+            .unwrap()
+            .kernel_config(250);
+        let limit = config.tolerance + config.interval;
+        let now = (5_000_000u64 << BUDGET_TIME_SHIFT) & BUDGET_TIME_MASK;
+        // Spent: honoured.
+        assert_eq!(budget_ahead(now + limit, now, limit), limit);
+        // Past: nothing ahead.
+        assert_eq!(budget_ahead(now - 1, now, limit), 0);
+        // Further ahead than a budget goes (torn halves, a layout without the field, a
+        // smaller budget since): whole.
+        assert_eq!(budget_ahead(now + limit + 1, now, limit), 0);
+        assert_eq!(budget_ahead(now ^ (1 << 40), now, limit), 0);
+        // A whole wrap ago reads as now.
+        assert_eq!(budget_ahead(now, now + (1 << BUDGET_TIME_BITS), limit), 0);
     }
 
     #[test]

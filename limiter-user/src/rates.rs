@@ -107,7 +107,7 @@ impl From<&SourceStats> for Counts {
             image_create: stats.image_create.into(),
             other_write: stats.other_write.into(),
             read: stats.read.into(),
-            packets: stats.packets,
+            packets: stats.packets.into(),
             bytes: stats.bytes,
             row_predates_last_poll: false,
         }
@@ -128,10 +128,10 @@ impl Counts {
 
     /// The increase since `earlier`, or `None` if the row was reset (evicted and re-created).
     ///
-    /// The kernel keeps SYNs and requests in 32 bits that wrap (`SourceStats`), so their
-    /// increase is taken modulo 2^32; one beyond 2^31 is a counter that went down, since no
-    /// source sends two billion of one kind between two polls. Packets and bytes are 64 bits
-    /// and never wrap: one that went down is a reset.
+    /// The kernel keeps packets, SYNs and requests in 32 bits that wrap (`SourceStats`), so
+    /// their increase is taken modulo 2^32; one beyond 2^31 is a counter that went down, since
+    /// no source sends two billion of one kind between two polls. Bytes are 64 bits and never
+    /// wrap: a count that went down is a reset.
     fn increase_since(&self, earlier: &Counts) -> Option<Counts> {
         let wrapping = |now: u64, before: u64| {
             let increase = (now as u32).wrapping_sub(before as u32);
@@ -142,7 +142,7 @@ impl Counts {
             image_create: wrapping(self.image_create, earlier.image_create)?,
             other_write: wrapping(self.other_write, earlier.other_write)?,
             read: wrapping(self.read, earlier.read)?,
-            packets: self.packets.checked_sub(earlier.packets)?,
+            packets: wrapping(self.packets, earlier.packets)?,
             bytes: self.bytes.checked_sub(earlier.bytes)?,
             row_predates_last_poll: false,
         })

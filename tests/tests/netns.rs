@@ -298,7 +298,7 @@ fn counts_each_syn_to_the_protected_port_and_ignores_other_ports() {
         CONNECTIONS as u64,
         "SYNs counted: {row:?}"
     );
-    assert!(row.packets >= CONNECTIONS as u64, "{row:?}");
+    assert!(row.packets >= CONNECTIONS as u32, "{row:?}");
     assert_eq!(
         (row.image_create, row.other_write, row.read),
         (0, 0, 0),
@@ -308,12 +308,12 @@ fn counts_each_syn_to_the_protected_port_and_ignores_other_ports() {
     // Idle established connections send nothing after the handshake's last ACK, so the row
     // settles at exactly SYN + ACK per connection.
     wait_until("the handshakes' last ACKs", || {
-        fix.row(CLIENT_A).packets == 2 * CONNECTIONS as u64
+        fix.row(CLIENT_A).packets == 2 * CONNECTIONS as u32
     });
     let settled = fix.row(CLIENT_A);
     // At least Ethernet + IPv4 + TCP headers per frame.
     assert!(
-        settled.bytes >= settled.packets * (14 + 20 + 20),
+        settled.bytes >= u64::from(settled.packets) * (14 + 20 + 20),
         "{settled:?}"
     );
 
@@ -362,7 +362,7 @@ fn counts_every_request_on_one_keep_alive_connection() {
     assert_eq!(u64::from(row.other_write), OTHER_WRITES, "{row:?}");
     // Every request is its own segment, and the SYN comes on top.
     let requests = CREATES + READS + OTHER_WRITES;
-    assert!(row.packets > requests, "{row:?}");
+    assert!(u64::from(row.packets) > requests, "{row:?}");
     fix.wait_for_server_requests(requests);
 }
 
@@ -382,7 +382,10 @@ fn counts_ipv6_sources_under_their_ipv6_address() {
     assert_eq!(row.image_create, 7, "{row:?}");
     assert_eq!((row.read, row.other_write), (0, 0), "{row:?}");
     // At least Ethernet + IPv6 + TCP headers per frame.
-    assert!(row.bytes >= row.packets * (14 + 40 + 20), "{row:?}");
+    assert!(
+        row.bytes >= u64::from(row.packets) * (14 + 40 + 20),
+        "{row:?}"
+    );
     let sources = fix.limiter().sources().expect("read the source table");
     assert_eq!(
         sources.len(),

@@ -130,7 +130,7 @@ impl From<&SourceStats> for Record {
     fn from(s: &SourceStats) -> Self {
         Record {
             syns: s.syns.into(),
-            packets: s.packets,
+            packets: s.packets.into(),
             bytes: s.bytes,
             image_create: s.image_create.into(),
             other_write: s.other_write.into(),

@@ -85,7 +85,7 @@ impl Rig {
     }
 
     /// `who`'s image creates and flags as its kernel row has them.
-    fn row(&self, who: &str) -> (u32, u32) {
+    fn row(&self, who: &str) -> (u32, u16) {
         let rows = self.limiter.sources().expect("sources");
         let row = rows.iter().find(|e| e.addr == addr(who)).expect("a row");
         (row.stats.image_create, row.stats.flags)

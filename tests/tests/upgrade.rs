@@ -303,3 +303,115 @@ fn global_counters_of_a_version_with_fewer_are_carried_over() {
         assert_eq!(counters.get(counter), expected, "{}", counter.name());
     }
 }
+
+/// The version before the budget moved into the row kept rows of the same size: `packets` a
+/// `u64` where this layout has `packets` and the budget's low half, `flags` a `u32` where it
+/// has `flags` and the budget's high half. Such a row is adopted as it is (no migration):
+/// its counts and flags read the same and its budget is whole. So is a row whose budget time
+/// no budget could have set (the halves torn between two CPUs): never a create refused for
+/// it. A budget time that is merely spent is honoured, so the field is what the program reads.
+#[test]
+fn rows_of_the_same_size_layout_before_the_budget_keep_their_counts_and_a_whole_budget() {
+    use limiter_common::{BUDGET_TIME_MASK, BUDGET_TIME_SHIFT};
+    use limiter_user::{budget::ImageCreateBudget, loader::Verdict};
+
+    limiter_tests::require_kernel!();
+    const PER_MINUTE: u32 = 3;
+    const OLDER: &str = "203.0.113.31";
+    const TORN: &str = "203.0.113.32";
+    const SPENT: &str = "203.0.113.33";
+    let pins = PinDir::new("budget");
+    let mut limiter = Limiter::load_pinned(&LoadOptions::default(), &pins.0).unwrap();
+    limiter.set_protected_ports(&[GLANCE_PORT]).unwrap();
+    let clock = limiter.clock().unwrap();
+    limiter.set_reject_response(clock.hz).unwrap();
+    let budget = ImageCreateBudget::of_policy(Some(PER_MINUTE), true, true)
+        .unwrap()
+        .kernel_config(clock.hz);
+    limiter.set_image_create_budget(Some(budget)).unwrap();
+
+    // The older layout's bytes: packets (u64) 7, bytes 700, first and last seen now, no
+    // cached verdict, syns 2, one read, flags (u32) 0.
+    let mut older = [0u8; 64];
+    older[0..8].copy_from_slice(&7u64.to_ne_bytes());
+    older[8..16].copy_from_slice(&700u64.to_ne_bytes());
+    older[16..24].copy_from_slice(&clock.jiffies.to_ne_bytes());
+    older[24..32].copy_from_slice(&clock.jiffies.to_ne_bytes());
+    older[40..44].copy_from_slice(&2u32.to_ne_bytes());
+    older[52..56].copy_from_slice(&1u32.to_ne_bytes());
+    // SAFETY: `SourceStats` is 64 bytes of plain integers, any bit pattern valid.
+    let older: SourceStats = unsafe { std::mem::transmute(older) };
+    assert_eq!((older.packets, older.budget_time(), older.flags), (7, 0, 0));
+
+    let now_fixed = clock.jiffies << BUDGET_TIME_SHIFT;
+    let with_budget_time = |time: u64| {
+        let time = time & BUDGET_TIME_MASK;
+        SourceStats {
+            first_seen: clock.jiffies,
+            last_seen: clock.jiffies,
+            budget_low: time as u32,
+            budget_high: (time >> 32) as u16,
+            ..SourceStats::default()
+        }
+    };
+    let window = budget.tolerance + budget.interval;
+    let rows = [
+        (OLDER, older),
+        (TORN, with_budget_time(now_fixed + 5 * window)),
+        (SPENT, with_budget_time(now_fixed + window - 1)),
+    ];
+    {
+        let mut table: aya::maps::HashMap<MapData, limiter_common::SourceAddr, SourceStats> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(
+                MapData::from_pin(pins.0.join(SOURCES_MAP)).unwrap(),
+            ))
+            .unwrap();
+        for (src, row) in rows {
+            let key = limiter_common::SourceAddr::from_octets(limiter_user::net::addr_to_key(
+                src.parse().unwrap(),
+            ));
+            table.insert(key, row, 0).unwrap();
+        }
+    }
+
+    let create = |src: &str| {
+        let payload = b"POST /v2/images HTTP/1.1\r\nHost: glance\r\nContent-Length: 2\r\n\r\n{}";
+        limiter
+            .test_run(&Packet::request(src, GLANCE_PORT, payload).build())
+            .unwrap()
+    };
+    assert_eq!(create(SPENT), Verdict::Tx, "a spent budget refuses");
+    for src in [OLDER, TORN] {
+        for n in 1..=PER_MINUTE {
+            assert_eq!(
+                create(src),
+                Verdict::Pass,
+                "{src}: create {n} is within budget"
+            );
+        }
+        assert_eq!(
+            create(src),
+            Verdict::Tx,
+            "{src}: the create past it is refused"
+        );
+    }
+    let rows: HashMap<String, SourceStats> = limiter
+        .sources()
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.addr.to_string(), row.stats))
+        .collect();
+    let adopted = rows[OLDER];
+    let creates = PER_MINUTE + 1;
+    assert_eq!(
+        (
+            adopted.packets,
+            adopted.syns,
+            adopted.read,
+            adopted.image_create
+        ),
+        (7 + creates, 2, 1, creates),
+        "{adopted:?}"
+    );
+    assert!(adopted.bytes > 700, "{adopted:?}");
+}

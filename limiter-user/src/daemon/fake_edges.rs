@@ -138,7 +138,7 @@ impl FakeEdges {
         self.traffic(addr, |row| {
             row.image_create = row.image_create.wrapping_add(creates);
             row.syns = row.syns.wrapping_add(creates);
-            row.packets += u64::from(creates) * 4;
+            row.packets = row.packets.wrapping_add(creates * 4);
             row.bytes += u64::from(creates) * 600;
         });
     }
@@ -147,7 +147,7 @@ impl FakeEdges {
     pub fn reads(&self, addr: IpAddr, reads: u32) {
         self.traffic(addr, |row| {
             row.read = row.read.wrapping_add(reads);
-            row.packets += u64::from(reads) * 2;
+            row.packets = row.packets.wrapping_add(reads * 2);
             row.bytes += u64::from(reads) * 300;
         });
     }

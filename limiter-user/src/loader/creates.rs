@@ -39,16 +39,19 @@ impl Limiter {
         Ok(())
     }
 
-    /// Gives every source within `prefixes` a whole budget again (an unblocked source is
-    /// forgiven: its flood before the ban would otherwise keep its creates refused). Returns
-    /// how many sources had one spent.
+    /// Gives every source within `prefixes` that went over its budget a whole budget again
+    /// (an unblocked source is forgiven: its flood before the ban would otherwise keep its
+    /// creates refused). The budget's time is in the source's row, which only the program
+    /// writes (a write from here would lose the counts it adds meanwhile), so the source is
+    /// marked forgiven now and the program starts its budget afresh at its next create over
+    /// budget, if that comes before what it spent has run out anyway. Returns how many
+    /// sources were marked.
     pub fn forgive_budgets(&mut self, prefixes: &[IpNet]) -> Result<usize, LoaderError> {
+        let now = self.jiffies()?;
         let spent: Vec<IpAddr> =
-            read_by_address(&self.ebpf, CREATES_MAP, |c: SourceCreates| c.arrival)?
+            read_by_address(&self.ebpf, CREATES_MAP, |c: SourceCreates| c.over)?
                 .into_iter()
-                .filter(|(addr, arrival)| {
-                    *arrival != 0 && prefixes.iter().any(|p| p.contains(addr))
-                })
+                .filter(|(addr, over)| *over != 0 && prefixes.iter().any(|p| p.contains(addr)))
                 .map(|(addr, _)| addr)
                 .collect();
         let mut table: BpfHashMap<&mut MapData, SourceAddr, SourceCreates> =
@@ -57,11 +60,11 @@ impl Limiter {
         let mut forgiven = 0;
         for addr in spent {
             let key = SourceAddr::from_octets(crate::net::addr_to_key(addr));
-            // Gone since the read (evicted: a whole budget anyway) is not an error.
+            // Gone since the read (evicted: its budget has long run out) is not an error.
             let Ok(mut entry) = table.get(&key, 0) else {
                 continue;
             };
-            entry.arrival = 0;
+            entry.forgiven_at = now;
             table
                 .insert(key, entry, 0)
                 .map_err(map_err(CREATES_MAP, "write"))?;

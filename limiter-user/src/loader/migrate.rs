@@ -179,7 +179,8 @@ fn sources_from_v1(ebpf: &mut Ebpf, old: &MapData) -> Result<usize, LoaderError>
 /// A [`SourceRowV1`] in this build's layout.
 pub fn upgraded(row: &SourceRowV1) -> SourceStats {
     SourceStats {
-        packets: row.packets,
+        packets: row.packets as u32,
+        budget_low: 0,
         bytes: row.bytes,
         first_seen: row.first_seen,
         last_seen: row.last_seen,
@@ -191,6 +192,8 @@ pub fn upgraded(row: &SourceRowV1) -> SourceStats {
         read: row.read as u32,
         rules_generation: 0,
         flags: 0,
+        // A whole budget: the older layout kept none.
+        budget_high: 0,
     }
 }
 
