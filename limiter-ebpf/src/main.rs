@@ -79,6 +79,15 @@ static PROXY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 pub const PROXY_SLOT: u32 = 0;
 pub const CLIENT_SLOT: u32 = 1;
 
+/// The pass counter of the trusted proxy whose segment this CPU handed to the proxy program
+/// (1: `PassAllowed`, 0: `PassProtected`), for it and the client program to count the
+/// segment under when they pass it: the main program has the proxy's verdict already, and
+/// reading it from the proxy's row again would be a hash lookup in each (a tail-called
+/// program keeps nothing but the packet). Read from map memory, it is also "some number" to
+/// the verifier, which then checks the stages once for both counters.
+#[map]
+static HANDED_PROXY_ALLOWED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Tail-calls the program in `slot`; returns only if that failed.
 #[inline(always)]
 pub fn hand_over(ctx: &XdpContext, slot: u32) {
@@ -180,17 +189,9 @@ fn process_proxied(ctx: &XdpContext, stage: ProxyStage) -> Result<(u32, Counter)
     let (generation, config_flags, path_prefixes) = config().map_or((0, 0, 0), |c| {
         (c.rules_generation, c.flags, c.path_prefixes)
     });
-    let Some(row) = SOURCES.get_ptr_mut(net.src) else {
-        return Ok((xdp_action::XDP_PASS, Counter::PassProtected));
-    };
-    // SAFETY: a live map value (see `Source::read`).
-    let verdict = unsafe { cached_verdict(row, &net.src, generation, config_flags, now) };
-    let counter = verdict.pass_counter(now).unwrap_or(Counter::PassProtected);
-    // Which of the two pass counters it is, forgotten (see `Window::forget`): carried as a
-    // known constant, it would double what the verifier follows through the stage.
-    // SAFETY: this CPU's window; a program run is not preempted on its CPU.
-    let window = unsafe { &mut *headers::window().ok_or(Counter::PassProtected)? };
-    let allowed = window.forget((counter == Counter::PassAllowed) as usize) != 0;
+    // No slot is no program run at all (an array's only entry): returning there, rather
+    // than defaulting, keeps the verifier at one state through the stage.
+    let allowed = *HANDED_PROXY_ALLOWED.get(0).ok_or(Counter::PassProtected)? != 0;
     let packet = proxy::Packet {
         net: &net,
         tcp: &tcp,
@@ -284,6 +285,10 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // The proxy's own row counts its packets; the requests it carries are its clients'.
         if source.count(&net.src, generation, None, frame_bytes, now) {
+            if let Some(allowed) = HANDED_PROXY_ALLOWED.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+                unsafe { *allowed = u64::from(counter == Counter::PassAllowed) };
+            }
             // Returns only if it failed (no proxy program loaded): the segment then passes as
             // the proxy's.
             hand_over(ctx, PROXY_SLOT);

@@ -236,7 +236,6 @@ pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter
         1 => RequestClass::OtherWrite,
         _ => RequestClass::Read,
     };
-    let key = conns::key(ctx, packet.net)?;
     let source = Source::read(&client, packet.generation, packet.config_flags, packet.now);
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // A proxy naming another trusted proxy names no client.
@@ -246,7 +245,6 @@ pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter
         return refuse(
             ctx,
             packet,
-            &key,
             source.verdict.blocked_until,
             Counter::RejectProxied,
         );
@@ -265,7 +263,7 @@ pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter
         if packet.config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0 {
             let row = source.row_of(&client);
             if let Admission::Refuse { next_at } = budget::charge(row, &client, packet.now) {
-                return refuse(ctx, packet, &key, next_at, Counter::RejectOverBudget);
+                return refuse(ctx, packet, next_at, Counter::RejectOverBudget);
             }
         }
         if packet.config_flags & CONFIG_COUNT_RESPONSES != 0 {
@@ -327,15 +325,16 @@ fn remember_via(client: &SourceAddr, proxy: &SourceAddr) {
 
 /// Answers a refused client's request in Glance's place (`Retry-After` until `until`,
 /// jiffies) and remembers to reset Glance's side of the connection (what else was known of it
-/// no longer matters: the next segment ends it).
+/// no longer matters: the next segment ends it). The connection's key is built here, on this
+/// rare path only.
 #[inline(always)]
 fn refuse(
     ctx: &XdpContext,
     packet: &Packet,
-    key: &ConnKey,
     until: u64,
     answered: Counter,
 ) -> Option<(u32, Counter)> {
+    let key = &conns::key(ctx, packet.net)?;
     Some(
         match reject::answer(ctx, packet.net, packet.tcp.payload_len, until, packet.now) {
             Some(reset_seq) => {

@@ -660,3 +660,45 @@ fn the_longest_matching_prefix_decides() {
     let row = rig.row(CLIENT).expect("row");
     assert_eq!((row.image_create, row.other_write), (2, 0));
 }
+
+/// A proxy under a block that an allow rule exempts it from: its segments pass as allowed,
+/// also where the proxy or client program passes them (the main program hands the proxy's
+/// verdict over), and its clients are attributed as any proxy's.
+#[test]
+fn a_proxy_exempted_from_a_block_passes_as_allowed_in_every_stage() {
+    require_kernel!();
+    let mut rig = Rig::new(ClientHeader::XForwardedFor);
+    let clock = rig.limiter.clock().expect("clock");
+    let rule = |net: &str, action| KernelRule {
+        net: net.parse().unwrap(),
+        action,
+        scope: Scope::ProtectedPorts,
+        expires: Some(clock.wall + Duration::from_secs(600)),
+    };
+    let prefix = format!("{}/24", PROXY_V4);
+    let proxy_net = IpNet::from(addr(PROXY_V4)).trunc().to_string();
+    let rules = [
+        rule(&prefix, Action::Block),
+        rule(&proxy_net, Action::Allow),
+    ];
+    let compiled = compile(&rules, &clock).expect("compile");
+    rig.limiter.apply_rules(&compiled).expect("apply");
+    let frame = create_via(PROXY_V4, &format!("X-Forwarded-For: {CLIENT}\r\n"));
+    rig.check(
+        &frame,
+        Verdict::Pass,
+        &[PassAllowed, SourceNew, SourceNew, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT, PROXY_V4, 1);
+    // No client named: the proxy program passes it, as allowed all the same.
+    let frame = create_via(PROXY_V4, "X-Forwarded-Formerly: 203.0.113.9\r\n");
+    rig.check(&frame, Verdict::Pass, &[PassAllowed, UnattributedRequest]);
+    // A proxy the block covers and nothing exempts passes as protected: the other value.
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let frame = create_via(PROXY_V4, "X-Forwarded-Formerly: 203.0.113.9\r\n");
+    rig.check(
+        &frame,
+        Verdict::Pass,
+        &[PassProtected, SourceNew, UnattributedRequest],
+    );
+}
