@@ -250,8 +250,9 @@ pub struct SourceRowV1 {
 }
 
 /// The trusted proxy that carried a client's latest proxied request (LRU hash, client
-/// [`SourceAddr`] → proxy [`SourceAddr`]; as large as the per-source table). A client that
-/// only came directly has no entry.
+/// [`SourceAddr`] → proxy [`SourceAddr`]; as large as the per-source table), as of the
+/// client's first request in the current jiffy. A client that only came directly has no
+/// entry.
 pub const CLIENT_VIA_MAP: &str = "CLIENT_VIA";
 /// What each trusted proxy relayed (LRU hash, proxy [`SourceAddr`] → [`ProxyRelays`]).
 pub const PROXY_RELAYS_MAP: &str = "PROXY_RELAYS";

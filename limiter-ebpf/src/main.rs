@@ -350,6 +350,13 @@ impl Source {
         }
     }
 
+    /// When the source's row last counted a packet (before this one), if it has a row.
+    #[inline(always)]
+    pub fn last_seen(&self) -> Option<u64> {
+        // SAFETY: a live map value; a racing store of another CPU's `now` is as good.
+        self.row.map(|row| unsafe { (*row).last_seen })
+    }
+
     /// The row counted for `src`: the one read, else the one `count` just added (looked up
     /// again: only an image create needs it, of a source whose first packet it is).
     #[inline(always)]

@@ -251,6 +251,7 @@ pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter
     }
     count_relay(&packet.net.src, Relay::Proxied);
     crate::count(Counter::ProxiedRequest);
+    let seen_this_jiffy = source.last_seen() == Some(packet.now);
     source.count(
         &client,
         packet.generation,
@@ -258,7 +259,12 @@ pub fn client_request(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter
         packet.frame_bytes,
         packet.now,
     );
-    remember_via(&client, &packet.net.src);
+    if !seen_this_jiffy {
+        // Once a jiffy per client: a client that moves to another proxy is shown behind it
+        // from its first request in the next jiffy, and a flood through one proxy does not
+        // pay a lookup per request.
+        remember_via(&client, &packet.net.src);
+    }
     if matches!(class, RequestClass::ImageCreate) {
         if packet.config_flags & CONFIG_IMAGE_CREATE_BUDGET != 0 {
             let row = source.row_of(&client);

@@ -702,3 +702,28 @@ fn a_proxy_exempted_from_a_block_passes_as_allowed_in_every_stage() {
         &[PassProtected, SourceNew, UnattributedRequest],
     );
 }
+
+/// The proxy a client is shown behind is recorded once a jiffy (not a lookup per request):
+/// a client that moves to another proxy is shown behind it from its next jiffy on.
+#[test]
+fn a_client_that_moves_to_another_proxy_is_shown_behind_it() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let through = |proxy: &str| create_via(proxy, &format!("X-Forwarded-For: {CLIENT}\r\n"));
+    rig.check(&through(PROXY_V4), Verdict::Pass, FIRST_THROUGH_PROXY);
+    assert_eq!(rig.via(CLIENT), Some(addr(PROXY_V4)));
+    // A jiffy is at most 10 ms; the deadline is for a busy machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut requests = 0;
+    while rig.via(CLIENT) != Some(addr(OUTER_PROXY)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still shown behind {:?} after {requests} requests through {OUTER_PROXY}",
+            rig.via(CLIENT)
+        );
+        rig.limiter.test_run(&through(OUTER_PROXY)).expect("run");
+        requests += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_client(&rig, CLIENT, OUTER_PROXY, 1 + requests);
+}
