@@ -90,6 +90,9 @@ pub enum Loop {
     Ipv6 = 5,
     /// The IPv6 groups read, with `::` expanded into eight.
     Expand = 6,
+    /// [`Loop::Survey`] backwards from `END - 1`, stopping at a comma (its position in
+    /// `FOUND`): finds an `X-Forwarded-For` entry and surveys it in one pass.
+    SurveyBack = 7,
 }
 
 /// Runs a loop: `step(window, which, k)` for k = 0, 1, ... until it returns true or `steps`
@@ -189,23 +192,19 @@ pub fn step(window: &mut Window, which: Loop, k: usize) -> bool {
             if i >= end {
                 return true;
             }
-            let c = window.at(i);
-            if !is_ows(c) {
-                if window.load(FIRST) == NONE {
-                    window.store(FIRST, i);
-                }
-                window.store(LAST, i + 1);
+            survey(window, i, false);
+            false
+        }
+        Loop::SurveyBack => {
+            if k >= end || end - k <= begin {
+                return true;
             }
-            match c {
-                b':' => {
-                    window.store(COLONS, window.load(COLONS) + 1);
-                    window.store(LAST_COLON, i);
-                }
-                b'.' => window.store(DOTS, window.load(DOTS) + 1),
-                b'[' if window.load(OPEN_BRACKET) == NONE => window.store(OPEN_BRACKET, i),
-                b']' if window.load(CLOSE_BRACKET) == NONE => window.store(CLOSE_BRACKET, i),
-                _ => {}
+            let i = end - 1 - k;
+            if window.at(i) == b',' {
+                window.store(FOUND, i);
+                return true;
             }
+            survey(window, i, true);
             false
         }
         Loop::ForParameter => {
@@ -251,6 +250,37 @@ pub fn step(window: &mut Window, which: Loop, k: usize) -> bool {
             window.store(V6_OUT + (k & 7), group & 0xffff);
             false
         }
+    }
+}
+
+/// Notes the character at `i` in the survey slots. Going `backwards`, the leftmost of
+/// what the forward pass keeps the first of (the first non-blank, brackets) is the one
+/// overwritten, and the rightmost (the last non-blank, the last colon) the one kept.
+#[inline(always)]
+fn survey(window: &mut Window, i: usize, backwards: bool) {
+    let c = window.at(i);
+    let keep_first = |window: &mut Window, slot: usize| {
+        if backwards || window.load(slot) == NONE {
+            window.store(slot, i);
+        }
+    };
+    if !is_ows(c) {
+        keep_first(window, FIRST);
+        if !backwards || window.load(LAST) == NONE {
+            window.store(LAST, i + 1);
+        }
+    }
+    match c {
+        b':' => {
+            window.store(COLONS, window.load(COLONS) + 1);
+            if !backwards || window.load(LAST_COLON) == NONE {
+                window.store(LAST_COLON, i);
+            }
+        }
+        b'.' => window.store(DOTS, window.load(DOTS) + 1),
+        b'[' => keep_first(window, OPEN_BRACKET),
+        b']' => keep_first(window, CLOSE_BRACKET),
+        _ => {}
     }
 }
 
@@ -410,7 +440,18 @@ pub fn rightmost_client(
     }
     let mut end = len;
     for _ in 0..MAX_ENTRIES {
-        let comma = find(window, driver, b',', 0, end, true);
+        let comma = match kind {
+            // The entry is found and surveyed in one pass (as long as an entry may be, and
+            // one more character, to tell a longer one).
+            HeaderKind::XForwardedFor => {
+                clear_survey(window);
+                window.store(FOUND, NONE);
+                run_over(window, driver, Loop::SurveyBack, 0, end, MAX_ENTRY + 1);
+                let found = window.load(FOUND);
+                (found != NONE).then_some(found)
+            }
+            HeaderKind::Forwarded => find(window, driver, b',', 0, end, true),
+        };
         let start = comma.map_or(0, |c| c + 1);
         if comma.is_none() && cut_left {
             return None;
@@ -419,7 +460,7 @@ pub fn rightmost_client(
             return None;
         }
         let addr = match kind {
-            HeaderKind::XForwardedFor => node(window, driver, start, end, false)?,
+            HeaderKind::XForwardedFor => surveyed_node(window, driver, false)?,
             HeaderKind::Forwarded => {
                 window.store(PAIR_FIRST, NONE);
                 window.store(VALUE_START, NONE);
@@ -457,6 +498,14 @@ fn node(
     end: usize,
     quotes: bool,
 ) -> Option<SourceAddr> {
+    clear_survey(window);
+    run_over(window, driver, Loop::Survey, start, end, MAX_ENTRY);
+    surveyed_node(window, driver, quotes)
+}
+
+/// The survey slots before a survey.
+#[inline(always)]
+fn clear_survey(window: &mut Window) {
     for (slot, value) in [
         (FIRST, NONE),
         (LAST, NONE),
@@ -468,7 +517,11 @@ fn node(
     ] {
         window.store(slot, value);
     }
-    run_over(window, driver, Loop::Survey, start, end, MAX_ENTRY);
+}
+
+/// [`node`] once its span is surveyed.
+#[inline(always)]
+fn surveyed_node(window: &mut Window, driver: &impl Driver, quotes: bool) -> Option<SourceAddr> {
     let (mut s, mut e) = (window.load(FIRST), window.load(LAST));
     if s == NONE || e == NONE || e <= s {
         return None;

@@ -310,7 +310,8 @@ extern "C" fn parse_step(index: u64, parse: *mut c_void) -> i64 {
         3 => Loop::ForParameter,
         4 => Loop::Ipv4,
         5 => Loop::Ipv6,
-        _ => Loop::Expand,
+        6 => Loop::Expand,
+        _ => Loop::SurveyBack,
     };
     let Some(window) = window() else {
         return 1;
