@@ -159,6 +159,22 @@ const V6_GROUPS: usize = 20;
 const V6_OUT: usize = 28;
 /// Zero groups the `::` stands for.
 const V6_SHIFT: usize = 36;
+// A dotted quad read backwards during [`Loop::SurveyBack`] (the usual `X-Forwarded-For`
+// entry: then no loop of its own parses it): value and octet so far, the octet's place
+// value, its digits and most recent (leftmost) digit, dots seen, and where it stands.
+const B4_VALUE: usize = 40;
+const B4_OCTET: usize = 41;
+const B4_PLACE: usize = 42;
+const B4_DIGITS: usize = 43;
+const B4_LEAD: usize = 44;
+const B4_DOTS: usize = 45;
+const B4_STATE: usize = 46;
+/// [`B4_STATE`]: blanks after the address (nothing read yet), in it, blanks before it, not a
+/// dotted quad.
+const B4_TRAILING: usize = 0;
+const B4_IN: usize = 1;
+const B4_LEADING: usize = 2;
+const B4_FAILED: usize = 3;
 
 /// One step of `which`, at its `k`-th character. True: the loop is done.
 #[inline(always)]
@@ -205,6 +221,7 @@ pub fn step(window: &mut Window, which: Loop, k: usize) -> bool {
                 return true;
             }
             survey(window, i, true);
+            dotted_quad_back(window, i);
             false
         }
         Loop::ForParameter => {
@@ -282,6 +299,69 @@ fn survey(window: &mut Window, i: usize, backwards: bool) {
         b']' => keep_first(window, CLOSE_BRACKET),
         _ => {}
     }
+}
+
+/// Reads the character at `i` into the dotted quad read backwards (see [`B4_VALUE`]).
+#[inline(always)]
+fn dotted_quad_back(window: &mut Window, i: usize) {
+    let state = window.load(B4_STATE);
+    if state == B4_FAILED {
+        return;
+    }
+    let c = window.at(i);
+    if is_ows(c) {
+        if state == B4_IN {
+            window.store(B4_STATE, B4_LEADING);
+        }
+        return;
+    }
+    let failed = if state == B4_LEADING {
+        // A blank inside the entry.
+        true
+    } else if c.is_ascii_digit() {
+        let digits = window.load(B4_DIGITS);
+        let place = window.load(B4_PLACE);
+        window.store(
+            B4_OCTET,
+            window.load(B4_OCTET) + usize::from(c - b'0') * place,
+        );
+        window.store(B4_PLACE, place * 10);
+        window.store(B4_DIGITS, digits + 1);
+        window.store(B4_LEAD, usize::from(c - b'0'));
+        digits >= 3
+    } else if c == b'.' {
+        let dots = window.load(B4_DOTS);
+        let failed = dots >= 3 || !octet_back_ok(window);
+        window.store(
+            B4_VALUE,
+            window.load(B4_VALUE) | (window.load(B4_OCTET) << (8 * (dots & 3))),
+        );
+        window.store(B4_OCTET, 0);
+        window.store(B4_PLACE, 1);
+        window.store(B4_DIGITS, 0);
+        window.store(B4_DOTS, dots + 1);
+        failed
+    } else {
+        true
+    };
+    window.store(B4_STATE, if failed { B4_FAILED } else { B4_IN });
+}
+
+/// Whether the octet read backwards is one: 1–3 digits, at most 255, no leading zero.
+#[inline(always)]
+fn octet_back_ok(window: &Window) -> bool {
+    let digits = window.load(B4_DIGITS);
+    digits != 0 && window.load(B4_OCTET) <= 255 && (digits == 1 || window.load(B4_LEAD) != 0)
+}
+
+/// The dotted quad [`Loop::SurveyBack`] read, if the entry was one.
+#[inline(always)]
+fn dotted_quad_read_back(window: &Window) -> Option<SourceAddr> {
+    if window.load(B4_STATE) == B4_FAILED || window.load(B4_DOTS) != 3 || !octet_back_ok(window) {
+        return None;
+    }
+    let value = window.load(B4_VALUE) | (window.load(B4_OCTET) << 24);
+    Some(mapped(value as u32))
 }
 
 #[inline(always)]
@@ -445,6 +525,17 @@ pub fn rightmost_client(
             // one more character, to tell a longer one).
             HeaderKind::XForwardedFor => {
                 clear_survey(window);
+                for (slot, value) in [
+                    (B4_VALUE, 0),
+                    (B4_OCTET, 0),
+                    (B4_PLACE, 1),
+                    (B4_DIGITS, 0),
+                    (B4_LEAD, 0),
+                    (B4_DOTS, 0),
+                    (B4_STATE, B4_TRAILING),
+                ] {
+                    window.store(slot, value);
+                }
                 window.store(FOUND, NONE);
                 run_over(window, driver, Loop::SurveyBack, 0, end, MAX_ENTRY + 1);
                 let found = window.load(FOUND);
@@ -460,7 +551,12 @@ pub fn rightmost_client(
             return None;
         }
         let addr = match kind {
-            HeaderKind::XForwardedFor => surveyed_node(window, driver, false)?,
+            // A dotted quad was read on the way (with blanks around it at most); anything
+            // else (a port, IPv6) is read from the survey.
+            HeaderKind::XForwardedFor => match dotted_quad_read_back(window) {
+                Some(addr) => addr,
+                None => surveyed_node(window, driver, false)?,
+            },
             HeaderKind::Forwarded => {
                 window.store(PAIR_FIRST, NONE);
                 window.store(VALUE_START, NONE);

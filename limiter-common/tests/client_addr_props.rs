@@ -94,6 +94,29 @@ proptest! {
         prop_assert_eq!(got, expected, "{}", value);
     }
 
+    /// An `X-Forwarded-For` entry without a colon is read as a dotted quad on the way back
+    /// (no loop of its own): exactly what the standard library reads, blanks around it
+    /// allowed, nothing else.
+    #[test]
+    fn an_entry_read_on_the_way_back_is_what_the_standard_library_reads(
+        digits in proptest::string::string_regex("[0-9.]{0,17}").unwrap(),
+        before in proptest::string::string_regex("[ \t]{0,2}").unwrap(),
+        after in proptest::string::string_regex("[ \t]{0,2}").unwrap(),
+        left in proptest::option::of(any::<u32>()),
+        quad: Option<u32>,
+    ) {
+        // Half of the cases a real address, the others near misses.
+        let entry = quad.map_or(digits, |q| Ipv4Addr::from(q).to_string());
+        let value = match left {
+            Some(l) => format!("{}, {before}{entry}{after}", Ipv4Addr::from(l)),
+            None => format!("{before}{entry}{after}"),
+        };
+        let (mut w, n) = window(&value).unwrap();
+        let expected = entry.parse::<Ipv4Addr>().ok().map(|a| key(IpAddr::V4(a)));
+        let got = rightmost_client(&mut w, &PlainLoops, n, false, HeaderKind::XForwardedFor, |_| false);
+        prop_assert_eq!(got, expected, "{:?}", value);
+    }
+
     #[test]
     fn proxy_v1_lines_name_their_source(src: u32, dst: u32, sport: u16, dport: u16) {
         let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
