@@ -783,14 +783,16 @@ mod tests {
         let near_the_top = Counts {
             syns: u64::from(u32::MAX) - 5,
             image_create: u64::from(u32::MAX),
-            packets: 1 << 40,
+            packets: u64::from(u32::MAX) - 9,
+            bytes: 1 << 40,
             ..Counts::default()
         };
         tracker.observe(secs(1), [(A, near_the_top)]);
         let wrapped = Counts {
             syns: 10,
             image_create: 3,
-            packets: (1 << 40) + 20,
+            packets: 20,
+            bytes: (1 << 40) + 2_000,
             ..Counts::default()
         };
         let summary = tracker.observe(secs(2), [(A, wrapped)]);
@@ -798,6 +800,8 @@ mod tests {
         let rates = tracker.rates(A).unwrap();
         assert_eq!(rates.new_connections_in_window, 16);
         assert_eq!(rates.image_creates_last_minute, 4);
+        assert_eq!(rates.packets_per_second, 30.0);
+        assert_eq!(rates.bytes_per_second, 2_000.0);
         // Going down is a reset: the new values are the increase.
         let summary = tracker.observe(secs(3), [(A, syns(2))]);
         assert_eq!(summary.resets, 1);
