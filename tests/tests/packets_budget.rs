@@ -425,3 +425,35 @@ fn a_create_over_budget_in_a_frame_the_answer_cannot_be_written_into_is_dropped(
     rig.check(&with_options(41_000), Verdict::Drop, &[DropOverBudget]);
     assert_eq!(rig.over_budget(CLIENT), 1);
 }
+
+/// A budget spent to its last create without one refused (the policy's ban came first: its
+/// threshold is the budget) is forgiven too, and a prefix forgives every source in it.
+#[test]
+fn a_budget_spent_without_a_refusal_is_forgiven_and_a_prefix_forgives_all_of_it() {
+    require_kernel!();
+    let mut rig = Rig::new(true);
+    for who in [CLIENT, OTHER] {
+        for _ in 0..PER_MINUTE {
+            rig.test_pass(&create(who, 41_000));
+        }
+    }
+    assert_eq!(rig.over_budget(CLIENT), 0, "never over budget");
+    let forgiven = rig
+        .limiter
+        .forgive_budgets(&["203.0.113.0/24".parse().unwrap()])
+        .expect("forgive");
+    assert_eq!(forgiven, 2);
+    for who in [CLIENT, OTHER] {
+        for _ in 0..PER_MINUTE {
+            rig.test_pass(&create(who, 41_010));
+        }
+        rig.check(&create(who, 41_010), Verdict::Tx, &[RejectOverBudget]);
+    }
+    // A source that never created has nothing to forgive.
+    rig.test_pass(&segment(CLIENT_V6, 41_020, "GET /v2/images HTTP/1.1\r\n\r\n").build());
+    let forgiven = rig
+        .limiter
+        .forgive_budgets(&[IpNet::from(addr(CLIENT_V6))])
+        .expect("forgive");
+    assert_eq!(forgiven, 0);
+}

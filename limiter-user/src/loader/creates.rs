@@ -4,17 +4,21 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 use ipnet::IpNet;
+use libc::EEXIST;
 use limiter_common::{
-    BudgetConfig, SourceAddr, SourceCreates, BUDGET_CONFIG_MAP, CONFIG_COUNT_RESPONSES,
-    CONFIG_IMAGE_CREATE_BUDGET, CREATES_MAP,
+    BudgetConfig, SourceAddr, SourceCreates, SourceStats, BUDGET_CONFIG_MAP,
+    CONFIG_COUNT_RESPONSES, CONFIG_IMAGE_CREATE_BUDGET, CREATES_MAP, SOURCES_MAP,
 };
 
 use super::{
-    maps::{map_err, map_mut, read_by_address, set_config_flag},
+    maps::{map_err, map_mut, map_ref, read_by_address, set_config_flag},
     Limiter, LoaderError,
 };
+
+/// `BPF_NOEXIST` (linux/bpf.h): insert only if the key has no entry.
+const BPF_NOEXIST: u64 = 1;
 
 impl Limiter {
     /// Holds every source's image creates to `budget` (see `crate::budget`), or to none.
@@ -39,38 +43,82 @@ impl Limiter {
         Ok(())
     }
 
-    /// Gives every source within `prefixes` that went over its budget a whole budget again
-    /// (an unblocked source is forgiven: its flood before the ban would otherwise keep its
+    /// Gives every source within `prefixes` whose budget is spent a whole budget again (an
+    /// unblocked source is forgiven: its creates before the ban would otherwise keep its
     /// creates refused). The budget's time is in the source's row, which only the program
-    /// writes (a write from here would lose the counts it adds meanwhile), so the source is
-    /// marked forgiven now and the program starts its budget afresh at its next create over
-    /// budget, if that comes before what it spent has run out anyway. Returns how many
-    /// sources were marked.
+    /// writes (a write from here would lose the counts it adds meanwhile), so the source's
+    /// `CREATES` entry is marked forgiven now (entered if it has none) and the program starts
+    /// its budget afresh at its next create over budget, if that comes before what it spent
+    /// has run out anyway. Returns how many sources were marked.
     pub fn forgive_budgets(&mut self, prefixes: &[IpNet]) -> Result<usize, LoaderError> {
         let now = self.jiffies()?;
-        let spent: Vec<IpAddr> =
-            read_by_address(&self.ebpf, CREATES_MAP, |c: SourceCreates| c.over)?
-                .into_iter()
-                .filter(|(addr, over)| *over != 0 && prefixes.iter().any(|p| p.contains(addr)))
-                .map(|(addr, _)| addr)
-                .collect();
+        let spent = self.sources_spending_within(prefixes)?;
         let mut table: BpfHashMap<&mut MapData, SourceAddr, SourceCreates> =
             BpfHashMap::try_from(map_mut(&mut self.ebpf, CREATES_MAP)?)
                 .map_err(map_err(CREATES_MAP, "open"))?;
-        let mut forgiven = 0;
-        for addr in spent {
-            let key = SourceAddr::from_octets(crate::net::addr_to_key(addr));
-            // Gone since the read (evicted: its budget has long run out) is not an error.
-            let Ok(mut entry) = table.get(&key, 0) else {
-                continue;
-            };
-            entry.forgiven_at = now;
-            table
-                .insert(key, entry, 0)
-                .map_err(map_err(CREATES_MAP, "write"))?;
-            forgiven += 1;
+        for key in &spent {
+            // The entry as it is (its counts kept), or a new one. NOEXIST for a new one: if
+            // the program entered it meanwhile, that entry is the one to mark.
+            for _ in 0..2 {
+                let written = match table.get(key, 0) {
+                    Ok(entry) => table.insert(
+                        key,
+                        SourceCreates {
+                            forgiven_at: now,
+                            ..entry
+                        },
+                        0,
+                    ),
+                    Err(MapError::KeyNotFound) => table.insert(
+                        key,
+                        SourceCreates {
+                            forgiven_at: now,
+                            ..SourceCreates::default()
+                        },
+                        BPF_NOEXIST,
+                    ),
+                    Err(e) => return Err(map_err(CREATES_MAP, "read")(e)),
+                };
+                match written {
+                    Ok(()) => break,
+                    Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(EEXIST) => {
+                    }
+                    Err(e) => return Err(map_err(CREATES_MAP, "write")(e)),
+                }
+            }
         }
-        Ok(forgiven)
+        Ok(spent.len())
+    }
+
+    /// The sources within `prefixes` whose row holds a budget time (they created). A host
+    /// prefix is one lookup; a wider one reads the whole table (an `unblock` is rare).
+    fn sources_spending_within(&self, prefixes: &[IpNet]) -> Result<Vec<SourceAddr>, LoaderError> {
+        let table: BpfHashMap<&MapData, SourceAddr, SourceStats> =
+            BpfHashMap::try_from(map_ref(&self.ebpf, SOURCES_MAP)?)
+                .map_err(map_err(SOURCES_MAP, "open"))?;
+        let key_of = |addr: IpAddr| SourceAddr::from_octets(crate::net::addr_to_key(addr));
+        let spending = |stats: &SourceStats| stats.budget_time() != 0;
+        if prefixes
+            .iter()
+            .all(|p| p.prefix_len() == p.max_prefix_len())
+        {
+            let mut keys = Vec::new();
+            for prefix in prefixes {
+                let key = key_of(prefix.addr());
+                match table.get(&key, 0) {
+                    Ok(stats) if spending(&stats) => keys.push(key),
+                    Ok(_) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(SOURCES_MAP, "read")(e)),
+                }
+            }
+            return Ok(keys);
+        }
+        Ok(self
+            .sources_batched()?
+            .into_iter()
+            .filter(|e| spending(&e.stats) && prefixes.iter().any(|p| p.contains(&e.addr)))
+            .map(|e| key_of(e.addr))
+            .collect())
     }
 
     /// Makes the XDP program record the image creates it passes to Glance, for the egress

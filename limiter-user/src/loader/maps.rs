@@ -73,7 +73,10 @@ pub(super) fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapErr
     move |source| LoaderError::Map { map, op, source }
 }
 
-fn map_ref<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, LoaderError> {
+pub(super) fn map_ref<'a>(
+    ebpf: &'a Ebpf,
+    name: &'static str,
+) -> Result<&'a aya::maps::Map, LoaderError> {
     ebpf.map(name).ok_or(LoaderError::Map {
         map: name,
         op: "open",
