@@ -521,26 +521,7 @@ pub fn rightmost_client(
     let mut end = len;
     for _ in 0..MAX_ENTRIES {
         let comma = match kind {
-            // The entry is found and surveyed in one pass (as long as an entry may be, and
-            // one more character, to tell a longer one).
-            HeaderKind::XForwardedFor => {
-                clear_survey(window);
-                for (slot, value) in [
-                    (B4_VALUE, 0),
-                    (B4_OCTET, 0),
-                    (B4_PLACE, 1),
-                    (B4_DIGITS, 0),
-                    (B4_LEAD, 0),
-                    (B4_DOTS, 0),
-                    (B4_STATE, B4_TRAILING),
-                ] {
-                    window.store(slot, value);
-                }
-                window.store(FOUND, NONE);
-                run_over(window, driver, Loop::SurveyBack, 0, end, MAX_ENTRY + 1);
-                let found = window.load(FOUND);
-                (found != NONE).then_some(found)
-            }
+            HeaderKind::XForwardedFor => survey_entry_back(window, driver, end),
             HeaderKind::Forwarded => find(window, driver, b',', 0, end, true),
         };
         let start = comma.map_or(0, |c| c + 1);
@@ -582,6 +563,29 @@ pub fn rightmost_client(
         end = window.forget(comma?);
     }
     None
+}
+
+/// Surveys the entry ending at `end` backwards to its comma (returned, if any), reading it
+/// as a dotted quad on the way: one pass, as long as an entry may be and one character
+/// more, to tell a longer one.
+#[inline(always)]
+fn survey_entry_back(window: &mut Window, driver: &impl Driver, end: usize) -> Option<usize> {
+    clear_survey(window);
+    for (slot, value) in [
+        (B4_VALUE, 0),
+        (B4_OCTET, 0),
+        (B4_PLACE, 1),
+        (B4_DIGITS, 0),
+        (B4_LEAD, 0),
+        (B4_DOTS, 0),
+        (B4_STATE, B4_TRAILING),
+        (FOUND, NONE),
+    ] {
+        window.store(slot, value);
+    }
+    run_over(window, driver, Loop::SurveyBack, 0, end, MAX_ENTRY + 1);
+    let found = window.load(FOUND);
+    (found != NONE).then_some(found)
 }
 
 /// One node: an address, optionally with a port, IPv6 in brackets when it has one (or when

@@ -6,7 +6,6 @@ use std::{collections::HashMap, net::IpAddr};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 use ipnet::IpNet;
-use libc::EEXIST;
 use limiter_common::{
     BudgetConfig, SourceAddr, SourceCreates, SourceStats, BUDGET_CONFIG_MAP,
     CONFIG_COUNT_RESPONSES, CONFIG_IMAGE_CREATE_BUDGET, CREATES_MAP, SOURCES_MAP,
@@ -16,9 +15,6 @@ use super::{
     maps::{map_err, map_mut, map_ref, read_by_address, set_config_flag},
     Limiter, LoaderError,
 };
-
-/// `BPF_NOEXIST` (linux/bpf.h): insert only if the key has no entry.
-const BPF_NOEXIST: u64 = 1;
 
 impl Limiter {
     /// Holds every source's image creates to `budget` (see `crate::budget`), or to none.
@@ -57,35 +53,23 @@ impl Limiter {
             BpfHashMap::try_from(map_mut(&mut self.ebpf, CREATES_MAP)?)
                 .map_err(map_err(CREATES_MAP, "open"))?;
         for key in &spent {
-            // The entry as it is (its counts kept), or a new one. NOEXIST for a new one: if
-            // the program entered it meanwhile, that entry is the one to mark.
-            for _ in 0..2 {
-                let written = match table.get(key, 0) {
-                    Ok(entry) => table.insert(
-                        key,
-                        SourceCreates {
-                            forgiven_at: now,
-                            ..entry
-                        },
-                        0,
-                    ),
-                    Err(MapError::KeyNotFound) => table.insert(
-                        key,
-                        SourceCreates {
-                            forgiven_at: now,
-                            ..SourceCreates::default()
-                        },
-                        BPF_NOEXIST,
-                    ),
-                    Err(e) => return Err(map_err(CREATES_MAP, "read")(e)),
-                };
-                match written {
-                    Ok(()) => break,
-                    Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(EEXIST) => {
-                    }
-                    Err(e) => return Err(map_err(CREATES_MAP, "write")(e)),
-                }
-            }
+            // The entry as it is (its counts kept), or a new one. A count the program adds
+            // between the read and the write is lost: one at most, on an unblock.
+            let entry = match table.get(key, 0) {
+                Ok(entry) => entry,
+                Err(MapError::KeyNotFound) => SourceCreates::default(),
+                Err(e) => return Err(map_err(CREATES_MAP, "read")(e)),
+            };
+            table
+                .insert(
+                    key,
+                    SourceCreates {
+                        forgiven_at: now,
+                        ..entry
+                    },
+                    0,
+                )
+                .map_err(map_err(CREATES_MAP, "write"))?;
         }
         Ok(spent.len())
     }
