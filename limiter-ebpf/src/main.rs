@@ -79,14 +79,19 @@ static PROXY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 pub const PROXY_SLOT: u32 = 0;
 pub const CLIENT_SLOT: u32 = 1;
 
-/// The pass counter of the trusted proxy whose segment this CPU handed to the proxy program
-/// (1: `PassAllowed`, 0: `PassProtected`), for it and the client program to count the
-/// segment under when they pass it: the main program has the proxy's verdict already, and
-/// reading it from the proxy's row again would be a hash lookup in each (a tail-called
-/// program keeps nothing but the packet). Read from map memory, it is also "some number" to
-/// the verifier, which then checks the stages once for both counters.
+/// What the main program knew of the trusted proxy's segment this CPU handed over, for the
+/// proxy and client programs (a tail-called program keeps nothing but the packet):
+/// [`HANDED_ALLOWED`], the proxy's pass counter is `PassAllowed` (else `PassProtected`), which
+/// the stages count the segment under when they pass it (reading it from the proxy's row
+/// again would be a hash lookup in each); [`HANDED_NO_CONN_STATE`], the main program looked
+/// the connection up and it has no state (the proxy program need not look again). Read from
+/// map memory, it is also "some number" to the verifier, which then checks the stages once
+/// for every combination.
 #[map]
-static HANDED_PROXY_ALLOWED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static HANDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+pub const HANDED_ALLOWED: u64 = 1;
+pub const HANDED_NO_CONN_STATE: u64 = 2;
 
 /// Tail-calls the program in `slot`; returns only if that failed.
 #[inline(always)]
@@ -191,13 +196,15 @@ fn process_proxied(ctx: &XdpContext, stage: ProxyStage) -> Result<(u32, Counter)
     });
     // No slot is no program run at all (an array's only entry): returning there, rather
     // than defaulting, keeps the verifier at one state through the stage.
-    let allowed = *HANDED_PROXY_ALLOWED.get(0).ok_or(Counter::PassProtected)? != 0;
+    let handed = *HANDED.get(0).ok_or(Counter::PassProtected)?;
+    let allowed = handed & HANDED_ALLOWED != 0;
     let packet = proxy::Packet {
         net: &net,
         tcp: &tcp,
         now,
         generation,
         frame_bytes: packet::frame_len(ctx) as u64,
+        no_conn_state: handed & HANDED_NO_CONN_STATE != 0,
         config_flags,
         path_prefixes,
     };
@@ -285,12 +292,23 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // The proxy's own row counts its packets; the requests it carries are its clients'.
         if source.count(&net.src, generation, None, frame_bytes, now) {
-            if let Some(allowed) = HANDED_PROXY_ALLOWED.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
-                unsafe { *allowed = u64::from(counter == Counter::PassAllowed) };
+            let shortcut = proxy::shortcut(ctx, &net, &tcp, path_prefixes);
+            if let proxy::Shortcut::NoRequest = shortcut {
+                return Ok((xdp_action::XDP_PASS, counter));
             }
-            // Returns only if it failed (no proxy program loaded): the segment then passes as
+            if let Some(handed) = HANDED.get_ptr_mut(0) {
+                let mut known = u64::from(counter == Counter::PassAllowed) * HANDED_ALLOWED;
+                if let proxy::Shortcut::NoConnState = shortcut {
+                    known |= HANDED_NO_CONN_STATE;
+                }
+                // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+                unsafe { *handed = known };
+            }
+            // Each returns only if it failed (no program loaded): the segment then passes as
             // the proxy's.
+            if let proxy::Shortcut::KnownClient = shortcut {
+                hand_over(ctx, CLIENT_SLOT);
+            }
             hand_over(ctx, PROXY_SLOT);
         }
         return Ok((xdp_action::XDP_PASS, counter));

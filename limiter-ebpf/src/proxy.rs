@@ -54,6 +54,8 @@ pub struct Packet<'a> {
     pub now: u64,
     pub generation: u64,
     pub frame_bytes: u64,
+    /// The main program found no state for this connection (see `HANDED`).
+    pub no_conn_state: bool,
     pub config_flags: u32,
     pub path_prefixes: u32,
 }
@@ -108,7 +110,11 @@ pub fn handle(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Counter)> {
     }
     // SAFETY: the value is copied out at once; a concurrent update can only make the copy
     // stale, which the next segment corrects.
-    let state = unsafe { PROXY_CONNS.get(key) }.copied();
+    let state = if packet.no_conn_state {
+        None
+    } else {
+        unsafe { PROXY_CONNS.get(key) }.copied()
+    };
     if let Some(state) = state {
         if state.flags & CONN_REJECTED != 0 {
             let _ = PROXY_CONNS.remove(key);
@@ -211,8 +217,63 @@ fn request(
     unattributed(&packet.net.src, passed)
 }
 
-/// A proxied request whose client is known, handed from `glance_limiter_proxy` to
-/// `glance_limiter_client`.
+/// What the main program can settle of a trusted proxy's segment without the proxy program.
+pub enum Shortcut {
+    /// A request on a connection whose PROXY header named its client: [`PENDING`] holds it,
+    /// for `glance_limiter_client`.
+    KnownClient,
+    /// A segment on such a connection that starts no request: it passes as the proxy's.
+    NoRequest,
+    /// A connection without state (no PROXY header, not rejected): the proxy program's to
+    /// read, without looking the connection up again.
+    NoConnState,
+    /// Anything else: the proxy program's to read.
+    Other,
+}
+
+/// The common case of a PROXY-protocol backend connection, taken in the main program: a
+/// request on a connection whose PROXY header already named the client goes straight to the
+/// client program, one tail call and one parse of the segment fewer than through the proxy
+/// program, and the rest of a request (an upload's data) passes at once. Everything else (a connection's first data, its end, a rejected connection, a
+/// segment that starts no request) is left to the proxy program, which looks again.
+#[inline(always)]
+pub fn shortcut(ctx: &XdpContext, net: &Network, tcp: &Tcp, path_prefixes: u32) -> Shortcut {
+    if tcp.syn
+        || tcp.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0
+        || tcp.payload_len < MIN_REQUEST_LEN
+    {
+        return Shortcut::Other;
+    }
+    let Some(key) = conns::key(ctx, net) else {
+        return Shortcut::Other;
+    };
+    // SAFETY: copied out at once (see `handle`).
+    let Some(state) = (unsafe { PROXY_CONNS.get(key) }).copied() else {
+        return Shortcut::NoConnState;
+    };
+    if state.flags & (CONN_PROXY_CLIENT | CONN_REJECTED) != CONN_PROXY_CLIENT {
+        return Shortcut::Other;
+    }
+    let Some(class) = http::classify(ctx, tcp.payload_offset, tcp.payload_len, path_prefixes)
+    else {
+        // The rest of a request (an image's data): nothing for the client stage.
+        return Shortcut::NoRequest;
+    };
+    let Some(pending) = PENDING.get_ptr_mut(0) else {
+        return Shortcut::Other;
+    };
+    // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+    unsafe {
+        *pending = Pending {
+            client: state.client,
+            class: class as u64,
+        };
+    }
+    Shortcut::KnownClient
+}
+
+/// A proxied request whose client is known, handed from `glance_limiter_proxy` (or, on a
+/// connection whose PROXY header named it, from `glance_limiter`) to `glance_limiter_client`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {

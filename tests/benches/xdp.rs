@@ -1,7 +1,8 @@
 //! Per-packet cost of the XDP program through BPF_PROG_TEST_RUN, each case measured against
 //! an empty XDP_PASS program in the same run, interleaved, so that machine noise hits both.
 //! Writes target/bench/xdp.json. Run with `cargo xtask bench` (root), or this bench alone
-//! with `cargo xtask bench --only xdp`.
+//! with `cargo xtask bench --only xdp`; `XDP_BENCH_ONLY=proxied,syn` runs only the cases whose
+//! names start so (and writes no report).
 //!
 //! Two figures per case. The median (`delta_ns`) is what a reader of earlier runs knows. The
 //! floor (`floor_delta_ns`) is the one the targets are judged by: on a shared machine, noise
@@ -135,7 +136,19 @@ fn main() {
         ),
         ("blocked", Packet::syn(banned, GLANCE_PORT).build(), Verdict::Drop, 40.0),
     ];
+    let only = std::env::var("XDP_BENCH_ONLY").ok();
+    // Prefixes of case names, for a quick look while working on one path; a partial run
+    // prints its table but leaves the report alone.
+    let wanted = |names: &[&str]| {
+        only.as_deref().is_none_or(|o| {
+            o.split(',')
+                .any(|prefix| names.iter().any(|name| name.starts_with(prefix)))
+        })
+    };
     for (name, frame, expected, target) in &repeated {
+        if !wanted(&[name]) {
+            continue;
+        }
         // Warm: the known source enters the table, caches take the frame.
         assert_eq!(limiter.test_run(frame).unwrap(), *expected, "{name}");
         let ours = |repeat| {
@@ -147,11 +160,23 @@ fn main() {
         cases.push(measure(name, ours, base, *target));
     }
 
-    cases.extend(image_create_budget());
-    cases.extend(proxied_requests(&empty));
-    cases.push(new_source_into_full_table(&limiter, &empty));
+    if wanted(&["image-create-budget", "image-create-recorded"]) {
+        cases.extend(image_create_budget());
+    }
+    if wanted(&[
+        "proxied-xff-1kb",
+        "proxied-pp2-conn",
+        "direct-vs-no-proxies",
+    ]) {
+        cases.extend(proxied_requests(&empty));
+    }
+    if wanted(&["new-source-full"]) {
+        cases.push(new_source_into_full_table(&limiter, &empty));
+    }
     print_table(&cases);
-    write_report(cases);
+    if only.is_none() {
+        write_report(cases);
+    }
 }
 
 /// Requests through a trusted proxy (issue 10): an image create with 1 KB of headers and the

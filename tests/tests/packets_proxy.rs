@@ -566,6 +566,66 @@ fn a_banned_clients_request_is_answered_429_and_glances_socket_reset() {
     );
 }
 
+/// On a PROXY-protocol connection the main program hands a known client's request straight
+/// to the client stage; a connection refused so must still end in a reset, also when the
+/// proxy's next segment is the request again (a retransmission, or `retry-on`), and a later
+/// connection from the same port starts afresh.
+#[test]
+fn a_refused_request_on_a_proxy_protocol_connection_resets_it_whatever_comes_next() {
+    require_kernel!();
+    let mut rig = Rig::new(ClientHeader::XForwardedFor);
+    let request = format!("{CREATE}\r\n");
+    rig.check(
+        &raw_segment(PROXY_V4, 42000, &proxy_v2(1, addr(CLIENT))),
+        Verdict::Pass,
+        &[PassProtected, SourceNew, ProxyHeader],
+    );
+    rig.check(
+        &raw_segment(PROXY_V4, 42000, request.as_bytes()),
+        Verdict::Pass,
+        &[SourceNew, PassProtected, ProxiedRequest],
+    );
+    // The rest of the request (its body) passes as the proxy's, counting nothing for the
+    // client.
+    rig.check(
+        &raw_segment(
+            PROXY_V4,
+            42000,
+            br#"{"name": "cirros", "disk_format": "qcow2"}"#,
+        ),
+        Verdict::Pass,
+        &[PassProtected],
+    );
+    assert_client(&rig, CLIENT, PROXY_V4, 1);
+    rig.block(CLIENT, Duration::from_secs(600));
+    let refused = rig.check(
+        &raw_segment(PROXY_V4, 42000, request.as_bytes()),
+        Verdict::Tx,
+        &[RejectProxied],
+    );
+    let tcp_at = 14 + 20;
+    assert!(String::from_utf8_lossy(&refused[tcp_at + 20..]).starts_with("HTTP/1.1 429 "));
+    let reset = rig.check(
+        &raw_segment(PROXY_V4, 42000, request.as_bytes()),
+        Verdict::Pass,
+        &[ResetProxied],
+    );
+    assert_eq!(reset[tcp_at + 13], 0x04, "RST");
+    // The connection is forgotten: its port's next connection names its own client.
+    let mut syn = Packet::syn(PROXY_V4, GLANCE);
+    syn.dst = addr(GLANCE_V4);
+    syn.src_port = 42000;
+    rig.check(&syn.build(), Verdict::Pass, &[PassProtected]);
+    let mut first = proxy_v2(1, addr(CLIENT_V6));
+    first.extend_from_slice(request.as_bytes());
+    rig.check(
+        &raw_segment(PROXY_V4, 42000, &first),
+        Verdict::Pass,
+        &[PassProtected, SourceNew, ProxyHeader, ProxiedRequest],
+    );
+    assert_client(&rig, CLIENT_V6, PROXY_V4, 1);
+}
+
 #[test]
 fn a_banned_ipv6_client_through_an_ipv6_proxy_is_answered_too() {
     require_kernel!();
