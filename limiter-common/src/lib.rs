@@ -270,6 +270,37 @@ pub struct ProxyRelays {
     pub unattributed: u64,
 }
 
+/// The per-CPU front of [`PROXY_RELAYS_MAP`] (per-CPU array of [`CpuRelays`], indexed by
+/// [`relay_slot`]). The shared table costs a hash lookup and an atomic add per proxied
+/// request; a CPU instead counts a proxy's relays with plain adds in the slot the proxy's
+/// address selects, once that slot is the proxy's: the first proxy counted in a slot keeps it
+/// (counts never go down, so a slot with none is free). A proxy whose slot another holds is
+/// counted in the shared table. Userspace adds the two.
+pub const PROXY_RELAYS_CPU_MAP: &str = "PROXY_RELAYS_CPU";
+/// Slots per CPU: a handful of load balancers per Glance node is the norm.
+pub const PROXY_RELAY_SLOTS: u32 = 8;
+
+/// One slot of [`PROXY_RELAYS_CPU_MAP`]: the proxy that holds it, and what this CPU counted
+/// for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CpuRelays {
+    pub proxy: SourceAddr,
+    pub relays: ProxyRelays,
+}
+
+/// The slot of [`PROXY_RELAYS_CPU_MAP`] a proxy's relays are counted in: the address's bytes
+/// folded together (the IPv4-mapped form included, so that addresses differing in any byte
+/// tend to differ in slot).
+#[inline(always)]
+pub const fn relay_slot(proxy: &SourceAddr) -> u32 {
+    let x = proxy.words[0] ^ proxy.words[1];
+    let x = x ^ (x >> 32);
+    let x = x ^ (x >> 16);
+    let x = x ^ (x >> 8);
+    (x as u32) & (PROXY_RELAY_SLOTS - 1)
+}
+
 /// Value of a block-rule trie entry.
 ///
 /// The trie answers with the longest matching prefix only, so userspace stores in each entry
@@ -637,6 +668,7 @@ mod user {
     unsafe impl aya::Pod for TrustedProxy {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ProxyRelays {}
+    unsafe impl aya::Pod for CpuRelays {}
     unsafe impl aya::Pod for ConnState {}
     unsafe impl aya::Pod for PathPrefix {}
     unsafe impl aya::Pod for RejectTemplate {}
@@ -657,6 +689,7 @@ mod tests {
         assert_eq!(SourceAddr::from_octets(octets).octets(), octets);
         assert_eq!(size_of::<SourceStats>(), 64, "one cache line");
         assert_eq!(size_of::<ProxyRelays>(), 16);
+        assert_eq!(size_of::<CpuRelays>(), 32);
         assert_eq!(size_of::<SourceRowV1>() as u32, SOURCE_ROW_V1_BYTES);
         assert_eq!(size_of::<ConnKey>(), 40);
         assert_eq!(size_of::<ConnState>(), 24);

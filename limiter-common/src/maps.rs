@@ -5,13 +5,13 @@
 use core::mem::size_of;
 
 use crate::{
-    AllowRule, BlockRule, BudgetConfig, Config, ConnKey, ConnState, Counter, PathPrefix,
+    AllowRule, BlockRule, BudgetConfig, Config, ConnKey, ConnState, Counter, CpuRelays, PathPrefix,
     PendingCreates, ProxyRelays, RejectTemplate, SourceAddr, SourceCreates, SourceStats,
     TrustedProxy, ALLOW_MAP, BLOCK_MAP, BUDGET_CONFIG_MAP, CLIENT_VIA_MAP, CONFIG_MAP,
     COUNTERS_MAP, CREATES_CAPACITY, CREATES_MAP, CREATE_CONNS_MAP, MAX_PATH_PREFIXES,
     PATH_PREFIXES_MAP, PORTS_MAP, PORT_BITMAP_WORDS, PROXY_CONNS_MAP, PROXY_CONN_CAPACITY,
-    PROXY_RELAYS_CAPACITY, PROXY_RELAYS_MAP, REJECT_MAP, RULE_CAPACITY, SOURCES_MAP,
-    TRUSTED_PROXIES_MAP,
+    PROXY_RELAYS_CAPACITY, PROXY_RELAYS_CPU_MAP, PROXY_RELAYS_MAP, PROXY_RELAY_SLOTS, REJECT_MAP,
+    RULE_CAPACITY, SOURCES_MAP, TRUSTED_PROXIES_MAP,
 };
 
 /// Bytes of a key of the prefix tries (rules, trusted proxies): the kernel's
@@ -62,7 +62,7 @@ const fn bytes<T>() -> u32 {
 /// nor what is known of proxies' backend connections. (`LAST_DROP`, the program's per-CPU
 /// one-entry cache of its last drop, and `TEXT_WINDOW`, its scratch space, are not: the first
 /// is checked against the rules generation on every use, the second rewritten before use.)
-pub const PINNED_MAP_SPECS: [MapSpec; 15] = [
+pub const PINNED_MAP_SPECS: [MapSpec; 16] = [
     MapSpec {
         name: SOURCES_MAP,
         kind: MapKind::LruHash,
@@ -83,6 +83,13 @@ pub const PINNED_MAP_SPECS: [MapSpec; 15] = [
         key_bytes: bytes::<SourceAddr>(),
         value_bytes: bytes::<ProxyRelays>(),
         capacity: Capacity::Fixed(PROXY_RELAYS_CAPACITY),
+    },
+    MapSpec {
+        name: PROXY_RELAYS_CPU_MAP,
+        kind: MapKind::PerCpuArray,
+        key_bytes: 4,
+        value_bytes: bytes::<CpuRelays>(),
+        capacity: Capacity::Fixed(PROXY_RELAY_SLOTS),
     },
     MapSpec {
         name: BLOCK_MAP,

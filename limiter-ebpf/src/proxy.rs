@@ -16,10 +16,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use limiter_common::{
-    client_addr::HeaderKind, ConnKey, ConnState, Counter, ProxyRelays, SourceAddr,
-    CONFIG_COUNT_RESPONSES, CONFIG_FORWARDED_HEADER, CONFIG_IMAGE_CREATE_BUDGET, CONN_PROXY_CLIENT,
-    CONN_PROXY_NO_CLIENT, CONN_REJECTED, DEFAULT_SOURCE_CAPACITY, PROXY_RELAYS_CAPACITY,
-    SOURCE_TRUSTED_PROXY,
+    client_addr::HeaderKind, relay_slot, ConnKey, ConnState, Counter, CpuRelays, ProxyRelays,
+    SourceAddr, CONFIG_COUNT_RESPONSES, CONFIG_FORWARDED_HEADER, CONFIG_IMAGE_CREATE_BUDGET,
+    CONN_PROXY_CLIENT, CONN_PROXY_NO_CLIENT, CONN_REJECTED, DEFAULT_SOURCE_CAPACITY,
+    PROXY_RELAYS_CAPACITY, PROXY_RELAY_SLOTS, SOURCE_TRUSTED_PROXY,
 };
 
 use crate::{
@@ -39,10 +39,16 @@ use crate::{
 static CLIENT_VIA: LruHashMap<SourceAddr, SourceAddr> =
     LruHashMap::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
 
-/// Trusted proxy → what it relayed.
+/// Trusted proxy → what it relayed, for proxies without a per-CPU slot of their own.
 #[map]
 static PROXY_RELAYS: LruHashMap<SourceAddr, ProxyRelays> =
     LruHashMap::with_max_entries(PROXY_RELAYS_CAPACITY, 0);
+
+/// Per CPU, slot [`relay_slot`] → the proxy that holds it and what this CPU counted for it
+/// (see `limiter_common::PROXY_RELAYS_CPU_MAP`).
+#[map]
+static PROXY_RELAYS_CPU: PerCpuArray<CpuRelays> =
+    PerCpuArray::with_max_entries(PROXY_RELAY_SLOTS, 0);
 
 /// Shortest request worth classifying (see `http::classify`).
 const MIN_REQUEST_LEN: usize = 16;
@@ -353,9 +359,27 @@ enum Relay {
     Unattributed,
 }
 
-/// Counts one relayed request for `proxy`, adding its entry if it has none.
+/// Counts one relayed request for `proxy`: in this CPU's slot for it, if the slot is free or
+/// the proxy's already (no hash lookup), else in the shared table, adding its entry if it has
+/// none.
 #[inline(always)]
 fn count_relay(proxy: &SourceAddr, relay: Relay) {
+    if let Some(slot) = PROXY_RELAYS_CPU.get_ptr_mut(relay_slot(proxy)) {
+        // SAFETY: this CPU's slot; a program run is not preempted on its CPU, and userspace
+        // only reads it.
+        let slot = unsafe { &mut *slot };
+        let free = slot.relays.proxied == 0 && slot.relays.unattributed == 0;
+        if free || slot.proxy.words == proxy.words {
+            if free {
+                slot.proxy = *proxy;
+            }
+            match relay {
+                Relay::Proxied => slot.relays.proxied += 1,
+                Relay::Unattributed => slot.relays.unattributed += 1,
+            }
+            return;
+        }
+    }
     let add_to = |row: *mut ProxyRelays| {
         // SAFETY: a live map value, its fields u64 and 8-byte aligned.
         unsafe {

@@ -11,13 +11,14 @@ use std::{
 };
 
 use ipnet::IpNet;
-use limiter_common::{Counter, SourceStats};
+use limiter_common::{relay_slot, Counter, SourceAddr, SourceStats};
 use limiter_tests::{
     frames::{self, Packet, ACK, FIN, PSH, SYN},
     require_kernel,
 };
 use limiter_user::{
     loader::{Limiter, LoadOptions, Verdict},
+    net,
     proxy::ClientHeader,
     rules::{compile, Action, KernelRule, Scope},
 };
@@ -105,6 +106,12 @@ impl Rig {
             .expect("proxy relays")
             .get(&addr(proxy))
             .map_or((0, 0), |r| (r.proxied, r.unattributed))
+    }
+
+    /// Trusts exactly `proxies` from now on.
+    fn trust(&mut self, proxies: &[&str]) {
+        let proxies: Vec<IpNet> = proxies.iter().map(|p| IpNet::from(addr(p))).collect();
+        self.limiter.set_trusted_proxies(&proxies).expect("proxies");
     }
 
     /// Runs `frame`: asserts the verdict and that exactly `counters` went up (one each, a
@@ -624,6 +631,53 @@ fn a_refused_request_on_a_proxy_protocol_connection_resets_it_whatever_comes_nex
         &[PassProtected, SourceNew, ProxyHeader, ProxiedRequest],
     );
     assert_client(&rig, CLIENT_V6, PROXY_V4, 1);
+}
+
+/// A CPU counts a proxy's relays in the per-CPU slot its address selects; proxies whose slot
+/// another proxy already holds are counted in the shared table. Whichever holds them, every
+/// proxy's figures are exact.
+#[test]
+fn relays_are_exact_for_proxies_that_share_a_per_cpu_slot() {
+    require_kernel!();
+    let mut rig = Rig::new(ClientHeader::XForwardedFor);
+    let slot = |a: &str| relay_slot(&SourceAddr::from_octets(net::addr_to_key(addr(a))));
+    let candidates: Vec<String> = (10..=250).map(|i| format!("198.51.100.{i}")).collect();
+    let sharing: Vec<&str> = candidates
+        .iter()
+        .map(String::as_str)
+        .filter(|a| slot(a) == slot(PROXY_V4))
+        .take(2)
+        .collect();
+    let apart = candidates
+        .iter()
+        .map(String::as_str)
+        .find(|a| slot(a) != slot(PROXY_V4))
+        .expect("an address in another slot");
+    assert_eq!(
+        sharing.len(),
+        2,
+        "two addresses sharing the first proxy's slot"
+    );
+    // The first proxy counted takes the slot; the two after it are the shared table's.
+    let proxies = [PROXY_V4, sharing[0], apart, sharing[1]];
+    rig.trust(&proxies);
+    for round in 0..3 {
+        for (i, proxy) in proxies.iter().enumerate() {
+            for _ in 0..=i {
+                let frame = create_via(proxy, &format!("X-Forwarded-For: 203.0.113.{round}\r\n"));
+                assert_eq!(rig.limiter.test_run(&frame).unwrap(), Verdict::Pass);
+            }
+            let unattributed = create_via(proxy, "");
+            assert_eq!(rig.limiter.test_run(&unattributed).unwrap(), Verdict::Pass);
+        }
+    }
+    for (i, proxy) in proxies.iter().enumerate() {
+        assert_eq!(
+            rig.relays(proxy),
+            (3 * (i as u64 + 1), 3),
+            "{proxy}: (proxied, unattributed)"
+        );
+    }
 }
 
 #[test]

@@ -13,9 +13,10 @@ use aya::{
     Ebpf, Pod,
 };
 use limiter_common::{
-    AllowRule, BlockRule, Config, Counter, ProxyRelays, SourceAddr, SourceStats, ALLOW_MAP,
-    BLOCK_MAP, CLIENT_VIA_MAP, CONFIG_ANY_PORT_RULES, CONFIG_MAP, COUNTERS_MAP, PORTS_MAP,
-    PORT_BITMAP_WORDS, PROXY_RELAYS_MAP, SOURCES_MAP,
+    AllowRule, BlockRule, Config, Counter, CpuRelays, ProxyRelays, SourceAddr, SourceStats,
+    ALLOW_MAP, BLOCK_MAP, CLIENT_VIA_MAP, CONFIG_ANY_PORT_RULES, CONFIG_MAP, COUNTERS_MAP,
+    PORTS_MAP, PORT_BITMAP_WORDS, PROXY_RELAYS_CPU_MAP, PROXY_RELAYS_MAP, PROXY_RELAY_SLOTS,
+    SOURCES_MAP,
 };
 
 // The rule tries' keys as user space writes them are the kernel's, as the maps' spec says.
@@ -282,11 +283,31 @@ pub(super) fn read_client_via(ebpf: &Ebpf) -> Result<StdHashMap<IpAddr, IpAddr>,
     })
 }
 
-/// Trusted proxy → what it relayed.
+/// Trusted proxy → what it relayed: its entry in the shared table plus what each CPU counted
+/// in a slot of its own (see [`PROXY_RELAYS_CPU_MAP`]). Both only grow, so the sum does too.
 pub(super) fn read_proxy_relays(
     ebpf: &Ebpf,
 ) -> Result<StdHashMap<IpAddr, ProxyRelays>, LoaderError> {
-    read_by_address(ebpf, PROXY_RELAYS_MAP, |relays: ProxyRelays| relays)
+    let mut relays = read_by_address(ebpf, PROXY_RELAYS_MAP, |relays: ProxyRelays| relays)?;
+    let slots: PerCpuArray<&MapData, CpuRelays> =
+        PerCpuArray::try_from(map_ref(ebpf, PROXY_RELAYS_CPU_MAP)?)
+            .map_err(map_err(PROXY_RELAYS_CPU_MAP, "open"))?;
+    for index in 0..PROXY_RELAY_SLOTS {
+        let per_cpu = slots
+            .get(&index, 0)
+            .map_err(map_err(PROXY_RELAYS_CPU_MAP, "read"))?;
+        for slot in per_cpu.iter() {
+            if slot.relays == ProxyRelays::default() {
+                continue;
+            }
+            let total = relays
+                .entry(net::key_to_addr(slot.proxy.octets()))
+                .or_default();
+            total.proxied += slot.relays.proxied;
+            total.unattributed += slot.relays.unattributed;
+        }
+    }
+    Ok(relays)
 }
 
 /// Every entry of the hash map `name`, keyed by a source address, as address → `convert`ed
