@@ -240,8 +240,9 @@ pub enum Shortcut {
 /// The common case of a PROXY-protocol backend connection, taken in the main program: a
 /// request on a connection whose PROXY header already named the client goes straight to the
 /// client program, one tail call and one parse of the segment fewer than through the proxy
-/// program, and the rest of a request (an upload's data) passes at once. Everything else (a connection's first data, its end, a rejected connection, a
-/// segment that starts no request) is left to the proxy program, which looks again.
+/// program, and the rest of a request (an upload's data) passes at once. Everything else (a
+/// connection's first data, SYN, FIN or RST, a refused connection, a connection without a
+/// PROXY header) is left to the proxy program.
 #[inline(always)]
 pub fn shortcut(ctx: &XdpContext, net: &Network, tcp: &Tcp, path_prefixes: u32) -> Shortcut {
     if tcp.syn
