@@ -208,14 +208,7 @@ fn request(
         // The rest (the client's verdict, its row, the rejection) runs in a program of its
         // own, `glance_limiter_client`: checked once, from a clean state, within its own
         // budget.
-        let pending = PENDING.get_ptr_mut(0)?;
-        // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
-        unsafe {
-            *pending = Pending {
-                client,
-                class: class_code as u64,
-            };
-        }
+        pend(client, class_code as u64)?;
         crate::hand_over(ctx, crate::CLIENT_SLOT);
     }
     // No client could be read, or the hand-over failed: the request is unattributed rather
@@ -266,17 +259,10 @@ pub fn shortcut(ctx: &XdpContext, net: &Network, tcp: &Tcp, path_prefixes: u32) 
         // The rest of a request (an image's data): nothing for the client stage.
         return Shortcut::NoRequest;
     };
-    let Some(pending) = PENDING.get_ptr_mut(0) else {
-        return Shortcut::Other;
-    };
-    // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
-    unsafe {
-        *pending = Pending {
-            client: state.client,
-            class: class as u64,
-        };
+    match pend(state.client, class as u64) {
+        Some(()) => Shortcut::KnownClient,
+        None => Shortcut::Other,
     }
-    Shortcut::KnownClient
 }
 
 /// A proxied request whose client is known, handed from `glance_limiter_proxy` (or, on a
@@ -291,6 +277,16 @@ pub struct Pending {
 
 #[map]
 static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Leaves `client`'s request (of class `class`, `RequestClass` as a number) in this CPU's
+/// [`PENDING`] slot for `glance_limiter_client`.
+#[inline(always)]
+fn pend(client: SourceAddr, class: u64) -> Option<()> {
+    let pending = PENDING.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; a program run is not preempted on its CPU.
+    unsafe { *pending = Pending { client, class } };
+    Some(())
+}
 
 /// The second half of a proxied request with a known client: its verdict, its row, and the
 /// rejection if it is banned. `packet.net.src` is the proxy.

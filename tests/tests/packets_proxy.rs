@@ -658,7 +658,8 @@ fn relays_are_exact_for_proxies_that_share_a_per_cpu_slot() {
         2,
         "two addresses sharing the first proxy's slot"
     );
-    // The first proxy counted takes the slot; the two after it are the shared table's.
+    // On each CPU the test runs on, the first of these counted there takes the slot and the
+    // others sharing it go to the shared table.
     let proxies = [PROXY_V4, sharing[0], apart, sharing[1]];
     rig.trust(&proxies);
     for round in 0..3 {
