@@ -114,6 +114,21 @@ pub fn header<const N: usize>(ctx: &XdpContext, off: usize) -> Option<Header<N>>
     Some(Header { start })
 }
 
+/// [`header`], its address kept in one register from the check to the last load: the
+/// compiler may otherwise compute it again for a load far from the check, as a pointer the
+/// verifier does not know to be in bounds (where many values compete for registers).
+#[inline(always)]
+pub fn header_kept<const N: usize>(ctx: &XdpContext, off: usize) -> Option<Header<N>> {
+    if off > MAX_OFFSET {
+        return None;
+    }
+    let start = core::hint::black_box(ctx.data() + off);
+    if start + N > ctx.data_end() {
+        return None;
+    }
+    Some(Header { start })
+}
+
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> usize {
     ctx.data_end() - ctx.data()

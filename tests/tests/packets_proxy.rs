@@ -353,6 +353,49 @@ fn the_client_header_after_fifty_others_and_a_kilobyte() {
     );
 }
 
+/// The header scan reads 32-byte chunks inline, then hands what is left to a word-by-word
+/// loop: the client's line and the end of the block are found wherever they fall (every
+/// byte of a chunk, either scan, a segment ending at the empty line or with a body), and an
+/// earlier forged line never wins.
+#[test]
+fn the_client_line_is_found_at_every_offset_and_in_either_scan() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    let forged = "192.0.2.1";
+    let mut sent = 0;
+    // 20 fillers: under the inline scan's 1,280 bytes; 34: past it, into the loop.
+    for fillers in [20usize, 34] {
+        for pad in 0..40usize {
+            for body in ["{\"name\":\"x\"}", ""] {
+                let mut headers = format!(
+                    "X-Forwarded-For: {forged}\r\nX-Pad: {}\r\n",
+                    "p".repeat(pad)
+                );
+                headers.extend(
+                    (0..fillers).map(|i| format!("X-Filler-{i:02}: {}\r\n", "v".repeat(20))),
+                );
+                headers.push_str(&format!("X-Forwarded-For: {CLIENT}\r\n"));
+                let frame = segment(PROXY_V4, &format!("{CREATE}{headers}\r\n{body}")).build();
+                assert_eq!(
+                    rig.limiter.test_run(&frame).expect("test run"),
+                    Verdict::Pass,
+                    "{fillers} fillers, pad {pad}, body {body:?}"
+                );
+                sent += 1;
+                let row = rig.row(CLIENT).expect("the client has a row");
+                assert_eq!(
+                    row.image_create, sent,
+                    "{fillers} fillers, pad {pad}, body {body:?}: the client counted"
+                );
+            }
+        }
+    }
+    assert!(
+        rig.row(forged).is_none(),
+        "the forged address is never counted"
+    );
+}
+
 /// A PROXY v2 header for a TCP connection from `client`.
 fn proxy_v2(command: u8, client: IpAddr) -> Vec<u8> {
     let mut b = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
