@@ -175,12 +175,18 @@ fn process_create(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
 /// (see `proxy::forget_layout`). Anything else than TCP with a readable header passes.
 #[inline(always)]
 fn reparse(ctx: &XdpContext) -> Result<(Network, parse::Tcp), Counter> {
-    let (ethertype, l3_offset) = parse::ethernet(ctx)?;
-    let net = parse::network(ctx, ethertype, l3_offset)?;
-    if net.transport_hidden.is_some() || net.later_fragment || net.protocol != IPPROTO_TCP {
-        return Err(Counter::PassMalformed);
-    }
-    let tcp = parse::tcp(ctx, &net)?;
+    let (net, tcp) = match parse::ipv4_tcp(ctx) {
+        Some(common) => common,
+        None => {
+            let (ethertype, l3_offset) = parse::ethernet(ctx)?;
+            let net = parse::network(ctx, ethertype, l3_offset)?;
+            if net.transport_hidden.is_some() || net.later_fragment || net.protocol != IPPROTO_TCP {
+                return Err(Counter::PassMalformed);
+            }
+            let tcp = parse::tcp(ctx, &net)?;
+            (net, tcp)
+        }
+    };
     proxy::forget_layout(&net, &tcp).ok_or(Counter::PassProtected)
 }
 
@@ -244,28 +250,51 @@ pub fn clock_probe(ctx: XdpContext) -> u32 {
 /// The verdict and the counter that explains it; `Err` means "pass untouched, for this reason".
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
-    let (ethertype, l3_offset) = parse::ethernet(ctx)?;
-    let net = parse::network(ctx, ethertype, l3_offset)?;
-    if let Some(reason) = net.transport_hidden {
-        return port_unknown(&net, reason);
-    }
-    if net.later_fragment {
-        return other_traffic(&net, Counter::PassFragment);
-    }
-    if net.protocol != IPPROTO_TCP {
-        return other_traffic(&net, Counter::PassNotTcp);
-    }
-    let tcp = match parse::tcp(ctx, &net) {
-        Ok(tcp) => tcp,
-        // A first fragment too short for the TCP header (RFC 1858's tiny fragment): the port
-        // arrives in a later fragment and reassembly restores it, so judge by the source.
-        Err(_) if net.first_fragment => return port_unknown(&net, Counter::PassFragment),
-        Err(reason) => return Err(reason),
+    let (net, tcp) = match parse::ipv4_tcp(ctx) {
+        Some(common) => common,
+        None => match parse_layers(ctx) {
+            Ok(segment) => segment,
+            Err(judged) => return judged,
+        },
     };
     if !is_protected(tcp.dst_port) {
         return other_traffic(&net, Counter::PassOtherPort);
     }
+    process_protected(ctx, &net, &tcp)
+}
 
+/// Any frame, layer by layer: a TCP segment, or (`Err`) the outcome for what is not one.
+#[inline(always)]
+fn parse_layers(
+    ctx: &XdpContext,
+) -> Result<(Network, parse::Tcp), Result<(u32, Counter), Counter>> {
+    let (ethertype, l3_offset) = parse::ethernet(ctx).map_err(Err)?;
+    let net = parse::network(ctx, ethertype, l3_offset).map_err(Err)?;
+    if let Some(reason) = net.transport_hidden {
+        return Err(port_unknown(&net, reason));
+    }
+    if net.later_fragment {
+        return Err(other_traffic(&net, Counter::PassFragment));
+    }
+    if net.protocol != IPPROTO_TCP {
+        return Err(other_traffic(&net, Counter::PassNotTcp));
+    }
+    match parse::tcp(ctx, &net) {
+        Ok(tcp) => Ok((net, tcp)),
+        // A first fragment too short for the TCP header (RFC 1858's tiny fragment): the port
+        // arrives in a later fragment and reassembly restores it, so judge by the source.
+        Err(_) if net.first_fragment => Err(port_unknown(&net, Counter::PassFragment)),
+        Err(reason) => Err(Err(reason)),
+    }
+}
+
+/// A TCP segment to a protected port.
+#[inline(always)]
+fn process_protected(
+    ctx: &XdpContext,
+    net: &Network,
+    tcp: &parse::Tcp,
+) -> Result<(u32, Counter), Counter> {
     let now = unsafe { bpf_jiffies64() };
     let (generation, config_flags, path_prefixes) = config().map_or((0, 0, 0), |c| {
         (c.rules_generation, c.flags, c.path_prefixes)
@@ -281,7 +310,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         // not evict real sources.
         if source.verdict.flags & SOURCE_REJECTED_CONNS == 0 {
             remember_drop(&net.src, generation, source.verdict);
-        } else if let Some(verdict) = creates::on_refused_connection(ctx, &net, &tcp) {
+        } else if let Some(verdict) = creates::on_refused_connection(ctx, net, tcp) {
             // Banned since a create of it was refused: that connection's last segment still
             // closes Glance's socket (dropped, it would leave the socket open). Such a source
             // is kept out of the last-drop shortcut so its segments get here.
@@ -292,7 +321,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
     if source.verdict.flags & SOURCE_TRUSTED_PROXY != 0 {
         // The proxy's own row counts its packets; the requests it carries are its clients'.
         if source.count(&net.src, generation, None, frame_bytes, now) {
-            let shortcut = proxy::shortcut(ctx, &net, &tcp, path_prefixes);
+            let shortcut = proxy::shortcut(ctx, net, tcp, path_prefixes);
             if let proxy::Shortcut::NoRequest = shortcut {
                 return Ok((xdp_action::XDP_PASS, counter));
             }
@@ -314,7 +343,7 @@ fn process(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         return Ok((xdp_action::XDP_PASS, counter));
     }
     if source.verdict.flags & SOURCE_REJECTED_CONNS != 0 {
-        if let Some(verdict) = creates::on_refused_connection(ctx, &net, &tcp) {
+        if let Some(verdict) = creates::on_refused_connection(ctx, net, tcp) {
             return Ok(verdict);
         }
     }

@@ -65,6 +65,54 @@ pub struct Tcp {
     pub payload_len: usize,
 }
 
+/// The common frame, untagged IPv4 without options carrying an unfragmented TCP segment,
+/// read under one bounds check at fixed offsets; `None` for anything else, which the layer
+/// by layer parse then reads (and judges) as before. Accepts only what that parse would
+/// accept, with the same result: it is a shortcut, not a second opinion.
+#[inline(always)]
+pub fn ipv4_tcp(ctx: &XdpContext) -> Option<(Network, Tcp)> {
+    const IP: usize = ETH_HEADER_LEN;
+    const L4: usize = IP + IPV4_MIN_HEADER_LEN;
+    let frame = header::<{ L4 + TCP_MIN_HEADER_LEN }>(ctx, 0)?;
+    // Ethertype, then version and header length, in one word (the DSCP byte masked off):
+    // one compare turns away VLAN tags, IPv6 and IP options alike.
+    if frame.raw32(12) & 0x00ff_ffff != 0x0045_0008 {
+        return None;
+    }
+    let fragment = frame.be16(IP + 6) & (IPV4_MORE_FRAGMENTS | IPV4_FRAGMENT_OFFSET_MASK);
+    if frame.u8(IP + 9) != IPPROTO_TCP || fragment != 0 {
+        return None;
+    }
+    let total_len = frame.be16(IP + 2) as usize;
+    let tcp_header_len = ((frame.u8(L4 + 12) >> 4) as usize) * 4;
+    let l3_end = IP + total_len;
+    if l3_end > frame_len(ctx)
+        || tcp_header_len < TCP_MIN_HEADER_LEN
+        || L4 + tcp_header_len > l3_end
+    {
+        return None;
+    }
+    Some((
+        Network {
+            src: ipv4_mapped(frame.raw32(IP + 12)),
+            l3_offset: IP,
+            is_ipv6: false,
+            protocol: IPPROTO_TCP,
+            l4_offset: L4,
+            l3_end,
+            later_fragment: false,
+            first_fragment: false,
+            transport_hidden: None,
+        },
+        Tcp::new(
+            frame.be16(L4 + 2),
+            frame.u8(L4 + 13),
+            L4 + tcp_header_len,
+            l3_end,
+        ),
+    ))
+}
+
 /// Ethernet and up to [`MAX_VLAN_TAGS`] VLAN tags: the network-layer ethertype and its offset.
 #[inline(always)]
 pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Counter> {
@@ -205,14 +253,26 @@ pub fn tcp(ctx: &XdpContext, net: &Network) -> Result<Tcp, Counter> {
     if header_len < TCP_MIN_HEADER_LEN || off + header_len > net.l3_end {
         return Err(Counter::PassMalformed);
     }
-    let flags = tcp.u8(13);
-    Ok(Tcp {
-        dst_port: tcp.be16(2),
-        flags,
-        syn: flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0,
-        payload_offset: off + header_len,
-        payload_len: net.l3_end - (off + header_len),
-    })
+    Ok(Tcp::new(
+        tcp.be16(2),
+        tcp.u8(13),
+        off + header_len,
+        net.l3_end,
+    ))
+}
+
+impl Tcp {
+    /// A segment whose payload runs from `payload_offset` to the IP packet's end.
+    #[inline(always)]
+    fn new(dst_port: u16, flags: u8, payload_offset: usize, l3_end: usize) -> Tcp {
+        Tcp {
+            dst_port,
+            flags,
+            syn: flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0,
+            payload_offset,
+            payload_len: l3_end - payload_offset,
+        }
+    }
 }
 
 /// The destination address of the IP header at `net.l3_offset`, IPv4-mapped for IPv4.

@@ -1159,6 +1159,44 @@ fn a_tcp_header_past_the_ip_payload_is_malformed() {
     h.passes(&v6, PassMalformed);
 }
 
+/// The plain IPv4 segment is read by a shortcut (`parse::ipv4_tcp`, one bounds check at fixed
+/// offsets) that must agree with the layer-by-layer parse: header bits that do not matter are
+/// ignored, and the segment ends where the IP length says, not where the frame does.
+#[test]
+fn the_plain_ipv4_shortcut_reads_what_the_layer_parse_reads() {
+    limiter_tests::require_kernel!();
+    let h = Harness::new();
+    let create =
+        || Packet::request("198.51.100.7", GLANCE, b"POST /v2/images HTTP/1.1\r\n").build();
+    let counted_create = Row::counts("198.51.100.7").class(Some(Class::ImageCreate));
+    h.check(&create(), &[PassProtected, SourceNew], counted_create);
+    // DSCP and ECN bits, then don't-fragment.
+    h.check(
+        &set_u8(create(), IPV4_VERSION_IHL + 1, 0xbb),
+        &[PassProtected],
+        counted_create,
+    );
+    h.check(
+        &set_u8(create(), IPV4_FLAGS_FRAGMENT, 0x40),
+        &[PassProtected],
+        counted_create,
+    );
+    // Past the IP packet, a request line in the Ethernet trailer: not the segment's payload.
+    let mut trailer = Packet::syn("198.51.100.7", GLANCE).build();
+    // The builder pads a bare SYN to Ethernet's 60 bytes: the trailer replaces the padding.
+    trailer.truncate(TCP_AFTER_IPV4 + 20);
+    trailer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    h.check(
+        &trailer,
+        &[PassProtected],
+        Row::counts("198.51.100.7").syn(),
+    );
+    // The IP packet one byte longer than the frame.
+    let frame = create();
+    let total = u16::try_from(frame.len() - ETH_HEADER_LEN + 1).unwrap();
+    h.passes(&set_be16(frame, IPV4_TOTAL_LENGTH, total), PassTruncated);
+}
+
 #[test]
 fn tcp_options_are_skipped_to_find_the_payload() {
     limiter_tests::require_kernel!();
