@@ -18,6 +18,13 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("limiter-ebpf manifest has no parent directory"))?;
+    // aya-build watches limiter-ebpf's own directory; the crates it uses from this workspace
+    // (limiter-common's parsers and types) are compiled into the object too.
+    for dependency in &ebpf.dependencies {
+        if let Some(path) = &dependency.path {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
     if which_bpf_linker().is_none() {
         println!(
             "cargo:warning=bpf-linker is not on PATH; run `cargo xtask setup` first (it builds \
