@@ -15,7 +15,10 @@
 //! program counts as unattributed. Attributing a request to the wrong address would let a
 //! client choose whom to get banned; failing to attribute one only leaves it counted apart.
 
-use crate::SourceAddr;
+use crate::{
+    bytewise::{byte_flags, digit_bytes, high_bits_of, lowest_bit, zero_bytes},
+    SourceAddr,
+};
 
 /// Bytes of text the program reads: the right end of a header value (the rightmost entries are
 /// the ones a proxy wrote), or the start of a PROXY v1 line (at most 107 bytes).
@@ -63,6 +66,19 @@ impl Window {
     #[inline(always)]
     fn at(&self, i: usize) -> u8 {
         self.text[i & MASK]
+    }
+
+    /// The `k`-th eight bytes of the text, as a word loaded from memory (aligned: the text
+    /// starts the window, whose slots make it 8-byte aligned).
+    #[inline(always)]
+    fn word(&self, k: usize) -> u64 {
+        // SAFETY: word `k & 15` lies within the 128 bytes of text, at a multiple of 8 from
+        // the start of the window.
+        unsafe {
+            (self.text.as_ptr() as *const u64)
+                .add(k & (WINDOW_LEN / 8 - 1))
+                .read()
+        }
     }
 }
 
@@ -299,6 +315,77 @@ fn survey(window: &mut Window, i: usize, backwards: bool) {
         b']' => keep_first(window, CLOSE_BRACKET),
         _ => {}
     }
+}
+
+/// The value of an `X-Forwarded-For` line that is a blank and one dotted quad, the form a
+/// proxy writes for a client that came to it directly: read in straight-line word arithmetic,
+/// without a loop. `None` for any other text, which [`rightmost_client`] then reads (it reads
+/// this form to the same address: a property test holds the two together).
+///
+/// The kernel program's shortcut: reading the quad through the loops costs a `bpf_loop` step
+/// per character.
+#[inline(always)]
+pub fn lone_dotted_quad(window: &mut Window, len: usize) -> Option<SourceAddr> {
+    // A blank, then 7 ("0.0.0.0") to 15 ("255.255.255.255") characters.
+    if !(8..=16).contains(&len) || !is_ows(window.at(0)) {
+        return None;
+    }
+    let quad_len = len - 1;
+    let (w0, w1, w2) = (window.word(0), window.word(1), window.word(2));
+    // The quad's first eight bytes and the rest, and the high bit of each byte it has there.
+    let (low, high) = ((w0 >> 8) | (w1 << 56), (w1 >> 8) | (w2 << 56));
+    let (low_in, high_in) = (
+        high_bits_of(quad_len),
+        high_bits_of(quad_len.saturating_sub(8)),
+    );
+    let (low_dots, high_dots) = (
+        zero_bytes(low ^ DOT_BYTES) & low_in,
+        zero_bytes(high ^ DOT_BYTES) & high_in,
+    );
+    if (digit_bytes(low) | low_dots) & low_in != low_in
+        || (digit_bytes(high) | high_dots) & high_in != high_in
+    {
+        return None;
+    }
+    // Bit i: the quad's character i is a dot. Exactly three.
+    let dots = byte_flags(low_dots) | (byte_flags(high_dots) << 8);
+    let first = lowest_bit(dots)?;
+    let dots = dots & (dots - 1);
+    let second = lowest_bit(dots)?;
+    let dots = dots & (dots - 1);
+    let third = lowest_bit(dots)?;
+    if dots & (dots - 1) != 0 {
+        return None;
+    }
+    let a = octet_at(window, 0, first)?;
+    let b = octet_at(window, first + 1, second)?;
+    let c = octet_at(window, second + 1, third)?;
+    let d = octet_at(window, third + 1, quad_len)?;
+    Some(mapped(((a << 24) | (b << 16) | (c << 8) | d) as u32))
+}
+
+const DOT_BYTES: u64 = 0x2e2e_2e2e_2e2e_2e2e;
+
+/// The octet of 1 to 3 digits in the quad's characters `start..end` (the quad starts at the
+/// window's second byte), as the standard library reads one: no leading zero, at most 255.
+#[inline(always)]
+fn octet_at(window: &mut Window, start: usize, end: usize) -> Option<u64> {
+    let digits = end.checked_sub(start)?;
+    if !(1..=3).contains(&digits) {
+        return None;
+    }
+    let digit = |i: usize| u64::from(window.at(1 + start + i).wrapping_sub(b'0'));
+    let (first, second, third) = (digit(0), digit(1), digit(2));
+    let value = match digits {
+        1 => first,
+        2 => first * 10 + second,
+        _ => (first * 10 + second) * 10 + third,
+    };
+    if (digits > 1 && first == 0) || value > 255 {
+        return None;
+    }
+    // Forgotten, so the verifier checks what follows once, not once per octet length.
+    Some(window.forget(value as usize) as u64)
 }
 
 /// Reads the character at `i` into the dotted quad read backwards (see [`B4_VALUE`]).

@@ -3,6 +3,7 @@
 //! kernel and userspace read the same bytes.
 #![no_std]
 
+pub mod bytewise;
 pub mod client_addr;
 pub mod http_class;
 pub mod maps;

@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use limiter_common::{
     client_addr::MAX_ENTRIES,
     client_addr::{
-        ipv4, ipv6, proxy_v1, rightmost_client, HeaderKind, PlainLoops, ProxyV1, Window,
+        ipv4, ipv6, lone_dotted_quad, proxy_v1, rightmost_client, HeaderKind, PlainLoops, ProxyV1,
+        Window,
     },
     SourceAddr,
 };
@@ -115,6 +116,44 @@ proptest! {
         let expected = entry.parse::<Ipv4Addr>().ok().map(|a| key(IpAddr::V4(a)));
         let got = rightmost_client(&mut w, &PlainLoops, n, false, HeaderKind::XForwardedFor, |_| false);
         prop_assert_eq!(got, expected, "{:?}", value);
+    }
+
+    /// The kernel's shortcut for a value that is a blank and one dotted quad reads every
+    /// such value, to the address the standard library reads, and reads nothing that the
+    /// general reader would read otherwise: near misses (a fifth octet, a leading zero, 256,
+    /// a second blank, a port, a comma) are left to it.
+    #[test]
+    fn the_lone_quad_shortcut_agrees_with_the_general_reader(
+        digits in proptest::string::string_regex("[0-9.]{0,17}").unwrap(),
+        before in proptest::string::string_regex("[ \t]{0,2}").unwrap(),
+        after in proptest::string::string_regex("[ \t:,0-9]{0,2}").unwrap(),
+        quad: Option<u32>,
+    ) {
+        let entry = quad.map_or(digits, |q| Ipv4Addr::from(q).to_string());
+        let value = format!("{before}{entry}{after}");
+        let (mut w, n) = window(&value).unwrap();
+        let shortcut = lone_dotted_quad(&mut w, n);
+        let general = rightmost_client(&mut w, &PlainLoops, n, false, HeaderKind::XForwardedFor, |_| false);
+        // One blank, then nothing but the quad (which `after` may have lengthened).
+        let expected = (before.len() == 1)
+            .then(|| value[1..].parse::<Ipv4Addr>().ok())
+            .flatten()
+            .map(|a| key(IpAddr::V4(a)));
+        prop_assert_eq!(shortcut, expected, "{:?}", value);
+        if shortcut.is_some() {
+            prop_assert_eq!(general, shortcut, "{:?}", value);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_fool_the_lone_quad_shortcut(bytes in proptest::collection::vec(any::<u8>(), 0..20)) {
+        let mut w = Window::new();
+        w.text[..bytes.len()].copy_from_slice(&bytes);
+        let expected = (bytes.len() >= 2 && matches!(bytes[0], b' ' | b'\t'))
+            .then(|| std::str::from_utf8(&bytes[1..]).ok()?.parse::<Ipv4Addr>().ok())
+            .flatten()
+            .map(|a| key(IpAddr::V4(a)));
+        prop_assert_eq!(lone_dotted_quad(&mut w, bytes.len()), expected, "{:?}", bytes);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use limiter_common::{
+    bytewise::{zero_bytes, HIGH_BITS},
     client_addr::{self, Driver, HeaderKind, Loop, Window, WINDOW_LEN},
     SourceAddr, HEADER_SCAN_LEN,
 };
@@ -34,7 +35,6 @@ use crate::{
 static TEXT_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
 
 const NEWLINES: u64 = 0x0a0a_0a0a_0a0a_0a0a;
-const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 
 /// `x-forwarded-for:` as two words, and the bits to set in the packet's bytes before comparing
 /// (0x20 on letters only: lower-cases them and leaves `-` and `:` as they are).
@@ -127,8 +127,6 @@ const LOOKAHEAD: usize = 16;
 /// proxied request; the verifier checks each, so more would not fit its budget beside the
 /// rest of the proxy program. Longer header blocks end in the `bpf_loop` scan.
 const MAX_CHUNKS: usize = 40;
-/// A byte's high bit in every byte of a word.
-const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 const ONES: u64 = 0x0101_0101_0101_0101;
 
 /// The header scan's fast part, for `X-Forwarded-For`: inline (no call per step), a chunk
@@ -407,6 +405,13 @@ fn read_value(
     } else {
         len
     };
+    if kind == HeaderKind::XForwardedFor && !cut_left {
+        let len = window.forget(len);
+        if let Some(addr) = client_addr::lone_dotted_quad(window, len) {
+            // A lone entry that is a trusted proxy names no client, as below.
+            return (!rules::is_trusted_proxy(&addr)).then_some(addr);
+        }
+    }
     client_addr::rightmost_client(
         window,
         &BpfLoops,
@@ -499,12 +504,6 @@ pub fn copy_to_window(
 #[inline(always)]
 pub fn window() -> Option<*mut Window> {
     TEXT_WINDOW.get_ptr_mut(0)
-}
-
-/// 0x80 in each byte of `x` that is zero, 0 elsewhere (exact: no false positives).
-#[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
 }
 
 /// The index of the lowest byte marked in a [`zero_bytes`] mask.
