@@ -396,6 +396,41 @@ fn the_client_line_is_found_at_every_offset_and_in_either_scan() {
     );
 }
 
+/// A client value that runs over several of the inline scan's chunks ends at its own line
+/// end, wherever that falls, and the lines after it are not read into it.
+#[test]
+fn a_long_client_value_ends_at_its_own_line_end_wherever_it_falls() {
+    require_kernel!();
+    let rig = Rig::new(ClientHeader::XForwardedFor);
+    // Forged entries a client wrote, then the one its proxy appended: about 100 bytes.
+    let forged: Vec<String> = (1..=9).map(|i| format!("192.0.2.{i}")).collect();
+    let value = format!("{}, {CLIENT}", forged.join(", "));
+    assert!(value.len() > 3 * 32, "the value spans chunks");
+    let mut sent = 0;
+    for pad in 0..40usize {
+        let mut headers = format!("X-Pad: {}\r\nX-Forwarded-For: {value}\r\n", "p".repeat(pad));
+        headers.extend((0..6).map(|i| format!("X-Filler-{i:02}: {}\r\n", "v".repeat(20))));
+        let frame = segment(
+            PROXY_V4,
+            &format!("{CREATE}{headers}\r\n{{\"name\":\"x\"}}"),
+        )
+        .build();
+        assert_eq!(
+            rig.limiter.test_run(&frame).expect("test run"),
+            Verdict::Pass,
+            "pad {pad}"
+        );
+        sent += 1;
+        let row = rig
+            .row(CLIENT)
+            .unwrap_or_else(|| panic!("pad {pad}: the client has no row"));
+        assert_eq!(row.image_create, sent, "pad {pad}: the client counted");
+    }
+    for entry in &forged {
+        assert!(rig.row(entry).is_none(), "{entry} is never counted");
+    }
+}
+
 /// A PROXY v2 header for a TCP connection from `client`.
 fn proxy_v2(command: u8, client: IpAddr) -> Vec<u8> {
     let mut b = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
