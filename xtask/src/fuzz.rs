@@ -36,6 +36,10 @@ pub const TARGETS: &[(&str, &str)] = &[
         "http_class",
         "the userspace twin of the kernel's HTTP classifier",
     ),
+    (
+        "client_addr",
+        "the proxy path's client-address readers (kernel code, plain loops)",
+    ),
 ];
 
 /// The cargo-fuzz release installed on first use (builds with the stable toolchain here).
