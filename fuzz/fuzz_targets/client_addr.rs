@@ -14,12 +14,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
 use limiter_common::{
-    client_addr::{lone_dotted_quad, proxy_v1, rightmost_client, HeaderKind, PlainLoops, Window},
+    client_addr::{
+        lone_dotted_quad, proxy_v1, rightmost_client, HeaderKind, PlainLoops, Window, MAX_ENTRY,
+    },
     SourceAddr,
 };
-
-/// Entries longer than this (blanks included) are refused by the reader.
-const MAX_ENTRY: usize = 96;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, value)) = data.split_first() else {

@@ -42,6 +42,15 @@ pub fn byte_flags(mask: u64) -> u64 {
     ((mask >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
 }
 
+/// The index of the lowest byte marked in a mask of the functions above (not 0).
+#[inline(always)]
+pub fn lowest_byte(mask: u64) -> usize {
+    let lowest = mask & mask.wrapping_neg();
+    // lowest is 1 << (8k + 7); the multiplication moves byte 7-k of the constant, which
+    // holds k, to the top.
+    ((lowest >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
+}
+
 /// The index of the lowest set bit of a mask of at most 16 bits, if any.
 #[inline(always)]
 pub fn lowest_bit(mask: u64) -> Option<usize> {
@@ -99,6 +108,12 @@ mod tests {
                 .filter(|i| flags & (1 << i) != 0)
                 .fold(0, |m, i| m | (0x80u64 << (8 * i)));
             assert_eq!(byte_flags(mask), flags);
+        }
+        for flags in 1..=255u64 {
+            let mask = (0..8)
+                .filter(|i| flags & (1 << i) != 0)
+                .fold(0, |m, i| m | (0x80u64 << (8 * i)));
+            assert_eq!(lowest_byte(mask), flags.trailing_zeros() as usize);
         }
         assert_eq!(lowest_bit(0), None);
         for mask in 1..=0xffffu64 {

@@ -137,7 +137,7 @@ pub const MAX_ENTRIES: usize = 4;
 const MAX_ADDR_TEXT: usize = 45;
 /// The longest entry looked at: `for="[` + address + `]:65535"`, with some room for
 /// whitespace and other parameters.
-const MAX_ENTRY: usize = 96;
+pub const MAX_ENTRY: usize = 96;
 const NONE: usize = usize::MAX;
 
 // Slots: the span a loop works on, its target byte, and its results.
