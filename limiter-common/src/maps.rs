@@ -37,11 +37,26 @@ pub enum Capacity {
 }
 
 impl Capacity {
+    /// The map's `max_entries` in the kernel.
     pub const fn entries(self, source_capacity: u32) -> u32 {
         match self {
             Capacity::Fixed(entries) => entries,
-            Capacity::Sources => source_capacity,
+            Capacity::Sources => hash_entries_for_rows(source_capacity),
         }
+    }
+}
+
+/// The `max_entries` of a hash table meant to hold `rows` rows. The kernel gives a hash map
+/// `max_entries.next_power_of_two()` buckets, so a power-of-two size (the default 65,536)
+/// gets one bucket per row: a lookup of a key the full table does not hold, which is every
+/// new source's first packet, then walks a row on average, a cache miss into the whole
+/// table. One entry more doubles the buckets (16 bytes each: 1 MiB more at 65,536) and
+/// halves that walk; other sizes already have more buckets than rows.
+pub const fn hash_entries_for_rows(rows: u32) -> u32 {
+    if rows.is_power_of_two() && rows < u32::MAX / 2 {
+        rows + 1
+    } else {
+        rows
     }
 }
 
@@ -191,4 +206,33 @@ pub const PINNED_MAPS: [&str; PINNED_MAP_SPECS.len()] = {
 /// The spec of the pinned map `name`.
 pub fn pinned_map_spec(name: &str) -> Option<&'static MapSpec> {
     PINNED_MAP_SPECS.iter().find(|spec| spec.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_power_of_two_table_gets_twice_as_many_buckets_as_rows() {
+        for rows in [1_024, 65_536, 1 << 20] {
+            let entries = hash_entries_for_rows(rows);
+            assert_eq!(entries, rows + 1);
+            assert_eq!(entries.next_power_of_two(), 2 * rows);
+        }
+    }
+
+    #[test]
+    fn other_sizes_keep_their_entries_and_already_have_more_buckets() {
+        for rows in [1_025, 100_000, 1_000_000, 65_535] {
+            assert_eq!(hash_entries_for_rows(rows), rows);
+            assert!(rows.next_power_of_two() > rows);
+        }
+        assert_eq!(hash_entries_for_rows(1 << 31), 1 << 31, "no overflow");
+    }
+
+    #[test]
+    fn only_the_source_sized_tables_are_widened() {
+        assert_eq!(Capacity::Sources.entries(65_536), 65_537);
+        assert_eq!(Capacity::Fixed(4096).entries(65_536), 4096);
+    }
 }

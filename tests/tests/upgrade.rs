@@ -21,8 +21,8 @@ use aya::{
     EbpfLoader,
 };
 use limiter_common::{
-    BlockRule, Counter, SourceStats, BLOCK_MAP, COUNTERS_MAP, PINNED_MAPS, PORTS_MAP, SOURCES_MAP,
-    SOURCE_ROW_V1_BYTES,
+    maps::Capacity, BlockRule, Counter, SourceStats, BLOCK_MAP, COUNTERS_MAP, PINNED_MAPS,
+    PORTS_MAP, SOURCES_MAP, SOURCE_ROW_V1_BYTES,
 };
 use limiter_tests::{
     frames::Packet,
@@ -253,7 +253,10 @@ fn a_changed_source_capacity_carries_the_table_over() {
     }
     let second = Limiter::load_pinned(&options(8192), &pins.0).expect("a larger table");
     let pinned = MapData::from_pin(pins.0.join(SOURCES_MAP)).unwrap();
-    assert_eq!(pinned.info().unwrap().max_entries(), 8192);
+    assert_eq!(
+        pinned.info().unwrap().max_entries(),
+        Capacity::Sources.entries(8192)
+    );
     let rows: HashMap<String, SourceStats> = second
         .sources()
         .unwrap()

@@ -25,8 +25,8 @@ use aya::{
     Ebpf, Pod,
 };
 use limiter_common::{
-    Counter, ProxyRelays, SourceAddr, SourceRowV1, SourceStats, CLIENT_VIA_MAP, COUNTERS_MAP,
-    PROXY_RELAYS_MAP, SOURCES_MAP, SOURCE_ROW_V1_BYTES,
+    maps::Capacity, Counter, ProxyRelays, SourceAddr, SourceRowV1, SourceStats, CLIENT_VIA_MAP,
+    COUNTERS_MAP, PROXY_RELAYS_MAP, SOURCES_MAP, SOURCE_ROW_V1_BYTES,
 };
 use tracing::info;
 
@@ -82,7 +82,9 @@ pub(super) fn plan(pin_dir: &Path, options: &LoadOptions) -> Vec<Migration> {
         let Some(&(_, layout)) = layouts.iter().find(|(size, _)| *size == value_size) else {
             continue;
         };
-        if layout == Layout::Resized && entries == options.source_capacity {
+        if layout == Layout::Resized
+            && entries == Capacity::Sources.entries(options.source_capacity)
+        {
             continue;
         }
         plan.push(Migration {

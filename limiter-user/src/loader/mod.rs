@@ -26,9 +26,9 @@ use std::{
 };
 
 use limiter_common::{
-    ProxyRelays, CLIENT_PROGRAM_NAME, CLIENT_VIA_MAP, CLOCK_PROBE_NAME, CREATE_PROGRAM_NAME,
-    DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, PROXY_PROGRAMS_MAP, PROXY_PROGRAM_NAME,
-    RESPONSES_PROGRAM_NAME, SOURCES_MAP,
+    maps::Capacity, ProxyRelays, CLIENT_PROGRAM_NAME, CLIENT_VIA_MAP, CLOCK_PROBE_NAME,
+    CREATE_PROGRAM_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, PROXY_PROGRAMS_MAP,
+    PROXY_PROGRAM_NAME, RESPONSES_PROGRAM_NAME, SOURCES_MAP,
 };
 use tracing::{info, warn};
 
@@ -172,9 +172,10 @@ impl Limiter {
         configure: impl FnOnce(&mut EbpfLoader),
     ) -> Result<Self, LoaderError> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(SOURCES_MAP, options.source_capacity);
+        let entries = Capacity::Sources.entries(options.source_capacity);
+        loader.map_max_entries(SOURCES_MAP, entries);
         // As many clients as the table has sources can have come through a proxy.
-        loader.map_max_entries(CLIENT_VIA_MAP, options.source_capacity);
+        loader.map_max_entries(CLIENT_VIA_MAP, entries);
         configure(&mut loader);
         let mut ebpf = loader
             .load(ebpf_objects::LIMITER)
