@@ -4,7 +4,8 @@
 //! replaces the pin, and swaps its program into the pinned link: the banned source is never
 //! let through and the others are never refused while that happens, and the old counts are
 //! in the new table. A changed `source_capacity` is carried over the same way, and so are
-//! the global counters of a version that had fewer.
+//! tables pinned before a power-of-two capacity got one row more, and the global counters of
+//! a version that had fewer.
 
 use std::{
     collections::HashMap,
@@ -21,8 +22,8 @@ use aya::{
     EbpfLoader,
 };
 use limiter_common::{
-    maps::Capacity, BlockRule, Counter, SourceStats, BLOCK_MAP, COUNTERS_MAP, PINNED_MAPS,
-    PORTS_MAP, SOURCES_MAP, SOURCE_ROW_V1_BYTES,
+    maps::Capacity, BlockRule, Counter, SourceStats, BLOCK_MAP, CLIENT_VIA_MAP, COUNTERS_MAP,
+    PINNED_MAPS, PORTS_MAP, SOURCES_MAP, SOURCE_ROW_V1_BYTES,
 };
 use limiter_tests::{
     frames::Packet,
@@ -265,6 +266,73 @@ fn a_changed_source_capacity_carries_the_table_over() {
         .collect();
     assert_eq!(rows.len(), sources.len(), "{rows:?}");
     assert!(sources.iter().all(|src| rows[src].syns == 1), "{rows:?}");
+}
+
+/// Versions before the wider table pinned the per-source tables at exactly the configured
+/// capacity (65,536 by default: as many hash buckets as rows). With the same configuration
+/// this build carries them over into tables of one row more, twice the buckets, and keeps
+/// every row and every client's proxy.
+#[test]
+fn tables_pinned_at_a_power_of_two_are_widened_with_their_rows() {
+    limiter_tests::require_kernel!();
+    let pins = PinDir::new("widened");
+    let capacity = 4096;
+    let sources: Vec<String> = (1..=20).map(|i| format!("203.0.113.{i}")).collect();
+    let key = |src: &str| {
+        limiter_common::SourceAddr::from_octets(limiter_user::net::addr_to_key(
+            src.parse().unwrap(),
+        ))
+    };
+    {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(SOURCES_MAP, capacity);
+        loader.map_max_entries(CLIENT_VIA_MAP, capacity);
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, pins.0.join(name));
+        }
+        let mut ebpf = loader
+            .load(ebpf_objects::LIMITER)
+            .expect("the older tables");
+        let mut table: aya::maps::HashMap<_, limiter_common::SourceAddr, SourceStats> =
+            aya::maps::HashMap::try_from(ebpf.map_mut(SOURCES_MAP).unwrap()).unwrap();
+        for src in &sources {
+            let row = SourceStats {
+                syns: 7,
+                ..SourceStats::default()
+            };
+            table.insert(key(src), row, 0).unwrap();
+        }
+        let mut via: aya::maps::HashMap<_, limiter_common::SourceAddr, limiter_common::SourceAddr> =
+            aya::maps::HashMap::try_from(ebpf.map_mut(CLIENT_VIA_MAP).unwrap()).unwrap();
+        via.insert(key(&sources[0]), key("198.51.100.2"), 0)
+            .unwrap();
+    }
+    let options = LoadOptions {
+        source_capacity: capacity,
+    };
+    let limiter = Limiter::load_pinned(&options, &pins.0).expect("carried over");
+    for name in [SOURCES_MAP, CLIENT_VIA_MAP] {
+        let pinned = MapData::from_pin(pins.0.join(name)).unwrap();
+        let entries = pinned.info().unwrap().max_entries();
+        assert_eq!(entries, capacity + 1, "{name}");
+        assert_eq!(entries.next_power_of_two(), 2 * capacity, "{name}");
+    }
+    let rows: HashMap<String, SourceStats> = limiter
+        .sources()
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.addr.to_string(), row.stats))
+        .collect();
+    assert_eq!(rows.len(), sources.len(), "{rows:?}");
+    assert!(sources.iter().all(|src| rows[src].syns == 7), "{rows:?}");
+    let via = limiter.client_via().unwrap();
+    let client: std::net::IpAddr = sources[0].parse().unwrap();
+    assert_eq!(
+        via.get(&client).map(|proxy| proxy.to_string()).as_deref(),
+        Some("198.51.100.2"),
+        "{via:?}"
+    );
+    assert_eq!(via.len(), 1, "{via:?}");
 }
 
 /// A version that counted fewer global counters pinned them: this build carries each over to
