@@ -81,9 +81,5 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn key(addr: IpAddr) -> SourceAddr {
-    let octets = match addr {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    SourceAddr::from_octets(octets)
+    SourceAddr::from_octets(limiter_user::net::addr_to_key(addr))
 }

@@ -108,12 +108,9 @@ mod tests {
                 .filter(|i| flags & (1 << i) != 0)
                 .fold(0, |m, i| m | (0x80u64 << (8 * i)));
             assert_eq!(byte_flags(mask), flags);
-        }
-        for flags in 1..=255u64 {
-            let mask = (0..8)
-                .filter(|i| flags & (1 << i) != 0)
-                .fold(0, |m, i| m | (0x80u64 << (8 * i)));
-            assert_eq!(lowest_byte(mask), flags.trailing_zeros() as usize);
+            if flags != 0 {
+                assert_eq!(lowest_byte(mask), flags.trailing_zeros() as usize);
+            }
         }
         assert_eq!(lowest_bit(0), None);
         for mask in 1..=0xffffu64 {

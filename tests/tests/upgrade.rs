@@ -65,6 +65,21 @@ impl Drop for PinDir {
     }
 }
 
+/// The rows of `limiter`'s per-source table by address.
+fn rows_by_address(limiter: &Limiter) -> HashMap<String, SourceStats> {
+    limiter
+        .sources()
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.addr.to_string(), row.stats))
+        .collect()
+}
+
+/// The table key of the address `src`.
+fn key(src: &str) -> limiter_common::SourceAddr {
+    limiter_common::SourceAddr::from_octets(limiter_user::net::addr_to_key(src.parse().unwrap()))
+}
+
 fn ban_rules(
     limiter_clock: &limiter_user::clock::KernelClock,
 ) -> limiter_user::rules::CompiledRules {
@@ -221,12 +236,7 @@ fn a_running_older_version_is_upgraded_in_place_without_a_gap() {
         size_of::<SourceStats>()
     );
     // The older version's counts were carried over (and the new program added to them).
-    let rows: HashMap<String, SourceStats> = upgraded
-        .sources()
-        .unwrap()
-        .into_iter()
-        .map(|row| (row.addr.to_string(), row.stats))
-        .collect();
+    let rows = rows_by_address(&upgraded);
     let other = rows.get(OTHER).expect("the other client's row");
     assert!(
         other.syns as usize >= REQUESTS_BEFORE,
@@ -258,12 +268,7 @@ fn a_changed_source_capacity_carries_the_table_over() {
         pinned.info().unwrap().max_entries(),
         Capacity::Sources.entries(8192)
     );
-    let rows: HashMap<String, SourceStats> = second
-        .sources()
-        .unwrap()
-        .into_iter()
-        .map(|row| (row.addr.to_string(), row.stats))
-        .collect();
+    let rows = rows_by_address(&second);
     assert_eq!(rows.len(), sources.len(), "{rows:?}");
     assert!(sources.iter().all(|src| rows[src].syns == 1), "{rows:?}");
 }
@@ -278,11 +283,6 @@ fn tables_pinned_at_a_power_of_two_are_widened_with_their_rows() {
     let pins = PinDir::new("widened");
     let capacity = 4096;
     let sources: Vec<String> = (1..=20).map(|i| format!("203.0.113.{i}")).collect();
-    let key = |src: &str| {
-        limiter_common::SourceAddr::from_octets(limiter_user::net::addr_to_key(
-            src.parse().unwrap(),
-        ))
-    };
     {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(SOURCES_MAP, capacity);
@@ -317,12 +317,7 @@ fn tables_pinned_at_a_power_of_two_are_widened_with_their_rows() {
         assert_eq!(entries, capacity + 1, "{name}");
         assert_eq!(entries.next_power_of_two(), 2 * capacity, "{name}");
     }
-    let rows: HashMap<String, SourceStats> = limiter
-        .sources()
-        .unwrap()
-        .into_iter()
-        .map(|row| (row.addr.to_string(), row.stats))
-        .collect();
+    let rows = rows_by_address(&limiter);
     assert_eq!(rows.len(), sources.len(), "{rows:?}");
     assert!(sources.iter().all(|src| rows[src].syns == 7), "{rows:?}");
     let via = limiter.client_via().unwrap();
@@ -438,10 +433,7 @@ fn rows_of_the_same_size_layout_before_the_budget_keep_their_counts_and_a_whole_
             ))
             .unwrap();
         for (src, row) in rows {
-            let key = limiter_common::SourceAddr::from_octets(limiter_user::net::addr_to_key(
-                src.parse().unwrap(),
-            ));
-            table.insert(key, row, 0).unwrap();
+            table.insert(key(src), row, 0).unwrap();
         }
     }
 
@@ -466,12 +458,7 @@ fn rows_of_the_same_size_layout_before_the_budget_keep_their_counts_and_a_whole_
             "{src}: the create past it is refused"
         );
     }
-    let rows: HashMap<String, SourceStats> = limiter
-        .sources()
-        .unwrap()
-        .into_iter()
-        .map(|row| (row.addr.to_string(), row.stats))
-        .collect();
+    let rows = rows_by_address(&limiter);
     let adopted = rows[OLDER];
     let creates = PER_MINUTE + 1;
     assert_eq!(
