@@ -65,6 +65,22 @@ impl Drop for PinDir {
     }
 }
 
+/// This build's object loaded with every map pinned under `pins`, the maps named in `sizes`
+/// at the entry counts an older version gave them: that version's pinned state, to upgrade
+/// from.
+fn pinned_as_older(pins: &PinDir, sizes: &[(&str, u32)]) -> aya::Ebpf {
+    let mut loader = EbpfLoader::new();
+    for &(name, entries) in sizes {
+        loader.map_max_entries(name, entries);
+    }
+    for name in PINNED_MAPS {
+        loader.map_pin_path(name, pins.0.join(name));
+    }
+    loader
+        .load(ebpf_objects::LIMITER)
+        .expect("the older version's maps")
+}
+
 /// The rows of `limiter`'s per-source table by address.
 fn rows_by_address(limiter: &Limiter) -> HashMap<String, SourceStats> {
     limiter
@@ -284,15 +300,10 @@ fn tables_pinned_at_a_power_of_two_are_widened_with_their_rows() {
     let capacity = 4096;
     let sources: Vec<String> = (1..=20).map(|i| format!("203.0.113.{i}")).collect();
     {
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(SOURCES_MAP, capacity);
-        loader.map_max_entries(CLIENT_VIA_MAP, capacity);
-        for name in PINNED_MAPS {
-            loader.map_pin_path(name, pins.0.join(name));
-        }
-        let mut ebpf = loader
-            .load(ebpf_objects::LIMITER)
-            .expect("the older tables");
+        let mut ebpf = pinned_as_older(
+            &pins,
+            &[(SOURCES_MAP, capacity), (CLIENT_VIA_MAP, capacity)],
+        );
         let mut table: aya::maps::HashMap<_, limiter_common::SourceAddr, SourceStats> =
             aya::maps::HashMap::try_from(ebpf.map_mut(SOURCES_MAP).unwrap()).unwrap();
         for src in &sources {
@@ -338,14 +349,7 @@ fn global_counters_of_a_version_with_fewer_are_carried_over() {
     let pins = PinDir::new("counters");
     let older = Counter::COUNT - 4;
     {
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(COUNTERS_MAP, older);
-        for name in PINNED_MAPS {
-            loader.map_pin_path(name, pins.0.join(name));
-        }
-        let mut ebpf = loader
-            .load(ebpf_objects::LIMITER)
-            .expect("the older layout");
+        let mut ebpf = pinned_as_older(&pins, &[(COUNTERS_MAP, older)]);
         let mut counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(ebpf.map_mut(COUNTERS_MAP).unwrap()).unwrap();
         let cpus = nr_cpus().unwrap();
