@@ -459,7 +459,8 @@ fn run_stats(program: &Xdp, name: &'static str) -> Result<RunStats, LoaderError>
     })
 }
 
-/// Reference programs (`empty_pass`, `empty_drop`, `read_drop`) to measure against.
+/// Reference programs (`empty_pass`, `empty_drop`, `read_drop`, `read_words`,
+/// `find_header_end`) to measure against.
 #[cfg(any(test, feature = "test-support"))]
 pub struct Baseline {
     ebpf: Ebpf,
@@ -472,6 +473,10 @@ impl Baseline {
     pub const EMPTY_DROP: &'static str = "empty_drop";
     /// Reads the headers glance-limiter reads first, then drops.
     pub const READ_DROP: &'static str = "read_drop";
+    /// Reads every word of the frame as the least forward header scan must, then passes.
+    pub const READ_WORDS: &'static str = "read_words";
+    /// Finds the end of a request's header block and nothing else; passes when found.
+    pub const FIND_HEADER_END: &'static str = "find_header_end";
 
     pub fn load(name: &'static str) -> Result<Self, LoaderError> {
         let mut ebpf = Ebpf::load(ebpf_objects::BASELINE).map_err(LoaderError::Load)?;
