@@ -36,7 +36,7 @@ fn find_header_end_stops_at_a_real_end_at_every_offset_and_at_nothing_else() {
             "pad {pad}"
         );
         // Lines down to the shortest a header can be (`a:`), a bare line feed inside a value,
-        // and a body that follows no empty line: no end anywhere.
+        // and no empty line: no end anywhere.
         let without_end = format!("{head}{lines}a:\r\nb: x\ny\r\nX-Forwarded-For: 203.0.113.7\r\n");
         assert_eq!(
             verdict(&program, without_end.as_bytes()),
