@@ -51,7 +51,7 @@ const CHUNK: usize = WORDS_PER_CHECK * 8;
 
 /// The least any forward read of a request's headers costs, as a reference for the proxied
 /// cases: every 8-byte word of the frame, 32 bytes under one bounds check, tested for a byte
-/// below 0x0e (what a CR or an LF is) with three operations and no branch, and nothing done
+/// below 0x0e (what a CR or an LF is) with four operations and no branch, and nothing done
 /// about what is found. A scan that finds where the header block ends (the only way to know
 /// which `X-Forwarded-For` line is the proxy's, see docs/ARCHITECTURE.md) must at least do
 /// this to every word before that end.
@@ -81,8 +81,9 @@ pub fn read_words(ctx: XdpContext) -> u32 {
 
 /// The tightest search for the end of a request's header block (`\r\n\r\n`) we could
 /// write, as a reference for the proxied cases: from the TCP payload of an untagged IPv4
-/// frame, 32 bytes under one bounds check, each word's line feeds marked with four
-/// operations, and a line feed two bytes after another (across words too) ends the search;
+/// frame, 32 bytes under one bounds check, each word's line feeds marked and paired with
+/// about ten operations, and a line feed two bytes after another (across words too) ends
+/// the search;
 /// nothing done per line, no `X-Forwarded-For` looked at, no value read. Knowing where the
 /// block ends is what makes its last client line the proxy's. Passes when it found an end,
 /// drops when not (so a bench on a frame without one fails).
