@@ -6,6 +6,13 @@
 pub const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 /// The high bit of every byte: the mark the functions here set.
 pub const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+/// The low bit of every byte.
+pub const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// `byte` in every byte of a word.
+pub const fn repeated(byte: u8) -> u64 {
+    ONES * byte as u64
+}
 
 /// 0x80 in each byte of `x` that is zero, 0 elsewhere (exact: no false positives).
 #[inline(always)]
@@ -73,6 +80,13 @@ mod tests {
         let mut w = [0u8; 8];
         w[..bytes.len()].copy_from_slice(bytes);
         u64::from_le_bytes(w)
+    }
+
+    #[test]
+    fn a_repeated_byte_fills_every_byte_of_the_word() {
+        for byte in 0..=255u8 {
+            assert_eq!(repeated(byte), u64::from_le_bytes([byte; 8]), "{byte:#x}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![no_main]
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use limiter_common::bytewise::{repeated, HIGH_BITS, ONES};
 
 #[xdp]
 pub fn empty_pass(_ctx: XdpContext) -> u32 {
@@ -57,8 +58,6 @@ const CHUNK: usize = WORDS_PER_CHECK * 8;
 /// this to every word before that end.
 #[xdp]
 pub fn read_words(ctx: XdpContext) -> u32 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
     let (data, end) = (ctx.data(), ctx.data_end());
     let mut marks = 0u64;
     for chunk in 0..READ_WORDS_MAX / CHUNK {
@@ -69,7 +68,7 @@ pub fn read_words(ctx: XdpContext) -> u32 {
         for word in 0..WORDS_PER_CHECK {
             // SAFETY: inside the chunk checked against data_end above.
             let w = unsafe { core::ptr::read_unaligned((at + word * 8) as *const u64) };
-            marks |= w.wrapping_sub(0x0e * ONES) & !w & HIGHS;
+            marks |= w.wrapping_sub(repeated(0x0e)) & !w & HIGH_BITS;
         }
     }
     // Kept, so the reads are not optimised away; the verdict does not depend on it.
@@ -89,9 +88,7 @@ pub fn read_words(ctx: XdpContext) -> u32 {
 /// drops when not (so a bench on a frame without one fails).
 #[xdp]
 pub fn find_header_end(ctx: XdpContext) -> u32 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    const LINE_FEEDS: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    const LINE_FEEDS: u64 = repeated(b'\n');
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + 54 > end {
         return xdp_action::XDP_DROP;
@@ -115,7 +112,7 @@ pub fn find_header_end(ctx: XdpContext) -> u32 {
             // SAFETY: inside the chunk checked against data_end above.
             let w =
                 unsafe { core::ptr::read_unaligned((at + word * 8) as *const u64) } ^ LINE_FEEDS;
-            let line_feeds = w.wrapping_sub(ONES) & !w & HIGHS;
+            let line_feeds = w.wrapping_sub(ONES) & !w & HIGH_BITS;
             ends |= line_feeds & ((line_feeds << 16) | (previous >> 48));
             previous = line_feeds;
         }

@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use limiter_common::{
-    bytewise::{lowest_byte, zero_bytes, HIGH_BITS},
+    bytewise::{lowest_byte, repeated, zero_bytes, HIGH_BITS, ONES},
     client_addr::{self, Driver, HeaderKind, Loop, Window, WINDOW_LEN},
     SourceAddr, HEADER_SCAN_LEN,
 };
@@ -34,7 +34,7 @@ use crate::{
 #[map]
 static TEXT_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
 
-const NEWLINES: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+const NEWLINES: u64 = repeated(b'\n');
 
 /// `x-forwarded-for:` as two words, and the bits to set in the packet's bytes before comparing
 /// (0x20 on letters only: lower-cases them and leaves `-` and `:` as they are).
@@ -127,7 +127,6 @@ const LOOKAHEAD: usize = 16;
 /// proxied request; the verifier checks each, so more would not fit its budget beside the
 /// rest of the proxy program. Longer header blocks end in the `bpf_loop` scan.
 const MAX_CHUNKS: usize = 40;
-const ONES: u64 = 0x0101_0101_0101_0101;
 
 /// The header scan's fast part, for `X-Forwarded-For`: inline (no call per step), a chunk
 /// of [`CHUNK`] bytes and its [`LOOKAHEAD`] read under one bounds check, and the lines
